@@ -15,6 +15,7 @@ import sys
 
 import torch
 
+sys.dont_write_bytecode = True  # keep the source tree free of __pycache__
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from model import (RefError, check_params, forward, init_tables, load_config,  # noqa: E402
                    read_safetensors, write_safetensors)
