@@ -1,9 +1,6 @@
 // Shard format and data loader: round trips, rejection of malformed shards (each
 // message must name the file), exact window contents, rank disjointness, epoch
 // wrap-around and exact resume.
-// check.h first, then drop its CHECK: Catch2 defines its own CHECK macro.
-#include "common/check.h"
-#undef CHECK
 #include <catch2/catch.hpp>
 
 #include <stdlib.h>
@@ -16,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "common/check.h"
 #include "dataloader/dataloader.h"
 #include "dataloader/shard.h"
 

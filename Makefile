@@ -1,0 +1,84 @@
+# lns.cu — build, test, run.
+#   make              train_gpt (CUDA build when nvcc exists, else CPU-only with g++)
+#   make test         every test (GPU tests run only where a GPU exists)
+#   make quickstart   build, data, a short training run, a sample, a loss plot
+#   make deps         install the Debian packages the project needs (as root)
+
+CUDA_HOME ?= /usr/local/cuda
+NVCC ?= $(CUDA_HOME)/bin/nvcc
+PYTHON ?= /usr/bin/python3
+CXX ?= g++
+BUILD ?= build
+
+# Without a local GPU build for Ampere and Hopper; with one, for it alone.
+GPU_ARCH ?= $(shell nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d '.' | sed 's/^90$$/90a/')
+ifeq ($(strip $(GPU_ARCH)),)
+GPU_ARCH := 80 90a
+endif
+
+HAVE_NVCC := $(shell test -x $(NVCC) && echo 1)
+ifeq ($(NO_CUDA),1)
+HAVE_NVCC :=
+endif
+
+CXXFLAGS ?= -O3
+CXXFLAGS += -std=c++17 -fopenmp -Wall -Wextra -I. -MMD -MP
+LDLIBS := -fopenmp
+NVCCFLAGS ?= -O3
+NVCCFLAGS += -std=c++17 -I. -Xcompiler -fopenmp,-Wall,-Wextra $(foreach a,$(GPU_ARCH),-gencode arch=compute_$(a),code=sm_$(a))
+
+LIB_SRC := $(wildcard common/*.cpp model/*.cpp cpu/*.cpp dataloader/*.cpp)
+LIB_OBJ := $(LIB_SRC:%.cpp=$(BUILD)/%.o)
+TEST_SRC := $(wildcard test/*.cpp)
+TEST_OBJ := $(TEST_SRC:%.cpp=$(BUILD)/%.o)
+
+DEBIAN_PKGS := g++ make libcli11-dev catch2 nlohmann-json3-dev libomp-dev python3 python3-numpy python3-torch python3-matplotlib
+
+.PHONY: all deps test quickstart clean data
+all: train_gpt
+
+$(BUILD)/%.o: %.cpp
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS) -c $< -o $@
+
+ifeq ($(HAVE_NVCC),1)
+train_gpt: train_gpt.cu $(LIB_OBJ)
+	$(NVCC) $(NVCCFLAGS) $< $(LIB_OBJ) -o $@ -lgomp
+else
+train_gpt: train_gpt.cu $(LIB_OBJ)
+	$(CXX) $(CXXFLAGS) -x c++ $< -x none $(LIB_OBJ) -o $@ $(LDLIBS)
+endif
+
+$(BUILD)/test_all: $(TEST_OBJ) $(LIB_OBJ)
+	$(CXX) $^ -o $@ $(LDLIBS)
+
+# `make deps`: as root, install what is missing; otherwise print the command.
+deps:
+	@missing=""; for p in $(DEBIAN_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then echo "deps: all Debian packages present"; \
+	elif [ "$$(id -u)" = 0 ]; then echo "deps: installing$$missing"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing) >$(BUILD).deps.log 2>&1 \
+	  || { tail -20 $(BUILD).deps.log; echo "deps: apt-get failed (log above)"; exit 1; }; \
+	else echo "deps: missing$$missing; run: sudo apt-get install$$missing"; exit 1; fi
+
+test: deps train_gpt $(BUILD)/test_all
+	@OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} ./$(BUILD)/test_all
+
+# ---- quickstart: tinyshakespeare as bytes, a small LNS model, a sample, a plot
+QS_DIR ?= runs/quickstart
+QS_TEXT ?= $(firstword $(wildcard ../shared/data/tinyshakespeare.txt) data/tinyshakespeare.txt)
+QS_FLAGS ?= --model gpt2-mini --norm lns -b 8 -t 128 --steps 300 --lr 2e-3 --warmup 30 --eval-every 50 --val-batches 8 --sample-tokens 300 --top-k 40
+data/tinyshakespeare_train.bin: scripts/get_tinyshakespeare.sh scripts/text_to_shards.py
+	@bash scripts/get_tinyshakespeare.sh $(QS_TEXT) data/tinyshakespeare.txt
+	$(PYTHON) scripts/text_to_shards.py --tokenizer bytes data/tinyshakespeare.txt data/tinyshakespeare
+data: data/tinyshakespeare_train.bin
+
+quickstart: deps train_gpt data
+	./train_gpt $(QS_FLAGS) --train-data data/tinyshakespeare_train.bin --val-data data/tinyshakespeare_val.bin \
+	  --out-dir $(QS_DIR) --save-to $(QS_DIR)/model
+	$(PYTHON) scripts/plot_loss.py $(QS_DIR) -o $(QS_DIR)/loss.png
+
+clean:
+	rm -rf $(BUILD) train_gpt
+
+-include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d)

@@ -1,0 +1,147 @@
+// Causal multi-head self-attention with optional RoPE (Hugging Face rotate_half
+// layout: channel i of a head pairs with channel i + hs/2).
+#include <cmath>
+#include <vector>
+
+#include "cpu/cpu_backend.h"
+
+namespace {
+// cos/sin of position t for pair i, computed as Hugging Face does in fp32.
+void rope_angles(std::vector<float>& cs, std::vector<float>& sn, int T, int hs, float theta) {
+    const int h2 = hs / 2;
+    cs.resize((size_t)T * h2), sn.resize((size_t)T * h2);
+    for (int i = 0; i < h2; i++) {
+        float inv_freq = 1.0f / std::pow(theta, (float)(2 * i) / (float)hs);
+        for (int t = 0; t < T; t++) {
+            float a = (float)t * inv_freq;
+            cs[(size_t)t * h2 + i] = std::cos(a);
+            sn[(size_t)t * h2 + i] = std::sin(a);
+        }
+    }
+}
+// Rotates one head vector by +angle (forward) or -angle (the transpose, for backward).
+void rope_rotate(float* dst, const float* src, const float* cs, const float* sn, int hs, float sign) {
+    const int h2 = hs / 2;
+    for (int i = 0; i < h2; i++) {
+        float a = src[i], b = src[i + h2], c = cs[i], s = sign * sn[i];
+        dst[i] = a * c - b * s;
+        dst[i + h2] = b * c + a * s;
+    }
+}
+}  // namespace
+
+void cpu_backend::attention_forward(float* out, float* qkvr, float* att, const float* qkv,
+                                    int B, int T, int C, int NH, float rope_theta) {
+    const int hs = C / NH, C3 = 3 * C;
+    const float scale = 1.0f / std::sqrt((float)hs);
+    std::vector<float> cs, sn;
+    if (rope_theta > 0) rope_angles(cs, sn, T, hs, rope_theta);
+#pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            const float* src = qkv + ((size_t)b * T + t) * C3;
+            float* dst = qkvr + ((size_t)b * T + t) * C3;
+            for (int h = 0; h < 2 * NH; h++) {  // q and k heads
+                if (rope_theta > 0)
+                    rope_rotate(dst + h * hs, src + h * hs, &cs[(size_t)t * hs / 2], &sn[(size_t)t * hs / 2], hs, 1.0f);
+                else
+                    for (int i = 0; i < hs; i++) dst[h * hs + i] = src[h * hs + i];
+            }
+            for (int i = 2 * C; i < C3; i++) dst[i] = src[i];
+        }
+#pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++) {
+            const float* base = qkvr + (size_t)b * T * C3;
+            for (int t = 0; t < T; t++) {
+                const float* q = base + (size_t)t * C3 + h * hs;
+                float* a = att + (((size_t)b * NH + h) * T + t) * T;
+                float maxv = -INFINITY;
+                for (int t2 = 0; t2 <= t; t2++) {
+                    const float* k = base + (size_t)t2 * C3 + C + h * hs;
+                    float dot = 0.0f;
+                    for (int i = 0; i < hs; i++) dot += q[i] * k[i];
+                    a[t2] = dot * scale;
+                    maxv = std::fmax(maxv, a[t2]);
+                }
+                double sum = 0.0;
+                for (int t2 = 0; t2 <= t; t2++) {
+                    a[t2] = std::exp(a[t2] - maxv);
+                    sum += a[t2];
+                }
+                const float inv = (float)(1.0 / sum);
+                for (int t2 = 0; t2 <= t; t2++) a[t2] *= inv;
+                for (int t2 = t + 1; t2 < T; t2++) a[t2] = 0.0f;
+                float* o = out + ((size_t)b * T + t) * C + h * hs;
+                for (int i = 0; i < hs; i++) o[i] = 0.0f;
+                for (int t2 = 0; t2 <= t; t2++) {
+                    const float* v = base + (size_t)t2 * C3 + 2 * C + h * hs;
+                    for (int i = 0; i < hs; i++) o[i] += a[t2] * v[i];
+                }
+            }
+        }
+}
+
+void cpu_backend::attention_backward(float* dqkv, float* dqkvr, float* datt, const float* dout,
+                                     const float* qkvr, const float* att, int B, int T, int C,
+                                     int NH, float rope_theta) {
+    const int hs = C / NH, C3 = 3 * C;
+    const float scale = 1.0f / std::sqrt((float)hs);
+    // Each (b, h) owns its slice of dqkvr and walks t in order: deterministic.
+#pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++) {
+            const float* base = qkvr + (size_t)b * T * C3;
+            float* dbase = dqkvr + (size_t)b * T * C3;
+            for (int t = 0; t < T; t++)
+                for (int part = 0; part < 3; part++)
+                    for (int i = 0; i < hs; i++) dbase[(size_t)t * C3 + part * C + h * hs + i] = 0.0f;
+            for (int t = 0; t < T; t++) {
+                const float* a = att + (((size_t)b * NH + h) * T + t) * T;
+                float* da = datt + (((size_t)b * NH + h) * T + t) * T;
+                const float* d = dout + ((size_t)b * T + t) * C + h * hs;
+                // d(probs) and dv
+                for (int t2 = 0; t2 <= t; t2++) {
+                    const float* v = base + (size_t)t2 * C3 + 2 * C + h * hs;
+                    float* dv = dbase + (size_t)t2 * C3 + 2 * C + h * hs;
+                    float dot = 0.0f;
+                    for (int i = 0; i < hs; i++) {
+                        dot += d[i] * v[i];
+                        dv[i] += a[t2] * d[i];
+                    }
+                    da[t2] = dot;
+                }
+                // softmax backward: dscore = p * (dp - sum(p * dp))
+                double pd = 0.0;
+                for (int t2 = 0; t2 <= t; t2++) pd += a[t2] * da[t2];
+                for (int t2 = 0; t2 <= t; t2++) da[t2] = a[t2] * (da[t2] - (float)pd) * scale;
+                for (int t2 = t + 1; t2 < T; t2++) da[t2] = 0.0f;
+                const float* q = base + (size_t)t * C3 + h * hs;
+                float* dq = dbase + (size_t)t * C3 + h * hs;
+                for (int t2 = 0; t2 <= t; t2++) {
+                    const float* k = base + (size_t)t2 * C3 + C + h * hs;
+                    float* dk = dbase + (size_t)t2 * C3 + C + h * hs;
+                    for (int i = 0; i < hs; i++) {
+                        dq[i] += da[t2] * k[i];
+                        dk[i] += da[t2] * q[i];
+                    }
+                }
+            }
+        }
+    // Undo the rotation on dq and dk: the gradient rotates by -angle.
+    std::vector<float> cs, sn;
+    if (rope_theta > 0) rope_angles(cs, sn, T, hs, rope_theta);
+#pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            const float* src = dqkvr + ((size_t)b * T + t) * C3;
+            float* dst = dqkv + ((size_t)b * T + t) * C3;
+            for (int h = 0; h < 2 * NH; h++) {
+                if (rope_theta > 0)
+                    rope_rotate(dst + h * hs, src + h * hs, &cs[(size_t)t * hs / 2], &sn[(size_t)t * hs / 2], hs, -1.0f);
+                else
+                    for (int i = 0; i < hs; i++) dst[h * hs + i] = src[h * hs + i];
+            }
+            for (int i = 2 * C; i < C3; i++) dst[i] = src[i];
+        }
+}

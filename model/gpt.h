@@ -1,0 +1,315 @@
+// The model, orchestrated once for every backend and every norm scheme.
+//
+// Backend is cpu_backend or cuda_backend: the same op names and signatures, with
+// floatX the activation type. The residual stream is carried as (base, addend):
+// its value is base + addend, and the addition is fused into the next norm. A
+// sublayer f (attention or MLP) is either
+//   pre-type  (pre, lns, sandwich, Mix-LN's upper blocks): res = base + addend,
+//             n = Norm(res) * s(l); f = F(n) [sandwich: f = Norm_out(f)]; stream (res, f)
+//   post-type (post, deepnorm, Mix-LN's lower blocks):    f = F(base);
+//             res = alpha*base + f, out = Norm(res); stream (out, -)
+// and the final norm closes the stream before the head.
+#pragma once
+#include <cmath>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "model/config.h"
+#include "model/init.h"
+#include "model/params.h"
+
+template <class Backend>
+struct GPT {
+    using floatX = typename Backend::floatX;
+    using Ops = Backend;
+
+    // One norm application: its saved statistics and where its input lives.
+    struct NormActs {
+        floatX* res = nullptr;   // (N,C) materialised alpha*x + y, when there was an addition
+        floatX* out = nullptr;   // (N,C)
+        float* mean = nullptr;   // (N) LayerNorm only
+        float* rstd = nullptr;   // (N)
+        const floatX* normalised = nullptr;  // set in forward: res, or x when no addition
+        const floatX* x = nullptr;           // set in forward: the stream base it read
+    };
+    struct LayerActs {
+        NormActs ln1, ln1o, ln2, ln2o;  // ln1o/ln2o: sandwich's output norms
+        floatX *qkv, *qkvr, *att, *atty, *attproj;   // (N,3C) (N,3C) (B,NH,T,T) (N,C) (N,C)
+        floatX *fch, *fch_act, *fcproj;              // (N,W1) (N,F) (N,C)
+    };
+
+    ModelConfig cfg;
+    ParamLayout layout;
+    int B = 0, T = 0;  // the largest batch the activations were sized for
+
+    floatX* params = nullptr;  // (layout.total) the flat parameter buffer
+    floatX* grads = nullptr;   // same layout
+    float* master = nullptr;   // fp32 master weights when floatX is not float
+    float* m = nullptr;        // AdamW moments, same layout
+    float* v = nullptr;
+
+    // activations (one arena) and gradient scratch (one arena)
+    void* act_arena = nullptr;
+    void* grad_arena = nullptr;
+    size_t act_bytes = 0, grad_bytes = 0;
+    std::vector<LayerActs> acts;
+    floatX* encoded = nullptr;  // (N,C)
+    NormActs lnf;
+    floatX* logits = nullptr;   // (N,Vp), overwritten by dlogits in backward
+    float* losses = nullptr;    // (N)
+    int* inputs = nullptr;      // (N) on the backend
+    int* targets = nullptr;     // (N)
+    floatX *dresidual, *dn, *df, *datty, *dqkv, *dqkvr, *datt, *dfch_act, *dfch;
+
+    int cur_B = 0, cur_T = 0;
+    float last_loss = 0.0f;
+    int valid_targets = 0;      // targets >= 0 in the last forward
+    std::vector<int> host_targets;
+    std::vector<float> host_losses;
+
+    GPT(const ModelConfig& c, int maxB, int maxT) : cfg(c), layout(build_param_layout(c)), B(maxB), T(maxT) {
+        REQUIRE_INPUT(maxT <= cfg.max_seq_len, "--seq-len: %d exceeds the model's maximum sequence length %d",
+                      maxT, cfg.max_seq_len);
+        const size_t P = layout.total;
+        params = (floatX*)Ops::alloc(P * sizeof(floatX), "parameters");
+        grads = (floatX*)Ops::alloc(P * sizeof(floatX), "gradients");
+        m = (float*)Ops::alloc(P * sizeof(float), "AdamW first moments");
+        v = (float*)Ops::alloc(P * sizeof(float), "AdamW second moments");
+        if (!std::is_same<floatX, float>::value) master = (float*)Ops::alloc(P * sizeof(float), "fp32 master weights");
+        Ops::zero(grads, P * sizeof(floatX));
+        Ops::zero(m, P * sizeof(float));
+        Ops::zero(v, P * sizeof(float));
+        plan_activations(true);
+        plan_activations(false);
+    }
+    ~GPT() {
+        for (void* p : {(void*)params, (void*)grads, (void*)master, (void*)m, (void*)v, act_arena, grad_arena})
+            if (p) Ops::release(p);
+    }
+    GPT(const GPT&) = delete;
+    GPT& operator=(const GPT&) = delete;
+
+    // Carves the arenas. The first pass (measure) only adds up sizes.
+    void plan_activations(bool measure) {
+        const size_t N = (size_t)B * T, C = cfg.n_embd, NH = cfg.n_head;
+        const size_t F = cfg.ffn_hidden, W1 = cfg.mlp_in_width(), Vp = cfg.padded_vocab();
+        char* base = (char*)act_arena;
+        size_t off = 0;
+        auto take = [&](size_t bytes) -> void* {
+            void* p = measure ? nullptr : base + off;
+            off += (bytes + 255) / 256 * 256;
+            return p;
+        };
+        auto X = [&](size_t n) { return (floatX*)take(n * sizeof(floatX)); };
+        auto Fl = [&](size_t n) { return (float*)take(n * sizeof(float)); };
+        auto norm = [&](NormActs& a, bool with_res) {
+            a.res = with_res ? X(N * C) : nullptr;
+            a.out = X(N * C);
+            a.mean = cfg.norm_kind() == NormKind::layernorm ? Fl(N) : nullptr;
+            a.rstd = Fl(N);
+        };
+        acts.assign(cfg.n_layer, LayerActs{});
+        encoded = X(N * C);
+        for (auto& a : acts) {
+            norm(a.ln1, true);
+            a.qkv = X(N * 3 * C), a.qkvr = X(N * 3 * C), a.att = X((size_t)B * NH * T * T);
+            a.atty = X(N * C), a.attproj = X(N * C);
+            if (cfg.sandwich()) norm(a.ln1o, false);
+            norm(a.ln2, true);
+            a.fch = X(N * W1), a.fch_act = X(N * F), a.fcproj = X(N * C);
+            if (cfg.sandwich()) norm(a.ln2o, false);
+        }
+        norm(lnf, true);
+        logits = X(N * Vp);
+        losses = Fl(N);
+        inputs = (int*)take(N * sizeof(int));
+        targets = (int*)take(N * sizeof(int));
+        if (measure) {
+            act_bytes = off;
+            act_arena = Ops::alloc(act_bytes, "activations");
+        }
+
+        base = (char*)grad_arena;
+        off = 0;
+        dresidual = X(N * C), dn = X(N * C), df = X(N * C), datty = X(N * C);
+        dqkv = X(N * 3 * C), dqkvr = X(N * 3 * C), datt = X((size_t)B * NH * T * T);
+        dfch_act = X(N * F), dfch = X(N * W1);
+        if (measure) {
+            grad_bytes = off;
+            grad_arena = Ops::alloc(grad_bytes, "activation gradients");
+        }
+    }
+
+    floatX* P(long offset) const { return offset < 0 ? nullptr : params + offset; }
+    floatX* G(long offset) const { return offset < 0 ? nullptr : grads + offset; }
+
+    // ---- parameters in and out (host fp32, the flat layout)
+    void set_params(const std::vector<float>& host) {
+        LNS_CHECK(host.size() == layout.total, "parameter count mismatch");
+        Ops::upload_f32(params, host.data(), host.size());
+        if (master) Ops::copy_from_host(master, host.data(), host.size() * sizeof(float));
+    }
+    std::vector<float> get_params() const {
+        std::vector<float> host(layout.total);
+        if (master) Ops::copy_to_host(host.data(), master, host.size() * sizeof(float));
+        else Ops::download_f32(host.data(), params, host.size());
+        return host;
+    }
+    std::vector<float> get_grads() const {
+        std::vector<float> host(layout.total);
+        Ops::download_f32(host.data(), grads, host.size());
+        return host;
+    }
+    void init_random(uint64_t seed) {
+        std::vector<float> host;
+        init_params(host, layout, seed);
+        set_params(host);
+    }
+    void zero_grad() { Ops::zero(grads, layout.total * sizeof(floatX)); }
+    // logits of one row of the last forward, (Vp) floats
+    void download_logits_row(float* dst, int row) const {
+        Ops::download_f32(dst, logits + (size_t)row * cfg.padded_vocab(), cfg.padded_vocab());
+    }
+
+    // ---- forward: returns the mean loss over targets >= 0 (or 0 without targets)
+    float forward(const int* host_inputs, const int* host_tgts, int b, int t) {
+        REQUIRE_INPUT(b <= B && t <= T, "batch (%d, %d) exceeds the planned (%d, %d)", b, t, B, T);
+        cur_B = b, cur_T = t;
+        const int N = b * t, C = cfg.n_embd, Vp = cfg.padded_vocab();
+        Ops::copy_from_host(inputs, host_inputs, (size_t)N * sizeof(int));
+
+        Ops::encoder_forward(encoded, inputs, P(layout.wte), P(layout.wpe), b, t, C);
+        const floatX* base = encoded;
+        const floatX* addend = nullptr;
+        for (int l = 0; l < cfg.n_layer; l++) {
+            const BlockParams& bp = layout.blocks[l];
+            LayerActs& a = acts[l];
+            const bool post = cfg.block_is_post(l);
+            sublayer_forward(a, a.ln1, a.ln1o, bp.ln1_w, bp.ln1_b, bp.ln1o_w, bp.ln1o_b, post, l, true, base, addend);
+            sublayer_forward(a, a.ln2, a.ln2o, bp.ln2_w, bp.ln2_b, bp.ln2o_w, bp.ln2o_b, post, l, false, base, addend);
+        }
+        norm_forward(lnf, base, addend, 1.0f, layout.lnf_w, layout.lnf_b, 0);
+        Ops::matmul_forward(logits, lnf.out, P(layout.lm_head), nullptr, N, C, Vp);
+
+        if (!host_tgts) return 0.0f;
+        Ops::copy_from_host(targets, host_tgts, (size_t)N * sizeof(int));
+        Ops::crossentropy_forward(losses, logits, targets, N, cfg.vocab_size, Vp);
+        host_losses.resize(N);
+        Ops::copy_to_host(host_losses.data(), losses, (size_t)N * sizeof(float));
+        double sum = 0.0;
+        valid_targets = 0;
+        for (int i = 0; i < N; i++)
+            if (host_tgts[i] >= 0) sum += host_losses[i], valid_targets++;
+        last_loss = valid_targets ? (float)(sum / valid_targets) : 0.0f;
+        return last_loss;
+    }
+
+    // ---- backward: adds d(loss * loss_scale)/d(params) into grads. loss_scale is
+    // 1 for a single batch and 1/steps under gradient accumulation.
+    void backward(float loss_scale = 1.0f) {
+        const int b = cur_B, t = cur_T, N = b * t, C = cfg.n_embd, Vp = cfg.padded_vocab();
+        const float dloss = valid_targets ? loss_scale / valid_targets : 0.0f;
+        Ops::crossentropy_backward(logits, logits, targets, dloss, N, cfg.vocab_size, Vp);
+        Ops::matmul_backward(dn, G(layout.lm_head), nullptr, logits, lnf.out, P(layout.lm_head), N, C, Vp, false);
+        Ops::residual_norm_backward(dresidual, nullptr, G(layout.lnf_w), G(layout.lnf_b), dn, nullptr,
+                                    lnf.normalised, P(layout.lnf_w), lnf.mean, lnf.rstd, 1.0f, N, C,
+                                    cfg.norm_kind(), cfg.norm, 0);
+        for (int l = cfg.n_layer - 1; l >= 0; l--) {
+            const BlockParams& bp = layout.blocks[l];
+            LayerActs& a = acts[l];
+            const bool post = cfg.block_is_post(l);
+            sublayer_backward(a, a.ln2, a.ln2o, bp.ln2_w, bp.ln2_b, bp.ln2o_w, bp.ln2o_b, post, l, false);
+            sublayer_backward(a, a.ln1, a.ln1o, bp.ln1_w, bp.ln1_b, bp.ln1o_w, bp.ln1o_b, post, l, true);
+        }
+        Ops::encoder_backward(G(layout.wte), G(layout.wpe), dresidual, inputs, b, t, C);
+    }
+
+  private:
+    void norm_forward(NormActs& n, const floatX* x, const floatX* y, float alpha, long w, long bias, int layer) {
+        const int N = cur_B * cur_T;
+        const bool add = y != nullptr || alpha != 1.0f;
+        Ops::residual_norm_forward(add ? n.res : nullptr, n.out, n.mean, n.rstd, x, y, alpha, P(w), P(bias), N,
+                                   cfg.n_embd, cfg.norm_kind(), cfg.norm_eps, cfg.norm, layer);
+        n.normalised = add ? n.res : x;
+        n.x = x;
+    }
+
+    // Attention (attn == true) or MLP on input `in` (N,C); result in a.attproj / a.fcproj.
+    const floatX* branch_forward(LayerActs& a, const BlockParams& bp, bool attn, const floatX* in) {
+        const int N = cur_B * cur_T, C = cfg.n_embd, F = cfg.ffn_hidden;
+        if (attn) {
+            Ops::matmul_forward(a.qkv, in, P(bp.qkv_w), P(bp.qkv_b), N, C, 3 * C);
+            Ops::attention_forward(a.atty, a.qkvr, a.att, a.qkv, cur_B, cur_T, C, cfg.n_head,
+                                   cfg.rope() ? cfg.rope_theta : 0.0f);
+            Ops::matmul_forward(a.attproj, a.atty, P(bp.attn_proj_w), P(bp.attn_proj_b), N, C, C);
+            return a.attproj;
+        }
+        Ops::matmul_forward(a.fch, in, P(bp.fc_w), P(bp.fc_b), N, C, cfg.mlp_in_width());
+        if (cfg.arch == Arch::gpt2) Ops::gelu_forward(a.fch_act, a.fch, (size_t)N * F);
+        else Ops::swiglu_forward(a.fch_act, a.fch, N, F);
+        Ops::matmul_forward(a.fcproj, a.fch_act, P(bp.mlp_proj_w), P(bp.mlp_proj_b), N, F, C);
+        return a.fcproj;
+    }
+
+    // Backward of branch_forward: reads dout (N,C), writes (or adds, accumulate) din.
+    void branch_backward(LayerActs& a, const BlockParams& bp, bool attn, const floatX* in, const floatX* dout,
+                         floatX* din, bool accumulate) {
+        const int N = cur_B * cur_T, C = cfg.n_embd, F = cfg.ffn_hidden;
+        if (attn) {
+            Ops::matmul_backward(datty, G(bp.attn_proj_w), G(bp.attn_proj_b), dout, a.atty, P(bp.attn_proj_w), N, C, C, false);
+            Ops::attention_backward(dqkv, dqkvr, datt, datty, a.qkvr, a.att, cur_B, cur_T, C, cfg.n_head,
+                                    cfg.rope() ? cfg.rope_theta : 0.0f);
+            Ops::matmul_backward(din, G(bp.qkv_w), G(bp.qkv_b), dqkv, in, P(bp.qkv_w), N, C, 3 * C, accumulate);
+            return;
+        }
+        Ops::matmul_backward(dfch_act, G(bp.mlp_proj_w), G(bp.mlp_proj_b), dout, a.fch_act, P(bp.mlp_proj_w), N, F, C, false);
+        if (cfg.arch == Arch::gpt2) Ops::gelu_backward(dfch, a.fch, dfch_act, (size_t)N * F);
+        else Ops::swiglu_backward(dfch, a.fch, dfch_act, N, F);
+        Ops::matmul_backward(din, G(bp.fc_w), G(bp.fc_b), dfch, in, P(bp.fc_w), N, C, cfg.mlp_in_width(), accumulate);
+    }
+
+    void sublayer_forward(LayerActs& a, NormActs& nin, NormActs& nout, long w, long b, long wo, long bo, bool post,
+                          int l, bool attn, const floatX*& base, const floatX*& addend) {
+        const BlockParams& bp = layout.blocks[l];
+        if (post) {
+            LNS_CHECK(addend == nullptr, "a post-norm sublayer never follows a pending residual addition");
+            const floatX* f = branch_forward(a, bp, attn, base);
+            norm_forward(nin, base, f, cfg.residual_alpha(), w, b, l + 1);
+            base = nin.out;
+            return;
+        }
+        norm_forward(nin, base, addend, 1.0f, w, b, l + 1);
+        base = nin.normalised;
+        const floatX* f = branch_forward(a, bp, attn, nin.out);
+        if (cfg.sandwich()) {
+            norm_forward(nout, f, nullptr, 1.0f, wo, bo, l + 1);
+            f = nout.out;
+        }
+        addend = f;
+    }
+
+    // dresidual holds the gradient of the stream after this sublayer (for pre-type,
+    // of both res and the addend, which are equal); on return, of the stream before.
+    void sublayer_backward(LayerActs& a, NormActs& nin, NormActs& nout, long w, long b, long wo, long bo, bool post,
+                           int l, bool attn) {
+        const BlockParams& bp = layout.blocks[l];
+        const int N = cur_B * cur_T, C = cfg.n_embd;
+        const NormKind kind = cfg.norm_kind();
+        if (post) {
+            Ops::residual_norm_backward(dresidual, df, G(w), G(b), dresidual, nullptr, nin.normalised, P(w), nin.mean,
+                                        nin.rstd, cfg.residual_alpha(), N, C, kind, cfg.norm, l + 1);
+            branch_backward(a, bp, attn, nin.x, df, dresidual, true);
+            return;
+        }
+        const floatX* dbranch = dresidual;
+        if (cfg.sandwich()) {
+            Ops::residual_norm_backward(df, nullptr, G(wo), G(bo), dresidual, nullptr, nout.normalised, P(wo),
+                                        nout.mean, nout.rstd, 1.0f, N, C, kind, cfg.norm, l + 1);
+            dbranch = df;
+        }
+        branch_backward(a, bp, attn, nin.out, dbranch, dn, false);
+        Ops::residual_norm_backward(dresidual, nullptr, G(w), G(b), dn, dresidual, nin.normalised, P(w), nin.mean,
+                                    nin.rstd, 1.0f, N, C, kind, cfg.norm, l + 1);
+    }
+};

@@ -1,0 +1,52 @@
+// Helpers shared by the tests.
+#pragma once
+#include <stdlib.h>
+
+#include <cmath>
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "common/rng.h"
+
+// True when a CUDA device can run the GPU tests (always false in a CPU-only build).
+bool gpu_available();
+
+// A fresh directory under /tmp, removed with everything in it at scope exit.
+struct TmpDir {
+    std::string path;
+    TmpDir() {
+        char tmpl[] = "/tmp/lns_test_XXXXXX";
+        path = mkdtemp(tmpl);
+    }
+    ~TmpDir() { std::filesystem::remove_all(path); }
+    std::string operator/(const std::string& name) const { return path + "/" + name; }
+};
+
+inline std::vector<float> randn(size_t n, uint64_t seed, float std = 1.0f) {
+    Rng rng(seed);
+    std::vector<float> v(n);
+    for (auto& x : v) x = std * rng.normal();
+    return v;
+}
+
+// max|a - b| / max|b|: the error relative to the tensor's scale, so entries near
+// zero do not blow it up.
+inline double max_rel_err(const float* a, const float* b, size_t n) {
+    double num = 0.0, den = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        num = std::fmax(num, std::fabs((double)a[i] - b[i]));
+        den = std::fmax(den, std::fabs((double)b[i]));
+    }
+    return den > 0 ? num / den : num;
+}
+inline double max_rel_err(const std::vector<float>& a, const std::vector<float>& b) {
+    return a.size() == b.size() ? max_rel_err(a.data(), b.data(), a.size()) : INFINITY;
+}
+
+// Runs a shell command, returns its exit status and captures stdout+stderr.
+int run_command(const std::string& cmd, std::string* output);
+
+// Directory the tests run from (the repository root); LNS_ROOT overrides.
+std::string repo_root();
