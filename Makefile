@@ -27,12 +27,15 @@ LDLIBS := -fopenmp
 NVCCFLAGS ?= -O3
 NVCCFLAGS += -std=c++17 -I. -Xcompiler -fopenmp,-Wall,-Wextra $(foreach a,$(GPU_ARCH),-gencode arch=compute_$(a),code=sm_$(a))
 
-LIB_SRC := $(wildcard common/*.cpp model/*.cpp cpu/*.cpp dataloader/*.cpp)
+LIB_SRC := $(wildcard common/*.cpp model/*.cpp cpu/*.cpp dataloader/*.cpp tokenizer/*.cpp train/*.cpp)
 LIB_OBJ := $(LIB_SRC:%.cpp=$(BUILD)/%.o)
 TEST_SRC := $(wildcard test/*.cpp)
 TEST_OBJ := $(TEST_SRC:%.cpp=$(BUILD)/%.o)
 
 DEBIAN_PKGS := g++ make libcli11-dev catch2 nlohmann-json3-dev libomp-dev python3 python3-numpy python3-torch python3-matplotlib
+
+# Each concern may add packages, libraries and tools of its own.
+-include tokenizer/tokenizer.mk
 
 .PHONY: all deps test quickstart clean data
 all: train_gpt
@@ -61,19 +64,22 @@ deps:
 	  || { tail -20 $(BUILD).deps.log; echo "deps: apt-get failed (log above)"; exit 1; }; \
 	else echo "deps: missing$$missing; run: sudo apt-get install$$missing"; exit 1; fi
 
-test: deps train_gpt $(BUILD)/test_all
+# deps first, alone: with -j the build must not start before the headers exist
+test: deps
+	@$(MAKE) --no-print-directory train_gpt $(BUILD)/test_all
 	@OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} ./$(BUILD)/test_all
 
 # ---- quickstart: tinyshakespeare as bytes, a small LNS model, a sample, a plot
 QS_DIR ?= runs/quickstart
 QS_TEXT ?= $(firstword $(wildcard ../shared/data/tinyshakespeare.txt) data/tinyshakespeare.txt)
-QS_FLAGS ?= --model gpt2-mini --norm lns -b 8 -t 128 --steps 300 --lr 2e-3 --warmup 30 --eval-every 50 --val-batches 8 --sample-tokens 300 --top-k 40
+QS_FLAGS ?= --model llama-mini --norm lns -b 8 -t 128 --steps 500 --lr 3e-3 --warmup 30 --eval-every 50 --val-batches 8 --sample-tokens 300 --top-k 40
 data/tinyshakespeare_train.bin: scripts/get_tinyshakespeare.sh scripts/text_to_shards.py
 	@bash scripts/get_tinyshakespeare.sh $(QS_TEXT) data/tinyshakespeare.txt
 	$(PYTHON) scripts/text_to_shards.py --tokenizer bytes data/tinyshakespeare.txt data/tinyshakespeare
 data: data/tinyshakespeare_train.bin
 
-quickstart: deps train_gpt data
+quickstart: deps
+	@$(MAKE) --no-print-directory train_gpt data
 	./train_gpt $(QS_FLAGS) --train-data data/tinyshakespeare_train.bin --val-data data/tinyshakespeare_val.bin \
 	  --out-dir $(QS_DIR) --save-to $(QS_DIR)/model
 	$(PYTHON) scripts/plot_loss.py $(QS_DIR) -o $(QS_DIR)/loss.png

@@ -6,12 +6,12 @@
 // Read top to bottom: options -> model config -> backend choice -> run():
 // data, model, optimizer, the training loop, evaluation, sampling, saving.
 #include <omp.h>
-#include <sys/stat.h>
 
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -219,7 +219,8 @@ struct JsonLog {
     std::ofstream f;
     void open(const std::string& dir, const nlohmann::json& config) {
         if (dir.empty()) return;
-        ::mkdir(dir.c_str(), 0755);
+        std::error_code ec;
+        std::filesystem::create_directories(dir, ec);
         f.open(dir + "/log.jsonl", std::ios::out | std::ios::trunc);
         REQUIRE_INPUT(f.good(), "--out-dir: cannot write %s/log.jsonl", dir.c_str());
         write(config);

@@ -54,14 +54,17 @@ struct cpu_backend {
                                        float alpha, int N, int C, NormKind kind,
                                        NormScheme scheme, int layer);
 
-    // ---- matmul: out = inp @ w^T (+ bias)
-    // out (N,OC), inp (N,C), w (OC,C), bias (OC) or null
+    // ---- matmul: out = inp @ w^T (+ bias), optionally followed by GELU
+    // out (N,OC), inp (N,C), w (OC,C), bias (OC) or null. With pre_gelu (N,OC) given,
+    // pre_gelu = inp @ w^T + bias and out = gelu(pre_gelu) (the cuBLASLt GELU epilogue).
     static void matmul_forward(floatX* out, const floatX* inp, const floatX* w, const floatX* bias,
-                               int N, int C, int OC);
-    // dinp = (or += when accumulate) dout @ w; dw += dout^T @ inp; dbias += sum_rows(dout)
+                               int N, int C, int OC, floatX* pre_gelu = nullptr);
+    // dinp = (or += when accumulate) dout @ w; dw += dout^T @ inp; dbias += sum_rows(dout).
+    // With pre_gelu (N,C) given, dinp = gelu'(pre_gelu) * (dout @ w): the gradient flows
+    // through the GELU that produced inp (the DGELU epilogue); not with accumulate.
     static void matmul_backward(floatX* dinp, floatX* dw, floatX* dbias, const floatX* dout,
                                 const floatX* inp, const floatX* w, int N, int C, int OC,
-                                bool accumulate);
+                                bool accumulate, const floatX* pre_gelu = nullptr);
 
     // ---- causal multi-head attention, RoPE on q and k when rope_theta > 0
     // qkv (B,T,3C) holds [q | k | v] per token, heads of hs = C/NH channels each.

@@ -245,9 +245,12 @@ struct GPT {
             Ops::matmul_forward(a.attproj, a.atty, P(bp.attn_proj_w), P(bp.attn_proj_b), N, C, C);
             return a.attproj;
         }
-        Ops::matmul_forward(a.fch, in, P(bp.fc_w), P(bp.fc_b), N, C, cfg.mlp_in_width());
-        if (cfg.arch == Arch::gpt2) Ops::gelu_forward(a.fch_act, a.fch, (size_t)N * F);
-        else Ops::swiglu_forward(a.fch_act, a.fch, N, F);
+        if (cfg.arch == Arch::gpt2) {  // fc + GELU in one matmul
+            Ops::matmul_forward(a.fch_act, in, P(bp.fc_w), P(bp.fc_b), N, C, F, a.fch);
+        } else {
+            Ops::matmul_forward(a.fch, in, P(bp.fc_w), nullptr, N, C, cfg.mlp_in_width());
+            Ops::swiglu_forward(a.fch_act, a.fch, N, F);
+        }
         Ops::matmul_forward(a.fcproj, a.fch_act, P(bp.mlp_proj_w), P(bp.mlp_proj_b), N, F, C);
         return a.fcproj;
     }
@@ -263,9 +266,13 @@ struct GPT {
             Ops::matmul_backward(din, G(bp.qkv_w), G(bp.qkv_b), dqkv, in, P(bp.qkv_w), N, C, 3 * C, accumulate);
             return;
         }
-        Ops::matmul_backward(dfch_act, G(bp.mlp_proj_w), G(bp.mlp_proj_b), dout, a.fch_act, P(bp.mlp_proj_w), N, F, C, false);
-        if (cfg.arch == Arch::gpt2) Ops::gelu_backward(dfch, a.fch, dfch_act, (size_t)N * F);
-        else Ops::swiglu_backward(dfch, a.fch, dfch_act, N, F);
+        if (cfg.arch == Arch::gpt2) {  // the proj matmul's backward applies GELU' as well
+            Ops::matmul_backward(dfch, G(bp.mlp_proj_w), G(bp.mlp_proj_b), dout, a.fch_act, P(bp.mlp_proj_w), N, F, C,
+                                 false, a.fch);
+        } else {
+            Ops::matmul_backward(dfch_act, G(bp.mlp_proj_w), nullptr, dout, a.fch_act, P(bp.mlp_proj_w), N, F, C, false);
+            Ops::swiglu_backward(dfch, a.fch, dfch_act, N, F);
+        }
         Ops::matmul_backward(din, G(bp.fc_w), G(bp.fc_b), dfch, in, P(bp.fc_w), N, C, cfg.mlp_in_width(), accumulate);
     }
 

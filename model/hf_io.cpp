@@ -1,7 +1,6 @@
 #include "model/hf_io.h"
 
-#include <sys/stat.h>
-
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -131,10 +130,9 @@ void from_hf_tensors(const StFile& file, const std::string& path, const ParamLay
 
 void save_pretrained(const std::string& dir, const ModelConfig& cfg, const ParamLayout& layout,
                      const std::vector<float>& host) {
-    ::mkdir(dir.c_str(), 0755);
-    struct stat st;
-    REQUIRE_INPUT(::stat(dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode), "--save-to: %s is not a directory",
-                  dir.c_str());
+    std::error_code ec;
+    std::filesystem::create_directories(dir, ec);
+    REQUIRE_INPUT(std::filesystem::is_directory(dir), "--save-to: cannot create the directory %s", dir.c_str());
     save_safetensors_model(dir + "/model.safetensors", layout, host);
     write_file_atomic(dir + "/config.json", config_to_json(cfg));
 }

@@ -135,6 +135,33 @@ TEST_CASE("matmul backward matches finite differences", "[ops]") {
     for (int i = 0; i < N * C; i++) CHECK(acc[i] == Approx(dinp[i] + 1.0f).margin(1e-6));
 }
 
+TEST_CASE("matmul with the GELU epilogue: forward is gelu(matmul), backward matches finite differences", "[ops]") {
+    const int N = 4, C = 6, OC = 5;
+    auto inp = randn(N * C, 34), w = randn(OC * C, 35), bias = randn(OC, 36), r = randn(N * OC, 37);
+    std::vector<float> out(N * OC), pre(N * OC), plain(N * OC), g(N * OC);
+    Ops::matmul_forward(out.data(), inp.data(), w.data(), bias.data(), N, C, OC, pre.data());
+    Ops::matmul_forward(plain.data(), inp.data(), w.data(), bias.data(), N, C, OC);
+    Ops::gelu_forward(g.data(), plain.data(), plain.size());
+    CHECK(pre == plain);
+    CHECK(out == g);
+    // backward through a following matmul whose input is the GELU output:
+    // L = sum(r2 * (gelu(inp @ w^T + b) @ w2^T)), gradient wrt inp via pre_gelu
+    const int OC2 = 3;
+    auto w2 = randn(OC2 * OC, 38), r2 = randn(N * OC2, 39);
+    std::vector<float> out2(N * OC2);
+    auto loss = [&] {
+        Ops::matmul_forward(out.data(), inp.data(), w.data(), bias.data(), N, C, OC, pre.data());
+        Ops::matmul_forward(out2.data(), out.data(), w2.data(), nullptr, N, OC, OC2);
+        return dot(out2, r2);
+    };
+    loss();
+    std::vector<float> dpre(N * OC), dw2(OC2 * OC, 0.0f), dinp(N * C), dw(OC * C, 0.0f), db(OC, 0.0f);
+    Ops::matmul_backward(dpre.data(), dw2.data(), nullptr, r2.data(), out.data(), w2.data(), N, OC, OC2, false, pre.data());
+    Ops::matmul_backward(dinp.data(), dw.data(), db.data(), dpre.data(), inp.data(), w.data(), N, C, OC, false);
+    CHECK(fd_error(inp, dinp, loss) < TOL);
+    CHECK(fd_error(bias, db, loss) < TOL);
+}
+
 TEST_CASE("attention backward matches finite differences", "[ops][attention]") {
     const int B = 2, T = 5, NH = 2, C = 8;
     for (float theta : {0.0f, 10000.0f, 10.0f}) {
