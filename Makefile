@@ -21,16 +21,33 @@ ifeq ($(NO_CUDA),1)
 HAVE_NVCC :=
 endif
 
+# PRECISION=FP32 runs the CUDA backend in fp32 throughout, for exact comparison with the CPU.
+PRECISION ?= BF16
 CXXFLAGS ?= -O3
 CXXFLAGS += -std=c++17 -fopenmp -Wall -Wextra -I. -MMD -MP
 LDLIBS := -fopenmp
 NVCCFLAGS ?= -O3
-NVCCFLAGS += -std=c++17 -I. -Xcompiler -fopenmp,-Wall,-Wextra $(foreach a,$(GPU_ARCH),-gencode arch=compute_$(a),code=sm_$(a))
+NVCCFLAGS += -std=c++17 -I. -MMD -MP -Xcompiler -fopenmp,-Wall,-Wextra -Werror all-warnings \
+	$(foreach a,$(GPU_ARCH),-gencode arch=compute_$(a),code=sm_$(a))
+ifeq ($(PRECISION),FP32)
+CXXFLAGS += -DENABLE_FP32
+NVCCFLAGS += -DENABLE_FP32
+endif
 
 LIB_SRC := $(wildcard common/*.cpp model/*.cpp cpu/*.cpp dataloader/*.cpp tokenizer/*.cpp train/*.cpp)
 LIB_OBJ := $(LIB_SRC:%.cpp=$(BUILD)/%.o)
 TEST_SRC := $(wildcard test/*.cpp)
 TEST_OBJ := $(TEST_SRC:%.cpp=$(BUILD)/%.o)
+KERNEL_SRC := $(wildcard kernels/*.cu)
+KERNEL_OBJ :=
+ifeq ($(HAVE_NVCC),1)
+# The CUDA backend: kernels built by nvcc, linked into train_gpt and the tests;
+# host code that calls it sees LNS_CUDA.
+KERNEL_OBJ := $(KERNEL_SRC:%.cu=$(BUILD)/%.o)
+CXXFLAGS += -DLNS_CUDA -isystem $(CUDA_HOME)/include
+NVCCFLAGS += -DLNS_CUDA
+CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublasLt -lcublas
+endif
 
 DEBIAN_PKGS := g++ make libcli11-dev catch2 nlohmann-json3-dev libomp-dev python3 python3-numpy python3-torch python3-matplotlib
 
@@ -44,16 +61,20 @@ $(BUILD)/%.o: %.cpp
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS) -c $< -o $@
 
+$(BUILD)/kernels/%.o: kernels/%.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+
 ifeq ($(HAVE_NVCC),1)
-train_gpt: train_gpt.cu $(LIB_OBJ)
-	$(NVCC) $(NVCCFLAGS) $< $(LIB_OBJ) -o $@ -lgomp
+train_gpt: train_gpt.cu $(LIB_OBJ) $(KERNEL_OBJ)
+	$(NVCC) $(NVCCFLAGS) $< $(LIB_OBJ) $(KERNEL_OBJ) -o $@ -lgomp -lcublasLt -lcublas $(filter -l%,$(LDLIBS))
 else
 train_gpt: train_gpt.cu $(LIB_OBJ)
 	$(CXX) $(CXXFLAGS) -x c++ $< -x none $(LIB_OBJ) -o $@ $(LDLIBS)
 endif
 
-$(BUILD)/test_all: $(TEST_OBJ) $(LIB_OBJ)
-	$(CXX) $^ -o $@ $(LDLIBS)
+$(BUILD)/test_all: $(TEST_OBJ) $(LIB_OBJ) $(KERNEL_OBJ)
+	$(CXX) $^ -o $@ $(LDLIBS) $(CUDA_LIBS)
 
 # `make deps`: as root, install what is missing; otherwise print the command.
 deps:
@@ -87,4 +108,4 @@ quickstart: deps
 clean:
 	rm -rf $(BUILD) train_gpt
 
--include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d)
+-include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(KERNEL_OBJ:.o=.d)

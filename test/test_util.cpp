@@ -4,10 +4,18 @@
 
 #include <cstdio>
 
+#ifdef LNS_CUDA
+#include "kernels/cuda_backend.h"
+#endif
+
 bool gpu_available() {
 #ifdef LNS_CUDA
-    extern bool cuda_device_available();
-    return cuda_device_available();
+    static const bool ok = [] {
+        if (cuda_backend::device_count() == 0) return false;
+        cuda_backend::init(0);
+        return true;
+    }();
+    return ok;
 #else
     return false;
 #endif
