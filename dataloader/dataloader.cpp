@@ -1,14 +1,38 @@
-// Sequential llm.c-style data loader over validated, memory-mapped shards.
+// llm.c-style data loader over validated, memory-mapped shards, sequential or shuffled.
 #include "dataloader/dataloader.h"
 
 #include <cstdio>
+#include <numeric>
 #include <utility>
 
 #include "common/check.h"
+#include "common/rng.h"
+
+namespace {
+
+uint64_t mix(uint64_t z) {  // splitmix64's finaliser: nearby inputs, unrelated outputs
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+// The permutation of 0..n-1 for (seed, epoch, shard): a function of those alone, the
+// same on every rank, run and machine. shard = -1 names the epoch's order of shards.
+std::vector<int64_t> permutation(int64_t n, uint64_t seed, int64_t epoch, int64_t shard) {
+    Rng rng(mix(mix(mix(seed) ^ (uint64_t)epoch) ^ (uint64_t)(shard + 1)));
+    std::vector<int64_t> p((size_t)n);
+    std::iota(p.begin(), p.end(), 0);
+    for (int64_t i = n - 1; i > 0; i--)  // Fisher-Yates
+        std::swap(p[(size_t)i], p[(size_t)(rng.next_u64() % (uint64_t)(i + 1))]);
+    return p;
+}
+
+}  // namespace
 
 DataLoader::DataLoader(const std::string& pattern, int B, int T, int vocab_size, int rank,
-                       int nranks)
-    : pattern_(pattern), B_(B), T_(T), rank_(rank), nranks_(nranks) {
+                       int nranks, bool shuffle, uint64_t seed)
+    : pattern_(pattern), B_(B), T_(T), rank_(rank), nranks_(nranks), shuffle_(shuffle),
+      seed_(shuffle ? seed : 0) {
     const char* p = pattern.c_str();
     REQUIRE_INPUT(B > 0 && T > 0, "%s: batch size B and sequence length T must be positive, "
                   "got B=%d T=%d", p, B, T);
@@ -29,7 +53,7 @@ DataLoader::DataLoader(const std::string& pattern, int B, int T, int vocab_size,
     REQUIRE_INPUT(!shards_.empty(), "%s: no shard holds the B*T+1 = %zu tokens one batch "
                   "needs (B=%d, T=%d)", p, need, B, T);
 
-    // this rank's windows: k in [0, w) with k % nranks == rank
+    // this rank's windows: positions j in [0, w) with j % nranks == rank, in any order
     for (size_t i = 0; i < shards_.size(); i++) {
         int64_t w = windows_in(i);
         if (w > rank) num_batches_ += (size_t)((w - rank - 1) / nranks + 1);
@@ -45,13 +69,36 @@ int64_t DataLoader::windows_in(size_t shard) const {
     return (int64_t)((shards_[shard].size() - 1) / ((size_t)B_ * T_));
 }
 
+size_t DataLoader::shard_at(int64_t pos) const {
+    return shuffle_ ? (size_t)shard_perm_[(size_t)pos] : (size_t)pos;
+}
+
+int64_t DataLoader::window_at(int64_t pos) const {
+    return shuffle_ ? window_perm_[(size_t)pos] : pos;
+}
+
+void DataLoader::order_for(const LoaderState& p) {
+    if (!shuffle_) return;
+    if (perm_epoch_ != p.epoch) {
+        shard_perm_ = permutation((int64_t)shards_.size(), seed_, p.epoch, -1);
+        perm_epoch_ = p.epoch;
+        perm_shard_ = -1;
+    }
+    if (perm_shard_ != p.shard) {
+        const size_t s = shard_at(p.shard);
+        window_perm_ = permutation(windows_in(s), seed_, p.epoch, (int64_t)s);
+        perm_shard_ = p.shard;
+    }
+}
+
 void DataLoader::seek_valid() {
     // Terminates: num_batches_ > 0, so some shard holds a window of this rank.
     for (;;) {
-        int64_t k = pos_.window;
-        k += ((rank_ - k % nranks_) % nranks_ + nranks_) % nranks_;  // next k of this rank
-        if (k < windows_in((size_t)pos_.shard)) {
-            pos_.window = k;
+        order_for(pos_);
+        int64_t j = pos_.window;
+        j += ((rank_ - j % nranks_) % nranks_ + nranks_) % nranks_;  // next j of this rank
+        if (j < windows_in(shard_at(pos_.shard))) {
+            pos_.window = j;
             return;
         }
         pos_.window = 0;
@@ -63,14 +110,14 @@ void DataLoader::seek_valid() {
 }
 
 void DataLoader::reset() {
-    pos_ = LoaderState{0, 0, 0};
+    pos_ = LoaderState{0, 0, 0, shuffle_, seed_};
     seek_valid();
 }
 
 void DataLoader::next_batch(int* inputs, int* targets) {
-    const Shard& s = shards_[(size_t)pos_.shard];
+    const Shard& s = shards_[shard_at(pos_.shard)];
     const size_t BT = (size_t)B_ * T_;
-    const size_t start = (size_t)pos_.window * BT;
+    const size_t start = (size_t)window_at(pos_.window) * BT;
     // Rows b and b+1 overlap by one token, so the (B, T+1) window is just the flat span
     // [start, start + B*T] and targets are inputs shifted by one.
     for (size_t i = 0; i < BT; i++) {
@@ -83,16 +130,27 @@ void DataLoader::next_batch(int* inputs, int* targets) {
 
 void DataLoader::restore(const LoaderState& st) {
     const char* p = pattern_.c_str();
+    REQUIRE_INPUT(st.shuffle == shuffle_ && (!shuffle_ || st.seed == seed_),
+                  "%s: loader state is for %s order%s, this loader reads in %s order%s (was "
+                  "the checkpoint made with other --shuffle or --seed flags?)", p,
+                  st.shuffle ? "shuffled" : "sequential",
+                  st.shuffle ? strfmt(" with seed %llu", (unsigned long long)st.seed).c_str() : "",
+                  shuffle_ ? "shuffled" : "sequential",
+                  shuffle_ ? strfmt(" with seed %llu", (unsigned long long)seed_).c_str() : "");
+    REQUIRE_INPUT(st.epoch >= 0, "%s: loader state has epoch %lld, expected >= 0", p,
+                  (long long)st.epoch);
     REQUIRE_INPUT(st.shard >= 0 && st.shard < (int64_t)shards_.size(),
                   "%s: loader state has shard %lld, expected 0 <= shard < %zu (was the "
                   "checkpoint made with other data?)", p, (long long)st.shard, shards_.size());
-    const int64_t w = windows_in((size_t)st.shard);
+    const size_t shard = shuffle_ ? (size_t)permutation((int64_t)shards_.size(), seed_,
+                                                        st.epoch, -1)[(size_t)st.shard]
+                                  : (size_t)st.shard;
+    const int64_t w = windows_in(shard);
     REQUIRE_INPUT(st.window >= 0 && st.window < w && st.window % nranks_ == rank_,
                   "%s: loader state has window %lld of %s, expected 0 <= window < %lld with "
                   "window %% %d == %d (was the checkpoint made with other data, B, T or "
-                  "ranks?)", p, (long long)st.window, shards_[(size_t)st.shard].path().c_str(),
+                  "ranks?)", p, (long long)st.window, shards_[shard].path().c_str(),
                   (long long)w, nranks_, rank_);
-    REQUIRE_INPUT(st.epoch >= 0, "%s: loader state has epoch %lld, expected >= 0", p,
-                  (long long)st.epoch);
     pos_ = st;
+    order_for(pos_);
 }

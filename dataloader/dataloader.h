@@ -1,11 +1,22 @@
-// Sequential (B, T+1) windows over the concatenation of token shards, llm.c style:
-// documents are packed back to back and need not align with windows.
+// (B, T+1) windows over the concatenation of token shards, llm.c style: documents are
+// packed back to back and need not align with windows.
 //
 // Within a shard, window k covers tokens [k*B*T, k*B*T + B*T + 1) for every k with
 // k*B*T + B*T + 1 <= shard size. Row b of the batch starts at k*B*T + b*T and holds
-// T+1 tokens: inputs = row[0..T), targets = row[1..T]. Rank r of nranks takes the
-// windows with k % nranks == r, so ranks never see the same window. After the last
-// window of the last shard the loader wraps to the first shard and epoch() grows.
+// T+1 tokens: inputs = row[0..T), targets = row[1..T]. After the last window of the last
+// shard the loader wraps to the first shard and epoch() grows.
+//
+// Order. Sequential (the default): shards in sorted path order, windows k = 0, 1, 2, ...
+// Shuffled: each epoch visits the shards in a permutation and each shard's windows in a
+// permutation, drawn from (seed, epoch) and (seed, epoch, shard) alone, so a position
+// needs no saved RNG stream: (shard, window, epoch, seed) restores it exactly.
+//
+// Ranks: in either order, rank r of nranks takes the window positions j (within a shard's
+// order) with j % nranks == r, so the ranks of one epoch see disjoint windows that
+// together cover every window once.
+//
+// Validation: a sequential loader, reset() before each evaluation, covers the same
+// tokens every time.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -14,16 +25,20 @@
 
 #include "dataloader/shard.h"
 
-// Position of the next batch, for exact resume. `shard` indexes the shards the loader
-// kept (those of at least B*T+1 tokens, in sorted path order), `window` is the k above.
+// Position of the next batch, for exact resume. `shard` is a position in the epoch's
+// order of the shards the loader kept (those of at least B*T+1 tokens; sorted path order
+// when sequential), `window` a position in that shard's order of windows (the k above
+// when sequential). `shuffle` and `seed` must match the loader's own.
 struct LoaderState {
     int64_t shard, window, epoch;
+    bool shuffle = false;
+    uint64_t seed = 0;
 };
 
 class DataLoader {
 public:
     DataLoader(const std::string& pattern, int B, int T, int vocab_size, int rank = 0,
-               int nranks = 1);
+               int nranks = 1, bool shuffle = false, uint64_t seed = 0);
 
     void next_batch(int* inputs, int* targets);  // inputs, targets: (B, T) each
     void reset();                                // back to the first window, epoch 0
@@ -35,14 +50,25 @@ public:
     LoaderState state() const { return pos_; }
     void restore(const LoaderState& s);  // UserError if s is not a position of this rank
     const std::vector<Shard>& shards() const { return shards_; }
+    // The shard and first token of the next batch, e.g. for logs.
+    size_t next_shard() const { return shard_at(pos_.shard); }
+    size_t next_offset() const { return (size_t)window_at(pos_.window) * B_ * T_; }
 
 private:
     int64_t windows_in(size_t shard) const;  // windows of this shard, all ranks
     void seek_valid();  // moves pos_ forward to this rank's next window, wrapping
+    size_t shard_at(int64_t pos) const;     // shard at position pos of this epoch's order
+    int64_t window_at(int64_t pos) const;   // window at position pos of the current shard
+    void order_for(const LoaderState& p);   // draws the permutations for position p
 
     std::string pattern_;
     int B_, T_, rank_, nranks_;
     std::vector<Shard> shards_;
     size_t num_batches_ = 0;
+    bool shuffle_;
+    uint64_t seed_;
     LoaderState pos_{0, 0, 0};  // always this rank's next window
+    // shuffled order: permutations for (perm_epoch_) and (perm_epoch_, perm_shard_)
+    std::vector<int64_t> shard_perm_, window_perm_;
+    int64_t perm_epoch_ = -1, perm_shard_ = -1;
 };

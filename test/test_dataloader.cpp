@@ -8,6 +8,8 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <algorithm>
+#include <memory>
 #include <numeric>
 #include <set>
 #include <string>
@@ -298,4 +300,100 @@ TEST_CASE("dataloader: too little data is a UserError naming the pattern", "[dat
     REQUIRE_THROWS_WITH(DataLoader(pat, 1, 7, 5), Catch::Contains(d.file("small.bin")));
     REQUIRE_THROWS_WITH(DataLoader(d.file("none*.bin"), 1, 7, 256),
                         Catch::Contains("no file matches"));
+}
+
+namespace {
+
+// Shards r_0.bin.. with window counts `windows` (B*T = 15) whose tokens name their
+// window: the first token of window k of shard i is 10000*i + 15*k.
+std::set<int> write_windows(const TmpDir& d, const std::vector<int>& windows) {
+    std::set<int> all;
+    for (size_t i = 0; i < windows.size(); i++) {
+        auto t = iota_tokens((size_t)windows[i] * 15 + 1 + i % 3, 10000 * (uint32_t)i);
+        write_shard(d.file("r_" + std::to_string(i) + ".bin"), t.data(), t.size(), false);
+        for (int k = 0; k < windows[i]; k++) all.insert(10000 * (int)i + 15 * k);
+    }
+    return all;
+}
+
+// The first token of each batch of one epoch of `dl`, in order.
+std::vector<int> epoch_starts(DataLoader& dl) {
+    std::vector<int> x(15), y(15), starts;
+    const int64_t e = dl.epoch();
+    for (size_t i = 0; i < dl.num_batches(); i++) {
+        REQUIRE(dl.epoch() == e);
+        dl.next_batch(x.data(), y.data());
+        REQUIRE(y[0] == x[0] + 1);
+        starts.push_back(x[0]);
+    }
+    REQUIRE(dl.epoch() == e + 1);
+    return starts;
+}
+
+}  // namespace
+
+TEST_CASE("dataloader: shuffled epochs cover every window once, in a seeded order", "[data]") {
+    TmpDir d;
+    const std::set<int> all = write_windows(d, {9, 4, 1, 6, 3});
+    const std::string pat = d.file("r_*.bin");
+    for (int nranks : {1, 2, 3}) {
+        std::vector<std::unique_ptr<DataLoader>> ranks;
+        for (int r = 0; r < nranks; r++)
+            ranks.push_back(std::make_unique<DataLoader>(pat, 3, 5, 65536, r, nranks, true, 42));
+        std::vector<int> previous;
+        for (int epoch = 0; epoch < 3; epoch++) {
+            std::multiset<int> seen;
+            std::vector<int> order;
+            for (auto& dl : ranks) {
+                auto s = epoch_starts(*dl);
+                seen.insert(s.begin(), s.end());
+                order.insert(order.end(), s.begin(), s.end());
+            }
+            INFO("nranks " << nranks << " epoch " << epoch);
+            REQUIRE(seen.size() == all.size());  // each window exactly once per epoch
+            REQUIRE(std::set<int>(seen.begin(), seen.end()) == all);
+            REQUIRE(order != previous);  // a new order every epoch
+            previous = order;
+        }
+    }
+    // the order is a function of the seed: same seed, same order; another, another
+    DataLoader a(pat, 3, 5, 65536, 0, 1, true, 42), b(pat, 3, 5, 65536, 0, 1, true, 42),
+        c(pat, 3, 5, 65536, 0, 1, true, 43), seq(pat, 3, 5, 65536);
+    auto oa = epoch_starts(a), ob = epoch_starts(b), oc = epoch_starts(c), os = epoch_starts(seq);
+    REQUIRE(oa == ob);
+    REQUIRE(oa != oc);
+    REQUIRE(oa != os);
+    REQUIRE(std::is_sorted(os.begin(), os.end()));
+}
+
+TEST_CASE("dataloader: a restored shuffled loader continues with the same windows", "[data]") {
+    TmpDir d;
+    write_windows(d, {7, 2, 5});
+    const std::string pat = d.file("r_*.bin");
+    for (int rank = 0; rank < 2; rank++) {
+        DataLoader dl(pat, 3, 5, 65536, rank, 2, true, 7);
+        std::vector<int> x(15), y(15), x2(15), y2(15);
+        // across three epochs, from every position
+        for (int step = 0; step < 3 * (int)dl.num_batches(); step++) {
+            const LoaderState st = dl.state();
+            REQUIRE(st.shuffle);
+            REQUIRE(st.seed == 7);
+            dl.next_batch(x.data(), y.data());
+            DataLoader fresh(pat, 3, 5, 65536, rank, 2, true, 7);
+            fresh.restore(st);
+            for (int k = 0; k < 3; k++) {  // the same next batches, not just the first
+                fresh.next_batch(x2.data(), y2.data());
+                if (k == 0) REQUIRE(x2 == x);
+            }
+            REQUIRE(fresh.epoch() >= st.epoch);
+        }
+        // a state of another order or seed is refused, naming what differs
+        LoaderState st = dl.state();
+        DataLoader other_seed(pat, 3, 5, 65536, rank, 2, true, 8);
+        REQUIRE_THROWS_WITH(other_seed.restore(st), Catch::Contains("seed 7") &&
+                                                        Catch::Contains("seed 8"));
+        DataLoader sequential(pat, 3, 5, 65536, rank, 2);
+        REQUIRE_THROWS_WITH(sequential.restore(st), Catch::Contains("shuffled"));
+        REQUIRE_THROWS_WITH(dl.restore({0, 1 - rank, 0, true, 7}), Catch::Contains("window"));
+    }
 }
