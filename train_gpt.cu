@@ -21,6 +21,9 @@
 #include "common/check.h"
 #include "common/rng.h"
 #include "cpu/cpu_backend.h"
+#ifdef LNS_CUDA
+#include "kernels/cuda_backend.h"
+#endif
 #include "dataloader/dataloader.h"
 #include "model/gpt.h"
 #include "model/hf_io.h"
@@ -48,7 +51,7 @@ struct Options {
     uint64_t seed = 42;
     std::string out_dir, init_from, save_to;
     int eval_every = 0, val_batches = 8, sample_tokens = 0, threads = 0;
-    bool eval_only = false;
+    bool eval_only = false, recompute = false;
     float temperature = 1.0f;
     int top_k = 0;
 };
@@ -99,6 +102,7 @@ static void add_options(CLI::App& app, Options& o) {
     app.add_option("--device", o.device, "auto, cpu or cuda")->group(R);
     app.add_option("--seed", o.seed, "seed for initialisation and sampling")->group(R);
     app.add_option("--threads", o.threads, "CPU threads (0 = OpenMP default)")->group(R);
+    app.add_flag("--recompute", o.recompute, "recompute the MLP activation in backward instead of storing it")->group(R);
     app.add_option("--out-dir", o.out_dir, "run directory: log.jsonl")->group(R);
     app.add_option("--eval-every", o.eval_every, "validation every N steps (0 = only at the end)")->group(R);
     app.add_option("--val-batches", o.val_batches, "batches per validation (0 = the whole val set)")->group(R);
@@ -240,7 +244,7 @@ static int run(const Options& o, const ModelConfig& cfg) {
     if (!o.eval_only && o.steps > 0) train = std::make_unique<DataLoader>(o.train_data, B, T, cfg.vocab_size);
     if (!o.val_data.empty()) val = std::make_unique<DataLoader>(o.val_data, B, T, cfg.vocab_size);
 
-    GPT<Backend> model(cfg, B, T);
+    GPT<Backend> model(cfg, B, T, o.recompute);
     if (!o.init_from.empty()) {
         std::vector<float> host;
         load_safetensors_model(o.init_from + "/model.safetensors", model.layout, host);
@@ -257,8 +261,14 @@ static int run(const Options& o, const ModelConfig& cfg) {
     printf("model %s | norm %s | init %s | L %d C %d heads %d F %d V %d (padded %d) | %.2fM parameters\n",
            to_string(cfg.arch), to_string(cfg.norm), to_string(cfg.init), cfg.n_layer, cfg.n_embd, cfg.n_head,
            cfg.ffn_hidden, cfg.vocab_size, cfg.padded_vocab(), model.layout.total / 1e6);
-    printf("batch B %d x T %d x %d accumulation = %d tokens/step | activations %.1f MiB\n", B, T, accum,
-           B * T * accum, (model.act_bytes + model.grad_bytes) / 1048576.0);
+    printf("batch B %d x T %d x %d accumulation = %d tokens/step\n", B, T, accum, B * T * accum);
+    {   // the memory plan: one allocation per part
+        const double GiB = 1024.0 * 1024.0 * 1024.0, P = (double)model.layout.total;
+        const double px = P * sizeof(typename Backend::floatX);
+        printf("memory (GiB): parameters %.3f | gradients %.3f | AdamW state %.3f | master weights %.3f | "
+               "activations %.3f | activation gradients %.3f\n", px / GiB, px / GiB, 2 * P * 4 / GiB,
+               model.master ? P * 4 / GiB : 0.0, model.act_bytes / GiB, model.grad_bytes / GiB);
+    }
     if (train) printf("train data: %zu shards, %zu tokens/epoch\n", train->shards().size(), train->tokens_per_epoch());
 
     nlohmann::json config = nlohmann::json::parse(config_to_json(cfg));
@@ -284,7 +294,11 @@ static int run(const Options& o, const ModelConfig& cfg) {
             model.backward(1.0f / accum);
         }
         const float lr = sched.at(step);
-        const float norm = optimizer_step(model, o.adamw, lr, step + 1, (uint32_t)(o.seed + step));
+        float norm;
+        {
+            NVTX_RANGE("optimizer");
+            norm = optimizer_step(model, o.adamw, lr, step + 1, (uint32_t)(o.seed + step));
+        }
         Backend::synchronize();
         const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
         const double tok_s = (double)B * T * accum / (ms / 1000.0);
@@ -329,9 +343,22 @@ int main(int argc, char** argv) {
         validate_options(o, cfg);
         REQUIRE_INPUT(o.device == "auto" || o.device == "cpu" || o.device == "cuda",
                       "--device: expected auto, cpu or cuda, got '%s'", o.device.c_str());
-        // The CUDA backend is not part of this build yet: cuda is refused, auto falls back.
-        REQUIRE_INPUT(o.device != "cuda", "--device cuda: this build has no CUDA backend; use --device cpu or auto");
-        if (o.device == "auto") printf("device: no CUDA backend in this build, using the CPU backend\n");
+#ifdef LNS_CUDA
+        const int ndev = o.device == "cpu" ? 0 : cuda_backend::device_count();
+        REQUIRE_INPUT(o.device != "cuda" || ndev > 0, "--device cuda: no CUDA device found (use --device cpu or auto)");
+        if (ndev > 0) {
+            cuda_backend::init(0);
+            char desc[256];
+            cuda_backend::describe(desc, sizeof desc);
+            printf("backend cuda | %s\n", desc);
+            return run<cuda_backend>(o, cfg);
+        }
+        if (o.device == "auto") printf("device: no GPU found, using the CPU backend\n");
+#else
+        REQUIRE_INPUT(o.device != "cuda", "--device cuda: this build has no CUDA backend (built without nvcc); "
+                      "use --device cpu or auto");
+        if (o.device == "auto") printf("device: built without CUDA, using the CPU backend\n");
+#endif
         printf("backend cpu | %d OpenMP threads\n", omp_get_max_threads());
         return run<cpu_backend>(o, cfg);
     } catch (const UserError& e) {

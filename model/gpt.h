@@ -15,6 +15,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/nvtx.h"
 #include "model/config.h"
 #include "model/init.h"
 #include "model/params.h"
@@ -62,13 +63,15 @@ struct GPT {
     int* targets = nullptr;     // (N)
     floatX *dresidual, *dn, *df, *datty, *dqkv, *dqkvr, *datt, *dfch_act, *dfch;
 
+    bool recompute = false;     // one shared MLP activation buffer, recomputed in backward
     int cur_B = 0, cur_T = 0;
     float last_loss = 0.0f;
     int valid_targets = 0;      // targets >= 0 in the last forward
     std::vector<int> host_targets;
     std::vector<float> host_losses;
 
-    GPT(const ModelConfig& c, int maxB, int maxT) : cfg(c), layout(build_param_layout(c)), B(maxB), T(maxT) {
+    GPT(const ModelConfig& c, int maxB, int maxT, bool recompute_mlp = false)
+        : cfg(c), layout(build_param_layout(c)), B(maxB), T(maxT), recompute(recompute_mlp) {
         REQUIRE_INPUT(maxT <= cfg.max_seq_len, "--seq-len: %d exceeds the model's maximum sequence length %d",
                       maxT, cfg.max_seq_len);
         const size_t P = layout.total;
@@ -111,13 +114,14 @@ struct GPT {
         };
         acts.assign(cfg.n_layer, LayerActs{});
         encoded = X(N * C);
+        floatX* shared_fch_act = recompute ? X(N * F) : nullptr;
         for (auto& a : acts) {
             norm(a.ln1, true);
             a.qkv = X(N * 3 * C), a.qkvr = X(N * 3 * C), a.att = X((size_t)B * NH * T * T);
             a.atty = X(N * C), a.attproj = X(N * C);
             if (cfg.sandwich()) norm(a.ln1o, false);
             norm(a.ln2, true);
-            a.fch = X(N * W1), a.fch_act = X(N * F), a.fcproj = X(N * C);
+            a.fch = X(N * W1), a.fch_act = recompute ? shared_fch_act : X(N * F), a.fcproj = X(N * C);
             if (cfg.sandwich()) norm(a.ln2o, false);
         }
         norm(lnf, true);
@@ -177,6 +181,7 @@ struct GPT {
         REQUIRE_INPUT(b <= B && t <= T, "batch (%d, %d) exceeds the planned (%d, %d)", b, t, B, T);
         cur_B = b, cur_T = t;
         const int N = b * t, C = cfg.n_embd, Vp = cfg.padded_vocab();
+        NVTX_RANGE("forward");
         Ops::copy_from_host(inputs, host_inputs, (size_t)N * sizeof(int));
 
         Ops::encoder_forward(encoded, inputs, P(layout.wte), P(layout.wpe), b, t, C);
@@ -186,9 +191,11 @@ struct GPT {
             const BlockParams& bp = layout.blocks[l];
             LayerActs& a = acts[l];
             const bool post = cfg.block_is_post(l);
+            NVTX_RANGE("block", l + 1);
             sublayer_forward(a, a.ln1, a.ln1o, bp.ln1_w, bp.ln1_b, bp.ln1o_w, bp.ln1o_b, post, l, true, base, addend);
             sublayer_forward(a, a.ln2, a.ln2o, bp.ln2_w, bp.ln2_b, bp.ln2o_w, bp.ln2o_b, post, l, false, base, addend);
         }
+        NVTX_RANGE("head");
         norm_forward(lnf, base, addend, 1.0f, layout.lnf_w, layout.lnf_b, 0);
         Ops::matmul_forward(logits, lnf.out, P(layout.lm_head), nullptr, N, C, Vp);
 
@@ -210,6 +217,7 @@ struct GPT {
     void backward(float loss_scale = 1.0f) {
         const int b = cur_B, t = cur_T, N = b * t, C = cfg.n_embd, Vp = cfg.padded_vocab();
         const float dloss = valid_targets ? loss_scale / valid_targets : 0.0f;
+        NVTX_RANGE("backward");
         Ops::crossentropy_backward(logits, logits, targets, dloss, N, cfg.vocab_size, Vp);
         Ops::matmul_backward(dn, G(layout.lm_head), nullptr, logits, lnf.out, P(layout.lm_head), N, C, Vp, false);
         Ops::residual_norm_backward(dresidual, nullptr, G(layout.lnf_w), G(layout.lnf_b), dn, nullptr,
@@ -219,6 +227,7 @@ struct GPT {
             const BlockParams& bp = layout.blocks[l];
             LayerActs& a = acts[l];
             const bool post = cfg.block_is_post(l);
+            NVTX_RANGE("block backward", l + 1);
             sublayer_backward(a, a.ln2, a.ln2o, bp.ln2_w, bp.ln2_b, bp.ln2o_w, bp.ln2o_b, post, l, false);
             sublayer_backward(a, a.ln1, a.ln1o, bp.ln1_w, bp.ln1_b, bp.ln1o_w, bp.ln1o_b, post, l, true);
         }
@@ -238,6 +247,7 @@ struct GPT {
     // Attention (attn == true) or MLP on input `in` (N,C); result in a.attproj / a.fcproj.
     const floatX* branch_forward(LayerActs& a, const BlockParams& bp, bool attn, const floatX* in) {
         const int N = cur_B * cur_T, C = cfg.n_embd, F = cfg.ffn_hidden;
+        NVTX_RANGE(attn ? "attention" : "mlp");
         if (attn) {
             Ops::matmul_forward(a.qkv, in, P(bp.qkv_w), P(bp.qkv_b), N, C, 3 * C);
             Ops::attention_forward(a.atty, a.qkvr, a.att, a.qkv, cur_B, cur_T, C, cfg.n_head,
@@ -259,12 +269,17 @@ struct GPT {
     void branch_backward(LayerActs& a, const BlockParams& bp, bool attn, const floatX* in, const floatX* dout,
                          floatX* din, bool accumulate) {
         const int N = cur_B * cur_T, C = cfg.n_embd, F = cfg.ffn_hidden;
+        NVTX_RANGE(attn ? "attention backward" : "mlp backward");
         if (attn) {
             Ops::matmul_backward(datty, G(bp.attn_proj_w), G(bp.attn_proj_b), dout, a.atty, P(bp.attn_proj_w), N, C, C, false);
             Ops::attention_backward(dqkv, dqkvr, datt, datty, a.qkvr, a.att, cur_B, cur_T, C, cfg.n_head,
                                     cfg.rope() ? cfg.rope_theta : 0.0f);
             Ops::matmul_backward(din, G(bp.qkv_w), G(bp.qkv_b), dqkv, in, P(bp.qkv_w), N, C, 3 * C, accumulate);
             return;
+        }
+        if (recompute) {  // the activation was overwritten by later blocks: recompute it
+            if (cfg.arch == Arch::gpt2) Ops::gelu_forward(a.fch_act, a.fch, (size_t)N * F);
+            else Ops::swiglu_forward(a.fch_act, a.fch, N, F);
         }
         if (cfg.arch == Arch::gpt2) {  // the proj matmul's backward applies GELU' as well
             Ops::matmul_backward(dfch, G(bp.mlp_proj_w), G(bp.mlp_proj_b), dout, a.fch_act, P(bp.mlp_proj_w), N, F, C,

@@ -1,0 +1,124 @@
+// Model-level properties of the CPU backend that need no reference implementation:
+// parameter counts of the presets, the flat layout, gradient accumulation,
+// recomputation, and the Hugging Face round trip.
+#include <catch2/catch.hpp>
+
+#include "common/check.h"
+#include "cpu/cpu_backend.h"
+#include "model/gpt.h"
+#include "model/hf_io.h"
+#include "test/test_util.h"
+
+TEST_CASE("preset parameter counts match the architectures' formulas", "[model]") {
+    // GPT-2 124M with the vocabulary padded to 50304, as llm.c counts it
+    CHECK(build_param_layout(preset("gpt2-124m")).total == 124475904u);
+    // LLaMA: untied embedding and head (V*C each), per block 4C^2 + 3CF + 2C, final norm C
+    auto llama = [](size_t C, size_t L, size_t F) { return 32000 * C * 2 + L * (4 * C * C + 3 * C * F + 2 * C) + C; };
+    CHECK(build_param_layout(preset("llama-130m")).total == llama(768, 12, 2048));
+    CHECK(build_param_layout(preset("llama-350m")).total == llama(1024, 24, 2736));
+    CHECK(build_param_layout(preset("llama-1b")).total == llama(2048, 24, 5461));
+    // sandwich adds two norms per block
+    ModelConfig s = preset("gpt2-124m");
+    s.norm = NormScheme::sandwich;
+    CHECK(build_param_layout(s).total == 124475904u + 12 * 4 * 768);
+}
+
+TEST_CASE("the flat layout: contiguous, fused q|k|v and gate|up, tied GPT-2 head", "[model]") {
+    for (const char* name : {"gpt2-tiny", "llama-tiny"}) {
+        const ParamLayout L = build_param_layout(preset(name));
+        size_t off = 0;
+        for (const auto& t : L.tensors) {
+            CHECK(t.offset == off);
+            off += t.size;
+        }
+        CHECK(off == L.total);
+        const auto& b0 = L.blocks[0];
+        if (std::string(name) == "llama-tiny") {
+            CHECK(L.find("model.layers.0.self_attn.k_proj.weight")->offset == (size_t)b0.qkv_w + 32 * 32);
+            CHECK(L.find("model.layers.0.self_attn.v_proj.weight")->offset == (size_t)b0.qkv_w + 2 * 32 * 32);
+            CHECK(L.find("model.layers.0.mlp.up_proj.weight")->offset == (size_t)b0.fc_w + 64 * 32);
+            CHECK(L.lm_head != L.wte);
+            CHECK(L.find("model.norm.weight")->decay == false);
+        } else {
+            CHECK(L.lm_head == L.wte);
+            CHECK(L.find("transformer.h.0.attn.c_attn.weight")->hf_transposed);
+            CHECK(L.find("transformer.wte.weight")->decay == true);
+        }
+    }
+}
+
+namespace {
+std::vector<float> grads_for(GPT<cpu_backend>& m, const std::vector<int>& x, const std::vector<int>& y, int B, int T,
+                             int micro) {
+    m.zero_grad();
+    const int rows = B / micro;
+    for (int k = 0; k < micro; k++) {
+        m.forward(x.data() + k * rows * T, y.data() + k * rows * T, rows, T);
+        m.backward(1.0f / micro);
+    }
+    return m.get_grads();
+}
+}  // namespace
+
+TEST_CASE("gradient accumulation over micro-batches equals one large batch", "[model]") {
+    const int B = 4, T = 16;
+    const ModelConfig cfg = [] {
+        ModelConfig c = preset("llama-tiny");
+        c.norm = NormScheme::lns;
+        return c;
+    }();
+    GPT<cpu_backend> m(cfg, B, T);
+    m.init_random(3);
+    Rng rng(4);
+    std::vector<int> x(B * T), y(B * T);
+    for (int i = 0; i < B * T; i++) x[i] = (int)(rng.next_u64() % 256), y[i] = (int)(rng.next_u64() % 256);
+    const auto one = grads_for(m, x, y, B, T, 1), four = grads_for(m, x, y, B, T, 4);
+    // the same sums in another order: fp32 rounding only
+    CHECK(max_rel_err(four, one) < 1e-5);
+}
+
+TEST_CASE("recomputing the MLP activation gives identical gradients", "[model]") {
+    const int B = 2, T = 16;
+    for (const char* name : {"gpt2-tiny", "llama-tiny"}) {
+        DYNAMIC_SECTION(name) {
+            ModelConfig cfg = preset(name);
+            cfg.norm = NormScheme::mix;
+            GPT<cpu_backend> a(cfg, B, T, false), b(cfg, B, T, true);
+            a.init_random(5), b.init_random(5);
+            Rng rng(6);
+            std::vector<int> x(B * T), y(B * T);
+            for (int i = 0; i < B * T; i++) x[i] = (int)(rng.next_u64() % 256), y[i] = (int)(rng.next_u64() % 256);
+            CHECK(b.act_bytes < a.act_bytes);
+            CHECK(grads_for(a, x, y, B, T, 1) == grads_for(b, x, y, B, T, 1));
+        }
+    }
+}
+
+TEST_CASE("Hugging Face round trip and clear errors for mismatched files", "[model][io]") {
+    TmpDir dir;
+    for (const char* name : {"gpt2-tiny", "llama-tiny"}) {
+        DYNAMIC_SECTION(name) {
+            ModelConfig cfg = preset(name);
+            cfg.norm = NormScheme::deepnorm;
+            cfg.vocab_size = 200;
+            const ParamLayout L = build_param_layout(cfg);
+            std::vector<float> p, q;
+            init_params(p, L, 9);
+            save_pretrained(dir / name, cfg, L, p);
+            const ModelConfig back = load_pretrained_config(dir / name);
+            CHECK(back.arch == cfg.arch);
+            CHECK(back.norm == NormScheme::deepnorm);
+            CHECK(back.vocab_size == 200);
+            CHECK(back.n_layer == cfg.n_layer);
+            load_safetensors_model(dir / name + "/model.safetensors", L, q);
+            CHECK(q == p);  // padding rows are zero on both sides
+
+            // a file for another width names the tensor and both shapes
+            ModelConfig wide = cfg;
+            wide.n_embd = 64, wide.ffn_hidden = 2 * cfg.ffn_hidden;
+            REQUIRE_THROWS_WITH(load_safetensors_model(dir / name + "/model.safetensors", build_param_layout(wide), q),
+                                Catch::Contains("model.safetensors") && Catch::Contains("shape"));
+        }
+    }
+    REQUIRE_THROWS_WITH(load_pretrained_config(dir / "missing"), Catch::Contains("missing/config.json"));
+}
