@@ -12,8 +12,8 @@ LDLIBS += $(TOKENIZER_LDLIBS)
 # Their headers come with `make deps`, which -j could otherwise run after these compile.
 $(BUILD)/tokenizer/gpt2.o $(BUILD)/tokenizer/sentencepiece.o $(BUILD)/tokenizer/tokenizer.o: | deps
 
-# The test suite loads GPT-2's files: fetch them (once; cached) before running it.
-test: gpt2-vocab
+# The test suite loads GPT-2's files (fetched once, then cached) and runs the tool.
+test: gpt2-vocab tokenize
 
 .PHONY: gpt2-vocab bench-tokenizer fuzz gpt2-reference
 gpt2-vocab:
