@@ -234,8 +234,21 @@ struct JsonLog {
     }
 };
 
+// Model FLOPs per token for forward + backward (PaLM, appendix B): 6 per parameter
+// plus 12 * L * C * T for attention scores and their use.
+static double flops_per_token(const ModelConfig& c, size_t params, int T) {
+    return 6.0 * (double)params + 12.0 * c.n_layer * c.n_embd * (double)T;
+}
+
+// Dense bf16 tensor-core peak from the device name (datasheet figures), 0 when unknown.
+static double peak_bf16_flops(const std::string& device) {
+    if (device.find("H100") != std::string::npos || device.find("H200") != std::string::npos) return 989.4e12;
+    if (device.find("A100") != std::string::npos) return 312e12;
+    return 0.0;
+}
+
 template <class Backend>
-static int run(const Options& o, const ModelConfig& cfg) {
+static int run(const Options& o, const ModelConfig& cfg, double peak_flops) {
     const int B = o.batch_size, T = o.seq_len;
     const int accum = o.total_batch_size > 0 ? o.total_batch_size / (B * T) : 1;
 
@@ -302,13 +315,16 @@ static int run(const Options& o, const ModelConfig& cfg) {
         Backend::synchronize();
         const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
         const double tok_s = (double)B * T * accum / (ms / 1000.0);
-        printf("step %5d/%d | loss %.6f | norm %.4f | lr %.3e | %.1f ms | %.0f tok/s\n", step + 1, o.steps, loss,
-               norm, lr, ms, tok_s);
+        const double mfu = peak_flops > 0 ? tok_s * flops_per_token(cfg, model.layout.total, T) / peak_flops : 0.0;
+        char mfu_s[32] = "";
+        if (peak_flops > 0) snprintf(mfu_s, sizeof mfu_s, " | MFU %.1f%%", 100.0 * mfu);
+        printf("step %5d/%d | loss %.6f | norm %.4f | lr %.3e | %.1f ms | %.0f tok/s%s\n", step + 1, o.steps, loss,
+               norm, lr, ms, tok_s, mfu_s);
         fflush(stdout);
         REQUIRE_INPUT(std::isfinite(loss) && std::isfinite(norm), "step %d: loss %g, gradient norm %g is not finite",
                       step + 1, loss, norm);
         log.write({{"type", "step"}, {"step", step + 1}, {"loss", loss}, {"grad_norm", norm}, {"lr", lr},
-                   {"ms", ms}, {"tok_per_s", tok_s}});
+                   {"ms", ms}, {"tok_per_s", tok_s}, {"mfu", mfu}});
         const bool last = step + 1 == o.steps;
         if (val && (last || (o.eval_every > 0 && (step + 1) % o.eval_every == 0))) {
             const float vl = evaluate(model, *val, o.val_batches, B, T);
@@ -351,7 +367,11 @@ int main(int argc, char** argv) {
             char desc[256];
             cuda_backend::describe(desc, sizeof desc);
             printf("backend cuda | %s\n", desc);
-            return run<cuda_backend>(o, cfg);
+#ifdef ENABLE_FP32
+            return run<cuda_backend>(o, cfg, 0.0);  // no bf16 peak to compare fp32 with
+#else
+            return run<cuda_backend>(o, cfg, peak_bf16_flops(desc));
+#endif
         }
         if (o.device == "auto") printf("device: no GPU found, using the CPU backend\n");
 #else
@@ -360,7 +380,7 @@ int main(int argc, char** argv) {
         if (o.device == "auto") printf("device: built without CUDA, using the CPU backend\n");
 #endif
         printf("backend cpu | %d OpenMP threads\n", omp_get_max_threads());
-        return run<cpu_backend>(o, cfg);
+        return run<cpu_backend>(o, cfg, 0.0);
     } catch (const UserError& e) {
         fprintf(stderr, "error: %s\n", e.what());
         return 1;

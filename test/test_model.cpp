@@ -8,6 +8,7 @@
 #include "model/gpt.h"
 #include "model/hf_io.h"
 #include "test/test_util.h"
+#include "train/schedule.h"
 
 TEST_CASE("preset parameter counts match the architectures' formulas", "[model]") {
     // GPT-2 124M with the vocabulary padded to 50304, as llm.c counts it
@@ -121,4 +122,29 @@ TEST_CASE("Hugging Face round trip and clear errors for mismatched files", "[mod
         }
     }
     REQUIRE_THROWS_WITH(load_pretrained_config(dir / "missing"), Catch::Contains("missing/config.json"));
+}
+
+TEST_CASE("learning-rate schedules: warmup, then cosine / linear / constant / WSD to the floor", "[model][schedule]") {
+    LrSchedule s;
+    s.lr = 1.0f, s.warmup = 10, s.total = 110, s.min_frac = 0.1f, s.decay_frac = 0.2f;
+    for (Schedule k : {Schedule::cosine, Schedule::linear, Schedule::constant, Schedule::wsd}) {
+        s.kind = k;
+        CHECK(s.at(0) == Approx(0.1f));  // (step + 1) / warmup
+        CHECK(s.at(9) == Approx(1.0f));
+        CHECK(s.at(10) == Approx(1.0f));  // the peak right after warmup
+    }
+    s.kind = Schedule::cosine;
+    CHECK(s.at(60) == Approx(0.55f).epsilon(1e-5));  // halfway: floor + (peak - floor) / 2
+    CHECK(s.at(109) == Approx(0.1f + 0.45f * (1.0f + std::cos(3.14159265f * 99.0f / 100.0f))).epsilon(1e-5));
+    s.kind = Schedule::linear;
+    CHECK(s.at(60) == Approx(0.55f).epsilon(1e-5));
+    CHECK(s.at(110) == Approx(0.1f).epsilon(1e-5));
+    s.kind = Schedule::constant;
+    CHECK(s.at(109) == 1.0f);
+    s.kind = Schedule::wsd;  // stable until step 88 (the last 20% = 22 steps decay)
+    CHECK(s.at(87) == 1.0f);
+    CHECK(s.at(88) == Approx(1.0f));
+    CHECK(s.at(99) == Approx(1.0f - 0.9f * 11.0f / 22.0f).epsilon(1e-5));
+    CHECK(s.at(110) == Approx(0.1f).epsilon(1e-5));
+    CHECK_THROWS_WITH(parse_schedule("cyclic"), Catch::Contains("--schedule"));
 }

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# The GPU check: one command that builds for the local GPU, runs every GPU test (bf16
+# and fp32 builds), benchmarks train_gpt against PyTorch on the same models and batch,
+# and writes a markdown report. Each part stops at its own time limit; the whole
+# must fit in 8 minutes on one H200.
+#
+# usage: scripts/gpu_check.sh [REPORT_DIR]   (default: $OUT, else runs/gpu_check)
+#
+# Building needs the Debian headers and libraries (make deps). On a GPU machine that
+# has none of them, build here with scripts/gpu_bundle.sh and run the check with
+# PREBUILT=1: it then uses ./train_gpt, build/test_all, build-fp32/test_all as they
+# are and finds their libraries in .device/lib.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+dir=${1:-${OUT:-runs/gpu_check}}
+mkdir -p "$dir"
+report=$dir/gpu_report.md
+log=$dir/gpu_check.log
+: >"$log"
+start=$(date +%s)
+jobs=$(nproc)
+
+note() { echo "$*" | tee -a "$report"; }
+# part NAME SECONDS CMD...: runs CMD with a time limit, output to the log, status to the report
+part() {
+    local name=$1 limit=$2
+    shift 2
+    local t0=$(date +%s)
+    echo "=== $name ($limit s)" >>"$log"
+    timeout --signal=KILL "$limit" "$@" >>"$log" 2>&1
+    local rc=$?
+    local status=ok
+    [ $rc -eq 137 ] && status="TIMEOUT after ${limit}s" || { [ $rc -ne 0 ] && status="FAILED (exit $rc)"; }
+    printf '| %s | %s | %d s |\n' "$name" "$status" $(($(date +%s) - t0)) >>"$report"
+    echo "[$name] $status" >&2
+    return $rc
+}
+
+{
+    echo "# GPU check, $(date -u +%Y-%m-%d), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    echo
+    echo '```'
+    nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv,noheader 2>&1
+    nvcc --version 2>&1 | tail -1
+    echo '```'
+    echo
+    echo "| part | status | time |"
+    echo "|---|---|---|"
+} >"$report"
+
+# 1. builds: bf16 (the default) and fp32, for the local GPU only
+if [ "${PREBUILT:-0}" = 1 ]; then
+    export LD_LIBRARY_PATH=$PWD/.device/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    echo "| build | prebuilt ($(cat .device/BUILT 2>/dev/null || echo '?')) | 0 s |" >>"$report"
+else
+    part "build bf16" 240 make -j"$jobs" train_gpt build/test_all
+    part "build fp32" 200 make -j"$jobs" PRECISION=FP32 BUILD=build-fp32 build-fp32/test_all
+fi
+
+# 2. every GPU test, then the whole suite once (CPU tests too, on this machine)
+part "GPU tests bf16" 120 ./build/test_all "[gpu]"
+part "GPU tests fp32" 90 ./build-fp32/test_all "[gpu]"
+
+# 3. throughput: train_gpt against PyTorch (torch.compile, bf16 autocast) on the same shapes
+data=$dir/bench_data
+mkdir -p "$data"
+python3 scripts/make_random_shard.py "$data/gpt2.bin" --tokens 20000000 --vocab 50257 >>"$log" 2>&1
+python3 scripts/make_random_shard.py "$data/llama.bin" --tokens 20000000 --vocab 32000 >>"$log" 2>&1
+bench_rows=()
+bench() {  # bench MODEL NORM B T DATA
+    local model=$1 norm=$2 B=$3 T=$4 shard=$5 out=$dir/bench_${1}_${2}.log
+    timeout --signal=KILL 60 ./train_gpt --device cuda --model "$model" --norm "$norm" -b "$B" -t "$T" \
+        --steps 30 --lr 1e-4 --train-data "$shard" >"$out" 2>&1
+    # median tok/s and MFU of steps 11..30
+    local ours mfu
+    ours=$(grep -E '^step' "$out" | tail -n 20 | sed -E 's/.*\| ([0-9]+) tok\/s.*/\1/' | sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]}')
+    mfu=$(grep -E '^step' "$out" | tail -n 20 | sed -nE 's/.*MFU ([0-9.]+)%.*/\1/p' | sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]}')
+    local torch
+    torch=$(timeout --signal=KILL 150 python3 bench/bench_torch.py --model "$model" --norm "$norm" -b "$B" -t "$T" \
+        --steps 30 2>>"$log" | sed -nE 's/.*: ([0-9]+) tok\/s.*/\1/p')
+    local ratio="n/a"
+    [ -n "$ours" ] && [ -n "$torch" ] && ratio=$(awk -v a="$ours" -v b="$torch" 'BEGIN {printf "%.2f", a / b}')
+    bench_rows+=("| $model | $norm | $B x $T | ${ours:-failed} | ${mfu:-?}% | ${torch:-failed} | $ratio |")
+    cat "$out" >>"$log"
+}
+if [ -x ./train_gpt ]; then
+    bench gpt2-124m pre 16 1024 "$data/gpt2.bin"
+    bench gpt2-124m lns 16 1024 "$data/gpt2.bin"
+    bench llama-130m pre 64 256 "$data/llama.bin"
+    bench llama-130m lns 64 256 "$data/llama.bin"
+fi
+
+{
+    echo
+    echo "## Throughput (train_gpt bf16 vs PyTorch torch.compile + bf16 autocast, same model and batch)"
+    echo
+    echo "| model | norm | B x T | train_gpt tok/s | MFU | PyTorch tok/s | ratio |"
+    echo "|---|---|---|---|---|---|---|"
+    printf '%s\n' "${bench_rows[@]}"
+    echo
+    echo "## Test summaries"
+    echo
+    echo '```'
+    grep -E '^(tests:|no CUDA)' "$log"
+    echo '```'
+    echo
+    echo "## Failures (first 60 lines)"
+    echo
+    echo '```'
+    grep -E -A12 'FAILED|error|Error' "$log" | head -60
+    echo '```'
+    echo
+    echo "Total: $(($(date +%s) - start)) s. Full log: gpu_check.log"
+} >>"$report"
+cat "$report"
