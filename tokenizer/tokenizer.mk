@@ -37,7 +37,7 @@ $(BUILD)/tokenizer/tools/tokenize.o: | deps
 
 BENCH_MB ?= 20
 bench-tokenizer: tokenize gpt2-vocab $(NODE_DIR)/.installed
-	@BENCH_MB=$(BENCH_MB) NODE_PATH=$(NODE_DIR)/node_modules bash bench/tokenizer.sh
+	@BUILD=$(BUILD) BENCH_MB=$(BENCH_MB) NODE_PATH=$(NODE_DIR)/node_modules bash bench/tokenizer.sh
 
 # libFuzzer with ASan and UBSan (clang); FUZZ_SECONDS per target.
 FUZZ_SECONDS ?= 60
