@@ -354,8 +354,7 @@ ShardStats build_shards(const Tokenizer& tok, const ShardJob& job) {
         writers[s] = {job.out_prefix + "_" + split_name[s], job.shard_tokens, wide, &stats.files[s], {}};
     const int threads = job.threads > 0 ? job.threads : omp_get_max_threads();
     Progress progress(job.progress, stats.bytes);
-    std::atomic<size_t> done{0};
-    size_t tokens_so_far = 0;
+    std::atomic<size_t> done{0}, tokens_done{0};  // bytes and tokens encoded so far
 
     for (const auto& in : inputs) {
         std::vector<Unit> units;
@@ -378,9 +377,10 @@ ShardStats build_shards(const Tokenizer& tok, const ShardJob& job) {
                 } catch (const std::exception& e) {
                     o.error = e.what();
                 }
-                outs[i - first] = std::move(o);
                 done += units[i].end - units[i].begin;
-                if (omp_get_thread_num() == 0) progress.update(done, tokens_so_far);
+                tokens_done += o.ids.size();
+                outs[i - first] = std::move(o);
+                if (omp_get_thread_num() == 0) progress.update(done, tokens_done);
             }
             for (size_t i = first; i < last; i++) {
                 UnitOut& o = outs[i - first];
@@ -389,15 +389,14 @@ ShardStats build_shards(const Tokenizer& tok, const ShardJob& job) {
                 stats.tokens[units[i].split] += o.ids.size();
                 stats.replaced += o.replaced;
                 stats.documents += o.documents;
-                tokens_so_far += o.ids.size();
                 std::vector<int>().swap(o.ids);
             }
-            progress.update(done, tokens_so_far);
+            progress.update(done, tokens_done);
             first = last;
         }
     }
     for (auto& w : writers) w.flush();
-    progress.update(done, tokens_so_far, true);
+    progress.update(done, tokens_done, true);
     REQUIRE_INPUT(stats.tokens[0] > 0, "%s: the inputs hold no text to tokenize",
                   job.inputs[0].c_str());
     stats.seconds = progress.seconds();

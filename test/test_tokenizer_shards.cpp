@@ -292,3 +292,29 @@ TEST_CASE("tokenize tool: encode, decode and shard from the command line", "[sha
     REQUIRE(run_command(bin + " shard --tokenizer nope --out x y", &out) == 1);
     REQUIRE(out.find("--tokenizer nope") != std::string::npos);
 }
+
+TEST_CASE("prepare_hf.py: its shards load; without datasets or network it says so", "[shards]") {
+    TmpDir d;
+    const std::string root = repo_root();
+    std::string out;
+    // the Python writer makes the same format: uint16, and uint32 past 65535
+    const std::string code = "import sys; sys.path.insert(0, '" + root + "/scripts'); "
+                             "import prepare_hf as p; p.write_shard('" + (d / "n.bin") +
+                             "', [1, 2, 65535], False); p.write_shard('" + (d / "w.bin") +
+                             "', [1, 70000], True)";
+    REQUIRE(run_command("/usr/bin/python3 -B -c \"" + code + "\"", &out) == 0);
+    REQUIRE(read_tokens({d / "n.bin"}, 65536) == std::vector<int>{1, 2, 65535});
+    REQUIRE(Shard(d / "w.bin", 70001).wide());
+    REQUIRE(read_tokens({d / "w.bin"}, 70001) == std::vector<int>{1, 70000});
+    // here (no datasets package, no network) it stops with a plain message
+    out.clear();
+    const int rc = run_command("/usr/bin/python3 -B " + root + "/scripts/prepare_hf.py --dataset "
+                               "c4 --tokenizer t5-base --max-tokens 2000 --val-tokens 1000 "
+                               "--shard-tokens 1000 --out " + (d / "c4"), &out);
+    INFO(out);
+    if (out.find("wrote") == std::string::npos) {  // unless this machine can reach the Hub
+        REQUIRE(rc == 1);
+        REQUIRE(out.rfind("error: ", 0) == 0);
+        REQUIRE(out.find("Traceback") == std::string::npos);
+    }
+}

@@ -155,7 +155,7 @@ int main(int argc, char** argv) {
                         st.replaced, st.replaced == 1 ? "" : "s");
             for (int s = 0; s < 2; s++)
                 for (const auto& f : st.files[s]) printf("wrote %s\n", f.c_str());
-            printf("%zu documents, %.1f MB -> %zu train + %zu val tokens (%s) in %.1f s, "
+            printf("%zu documents, %.1f MB -> %zu train + %zu val tokens (%s) in %.2f s, "
                    "%.1f MB/s on %d threads\n", st.documents, (double)st.bytes / 1e6,
                    st.tokens[0], st.tokens[1], tok->name().c_str(), st.seconds,
                    (double)st.bytes / 1e6 / st.seconds, nt);
