@@ -40,7 +40,8 @@ struct Input {
         const std::string ext = ".jsonl";
         jsonl = p.size() > ext.size() && p.compare(p.size() - ext.size(), ext.size(), ext) == 0;
         if (p == "-") {
-            owned.assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
+            owned.assign(std::istreambuf_iterator<char>(std::cin),
+                         std::istreambuf_iterator<char>());
             REQUIRE_INPUT(!std::cin.bad(), "-: cannot read standard input");
             data = owned.data();
             size = owned.size();
@@ -107,6 +108,10 @@ size_t nearest_line_start(const Input& in, size_t t) {
     return t - before <= after - t ? before : after;
 }
 
+// Empty or whitespace-only documents (say, the blank line after a final separator) are
+// dropped: an end-of-text token with nothing to end.
+bool blank(std::string_view s) { return s.find_first_not_of(" \t\r\n") == std::string_view::npos; }
+
 // The units of one text input: its documents, cut at `cut` into train/val and into
 // pieces where the tokenizer allows.
 void text_units(const Tokenizer& tok, const Input& in, double val_fraction,
@@ -124,12 +129,12 @@ void text_units(const Tokenizer& tok, const Input& in, double val_fraction,
         const bool line_start = at == 0 || in.data[at - 1] == '\n';
         const bool line_end = after == in.size || in.data[after] == '\n';
         if (line_start && line_end) {
-            if (at > doc_begin) docs.push_back({doc_begin, at});
+            if (!blank(in.view(doc_begin, at))) docs.push_back({doc_begin, at});
             doc_begin = after < in.size ? after + 1 : in.size;
         }
         from = at + 1;
     }
-    if (doc_begin < in.size) docs.push_back({doc_begin, in.size});
+    if (!blank(in.view(doc_begin, in.size))) docs.push_back({doc_begin, in.size});
     *documents += docs.size();
 
     size_t cut = in.size;
@@ -235,10 +240,11 @@ void run_unit(const Tokenizer& tok, const Input& in, const Unit& u, const ShardJ
         REQUIRE_INPUT(j.is_object() && j.contains(f) && j[f].is_string(), "%s line %zu: "
                       "expected a JSON object with a string field \"%s\" (--jsonl-field)",
                       in.path.c_str(), line, f.c_str());
+        const std::string& text = j[f].get_ref<const std::string&>();
+        if (blank(text)) continue;
         if (eot >= 0) o.ids.push_back(eot);
         o.documents++;
-        encode_checked(tok, j[f].get_ref<const std::string&>(), in.path, line_start,
-                       job.strict_utf8, o);
+        encode_checked(tok, text, in.path, line_start, job.strict_utf8, o);
     }
 }
 
@@ -351,7 +357,8 @@ ShardStats build_shards(const Tokenizer& tok, const ShardJob& job) {
     const bool wide = tok.vocab_size() > 65536;
     SplitWriter writers[2];
     for (int s = 0; s < 2; s++)
-        writers[s] = {job.out_prefix + "_" + split_name[s], job.shard_tokens, wide, &stats.files[s], {}};
+        writers[s] = {job.out_prefix + "_" + split_name[s], job.shard_tokens, wide,
+                      &stats.files[s], {}};
     const int threads = job.threads > 0 ? job.threads : omp_get_max_threads();
     Progress progress(job.progress, stats.bytes);
     std::atomic<size_t> done{0}, tokens_done{0};  // bytes and tokens encoded so far

@@ -2,9 +2,10 @@
 //
 // Documents: in a text file, the text between lines that hold only "<|endoftext|>"
 // (the separator lines themselves are dropped); in a .jsonl file, the string field
-// `jsonl_field` of each record (one record per line). As in llm.c, every document is
-// preceded by the tokenizer's end-of-text token (none for `bytes`), so documents are
-// packed back to back and a shard starts at a document boundary.
+// `jsonl_field` of each record (one record per line). Blank documents are dropped. As
+// in llm.c, every document is preceded by the tokenizer's end-of-text token (none for
+// `bytes`), so documents are packed back to back and a shard starts at a document
+// boundary.
 //
 // Split: the last val_fraction of each input's bytes goes to val, cut at the document
 // boundary nearest that point when one lies within half the val size of it, else at the

@@ -362,7 +362,8 @@ TEST_CASE("sentencepiece: a model trained here with spm_train", "[tokenizer]") {
         REQUIRE(tok->decode(ids) == line);
     }
     // characters the model never saw come back through byte fallback
-    for (const char* s : {"caf\xc3\xa9 \xe4\xb8\xad\xe6\x96\x87 \xf0\x9f\x98\x80", "tabs\tand  spaces"})
+    for (const char* s :
+         {"caf\xc3\xa9 \xe4\xb8\xad\xe6\x96\x87 \xf0\x9f\x98\x80", "tabs\tand  spaces"})
         REQUIRE(tok->decode(tok->encode(s)) == s);
     const std::vector<int> all = tok->encode(shakespeare);
     REQUIRE(all.size() * 2 < shakespeare.size());  // it does compress

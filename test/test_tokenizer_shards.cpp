@@ -73,17 +73,18 @@ TEST_CASE("shard: documents split at <|endoftext|> lines, each led by end-of-tex
     TmpDir d;
     const std::vector<std::string> docs = {
         "First document.\nIt says <|endoftext|> inline, which stays text.\n\n",
-        "Second, with CRLF separator after.\n", "Third \xe4\xb8\xad\xe6\x96\x87 \xf0\x9f\x98\x80\n"};
+        "Second, with CRLF separator after.\n",
+        "Third \xe4\xb8\xad\xe6\x96\x87 \xf0\x9f\x98\x80\n"};
     // separators: "\n"-ended, "\r\n"-ended, and one at the very end without a newline
     const std::string text = docs[0] + "<|endoftext|>\n" + docs[1] + "<|endoftext|>\r\n" +
-                             "<|endoftext|>\n" + docs[2] + "<|endoftext|>";
+                             "\n \n<|endoftext|>\n" + docs[2] + "<|endoftext|>\n\n";
     write_file(d / "in.txt", text);
     ShardJob job;
     job.inputs = {d / "in.txt"};
     job.out_prefix = d / "out";
     job.val_fraction = 0.3;  // the nearest document boundary to 70% is the third's start
     const ShardStats st = build_shards(gpt2(), job);
-    REQUIRE(st.documents == 3);  // the empty one between two separators is dropped
+    REQUIRE(st.documents == 3);  // the blank ones (between separators, at the end) dropped
     REQUIRE(st.files[0] == std::vector<std::string>{d / "out_train_000000.bin"});
     REQUIRE(st.files[1] == std::vector<std::string>{d / "out_val_000000.bin"});
     REQUIRE(read_tokens(st.files[0], 50257) == with_eot(gpt2(), {docs[0], docs[1]}));
@@ -121,7 +122,8 @@ TEST_CASE("shard: the same bytes for any thread count; exact shard sizes", "[sha
     std::string text = read_file(repo_root() + "/test/data/shakespeare_64k.txt");
     // several documents, some large enough to be split across threads
     std::string many;
-    for (int i = 0; i < 6; i++) many += text.substr((size_t)i * 3000, 2000 + (size_t)i * 9000) + "\n<|endoftext|>\n";
+    for (size_t i = 0; i < 6; i++)
+        many += text.substr(i * 3000, 2000 + i * 9000) + "\n<|endoftext|>\n";
     write_file(d / "many.txt", many);
     ShardJob job;
     job.inputs = {d / "many.txt", repo_root() + "/test/data/shakespeare_64k.txt"};
@@ -158,7 +160,8 @@ TEST_CASE("shard: JSONL records are documents; bad records name file and line", 
     write_file(d / "a.jsonl", "{\"text\": \"Hello \\u00e9 world\", \"id\": 1}\n"
                               "\n"
                               "{\"text\": \"line\\nbreak\\t<|endoftext|>\"}\n"
-                              "{\"body\": \"x\", \"text\": \"third\"}\n");
+                              "{\"body\": \"x\", \"text\": \"third\"}\n"
+                              "{\"text\": \" \\n\"}\n");  // blank: dropped
     ShardJob job;
     job.inputs = {d / "a.jsonl"};
     job.out_prefix = d / "j";
@@ -263,8 +266,9 @@ TEST_CASE("tokenize tool: encode, decode and shard from the command line", "[sha
     for (int id : gpt2().encode(text)) expect += (expect.empty() ? "" : " ") + std::to_string(id);
     REQUIRE(out == expect + "\n");
     write_file(d / "ids.txt", out);
-    REQUIRE(run_command(bin + " decode < " + (d / "ids.txt") + " > " + (d / "back.txt"), &out) == 0);
-    REQUIRE(read_file(d / "back.txt") == text);
+    const std::string back = d / "back.txt";
+    REQUIRE(run_command(bin + " decode < " + (d / "ids.txt") + " > " + back, &out) == 0);
+    REQUIRE(read_file(back) == text);
     out.clear();
     REQUIRE(run_command(bin + " encode --allow-special < " + (d / "in.txt"), &out) == 0);
     REQUIRE(out.find(" 50256 ") != std::string::npos);

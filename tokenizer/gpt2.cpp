@@ -57,7 +57,8 @@ public:
         for (size_t i = h & mask_;; i = (i + 1) & mask_) {
             const Slot& s = slots_[i];
             if (s.off == kEmpty) return nullptr;
-            if (s.hash == h && s.len == key.size() && memcmp(&arena_[s.off], key.data(), s.len) == 0)
+            if (s.hash == h && s.len == key.size() &&
+                memcmp(&arena_[s.off], key.data(), s.len) == 0)
                 return &s.value;
         }
     }
@@ -309,7 +310,8 @@ int Gpt2Tokenizer::token_of(std::string_view bytes) const {
 int Gpt2Tokenizer::merge_of(int a, int b) const {
     const uint64_t key = ((uint64_t)a << 32 | (uint32_t)b) + 1;
     const size_t mask = pair_keys_.size() - 1;
-    for (size_t i = hash_bytes(reinterpret_cast<const char*>(&key), 8) & mask;; i = (i + 1) & mask) {
+    size_t i = hash_bytes(reinterpret_cast<const char*>(&key), 8) & mask;
+    for (;; i = (i + 1) & mask) {
         if (pair_keys_[i] == key) return pair_vals_[i];
         if (pair_keys_[i] == 0) return INT32_MAX;
     }
