@@ -220,7 +220,8 @@ Gpt2Tokenizer::Gpt2Tokenizer(const std::string& dir, const std::string& spec)
     REQUIRE_INPUT(eot_ >= 0, "--tokenizer %s: %s: no \"%s\" token", sp, enc_path.c_str(),
                   kEndOfText);
     for (int b = 0; b < 256; b++) {
-        byte_token_[b] = token_of(std::string_view(reinterpret_cast<const char*>(&b), 1));
+        const char c = (char)b;
+        byte_token_[b] = token_of(std::string_view(&c, 1));
         REQUIRE_INPUT(byte_token_[b] >= 0, "--tokenizer %s: %s: no token for byte %d", sp,
                       enc_path.c_str(), b);
     }
@@ -407,7 +408,7 @@ std::vector<std::string_view> Gpt2Tokenizer::pretokenize(std::string_view text) 
 
 void Gpt2Tokenizer::encode_ordinary(std::string_view text, std::vector<int>& out) const {
     Scratch& s = tl_scratch;
-    if (s.owner != serial_ || s.cache.arena_bytes() > Scratch::kCacheBytes) s.reset(serial_);
+    if (s.owner != serial_) s.reset(serial_);
     const pcre2_code* re = static_cast<const pcre2_code*>(re_);
     const PCRE2_SPTR subject = reinterpret_cast<PCRE2_SPTR>(text.data());
     const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(s.md);
@@ -430,6 +431,7 @@ void Gpt2Tokenizer::encode_ordinary(std::string_view text, std::vector<int>& out
             const size_t before = out.size();
             bpe(piece, out, piece.size() >= kHeapFrom);
             const size_t count = out.size() - before;
+            if (s.cache.arena_bytes() + piece.size() > Scratch::kCacheBytes) s.reset(serial_);
             s.cache.insert(piece, (uint64_t)s.ids.size() << 32 | count);
             s.ids.insert(s.ids.end(), out.begin() + (ptrdiff_t)before, out.end());
         }
