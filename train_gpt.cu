@@ -3,13 +3,16 @@
 // including LayerNorm Scaling (--norm lns). One orchestration (model/gpt.h) drives
 // the CPU fp32 reference backend or the CUDA backend.
 //
-// Read top to bottom: options -> model config -> backend choice -> run():
-// data, model, optimizer, the training loop, evaluation, sampling, saving.
+// Read top to bottom: options -> model config -> validation -> backend choice ->
+// run(): data, model, resume, the training loop (guards, checkpoints, evaluation,
+// sampling), saving.
 #include <omp.h>
 
 #include <CLI/CLI.hpp>
+#include <atomic>
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -27,9 +30,13 @@
 #include "dataloader/dataloader.h"
 #include "model/gpt.h"
 #include "model/hf_io.h"
-#include "tokenizer/bytes.h"
+#include "tokenizer/tokenizer.h"
+#include "train/checkpoint.h"
+#include "train/guards.h"
 #include "train/optimizer.h"
 #include "train/schedule.h"
+
+using json = nlohmann::json;
 
 // ----------------------------------------------------------------------------
 // options
@@ -40,23 +47,29 @@ struct Options {
     int n_layer = 0, n_head = 0, n_embd = 0, ffn_hidden = 0, vocab_size = 0, max_seq_len = 0;
     float norm_eps = 0, rope_theta = 0, mix_alpha = -1, init_std = 0;
     // data
-    std::string train_data, val_data;
+    std::string train_data, val_data, tokenizer;
     int batch_size = 4, seq_len = 64, total_batch_size = 0;
+    bool shuffle = false, overfit_batch = false;
     // optimization
     int steps = 100, warmup = 0;
     float lr = 3e-4f, lr_min_frac = 0.1f, wsd_decay_frac = 0.2f;
     std::string schedule = "cosine";
     AdamWConfig adamw;
+    float spike_z = 0.0f;
+    int spike_window = 100;
     // run
     uint64_t seed = 42;
     std::string out_dir, init_from, save_to;
-    int eval_every = 0, val_batches = 8, sample_tokens = 0, threads = 0;
-    bool eval_only = false, recompute = false;
+    int eval_every = 0, val_batches = 8, val_tokens = 0, threads = 0;
+    int ckpt_every = 0, ckpt_keep = 2, ckpt_keep_every = 0;
+    bool resume = false, eval_only = false, recompute = false;
+    int sample_every = 0, sample_tokens = 0, top_k = 0;
     float temperature = 1.0f;
-    int top_k = 0;
+    std::string prompt;
 };
 
 static void add_options(CLI::App& app, Options& o) {
+    app.set_config("--config", "", "read options from a TOML file (flags given on the command line win)");
     const char* M = "Model";
     app.add_option("--model", o.model, "preset: " + [] {
         std::string s;
@@ -80,10 +93,14 @@ static void add_options(CLI::App& app, Options& o) {
     const char* D = "Data";
     app.add_option("--train-data", o.train_data, "training shards (file or glob)")->group(D);
     app.add_option("--val-data", o.val_data, "validation shards (file or glob)")->group(D);
+    app.add_option("--tokenizer", o.tokenizer, "for samples: bytes, gpt2[:DIR], sentencepiece:PATH "
+                   "(default: bytes for vocab 256, gpt2 for 50257)")->group(D);
     app.add_option("-b,--batch-size", o.batch_size, "micro-batch size B")->group(D);
     app.add_option("-t,--seq-len", o.seq_len, "sequence length T")->group(D);
     app.add_option("--total-batch-size", o.total_batch_size,
                    "tokens per optimizer step; a multiple of B*T (gradient accumulation); 0 = B*T")->group(D);
+    app.add_flag("--shuffle", o.shuffle, "visit shards and windows in a seeded random order")->group(D);
+    app.add_flag("--overfit-batch", o.overfit_batch, "train on the first batch over and over (debugging)")->group(D);
 
     const char* O = "Optimization";
     app.add_option("--steps", o.steps, "optimizer steps")->group(O);
@@ -97,23 +114,39 @@ static void add_options(CLI::App& app, Options& o) {
     app.add_option("--beta2", o.adamw.beta2, "AdamW beta2 (0.95)")->group(O);
     app.add_option("--adam-eps", o.adamw.eps, "AdamW epsilon (1e-8)")->group(O);
     app.add_option("--grad-clip", o.adamw.grad_clip, "clip the global gradient norm; 0 = off (1.0)")->group(O);
+    app.add_option("--spike-z", o.spike_z, "skip the update when loss or gradient norm has a z-score above this "
+                   "over the recent steps; 0 = off")->group(O);
+    app.add_option("--spike-window", o.spike_window, "steps the spike z-score looks back over (100)")->group(O);
 
     const char* R = "Run";
     app.add_option("--device", o.device, "auto, cpu or cuda")->group(R);
-    app.add_option("--seed", o.seed, "seed for initialisation and sampling")->group(R);
+    app.add_option("--seed", o.seed, "seed for initialisation, data order and sampling")->group(R);
     app.add_option("--threads", o.threads, "CPU threads (0 = OpenMP default)")->group(R);
     app.add_flag("--recompute", o.recompute, "recompute the MLP activation in backward instead of storing it")->group(R);
-    app.add_option("--out-dir", o.out_dir, "run directory: log.jsonl")->group(R);
+    app.add_option("--out-dir", o.out_dir, "run directory: log.jsonl, config.toml, checkpoints")->group(R);
+    app.add_option("--ckpt-every", o.ckpt_every, "checkpoint every N steps (0 = only on SIGINT/SIGTERM)")->group(R);
+    app.add_option("--ckpt-keep", o.ckpt_keep, "keep the newest K checkpoints (2)")->group(R);
+    app.add_option("--ckpt-keep-every", o.ckpt_keep_every, "also keep every checkpoint whose step is a multiple of M")
+        ->group(R);
+    app.add_flag("--resume", o.resume, "continue from the newest complete checkpoint in --out-dir")
+        ->group(R)
+        ->configurable(false);
     app.add_option("--eval-every", o.eval_every, "validation every N steps (0 = only at the end)")->group(R);
     app.add_option("--val-batches", o.val_batches, "batches per validation (0 = the whole val set)")->group(R);
-    app.add_flag("--eval-only", o.eval_only, "print 'val_loss <float>' for the model and exit")->group(R);
+    app.add_option("--val-tokens", o.val_tokens, "tokens per validation; overrides --val-batches")->group(R);
+    app.add_flag("--eval-only", o.eval_only, "print 'val_loss <float>' for the model (or --resume checkpoint) and exit")
+        ->group(R);
     app.add_option("--save-to", o.save_to, "write DIR/config.json + DIR/model.safetensors at the end")->group(R);
-    app.add_option("--sample-tokens", o.sample_tokens, "after training, print a sample of N tokens")->group(R);
+    app.add_option("--sample-every", o.sample_every, "print a sample every N steps (0 = off)")->group(R);
+    app.add_option("--sample-tokens", o.sample_tokens, "tokens per sample (also printed after training when > 0)")
+        ->group(R);
+    app.add_option("--prompt", o.prompt, "sample prompt (default: the end-of-text token)")->group(R);
     app.add_option("--temperature", o.temperature, "sampling temperature (1.0)")->group(R);
     app.add_option("--top-k", o.top_k, "sample from the k most likely tokens (0 = all)")->group(R);
 }
 
 static ModelConfig model_config(const Options& o, const CLI::App& app) {
+    REQUIRE_INPUT(!(o.resume && !o.init_from.empty()), "--resume and --init-from: give one of them");
     ModelConfig c = o.init_from.empty() ? preset(o.model) : load_pretrained_config(o.init_from);
     auto given = [&](const char* flag) { return app.count(flag) > 0; };
     if (given("--n-layer")) c.n_layer = o.n_layer;
@@ -133,7 +166,10 @@ static ModelConfig model_config(const Options& o, const CLI::App& app) {
     return c;
 }
 
+// Every flag is checked here, before anything large is allocated.
 static void validate_options(const Options& o, const ModelConfig& c) {
+    REQUIRE_INPUT(o.device == "auto" || o.device == "cpu" || o.device == "cuda",
+                  "--device: expected auto, cpu or cuda, got '%s'", o.device.c_str());
     REQUIRE_INPUT(o.batch_size >= 1, "--batch-size: expected >= 1, got %d", o.batch_size);
     REQUIRE_INPUT(o.seq_len >= 1 && o.seq_len <= c.max_seq_len,
                   "--seq-len: expected 1..%d (the model's maximum sequence length), got %d", c.max_seq_len, o.seq_len);
@@ -142,28 +178,62 @@ static void validate_options(const Options& o, const ModelConfig& c) {
                   "--total-batch-size: expected a positive multiple of --batch-size x --seq-len = %d, got %d", bt,
                   o.total_batch_size);
     REQUIRE_INPUT(o.steps >= 0, "--steps: expected >= 0, got %d", o.steps);
-    REQUIRE_INPUT(o.lr >= 0, "--lr: expected >= 0, got %g", o.lr);
+    REQUIRE_INPUT(o.lr >= 0 && std::isfinite(o.lr), "--lr: expected a finite value >= 0, got %g", o.lr);
     REQUIRE_INPUT(o.warmup >= 0, "--warmup: expected >= 0, got %d", o.warmup);
+    parse_schedule(o.schedule);
     REQUIRE_INPUT(o.lr_min_frac >= 0 && o.lr_min_frac <= 1, "--lr-min-frac: expected in [0, 1], got %g", o.lr_min_frac);
+    REQUIRE_INPUT(o.wsd_decay_frac >= 0 && o.wsd_decay_frac <= 1, "--wsd-decay-frac: expected in [0, 1], got %g",
+                  o.wsd_decay_frac);
     REQUIRE_INPUT(o.adamw.beta1 >= 0 && o.adamw.beta1 < 1, "--beta1: expected in [0, 1), got %g", o.adamw.beta1);
     REQUIRE_INPUT(o.adamw.beta2 >= 0 && o.adamw.beta2 < 1, "--beta2: expected in [0, 1), got %g", o.adamw.beta2);
     REQUIRE_INPUT(o.adamw.eps > 0, "--adam-eps: expected > 0, got %g", o.adamw.eps);
     REQUIRE_INPUT(o.adamw.weight_decay >= 0, "--weight-decay: expected >= 0, got %g", o.adamw.weight_decay);
     REQUIRE_INPUT(o.adamw.grad_clip >= 0, "--grad-clip: expected >= 0 (0 = off), got %g", o.adamw.grad_clip);
+    REQUIRE_INPUT(o.spike_z >= 0, "--spike-z: expected >= 0 (0 = off), got %g", o.spike_z);
+    REQUIRE_INPUT(o.spike_window >= 2, "--spike-window: expected >= 2, got %d", o.spike_window);
+    REQUIRE_INPUT(o.threads >= 0, "--threads: expected >= 0, got %d", o.threads);
     REQUIRE_INPUT(o.temperature > 0, "--temperature: expected > 0, got %g", o.temperature);
     REQUIRE_INPUT(o.top_k >= 0, "--top-k: expected >= 0, got %d", o.top_k);
     REQUIRE_INPUT(o.sample_tokens >= 0, "--sample-tokens: expected >= 0, got %d", o.sample_tokens);
+    REQUIRE_INPUT(o.sample_every >= 0, "--sample-every: expected >= 0, got %d", o.sample_every);
+    REQUIRE_INPUT(o.sample_every == 0 || o.sample_tokens > 0, "--sample-every: needs --sample-tokens > 0");
+    REQUIRE_INPUT(o.eval_every >= 0, "--eval-every: expected >= 0, got %d", o.eval_every);
     REQUIRE_INPUT(o.val_batches >= 0, "--val-batches: expected >= 0, got %d", o.val_batches);
+    REQUIRE_INPUT(o.val_tokens >= 0, "--val-tokens: expected >= 0, got %d", o.val_tokens);
+    REQUIRE_INPUT(o.ckpt_every >= 0, "--ckpt-every: expected >= 0, got %d", o.ckpt_every);
+    REQUIRE_INPUT(o.ckpt_keep >= 1, "--ckpt-keep: expected >= 1, got %d", o.ckpt_keep);
+    REQUIRE_INPUT(o.ckpt_keep_every >= 0, "--ckpt-keep-every: expected >= 0, got %d", o.ckpt_keep_every);
+    REQUIRE_INPUT(!o.resume || !o.out_dir.empty(), "--resume: needs --out-dir (the run directory to resume)");
+    REQUIRE_INPUT(o.ckpt_every == 0 || !o.out_dir.empty(), "--ckpt-every: needs --out-dir to write checkpoints into");
     REQUIRE_INPUT(o.eval_only || o.steps == 0 || !o.train_data.empty(),
                   "--train-data: required to train (a shard file or glob)");
     REQUIRE_INPUT(!o.eval_only || !o.val_data.empty(), "--val-data: required with --eval-only");
-    REQUIRE_INPUT(o.sample_tokens == 0 || c.vocab_size == ByteTokenizer::vocab_size,
-                  "--sample-tokens: decoding needs the byte tokenizer (vocab 256); this model has vocab %d",
-                  c.vocab_size);
+    REQUIRE_INPUT(o.eval_every == 0 || !o.val_data.empty(), "--eval-every: needs --val-data");
+}
+
+// The part of the configuration a checkpoint must agree with to resume exactly.
+static json run_config(const Options& o, const ModelConfig& c) {
+    return {{"model", json::parse(config_to_json(c))},
+            {"batch_size", o.batch_size},
+            {"seq_len", o.seq_len},
+            {"total_batch_size", o.total_batch_size},
+            {"steps", o.steps},
+            {"lr", o.lr},
+            {"warmup", o.warmup},
+            {"schedule", o.schedule},
+            {"lr_min_frac", o.lr_min_frac},
+            {"wsd_decay_frac", o.wsd_decay_frac},
+            {"adamw", {{"beta1", o.adamw.beta1}, {"beta2", o.adamw.beta2}, {"eps", o.adamw.eps},
+                       {"weight_decay", o.adamw.weight_decay}, {"grad_clip", o.adamw.grad_clip}}},
+            {"spike", {{"z", o.spike_z}, {"window", o.spike_window}}},
+            {"train_data", o.train_data},
+            {"shuffle", o.shuffle},
+            {"overfit_batch", o.overfit_batch},
+            {"seed", o.seed}};
 }
 
 // ----------------------------------------------------------------------------
-// evaluation and sampling
+// evaluation, sampling, logging
 
 template <class Backend>
 static float evaluate(GPT<Backend>& model, DataLoader& val, int batches, int B, int T) {
@@ -178,58 +248,63 @@ static float evaluate(GPT<Backend>& model, DataLoader& val, int batches, int B, 
     return (float)(sum / n);
 }
 
-// Autoregressive sampling without a cache: every token re-runs the prefix (the
-// CPU reference path; fine at the sizes the CPU trains).
+// Autoregressive sampling; every token re-runs the (windowed) prefix.
 template <class Backend>
-static std::vector<int> sample(GPT<Backend>& model, int prompt_token, int n, float temperature, int top_k,
-                               uint64_t seed) {
+static std::vector<int> sample(GPT<Backend>& model, std::vector<int> tokens, int n, float temperature, int top_k,
+                               Rng& rng) {
     const int Vp = model.cfg.padded_vocab(), V = model.cfg.vocab_size, Tmax = model.T;
-    Rng rng(seed);
-    std::vector<int> tokens{prompt_token};
-    std::vector<float> logits(Vp), probs(V);
+    const size_t prompt = tokens.size();
+    std::vector<float> logits(Vp);
+    std::vector<double> probs(V);
     for (int i = 0; i < n; i++) {
         const int t0 = std::max(0, (int)tokens.size() - Tmax);
         const int t = (int)tokens.size() - t0;
         model.forward(tokens.data() + t0, nullptr, 1, t);
-        std::vector<float> last(Vp);
-        model.download_logits_row(last.data(), t - 1);
-        float maxv = -INFINITY;
-        for (int v = 0; v < V; v++) maxv = std::fmax(maxv, last[v] / temperature);
-        if (top_k > 0 && top_k < V) {  // keep the k largest
-            std::vector<float> sorted(last.begin(), last.begin() + V);
+        model.download_logits_row(logits.data(), t - 1);
+        float kth = -INFINITY;
+        if (top_k > 0 && top_k < V) {
+            std::vector<float> sorted(logits.begin(), logits.begin() + V);
             std::nth_element(sorted.begin(), sorted.begin() + (top_k - 1), sorted.end(), std::greater<float>());
-            const float kth = sorted[top_k - 1];
-            for (int v = 0; v < V; v++)
-                if (last[v] < kth) last[v] = -INFINITY;
+            kth = sorted[top_k - 1];
         }
+        float maxv = -INFINITY;
+        for (int v = 0; v < V; v++) maxv = std::fmax(maxv, logits[v]);
         double sum = 0.0;
-        for (int v = 0; v < V; v++) sum += probs[v] = std::exp(last[v] / temperature - maxv);
+        for (int v = 0; v < V; v++)
+            sum += probs[v] = logits[v] >= kth ? std::exp((logits[v] - maxv) / temperature) : 0.0;
         double u = rng.uniform() * sum, c = 0.0;
         int next = V - 1;
         for (int v = 0; v < V; v++)
-            if ((c += probs[v]) >= u) {
+            if ((c += probs[v]) >= u && probs[v] > 0) {
                 next = v;
                 break;
             }
         tokens.push_back(next);
     }
-    return std::vector<int>(tokens.begin() + 1, tokens.end());
+    return std::vector<int>(tokens.begin() + prompt, tokens.end());
 }
-
-// ----------------------------------------------------------------------------
-// the run
 
 struct JsonLog {
     std::ofstream f;
-    void open(const std::string& dir, const nlohmann::json& config) {
+    // A resumed run keeps the records up to its checkpoint and drops those a killed
+    // run wrote after it, so the log holds one record per step.
+    void open(const std::string& dir, int resumed_at) {
         if (dir.empty()) return;
-        std::error_code ec;
-        std::filesystem::create_directories(dir, ec);
-        f.open(dir + "/log.jsonl", std::ios::out | std::ios::trunc);
-        REQUIRE_INPUT(f.good(), "--out-dir: cannot write %s/log.jsonl", dir.c_str());
-        write(config);
+        const std::string path = dir + "/log.jsonl";
+        if (resumed_at > 0) {
+            std::ifstream in(path);
+            std::string line, kept;
+            while (std::getline(in, line)) {
+                json j = json::parse(line, nullptr, false);
+                if (j.is_discarded()) continue;  // a line cut short by the kill
+                if (!j.contains("step") || j["step"].get<int>() <= resumed_at) kept += line + "\n";
+            }
+            write_file_atomic(path, kept);
+        }
+        f.open(path, resumed_at > 0 ? std::ios::app : std::ios::out | std::ios::trunc);
+        REQUIRE_INPUT(f.good(), "--out-dir: cannot write %s", path.c_str());
     }
-    void write(const nlohmann::json& j) {
+    void write(const json& j) {
         if (f.is_open()) f << j.dump() << "\n" << std::flush;
     }
 };
@@ -241,21 +316,72 @@ static double flops_per_token(const ModelConfig& c, size_t params, int T) {
 }
 
 // Dense bf16 tensor-core peak from the device name (datasheet figures), 0 when unknown.
-static double peak_bf16_flops(const std::string& device) {
+[[maybe_unused]] static double peak_bf16_flops(const std::string& device) {
     if (device.find("H100") != std::string::npos || device.find("H200") != std::string::npos) return 989.4e12;
     if (device.find("A100") != std::string::npos) return 312e12;
     return 0.0;
 }
 
+static std::string hms(double seconds) {
+    const long s = (long)seconds;
+    return s >= 3600 ? strfmt("%ldh%02ldm", s / 3600, s / 60 % 60) : strfmt("%ldm%02lds", s / 60, s % 60);
+}
+
+// SIGINT/SIGTERM ask for a checkpoint at the end of the current step, then exit.
+static std::atomic<int> g_stop_signal{0};
+static void on_signal(int sig) { g_stop_signal = sig; }
+
+// For tests: LNS_INJECT_NAN_STEP=k makes the loss of step k NaN.
+static int injected_nan_step() {
+    const char* s = getenv("LNS_INJECT_NAN_STEP");
+    return s ? atoi(s) : -1;
+}
+
+// ----------------------------------------------------------------------------
+// the run
+
 template <class Backend>
-static int run(const Options& o, const ModelConfig& cfg, double peak_flops) {
+static int run(const Options& o, const ModelConfig& cfg, const CLI::App& app, double peak_flops) {
     const int B = o.batch_size, T = o.seq_len;
     const int accum = o.total_batch_size > 0 ? o.total_batch_size / (B * T) : 1;
+    const json rcfg = run_config(o, cfg);
 
-    // data (opened before any large allocation, so a bad path fails fast)
+    // a checkpoint to resume from, refused if its configuration differs
+    std::unique_ptr<Checkpoint> ck;
+    if (o.resume) {
+        auto all = list_checkpoints(o.out_dir);
+        if (!all.empty()) {
+            ck = std::make_unique<Checkpoint>(load_checkpoint(all.back().second));
+            // evaluation needs only the same model; training needs the same run
+            const auto diffs = o.eval_only ? config_differences(ck->config.at("model"), rcfg.at("model"), "model")
+                                           : config_differences(ck->config, rcfg);
+            if (!diffs.empty()) {
+                std::string msg = all.back().second + ": checkpoint of a different configuration; differing fields:";
+                for (auto& d : diffs) msg += "\n  " + d;
+                throw UserError(msg);
+            }
+            printf("resuming from %s (step %d)\n", all.back().second.c_str(), all.back().first);
+        } else {
+            printf("--resume: no checkpoint in %s yet, starting fresh\n", o.out_dir.c_str());
+        }
+    }
+
+    // data and tokenizer (opened before any large allocation, so bad paths fail fast)
     std::unique_ptr<DataLoader> train, val;
-    if (!o.eval_only && o.steps > 0) train = std::make_unique<DataLoader>(o.train_data, B, T, cfg.vocab_size);
+    if (!o.eval_only && o.steps > 0)
+        train = std::make_unique<DataLoader>(o.train_data, B, T, cfg.vocab_size, 0, 1, o.shuffle, o.seed);
     if (!o.val_data.empty()) val = std::make_unique<DataLoader>(o.val_data, B, T, cfg.vocab_size);
+    const int val_batches = o.val_tokens > 0 ? std::max(1, o.val_tokens / (B * T)) : o.val_batches;
+    std::unique_ptr<Tokenizer> tok;
+    const std::string tok_spec = !o.tokenizer.empty()      ? o.tokenizer
+                                 : cfg.vocab_size == 256   ? "bytes"
+                                 : cfg.vocab_size == 50257 ? "gpt2"
+                                                           : "";
+    if (o.sample_tokens > 0 && !tok_spec.empty()) {
+        tok = make_tokenizer(tok_spec);
+        REQUIRE_INPUT(tok->vocab_size() <= cfg.vocab_size, "--tokenizer: %s has %d tokens, the model only %d",
+                      tok_spec.c_str(), tok->vocab_size(), cfg.vocab_size);
+    }
 
     GPT<Backend> model(cfg, B, T, o.recompute);
     if (!o.init_from.empty()) {
@@ -265,9 +391,28 @@ static int run(const Options& o, const ModelConfig& cfg, double peak_flops) {
     } else {
         model.init_random(o.seed);
     }
+    int start_step = 0;
+    Rng sample_rng(o.seed + 1);
+    SpikeGuard loss_guard, norm_guard;
+    for (SpikeGuard* g : {&loss_guard, &norm_guard}) g->window = o.spike_window, g->z_max = o.spike_z;
+    if (ck) {
+        model.set_state(ck->params, ck->master, ck->m, ck->v);
+        const json& s = ck->state;
+        start_step = s.at("step").get<int>();
+        if (train && !s.at("loader").is_null()) {
+            const json& l = s.at("loader");
+            train->restore({l.at("shard").get<int64_t>(), l.at("window").get<int64_t>(), l.at("epoch").get<int64_t>(),
+                            l.at("shuffle").get<bool>(), l.at("seed").get<uint64_t>()});
+        }
+        sample_rng.state = s.at("sample_rng").get<uint64_t>();
+        loss_guard.from_json(s.at("loss_history"));
+        norm_guard.from_json(s.at("norm_history"));
+        ck.reset();
+    }
 
     if (o.eval_only) {
-        printf("val_loss %.6f\n", evaluate(model, *val, o.val_batches, B, T));
+        const float vl = evaluate(model, *val, val_batches, B, T);
+        printf("val_loss %.6f\n", vl);
         return 0;
     }
 
@@ -284,61 +429,122 @@ static int run(const Options& o, const ModelConfig& cfg, double peak_flops) {
     }
     if (train) printf("train data: %zu shards, %zu tokens/epoch\n", train->shards().size(), train->tokens_per_epoch());
 
-    nlohmann::json config = nlohmann::json::parse(config_to_json(cfg));
-    config = {{"type", "config"}, {"model", config}, {"preset", o.model}, {"backend", Backend::name},
-              {"batch_size", B}, {"seq_len", T}, {"grad_accum", accum}, {"steps", o.steps}, {"lr", o.lr},
-              {"warmup", o.warmup}, {"schedule", o.schedule}, {"seed", o.seed}};
+    // the run directory: the log, the options as TOML (rerun with --config), checkpoints
     JsonLog log;
-    log.open(o.out_dir, config);
+    if (!o.out_dir.empty()) {
+        std::error_code ec;
+        std::filesystem::create_directories(o.out_dir, ec);
+        // only the options given (a preset plus overrides), so the file repeats this run
+        write_file_atomic(o.out_dir + "/config.toml", app.config_to_str(false, false));
+        log.open(o.out_dir, start_step);
+        json c = {{"type", "config"}, {"preset", o.model}, {"backend", Backend::name}, {"resumed_at", start_step},
+                  {"grad_accum", accum}};
+        c.update(rcfg);
+        log.write(c);
+    }
+    // `ls`: the data position of the next step
+    auto save = [&](int step, const LoaderState& ls) {
+        if (o.out_dir.empty()) return;
+        Checkpoint c;
+        c.config = rcfg;
+        model.get_state(c.params, c.master, c.m, c.v);
+        json loader = nullptr;
+        if (train) {
+            loader = {{"shard", ls.shard}, {"window", ls.window}, {"epoch", ls.epoch}, {"shuffle", ls.shuffle},
+                      {"seed", ls.seed}};
+        }
+        c.state = {{"step", step}, {"loader", loader}, {"sample_rng", sample_rng.state},
+                   {"loss_history", loss_guard.to_json()}, {"norm_history", norm_guard.to_json()}};
+        save_checkpoint(checkpoint_path(o.out_dir, step), c);
+        prune_checkpoints(o.out_dir, o.ckpt_keep, o.ckpt_keep_every);
+        printf("checkpoint %s\n", checkpoint_path(o.out_dir, step).c_str());
+    };
+    auto print_sample = [&](int step) {
+        std::vector<int> prompt = tok && !o.prompt.empty() ? tok->encode(o.prompt) : std::vector<int>{};
+        if (prompt.empty()) prompt.push_back(tok && tok->eot_token() >= 0 ? tok->eot_token() : 0);
+        auto ids = sample(model, prompt, o.sample_tokens, o.temperature, o.top_k, sample_rng);
+        std::string text;
+        if (tok) text = tok->decode(ids);
+        else for (int id : ids) text += std::to_string(id) + " ";
+        printf("---- sample at step %d (%d tokens, temperature %.2f) ----\n%s%s\n----\n", step, o.sample_tokens,
+               o.temperature, o.prompt.c_str(), text.c_str());
+    };
 
     LrSchedule sched;
     sched.kind = parse_schedule(o.schedule);
     sched.lr = o.lr, sched.warmup = o.warmup, sched.total = o.steps;
     sched.min_frac = o.lr_min_frac, sched.decay_frac = o.wsd_decay_frac;
 
-    std::vector<int> x((size_t)B * T), y((size_t)B * T);
-    for (int step = 0; step < o.steps; step++) {
+    std::signal(SIGINT, on_signal);
+    std::signal(SIGTERM, on_signal);
+    const int nan_step = injected_nan_step();
+    std::vector<int> x((size_t)B * T), y((size_t)B * T), x0, y0;
+    const auto run_start = std::chrono::steady_clock::now();
+    for (int step = start_step; step < o.steps; step++) {
         auto t0 = std::chrono::steady_clock::now();
+        const LoaderState data_before = train->state();
         model.zero_grad();
         double loss = 0.0;
         for (int micro = 0; micro < accum; micro++) {
-            train->next_batch(x.data(), y.data());
+            if (o.overfit_batch && !x0.empty()) x = x0, y = y0;
+            else train->next_batch(x.data(), y.data());
+            if (o.overfit_batch && x0.empty()) x0 = x, y0 = y;
             loss += model.forward(x.data(), y.data(), B, T) / accum;
             model.backward(1.0f / accum);
         }
+        if (step + 1 == nan_step) loss = NAN;
         const float lr = sched.at(step);
-        float norm;
-        {
+        const float norm = grad_norm(model);
+        if (!std::isfinite(loss) || !std::isfinite(norm)) {
+            save(step, data_before);  // the state after the last good step: this update is not applied
+            throw UserError(strfmt("step %d: %s is %g; stopped without applying the update%s", step + 1,
+                                   std::isfinite(loss) ? "gradient norm" : "loss", std::isfinite(loss) ? norm : loss,
+                                   o.out_dir.empty() ? "" : "; the last good state is checkpointed"));
+        }
+        const bool spike = loss_guard.is_spike(loss) || norm_guard.is_spike(norm);
+        if (spike) {
+            printf("step %5d/%d | loss %.6f | norm %.4f | spike (z %.1f, %.1f): update skipped\n", step + 1, o.steps,
+                   loss, norm, loss_guard.zscore(loss), norm_guard.zscore(norm));
+            log.write({{"type", "skip"}, {"step", step + 1}, {"loss", loss}, {"grad_norm", norm},
+                       {"loss_z", loss_guard.zscore(loss)}, {"norm_z", norm_guard.zscore(norm)}});
+        } else {
             NVTX_RANGE("optimizer");
-            norm = optimizer_step(model, o.adamw, lr, step + 1, (uint32_t)(o.seed + step));
+            optimizer_step(model, o.adamw, lr, step + 1, (uint32_t)(o.seed * 1000003u + step));
+            loss_guard.accept(loss);
+            norm_guard.accept(norm);
         }
         Backend::synchronize();
-        const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+        const auto now = std::chrono::steady_clock::now();
+        const double ms = std::chrono::duration<double, std::milli>(now - t0).count();
         const double tok_s = (double)B * T * accum / (ms / 1000.0);
         const double mfu = peak_flops > 0 ? tok_s * flops_per_token(cfg, model.layout.total, T) / peak_flops : 0.0;
-        char mfu_s[32] = "";
-        if (peak_flops > 0) snprintf(mfu_s, sizeof mfu_s, " | MFU %.1f%%", 100.0 * mfu);
-        printf("step %5d/%d | loss %.6f | norm %.4f | lr %.3e | %.1f ms | %.0f tok/s%s\n", step + 1, o.steps, loss,
-               norm, lr, ms, tok_s, mfu_s);
+        const double elapsed = std::chrono::duration<double>(now - run_start).count();
+        const double eta = elapsed / (step + 1 - start_step) * (o.steps - step - 1);
+        if (!spike) {
+            printf("step %5d/%d | loss %.6f | norm %.4f | lr %.3e | %.1f ms | %.0f tok/s%s | ETA %s\n", step + 1,
+                   o.steps, loss, norm, lr, ms, tok_s, peak_flops > 0 ? strfmt(" | MFU %.1f%%", 100 * mfu).c_str() : "",
+                   hms(eta).c_str());
+            log.write({{"type", "step"}, {"step", step + 1}, {"loss", loss}, {"grad_norm", norm}, {"lr", lr},
+                       {"ms", ms}, {"tok_per_s", tok_s}, {"mfu", mfu}});
+        }
         fflush(stdout);
-        REQUIRE_INPUT(std::isfinite(loss) && std::isfinite(norm), "step %d: loss %g, gradient norm %g is not finite",
-                      step + 1, loss, norm);
-        log.write({{"type", "step"}, {"step", step + 1}, {"loss", loss}, {"grad_norm", norm}, {"lr", lr},
-                   {"ms", ms}, {"tok_per_s", tok_s}, {"mfu", mfu}});
+
         const bool last = step + 1 == o.steps;
         if (val && (last || (o.eval_every > 0 && (step + 1) % o.eval_every == 0))) {
-            const float vl = evaluate(model, *val, o.val_batches, B, T);
-            printf("val   %5d | val_loss %.6f\n", step + 1, vl);
-            log.write({{"type", "val"}, {"step", step + 1}, {"val_loss", vl}});
+            const float vl = evaluate(model, *val, val_batches, B, T);
+            printf("val   %5d | val_loss %.6f | perplexity %.3f\n", step + 1, vl, std::exp(vl));
+            log.write({{"type", "val"}, {"step", step + 1}, {"val_loss", vl}, {"perplexity", std::exp(vl)}});
+        }
+        if (o.sample_every > 0 && (step + 1) % o.sample_every == 0) print_sample(step + 1);
+        if ((o.ckpt_every > 0 && (step + 1) % o.ckpt_every == 0) || (last && o.ckpt_every > 0) || g_stop_signal)
+            save(step + 1, train->state());
+        if (g_stop_signal) {
+            printf("stopped by signal %d after step %d\n", (int)g_stop_signal, step + 1);
+            return 128 + g_stop_signal;
         }
     }
 
-    if (o.sample_tokens > 0) {
-        ByteTokenizer tok;
-        std::vector<int> ids = sample(model, '\n', o.sample_tokens, o.temperature, o.top_k, o.seed);
-        printf("---- sample (%d tokens, temperature %.2f) ----\n%s\n----\n", o.sample_tokens, o.temperature,
-               tok.decode(ids).c_str());
-    }
+    if (o.sample_tokens > 0 && o.sample_every == 0) print_sample(o.steps);
     if (!o.save_to.empty()) {
         save_pretrained(o.save_to, cfg, model.layout, model.get_params());
         printf("saved %s/model.safetensors and config.json\n", o.save_to.c_str());
@@ -357,8 +563,6 @@ int main(int argc, char** argv) {
         if (o.threads > 0) omp_set_num_threads(o.threads);
         const ModelConfig cfg = model_config(o, app);
         validate_options(o, cfg);
-        REQUIRE_INPUT(o.device == "auto" || o.device == "cpu" || o.device == "cuda",
-                      "--device: expected auto, cpu or cuda, got '%s'", o.device.c_str());
 #ifdef LNS_CUDA
         const int ndev = o.device == "cpu" ? 0 : cuda_backend::device_count();
         REQUIRE_INPUT(o.device != "cuda" || ndev > 0, "--device cuda: no CUDA device found (use --device cpu or auto)");
@@ -368,9 +572,9 @@ int main(int argc, char** argv) {
             cuda_backend::describe(desc, sizeof desc);
             printf("backend cuda | %s\n", desc);
 #ifdef ENABLE_FP32
-            return run<cuda_backend>(o, cfg, 0.0);  // no bf16 peak to compare fp32 with
+            return run<cuda_backend>(o, cfg, app, 0.0);  // no bf16 peak to compare fp32 with
 #else
-            return run<cuda_backend>(o, cfg, peak_bf16_flops(desc));
+            return run<cuda_backend>(o, cfg, app, peak_bf16_flops(desc));
 #endif
         }
         if (o.device == "auto") printf("device: no GPU found, using the CPU backend\n");
@@ -380,7 +584,7 @@ int main(int argc, char** argv) {
         if (o.device == "auto") printf("device: built without CUDA, using the CPU backend\n");
 #endif
         printf("backend cpu | %d OpenMP threads\n", omp_get_max_threads());
-        return run<cpu_backend>(o, cfg, 0.0);
+        return run<cpu_backend>(o, cfg, app, 0.0);
     } catch (const UserError& e) {
         fprintf(stderr, "error: %s\n", e.what());
         return 1;

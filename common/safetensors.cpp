@@ -122,43 +122,82 @@ StFile read_safetensors(const std::string& path) {
     return out;
 }
 
-void write_file_atomic(const std::string& path, const std::string& contents) {
+namespace {
+// Writes chunks to path.tmp, fsyncs and renames. Each chunk is (pointer, bytes).
+// fault_point: where LNS_FAULT=partial-write may strike (tensor files).
+void write_chunks_atomic(const std::string& path, const std::vector<std::pair<const void*, size_t>>& chunks,
+                         bool fault_point) {
     const std::string tmp = path + ".tmp";
     int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     REQUIRE_INPUT(fd >= 0, "%s: cannot create: %s", tmp.c_str(), strerror(errno));
-    size_t done = 0;
-    while (done < contents.size()) {
-        ssize_t w = ::write(fd, contents.data() + done, contents.size() - done);
-        if (w <= 0) {
-            ::close(fd);
-            ::unlink(tmp.c_str());
-            throw UserError(tmp + ": write failed: " + strerror(errno));
+    size_t total = 0, done_all = 0;
+    for (auto& c : chunks) total += c.second;
+    const char* fault = getenv("LNS_FAULT");
+    const bool die_halfway = fault_point && fault && std::string(fault) == "partial-write";
+    for (auto& c : chunks) {
+        size_t done = 0;
+        while (done < c.second) {
+            size_t n = std::min<size_t>(c.second - done, 64u << 20);
+            if (die_halfway && done_all + n > total / 2) n = total / 2 > done_all ? total / 2 - done_all : 0;
+            ssize_t w = n ? ::write(fd, (const char*)c.first + done, n) : 0;
+            if (die_halfway && done_all + (size_t)w >= total / 2) _exit(9);  // a crash mid-write
+            if (w <= 0) {
+                ::close(fd);
+                ::unlink(tmp.c_str());
+                throw UserError(tmp + ": write failed: " + strerror(errno));
+            }
+            done += (size_t)w, done_all += (size_t)w;
         }
-        done += (size_t)w;
     }
     bool ok = ::fsync(fd) == 0;
     ok = ::close(fd) == 0 && ok;
     REQUIRE_INPUT(ok && ::rename(tmp.c_str(), path.c_str()) == 0, "%s: could not be written: %s", path.c_str(),
                   strerror(errno));
 }
+}  // namespace
 
-void write_safetensors(const std::string& path, const StFile& tensors,
+void write_file_atomic(const std::string& path, const std::string& contents) {
+    write_chunks_atomic(path, {{contents.data(), contents.size()}}, false);
+}
+
+void write_safetensors(const std::string& path, const std::vector<StView>& tensors,
                        const std::map<std::string, std::string>& metadata) {
     nlohmann::json j = nlohmann::json::object();
     if (!metadata.empty()) j["__metadata__"] = metadata;
     uint64_t off = 0;
-    for (auto& kv : tensors) {
-        j[kv.first] = {{"dtype", kv.second.dtype}, {"shape", kv.second.shape},
-                       {"data_offsets", {off, off + kv.second.data.size()}}};
-        off += kv.second.data.size();
+    for (auto& t : tensors) {
+        j[t.name] = {{"dtype", t.dtype}, {"shape", t.shape}, {"data_offsets", {off, off + t.bytes}}};
+        off += t.bytes;
     }
     std::string header = j.dump();
     header.append((8 - header.size() % 8) % 8, ' ');  // align the data to 8 bytes
-    std::string buf;
-    buf.reserve(8 + header.size() + off);
-    uint64_t hlen = header.size();
-    buf.append((const char*)&hlen, 8);
-    buf += header;
-    for (auto& kv : tensors) buf.append((const char*)kv.second.data.data(), kv.second.data.size());
-    write_file_atomic(path, buf);
+    const uint64_t hlen = header.size();
+    // data in the order of `tensors`, matching the offsets above
+    std::vector<std::pair<const void*, size_t>> chunks{{&hlen, 8}, {header.data(), header.size()}};
+    for (auto& t : tensors) chunks.push_back({t.data, t.bytes});
+    write_chunks_atomic(path, chunks, true);
+}
+
+void write_safetensors(const std::string& path, const StFile& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+    std::vector<StView> views;
+    for (auto& kv : tensors)
+        views.push_back({kv.first, kv.second.dtype, kv.second.shape, kv.second.data.data(), kv.second.data.size()});
+    write_safetensors(path, views, metadata);
+}
+
+std::map<std::string, std::string> read_safetensors_metadata(const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    REQUIRE_INPUT(f.good(), "%s: cannot open (expected a safetensors file)", path.c_str());
+    uint64_t hlen = 0;
+    REQUIRE_INPUT(f.read((char*)&hlen, 8) && hlen < (100u << 20), "%s: not a safetensors file", path.c_str());
+    std::string header(hlen, '\0');
+    REQUIRE_INPUT(f.read(&header[0], (std::streamsize)hlen), "%s: truncated header", path.c_str());
+    try {
+        auto j = nlohmann::json::parse(header);
+        return j.contains("__metadata__") ? j["__metadata__"].get<std::map<std::string, std::string>>()
+                                          : std::map<std::string, std::string>{};
+    } catch (const std::exception& e) {
+        throw UserError(path + ": header is not valid JSON: " + e.what());
+    }
 }

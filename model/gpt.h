@@ -160,6 +160,30 @@ struct GPT {
         else Ops::download_f32(host.data(), params, host.size());
         return host;
     }
+    // The full optimizer state, for checkpoints: params as the backend holds them
+    // (exact: bf16 values are exact in fp32), master weights (empty when params are
+    // fp32) and the AdamW moments.
+    void get_state(std::vector<float>& p, std::vector<float>& mw, std::vector<float>& m1, std::vector<float>& m2) const {
+        const size_t n = layout.total;
+        p.resize(n), m1.resize(n), m2.resize(n), mw.resize(master ? n : 0);
+        Ops::download_f32(p.data(), params, n);
+        if (master) Ops::copy_to_host(mw.data(), master, n * sizeof(float));
+        Ops::copy_to_host(m1.data(), m, n * sizeof(float));
+        Ops::copy_to_host(m2.data(), v, n * sizeof(float));
+    }
+    void set_state(const std::vector<float>& p, const std::vector<float>& mw, const std::vector<float>& m1,
+                   const std::vector<float>& m2) {
+        const size_t n = layout.total;
+        REQUIRE_INPUT(p.size() == n && m1.size() == n && m2.size() == n,
+                      "checkpoint holds %zu parameters, the model has %zu", p.size(), n);
+        REQUIRE_INPUT(mw.empty() == (master == nullptr),
+                      "checkpoint from a backend with%s master weights; resume on the same device kind",
+                      mw.empty() ? "out" : "");
+        Ops::upload_f32(params, p.data(), n);
+        if (master) Ops::copy_from_host(master, mw.data(), n * sizeof(float));
+        Ops::copy_from_host(m, m1.data(), n * sizeof(float));
+        Ops::copy_from_host(v, m2.data(), n * sizeof(float));
+    }
     std::vector<float> get_grads() const {
         std::vector<float> host(layout.total);
         Ops::download_f32(host.data(), grads, host.size());

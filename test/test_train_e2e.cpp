@@ -136,7 +136,7 @@ TEST_CASE("--save-to, then --init-from --eval-only reproduces the final validati
     }
 }
 
-TEST_CASE("bad flags exit non-zero with a message that names the flag", "[e2e][cli]") {
+TEST_CASE("bad flags exit non-zero with a message that names the flag (36 cases)", "[e2e][cli]") {
     TextShards data;
     const std::string ok = " --device cpu --model gpt2-tiny --steps 1";
     const std::string train = " --train-data " + data.train;
@@ -157,6 +157,26 @@ TEST_CASE("bad flags exit non-zero with a message that names the flag", "[e2e][c
         {" --train-data /nonexistent/x.bin", "/nonexistent/x.bin"},
         {train + " --eval-only", "--val-data"},
         {train + " --init-from /nonexistent_dir", "/nonexistent_dir/config.json"},
+        {train + " --warmup -1", "--warmup"},
+        {train + " --beta2 1", "--beta2"},
+        {train + " --weight-decay -0.1", "--weight-decay"},
+        {train + " --spike-z -1", "--spike-z"},
+        {train + " --spike-window 1", "--spike-window"},
+        {train + " --ckpt-keep 0", "--ckpt-keep"},
+        {train + " --ckpt-every 5", "--ckpt-every"},  // without --out-dir
+        {train + " --resume", "--resume"},            // without --out-dir
+        {train + " --out-dir /tmp/x --resume --init-from /tmp/y", "--resume and --init-from"},
+        {train + " --sample-every 10", "--sample-every"},
+        {train + " --eval-every 10", "--eval-every"},  // without --val-data
+        {train + " --val-tokens -5", "--val-tokens"},
+        {train + " --temperature 0", "--temperature"},
+        {train + " --top-k -1", "--top-k"},
+        {train + " --threads -2", "--threads"},
+        {train + " --wsd-decay-frac 1.5", "--wsd-decay-frac"},
+        {train + " --config /nonexistent.toml", "/nonexistent.toml"},
+        {train + " --tokenizer sentencepiece:/nonexistent.model --sample-tokens 5", "/nonexistent.model"},
+        {train + " --n-embd 30 --n-head 4", "--n-embd"},
+        {train + " --vocab-size 1", "--vocab-size"},
     };
     for (auto& c : cases) {
         std::string out;

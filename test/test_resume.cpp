@@ -1,0 +1,217 @@
+// Long runs that survive: a run killed at any step (SIGKILL, or during a checkpoint
+// write) and resumed gives exactly the losses of a run never stopped; SIGTERM saves
+// and stops; a checkpoint of another configuration is refused; a NaN stops the run
+// with a loadable checkpoint; spikes are skipped and logged.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <algorithm>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "common/check.h"
+#include "dataloader/shard.h"
+#include "test/test_util.h"
+#include "train/checkpoint.h"
+
+namespace {
+
+struct Shards {
+    TmpDir dir;
+    std::string train, val;
+    Shards() {
+        std::ifstream f(repo_root() + "/test/data/shakespeare_64k.txt", std::ios::binary);
+        std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+        std::vector<uint32_t> tok(text.size());
+        for (size_t i = 0; i < text.size(); i++) tok[i] = (unsigned char)text[i];
+        train = dir / "train.bin", val = dir / "val.bin";
+        write_shard(train, tok.data(), tok.size() * 9 / 10, false);
+        write_shard(val, tok.data() + tok.size() * 9 / 10, tok.size() - tok.size() * 9 / 10, false);
+    }
+};
+
+// Starts sh -c cmd with stdout+stderr on a pipe; kill_at_step > 0 sends `sig` once
+// the line of that step appears. Returns the exit status (128 + signal if killed).
+int run_until(const std::string& cmd, int kill_at_step, int sig, std::string* out) {
+    int fds[2];
+    REQUIRE(pipe(fds) == 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(fds[1], 1), dup2(fds[1], 2);
+        close(fds[0]), close(fds[1]);
+        execl("/bin/sh", "sh", "-c", ("exec " + cmd).c_str(), (char*)nullptr);
+        _exit(127);
+    }
+    close(fds[1]);
+    std::string buf, line;
+    char c;
+    bool sent = false;
+    const std::string marker = strfmt("step %5d/", kill_at_step);
+    while (read(fds[0], &c, 1) == 1) {
+        buf += c;
+        if (c != '\n') continue;
+        if (!sent && kill_at_step > 0 && buf.find(marker) != std::string::npos) kill(pid, sig), sent = true;
+    }
+    close(fds[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    if (out) *out = buf;
+    return WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status);
+}
+
+// step -> loss from RUN/log.jsonl, asserting one record per step
+std::map<int, double> logged_losses(const std::string& dir) {
+    std::ifstream f(dir + "/log.jsonl");
+    std::map<int, double> m;
+    std::string line;
+    while (std::getline(f, line)) {
+        auto j = nlohmann::json::parse(line);
+        if (j["type"] != "step") continue;
+        const int s = j["step"].get<int>();
+        CHECK(m.count(s) == 0);
+        m[s] = j["loss"].get<double>();
+    }
+    return m;
+}
+
+std::string base_cmd(const Shards& d, const std::string& dir, int steps, const std::string& lr = "3e-3",
+                     const std::string& norm = "lns") {
+    return repo_root() + "/train_gpt --device cpu --model llama-tiny -b 4 -t 32 --warmup 3 --shuffle --threads 2 "
+                         "--norm " + norm + " --lr " + lr + " --steps " + std::to_string(steps) +
+           " --train-data " + d.train + " --out-dir " + dir;
+}
+
+}  // namespace
+
+TEST_CASE("SIGKILL at random steps, then --resume: the joined losses equal an uninterrupted run", "[resume]") {
+    Shards data;
+    TmpDir ref_dir, dir;
+    const int S = 24;
+    REQUIRE(run_until(base_cmd(data, ref_dir.path, S), 0, 0, nullptr) == 0);
+    const auto ref = logged_losses(ref_dir.path);
+    REQUIRE(ref.size() == (size_t)S);
+
+    // Several kills in one run, at steps drawn from a seeded RNG, checkpointing every 2.
+    Rng rng(2024);
+    const std::string cmd = base_cmd(data, dir.path, S) + " --ckpt-every 2 --resume";
+    int step = 0, kills = 0;
+    while (step < S - 4 && kills < 4) {
+        step += 2 + (int)(rng.next_u64() % 5);
+        std::string out;
+        const int rc = run_until(cmd, step, SIGKILL, &out);
+        INFO(out);
+        CHECK(rc == 128 + SIGKILL);
+        kills++;
+    }
+    std::string out;
+    REQUIRE(run_until(cmd, 0, 0, &out) == 0);
+    INFO(out);
+    CHECK(out.find("resuming from") != std::string::npos);
+    CHECK(logged_losses(dir.path) == ref);  // bit-identical, step for step
+}
+
+TEST_CASE("a kill during a checkpoint write leaves the previous checkpoint loadable", "[resume]") {
+    Shards data;
+    TmpDir ref_dir, dir;
+    const int S = 16;
+    REQUIRE(run_until(base_cmd(data, ref_dir.path, S), 0, 0, nullptr) == 0);
+    const std::string cmd = base_cmd(data, dir.path, S) + " --ckpt-every 5 --resume";
+    REQUIRE(run_until(cmd, 7, SIGKILL, nullptr) == 128 + SIGKILL);  // leaves ckpt 5
+    std::string out;
+    // resumes from 5, then dies halfway through writing checkpoint 10
+    CHECK(run_until("env LNS_FAULT=partial-write " + cmd, 0, 0, &out) == 9);
+    auto cks = list_checkpoints(dir.path);
+    REQUIRE(cks.size() == 1);
+    CHECK(cks[0].first == 5);
+    std::ifstream tmp(checkpoint_path(dir.path, 10) + ".tmp");
+    CHECK(tmp.good());  // the torn file exists, under its temporary name only
+    REQUIRE(run_until(cmd, 0, 0, &out) == 0);
+    INFO(out);
+    CHECK(out.find("ckpt_00000005") != std::string::npos);
+    CHECK(logged_losses(dir.path) == logged_losses(ref_dir.path));
+}
+
+TEST_CASE("SIGTERM checkpoints the step it ends and exits; resuming continues exactly", "[resume]") {
+    Shards data;
+    TmpDir ref_dir, dir;
+    const int S = 12;
+    REQUIRE(run_until(base_cmd(data, ref_dir.path, S), 0, 0, nullptr) == 0);
+    const std::string cmd = base_cmd(data, dir.path, S) + " --resume";  // no periodic checkpoints
+    std::string out;
+    const int rc = run_until(cmd, 5, SIGTERM, &out);
+    INFO(out);
+    CHECK(rc == 128 + SIGTERM);
+    auto cks = list_checkpoints(dir.path);
+    REQUIRE(cks.size() == 1);
+    CHECK(cks[0].first >= 5);
+    REQUIRE(run_until(cmd, 0, 0, nullptr) == 0);
+    CHECK(logged_losses(dir.path) == logged_losses(ref_dir.path));
+}
+
+TEST_CASE("a checkpoint of another configuration is refused, naming the fields", "[resume]") {
+    Shards data;
+    TmpDir dir;
+    REQUIRE(run_until(base_cmd(data, dir.path, 4) + " --ckpt-every 2", 0, 0, nullptr) == 0);
+    std::string out;
+    const int rc = run_until(base_cmd(data, dir.path, 4, "1e-3", "pre") + " --resume", 0, 0, &out);
+    INFO(out);
+    CHECK(rc == 1);
+    CHECK(out.find("different configuration") != std::string::npos);
+    CHECK(out.find("lr: ") != std::string::npos);
+    CHECK(out.find("model.norm_scheme: \"lns\" -> \"pre\"") != std::string::npos);
+    CHECK(out.find("ckpt_00000004.safetensors") != std::string::npos);
+}
+
+TEST_CASE("an injected NaN stops the run with the step named and a loadable checkpoint", "[resume]") {
+    Shards data;
+    TmpDir dir;
+    std::string out;
+    const int rc = run_until("env LNS_INJECT_NAN_STEP=6 " + base_cmd(data, dir.path, 10), 0, 0, &out);
+    INFO(out);
+    CHECK(rc == 1);
+    CHECK(out.find("step 6: loss is nan") != std::string::npos);
+    auto cks = list_checkpoints(dir.path);
+    REQUIRE(cks.size() == 1);
+    CHECK(cks[0].first == 5);
+    Checkpoint ck = load_checkpoint(cks[0].second);
+    CHECK(ck.state["step"] == 5);
+    CHECK(std::all_of(ck.params.begin(), ck.params.end(), [](float p) { return std::isfinite(p); }));
+    // it evaluates (--eval-only needs only the same model) ...
+    REQUIRE(run_until(base_cmd(data, dir.path, 99, "1e-4") + " --resume --eval-only --val-data " + data.val, 0, 0,
+                      &out) == 0);
+    CHECK(out.find("val_loss ") != std::string::npos);
+    // ... and the run continues from it
+    REQUIRE(run_until(base_cmd(data, dir.path, 10) + " --resume", 0, 0, &out) == 0);
+    CHECK(logged_losses(dir.path).size() == 10);
+}
+
+TEST_CASE("loss spikes skip the update and are logged; --overfit-batch memorises one batch", "[resume]") {
+    Shards data;
+    TmpDir dir;
+    std::string out;
+    // a threshold low enough that ordinary noise trips it after the 20-step warm-up
+    REQUIRE(run_until(base_cmd(data, dir.path, 40) + " --spike-z 0.5 --spike-window 20", 0, 0, &out) == 0);
+    INFO(out);
+    int skips = 0, steps = 0;
+    std::ifstream f(dir / "log.jsonl");
+    std::string line;
+    while (std::getline(f, line)) {
+        auto j = nlohmann::json::parse(line);
+        if (j["type"] == "skip") {
+            skips++;
+            CHECK((j["loss_z"].get<double>() > 0.5 || j["norm_z"].get<double>() > 0.5));
+            CHECK(j["step"].get<int>() > 20);
+        }
+        if (j["type"] == "step") steps++;
+    }
+    CHECK(skips > 0);
+    CHECK(skips + steps == 40);
+
+    TmpDir of;
+    REQUIRE(run_until(base_cmd(data, of.path, 60, "1e-2") + " --overfit-batch", 0, 0, &out) == 0);
+    const auto l = logged_losses(of.path);
+    CHECK(l.at(60) < 0.5 * l.at(1));  // one batch of 128 tokens is memorised fast
+}
