@@ -29,8 +29,9 @@ $(NODE_DIR)/.installed:
 gpt2-reference: $(NODE_DIR)/.installed
 	NODE_PATH=$(NODE_DIR)/node_modules node scripts/make_gpt2_reference.js
 
-# tools live under tokenizer/tools/, out of LIB_SRC's reach
-tokenize: $(BUILD)/tokenizer/tools/tokenize.o $(LIB_OBJ)
+# tools live under tokenizer/tools/, out of LIB_SRC's reach; the tool needs no model code
+TOKENIZE_OBJ := $(BUILD)/tokenizer/tools/tokenize.o $(filter $(BUILD)/dataloader/% $(BUILD)/tokenizer/%,$(LIB_OBJ))
+tokenize: $(TOKENIZE_OBJ)
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)
 $(BUILD)/tokenizer/tools/tokenize.o: | deps
 -include $(BUILD)/tokenizer/tools/tokenize.d
