@@ -10,7 +10,8 @@ TOKENIZER_LDLIBS := -lpcre2-8 -lsentencepiece
 LDLIBS += $(TOKENIZER_LDLIBS)
 
 # Their headers come with `make deps`, which -j could otherwise run after these compile.
-$(BUILD)/tokenizer/gpt2.o $(BUILD)/tokenizer/sentencepiece.o $(BUILD)/tokenizer/tokenizer.o: | deps
+$(BUILD)/tokenizer/gpt2.o $(BUILD)/tokenizer/sentencepiece.o $(BUILD)/tokenizer/tokenizer.o \
+	$(BUILD)/test/test_tokenizer.o: | deps
 
 # The test suite loads GPT-2's files (fetched once, then cached) and runs the tool.
 test: gpt2-vocab tokenize
