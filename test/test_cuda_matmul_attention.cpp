@@ -1,0 +1,259 @@
+// The CUDA matmul and attention ops against their CPU twins (cpu_backend), op by op,
+// on random inputs at shapes that include odd row counts (N = 1, 7, 300), widths
+// that are multiples of 8 but not of the kernels' tiles, T from 1 to 257 and head
+// sizes 8, 48, 64, with and without RoPE; and their bitwise determinism.
+//
+// Every input is put on the device first and read back, so the CPU computes from
+// exactly the values the GPU holds (bf16-rounded in the bf16 build). Errors are
+// max|gpu - cpu| / max|cpu| per tensor (max_rel_err).
+//
+// Tolerances.
+// PRECISION=FP32: both sides compute in fp32 and differ only in summation order
+// (and by <= 2 ulp in expf / sincosf / tanhf). For the matmuls' sums of <= 768 O(1)
+// terms that is ~1e-6 of a tensor's scale; for attention, replaying the kernels'
+// summation order on the CPU gives <= 5e-7 on every tensor here. Bound 1e-5.
+// bf16:
+//  - matmul: fp32 accumulation and one rounding of the output to bf16, at most 2^-9
+//    of the element, hence of the tensor's max: 2^-9 = 2.0e-3; += outputs (dw, dbias,
+//    accumulated dinp) round the sum once as well. Bound 4e-3 (2x).
+//  - the fused GELU epilogues evaluate tanh with the hardware's approximation (about
+//    1e-4 relative); gelu'(x) amplifies an error in tanh by |0.5 - x tanh k (1 + 3c x^2)|
+//    <= ~7 for |x| < 5, which can add a few 1e-3 where GELU' is steep. Bound 1e-2.
+//  - attention rounds to bf16 on every store: q,k after RoPE, the scores, the
+//    probabilities, y; in backward dy . v, the score gradients (where p (dp - sum p dp)
+//    cancels) and dq, dk, dv. A score error of 2^-9 |s| moves a probability by
+//    ~|s| 2^-8 of itself (|s| <~ 4 with these N(0,1) inputs). Replaying exactly these
+//    roundings on the CPU for exactly these inputs gives max_rel_err <= 5.3e-3 on the
+//    probabilities, 5.9e-3 on out and 8.6e-3 on dq, dk, dv (inputs of std 2, i.e.
+//    sharper softmaxes, give up to 1.9e-2: the bound holds for these inputs only).
+//    Bounds 1.5e-2 on att and out, 2.5e-2 on dqkv (~3x).
+#ifdef LNS_CUDA
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "common/check.h"
+#include "cpu/cpu_backend.h"
+#include "kernels/cuda_backend.h"
+#include "test/test_util.h"
+
+namespace {
+using Cpu = cpu_backend;
+using Gpu = cuda_backend;
+using gX = cuda_backend::floatX;
+
+#ifdef ENABLE_FP32
+const double MATMUL_TOL = 1e-5, GELU_TOL = 1e-5, ATT_PROB_TOL = 1e-5, ATT_OUT_TOL = 1e-5, ATT_GRAD_TOL = 1e-5;
+#else
+const double MATMUL_TOL = 4e-3, GELU_TOL = 1e-2, ATT_PROB_TOL = 1.5e-2, ATT_OUT_TOL = 1.5e-2, ATT_GRAD_TOL = 2.5e-2;
+#endif
+
+// n floatX on the device, released at scope exit.
+struct DevBuf {
+    gX* p = nullptr;
+    size_t n = 0;
+    explicit DevBuf(size_t count) : n(count) { p = (gX*)Gpu::alloc(std::max<size_t>(n, 1) * sizeof(gX), "test"); }
+    ~DevBuf() { Gpu::release(p); }
+    DevBuf(const DevBuf&) = delete;
+    DevBuf& operator=(const DevBuf&) = delete;
+    void set(const std::vector<float>& h) {
+        REQUIRE(h.size() == n);
+        Gpu::upload_f32(p, h.data(), n);
+        Gpu::synchronize();
+    }
+    std::vector<float> get() const {
+        Gpu::synchronize();
+        std::vector<float> h(n);
+        Gpu::download_f32(h.data(), p, n);
+        return h;
+    }
+};
+
+// Uploads h and replaces it with what the device holds.
+void to_device(DevBuf& d, std::vector<float>& h) {
+    d.set(h);
+    h = d.get();
+}
+
+// Part `part` (0 q, 1 k, 2 v) of a (B*T, 3C) tensor, as (B*T, C).
+std::vector<float> qkv_part(const std::vector<float>& x, int BT, int C, int part) {
+    std::vector<float> r((size_t)BT * C);
+    for (int n = 0; n < BT; n++)
+        std::copy_n(x.begin() + (size_t)n * 3 * C + (size_t)part * C, C, r.begin() + (size_t)n * C);
+    return r;
+}
+
+struct MatShape {
+    int N, C, OC;
+};
+const MatShape MAT_SHAPES[] = {{1, 40, 96}, {7, 96, 40}, {96, 768, 96}, {96, 40, 768}, {300, 96, 136}};
+
+struct AttShape {
+    int B, T, NH, hs;
+};
+const AttShape ATT_SHAPES[] = {{2, 1, 2, 8}, {2, 7, 3, 48}, {1, 64, 4, 64}, {2, 64, 2, 8}, {1, 257, 2, 48},
+                               {1, 257, 1, 64}};
+const float THETAS[] = {0.0f, 10000.0f};
+}  // namespace
+
+TEST_CASE("CUDA matmul rejects widths that are not multiples of 8", "[cuda][matmul]") {
+    // checked before any device call, so this runs without a GPU
+    CHECK_THROWS_WITH(Gpu::matmul_forward(nullptr, nullptr, nullptr, nullptr, 4, 12, 16),
+                      Catch::Contains("multiples of 8"));
+    CHECK_THROWS_AS(Gpu::matmul_forward(nullptr, nullptr, nullptr, nullptr, 4, 16, 20), UserError);
+    CHECK_THROWS_AS(Gpu::matmul_backward(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 4, 16, 20, false),
+                    UserError);
+}
+
+TEST_CASE("CUDA matmul_forward matches the CPU (plain, bias, GELU epilogue)", "[gpu][matmul]") {
+    for (const MatShape& s : MAT_SHAPES)
+        for (bool bias : {false, true})
+            for (bool gelu : {false, true}) {
+                DYNAMIC_SECTION("N " << s.N << " C " << s.C << " OC " << s.OC << (bias ? " bias" : "")
+                                     << (gelu ? " gelu" : "")) {
+                    const size_t NC = (size_t)s.N * s.C, NO = (size_t)s.N * s.OC, WC = (size_t)s.OC * s.C;
+                    auto inp = randn(NC, 100), w = randn(WC, 101, 1.0f / std::sqrt((float)s.C)),
+                         b = randn(s.OC, 102, 0.5f);
+                    DevBuf d_inp(NC), d_w(WC), d_b(s.OC), d_out(NO), d_pre(NO);
+                    to_device(d_inp, inp), to_device(d_w, w), to_device(d_b, b);
+
+                    std::vector<float> out(NO), pre(NO);
+                    Cpu::matmul_forward(out.data(), inp.data(), w.data(), bias ? b.data() : nullptr, s.N, s.C, s.OC,
+                                        gelu ? pre.data() : nullptr);
+                    Gpu::matmul_forward(d_out.p, d_inp.p, d_w.p, bias ? d_b.p : nullptr, s.N, s.C, s.OC,
+                                        gelu ? d_pre.p : nullptr);
+                    const double err = max_rel_err(d_out.get(), out);
+                    INFO("out error " << err);
+                    CHECK(err < (gelu ? GELU_TOL : MATMUL_TOL));
+                    if (gelu) {
+                        const double perr = max_rel_err(d_pre.get(), pre);
+                        INFO("pre_gelu error " << perr);
+                        CHECK(perr < MATMUL_TOL);
+                    }
+                }
+            }
+}
+
+TEST_CASE("CUDA matmul_backward matches the CPU (plain, accumulate, GELU', dw, dbias)", "[gpu][matmul]") {
+    enum Mode { plain, accumulate, gelu };
+    for (const MatShape& s : MAT_SHAPES)
+        for (Mode mode : {plain, accumulate, gelu}) {
+            DYNAMIC_SECTION("N " << s.N << " C " << s.C << " OC " << s.OC << " "
+                                 << (mode == plain ? "plain" : mode == accumulate ? "accumulate" : "gelu")) {
+                const size_t NC = (size_t)s.N * s.C, NO = (size_t)s.N * s.OC, WC = (size_t)s.OC * s.C;
+                auto dout = randn(NO, 200), inp = randn(NC, 201), w = randn(WC, 202, 1.0f / std::sqrt((float)s.C)),
+                     pre = randn(NC, 203, 1.5f);
+                // what the outputs hold before: dinp is overwritten unless accumulating,
+                // dw and dbias are added to
+                auto dinp = randn(NC, 204), dw = randn(WC, 205, 0.1f), dbias = randn(s.OC, 206, 0.1f);
+                DevBuf d_dout(NO), d_inp(NC), d_w(WC), d_pre(NC), d_dinp(NC), d_dw(WC), d_dbias(s.OC);
+                to_device(d_dout, dout), to_device(d_inp, inp), to_device(d_w, w), to_device(d_pre, pre);
+                to_device(d_dinp, dinp), to_device(d_dw, dw), to_device(d_dbias, dbias);
+
+                const bool acc = mode == accumulate;
+                const float* cpre = mode == gelu ? pre.data() : nullptr;
+                const gX* gpre = mode == gelu ? d_pre.p : nullptr;
+                Cpu::matmul_backward(dinp.data(), dw.data(), dbias.data(), dout.data(), inp.data(), w.data(), s.N, s.C,
+                                     s.OC, acc, cpre);
+                Gpu::matmul_backward(d_dinp.p, d_dw.p, d_dbias.p, d_dout.p, d_inp.p, d_w.p, s.N, s.C, s.OC, acc, gpre);
+                const double e_dinp = max_rel_err(d_dinp.get(), dinp), e_dw = max_rel_err(d_dw.get(), dw),
+                             e_db = max_rel_err(d_dbias.get(), dbias);
+                INFO("dinp " << e_dinp << " dw " << e_dw << " dbias " << e_db);
+                CHECK(e_dinp < (mode == gelu ? GELU_TOL : MATMUL_TOL));
+                CHECK(e_dw < MATMUL_TOL);
+                CHECK(e_db < MATMUL_TOL);
+            }
+        }
+}
+
+TEST_CASE("CUDA attention_forward matches the CPU", "[gpu][attention]") {
+    for (const AttShape& s : ATT_SHAPES)
+        for (float theta : THETAS) {
+            DYNAMIC_SECTION("B " << s.B << " T " << s.T << " NH " << s.NH << " hs " << s.hs << " rope " << theta) {
+                const int C = s.NH * s.hs, BT = s.B * s.T;
+                const size_t n3 = (size_t)BT * 3 * C, nA = (size_t)s.B * s.NH * s.T * s.T;
+                auto qkv = randn(n3, 300);
+                DevBuf d_qkv(n3), d_qkvr(n3), d_att(nA), d_out((size_t)BT * C);
+                to_device(d_qkv, qkv);
+                std::vector<float> qkvr(n3), att(nA), out((size_t)BT * C);
+                Cpu::attention_forward(out.data(), qkvr.data(), att.data(), qkv.data(), s.B, s.T, C, s.NH, theta);
+                Gpu::attention_forward(d_out.p, d_qkvr.p, d_att.p, d_qkv.p, s.B, s.T, C, s.NH, theta);
+
+                const auto g_att = d_att.get();
+                const double e_att = max_rel_err(g_att, att), e_out = max_rel_err(d_out.get(), out);
+                INFO("att " << e_att << " out " << e_out);
+                CHECK(e_att < ATT_PROB_TOL);
+                CHECK(e_out < ATT_OUT_TOL);
+                size_t above = 0;  // causal: nothing above the diagonal, exactly
+                for (size_t r = 0; r < (size_t)s.B * s.NH * s.T; r++)
+                    for (int j = (int)(r % s.T) + 1; j < s.T; j++) above += g_att[r * s.T + j] != 0.0f;
+                CHECK(above == 0);
+            }
+        }
+}
+
+TEST_CASE("CUDA attention_backward matches the CPU", "[gpu][attention]") {
+    for (const AttShape& s : ATT_SHAPES)
+        for (float theta : THETAS) {
+            DYNAMIC_SECTION("B " << s.B << " T " << s.T << " NH " << s.NH << " hs " << s.hs << " rope " << theta) {
+                const int C = s.NH * s.hs, BT = s.B * s.T;
+                const size_t n3 = (size_t)BT * 3 * C, nA = (size_t)s.B * s.NH * s.T * s.T, n1 = (size_t)BT * C;
+                auto qkv = randn(n3, 400), dout = randn(n1, 401);
+                DevBuf d_qkv(n3), d_qkvr(n3), d_att(nA), d_out(n1), d_dout(n1), d_dqkv(n3), d_dqkvr(n3), d_datt(nA);
+                to_device(d_qkv, qkv), to_device(d_dout, dout);
+                std::vector<float> qkvr(n3), att(nA), out(n1), dqkv(n3), dqkvr(n3), datt(nA);
+                Cpu::attention_forward(out.data(), qkvr.data(), att.data(), qkv.data(), s.B, s.T, C, s.NH, theta);
+                Cpu::attention_backward(dqkv.data(), dqkvr.data(), datt.data(), dout.data(), qkvr.data(), att.data(),
+                                        s.B, s.T, C, s.NH, theta);
+                Gpu::attention_forward(d_out.p, d_qkvr.p, d_att.p, d_qkv.p, s.B, s.T, C, s.NH, theta);
+                Gpu::attention_backward(d_dqkv.p, d_dqkvr.p, d_datt.p, d_dout.p, d_qkvr.p, d_att.p, s.B, s.T, C, s.NH,
+                                        theta);
+                const auto g = d_dqkv.get();
+                for (int part = 0; part < 3; part++) {
+                    const double err = max_rel_err(qkv_part(g, BT, C, part), qkv_part(dqkv, BT, C, part));
+                    INFO("d" << "qkv"[part] << " error " << err);
+                    CHECK(err < ATT_GRAD_TOL);
+                }
+            }
+        }
+}
+
+TEST_CASE("CUDA matmul and attention backward are bitwise deterministic", "[gpu][matmul][attention]") {
+    SECTION("matmul_backward") {
+        const int N = 300, C = 96, OC = 136;  // three dbias slabs, a partial column block
+        const size_t NC = (size_t)N * C, NO = (size_t)N * OC, WC = (size_t)OC * C;
+        auto dout = randn(NO, 500), inp = randn(NC, 501), w = randn(WC, 502, 0.1f), dw0 = randn(WC, 503, 0.1f),
+             db0 = randn(OC, 504, 0.1f);
+        DevBuf d_dout(NO), d_inp(NC), d_w(WC), d_dinp(NC), d_dw(WC), d_db(OC);
+        d_dout.set(dout), d_inp.set(inp), d_w.set(w);
+        std::vector<float> first[3];
+        for (int run = 0; run < 2; run++) {
+            d_dw.set(dw0), d_db.set(db0);
+            Gpu::matmul_backward(d_dinp.p, d_dw.p, d_db.p, d_dout.p, d_inp.p, d_w.p, N, C, OC, false);
+            const std::vector<float> got[3] = {d_dinp.get(), d_dw.get(), d_db.get()};
+            if (run == 0)
+                for (int i = 0; i < 3; i++) first[i] = got[i];
+            else
+                for (int i = 0; i < 3; i++) CHECK(got[i] == first[i]);
+        }
+    }
+    SECTION("attention_backward") {
+        const int B = 2, T = 100, NH = 2, hs = 64, C = NH * hs;
+        const size_t n3 = (size_t)B * T * 3 * C, nA = (size_t)B * NH * T * T, n1 = (size_t)B * T * C;
+        DevBuf d_qkv(n3), d_qkvr(n3), d_att(nA), d_out(n1), d_dout(n1), d_dqkv(n3), d_dqkvr(n3), d_datt(nA);
+        d_qkv.set(randn(n3, 510)), d_dout.set(randn(n1, 511));
+        std::vector<float> first;
+        for (int run = 0; run < 2; run++) {
+            Gpu::attention_forward(d_out.p, d_qkvr.p, d_att.p, d_qkv.p, B, T, C, NH, 10000.0f);
+            Gpu::attention_backward(d_dqkv.p, d_dqkvr.p, d_datt.p, d_dout.p, d_qkvr.p, d_att.p, B, T, C, NH, 10000.0f);
+            auto got = d_dqkv.get();
+            if (run == 0)
+                first = got;
+            else
+                CHECK(got == first);
+        }
+    }
+}
+#endif  // LNS_CUDA
