@@ -5,6 +5,8 @@
 #include <catch2/catch.hpp>
 
 #include <cstdio>
+#include <string>
+#include <vector>
 
 #include "test/test_util.h"
 
@@ -21,15 +23,39 @@ struct SummaryListener : Catch::TestEventListenerBase {
 }  // namespace
 CATCH_REGISTER_LISTENER(SummaryListener)
 
+// Each alternative of a test spec ("a,b" means a or b), with `extra` required too.
+static std::vector<std::string> and_each(const std::vector<std::string>& specs, const std::string& extra) {
+    std::vector<std::string> out;
+    if (specs.empty()) return {extra};
+    for (const auto& s : specs) {
+        std::string alt, joined;
+        for (char c : s + ",") {
+            if (c != ',') {
+                alt += c;
+                continue;
+            }
+            // adjacent means both required; a name pattern goes last, where nothing can join it
+            if (!alt.empty()) joined += (joined.empty() ? "" : ",") + (alt.back() == ']' ? alt + extra : extra + alt);
+            alt.clear();
+        }
+        out.push_back(joined);
+    }
+    return out;
+}
+
 int main(int argc, char** argv) {
     Catch::Session session;
     if (int rc = session.applyCommandLine(argc, argv)) return rc;
     int skipped = 0;
-    if (!gpu_available() && session.configData().testsOrTags.empty()) {
-        for (const auto& tc : Catch::getAllTestCasesSorted(session.config()))
-            for (const auto& tag : tc.tags)
-                if (tag == "gpu") skipped++;
-        session.configData().testsOrTags.push_back("~[gpu]");
+    if (!gpu_available()) {
+        auto& specs = session.configData().testsOrTags;
+        // count the GPU tests the user's filter selects, then run the filter without them
+        Catch::ConfigData probe = session.configData();
+        probe.testsOrTags = and_each(specs, "[gpu]");
+        Catch::Config probe_config(probe);
+        skipped = (int)Catch::filterTests(Catch::getAllTestCasesSorted(probe_config), probe_config.testSpec(),
+                                          probe_config).size();
+        specs = and_each(specs, "~[gpu]");
         session.useConfigData(session.configData());
         if (skipped) printf("no CUDA device: %d GPU test cases skipped\n", skipped);
     }
