@@ -567,6 +567,10 @@ int main(int argc, char** argv) {
         const int ndev = o.device == "cpu" ? 0 : cuda_backend::device_count();
         REQUIRE_INPUT(o.device != "cuda" || ndev > 0, "--device cuda: no CUDA device found (use --device cpu or auto)");
         if (ndev > 0) {
+            // cuBLASLt on 16-byte rows: checked here, before anything is allocated
+            REQUIRE_INPUT(cfg.n_embd % 8 == 0 && cfg.ffn_hidden % 8 == 0,
+                          "--n-embd / --ffn-hidden: the CUDA backend needs multiples of 8, got C=%d F=%d "
+                          "(use --device cpu, or round --ffn-hidden)", cfg.n_embd, cfg.ffn_hidden);
             cuda_backend::init(0);
             char desc[256];
             cuda_backend::describe(desc, sizeof desc);
