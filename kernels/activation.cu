@@ -4,37 +4,13 @@
 // SwiGLU, F is a multiple of the vector width), elementwise otherwise.
 #include <cstdint>
 
+#include "common/nvtx.h"
 #include "kernels/cuda_common.cuh"
 
 namespace {
 constexpr int ACT_THREADS = 256;
 constexpr float GELU_K = 0.7978845608028654f;  // sqrt(2/pi)
 
-bool aligned16(const void* p) { return ((uintptr_t)p & 15u) == 0; }
-
-template <int VEC>
-__device__ __forceinline__ void load_f(float (&f)[VEC], const floatX* p) {
-    if constexpr (VEC == x128::size) {
-        const x128 t = load128(p);
-#pragma unroll
-        for (int k = 0; k < VEC; k++) f[k] = to_float(t[k]);
-    } else {
-#pragma unroll
-        for (int k = 0; k < VEC; k++) f[k] = to_float(p[k]);
-    }
-}
-template <int VEC>
-__device__ __forceinline__ void store_f(floatX* p, const float (&f)[VEC]) {
-    if constexpr (VEC == x128::size) {
-        x128 t;
-#pragma unroll
-        for (int k = 0; k < VEC; k++) t[k] = from_float<floatX>(f[k]);
-        store128(p, t);
-    } else {
-#pragma unroll
-        for (int k = 0; k < VEC; k++) p[k] = from_float<floatX>(f[k]);
-    }
-}
 
 __device__ __forceinline__ float gelu(float x) {
     return 0.5f * x * (1.0f + tanhf(GELU_K * (x + 0.044715f * x * x * x)));
@@ -121,6 +97,7 @@ __global__ void swiglu_backward_kernel(floatX* dinp, const floatX* inp, const fl
 }  // namespace
 
 void cuda_backend::gelu_forward(floatX* out, const floatX* inp, size_t n) {
+    NVTX_RANGE("gelu_forward");
     if (n == 0) return;
     constexpr int V8 = x128::size;
     if (aligned16(out) && aligned16(inp))
@@ -131,6 +108,7 @@ void cuda_backend::gelu_forward(floatX* out, const floatX* inp, size_t n) {
 }
 
 void cuda_backend::gelu_backward(floatX* dinp, const floatX* inp, const floatX* dout, size_t n) {
+    NVTX_RANGE("gelu_backward");
     if (n == 0) return;
     constexpr int V8 = x128::size;
     if (aligned16(dinp) && aligned16(inp) && aligned16(dout))
@@ -142,6 +120,7 @@ void cuda_backend::gelu_backward(floatX* dinp, const floatX* inp, const floatX* 
 }
 
 void cuda_backend::swiglu_forward(floatX* out, const floatX* inp, int N, int F) {
+    NVTX_RANGE("swiglu_forward");
     if (N <= 0 || F <= 0) return;
     constexpr int V8 = x128::size;
     if (F % V8 == 0 && aligned16(out) && aligned16(inp))
@@ -152,6 +131,7 @@ void cuda_backend::swiglu_forward(floatX* out, const floatX* inp, int N, int F) 
 }
 
 void cuda_backend::swiglu_backward(floatX* dinp, const floatX* inp, const floatX* dout, int N, int F) {
+    NVTX_RANGE("swiglu_backward");
     if (N <= 0 || F <= 0) return;
     constexpr int V8 = x128::size;
     if (F % V8 == 0 && aligned16(dinp) && aligned16(inp) && aligned16(dout))

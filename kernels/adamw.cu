@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "common/nvtx.h"
 #include "kernels/cuda_common.cuh"
 
 namespace {
@@ -21,7 +22,6 @@ constexpr int ADAMW_MAX_BLOCKS = 1 << 16;  // grid-stride beyond this
 constexpr int NS_THREADS = 256;
 constexpr int NS_MAX_BLOCKS = 1024;
 
-bool aligned16(const void* p) { return ((uintptr_t)p & 15u) == 0; }
 
 __global__ void adamw_kernel(floatX* params, float* master, const floatX* grads, float* m, float* v, size_t n,
                              float beta1, float beta2, float eps, float decay, float step, float bc2_sqrt,
@@ -94,6 +94,7 @@ __global__ void sumsq_final_kernel(double* partials, int G) {
 void cuda_backend::adamw_update(floatX* params, float* master, const floatX* grads, float* m, float* v, size_t n,
                                 float lr, float beta1, float beta2, float eps, float weight_decay, int t,
                                 float grad_scale, uint32_t seed) {
+    NVTX_RANGE("adamw_update");
     if (n == 0) return;
     // the CPU twin's constants, computed the same way on the host
     const float bc1 = 1.0f - std::pow(beta1, (float)t);
@@ -107,6 +108,7 @@ void cuda_backend::adamw_update(floatX* params, float* master, const floatX* gra
 }
 
 double cuda_backend::norm_squared(const floatX* x, size_t n) {
+    NVTX_RANGE("norm_squared");
     if (n == 0) return 0.0;
     constexpr int V8 = x128::size;
     const bool vec = aligned16(x);

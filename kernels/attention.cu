@@ -29,6 +29,7 @@
 #include <cmath>
 
 #include "common/check.h"
+#include "common/nvtx.h"
 #include "kernels/cuda_common.cuh"
 
 namespace {
@@ -198,6 +199,7 @@ int check_attention(const char* op, int B, int T, int C, int NH, float rope_thet
 
 void cuda_backend::attention_forward(floatX* out, floatX* qkvr, floatX* att, const floatX* qkv, int B, int T, int C,
                                      int NH, float rope_theta) {
+    NVTX_RANGE("attention_forward");
     const int hs = check_attention("attention_forward", B, T, C, NH, rope_theta);
     const size_t BTC = (size_t)B * T * C;
     const int heads = B * NH, rows = B * NH * T;
@@ -230,6 +232,7 @@ void cuda_backend::attention_forward(floatX* out, floatX* qkvr, floatX* att, con
 void cuda_backend::attention_backward(floatX* dqkv, floatX* dqkvr, floatX* datt, const floatX* dout,
                                       const floatX* qkvr, const floatX* att, int B, int T, int C, int NH,
                                       float rope_theta) {
+    NVTX_RANGE("attention_backward");
     const int hs = check_attention("attention_backward", B, T, C, NH, rope_theta);
     const size_t BTC = (size_t)B * T * C;
     const int heads = B * NH, rows = B * NH * T;

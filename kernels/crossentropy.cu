@@ -9,36 +9,12 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "common/nvtx.h"
 #include "kernels/cuda_common.cuh"
 
 namespace {
 constexpr int CE_MAX_THREADS = 512;
 
-bool aligned16(const void* p) { return ((uintptr_t)p & 15u) == 0; }
-
-template <int VEC>
-__device__ __forceinline__ void load_f(float (&f)[VEC], const floatX* p) {
-    if constexpr (VEC == x128::size) {
-        const x128 t = load128(p);
-#pragma unroll
-        for (int k = 0; k < VEC; k++) f[k] = to_float(t[k]);
-    } else {
-#pragma unroll
-        for (int k = 0; k < VEC; k++) f[k] = to_float(p[k]);
-    }
-}
-template <int VEC>
-__device__ __forceinline__ void store_f(floatX* p, const float (&f)[VEC]) {
-    if constexpr (VEC == x128::size) {
-        x128 t;
-#pragma unroll
-        for (int k = 0; k < VEC; k++) t[k] = from_float<floatX>(f[k]);
-        store128(p, t);
-    } else {
-#pragma unroll
-        for (int k = 0; k < VEC; k++) p[k] = from_float<floatX>(f[k]);
-    }
-}
 
 struct MaxSum {
     float m;  // running max
@@ -145,6 +121,7 @@ int ce_threads(int chunks) { return std::min(CE_MAX_THREADS, std::max(32, (chunk
 
 void cuda_backend::crossentropy_forward(float* losses, const floatX* logits, const int* targets, int N, int V,
                                         int Vp) {
+    NVTX_RANGE("crossentropy_forward");
     if (N <= 0) return;
     constexpr int V8 = x128::size;
     if (Vp % V8 == 0 && aligned16(logits))
@@ -156,6 +133,7 @@ void cuda_backend::crossentropy_forward(float* losses, const floatX* logits, con
 
 void cuda_backend::crossentropy_backward(floatX* dlogits, const floatX* logits, const int* targets, float dloss,
                                          int N, int V, int Vp) {
+    NVTX_RANGE("crossentropy_backward");
     if (N <= 0) return;
     constexpr int V8 = x128::size;
     if (Vp % V8 == 0 && aligned16(logits) && aligned16(dlogits))

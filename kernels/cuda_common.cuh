@@ -6,6 +6,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 
@@ -103,6 +104,34 @@ template <class T>
 __device__ __forceinline__ void store128(T* p, const Packed128<T>& v) { *reinterpret_cast<Packed128<T>*>(p) = v; }
 using x128 = Packed128<floatX>;
 using f128 = Packed128<float>;
+
+inline bool aligned16(const void* p) { return ((uintptr_t)p & 15u) == 0; }
+
+// VEC consecutive elements to/from fp32: one 128-bit access when VEC is the packed
+// width (the caller checks alignment), element by element otherwise.
+template <int VEC>
+__device__ __forceinline__ void load_f(float (&f)[VEC], const floatX* p) {
+    if constexpr (VEC == x128::size) {
+        const x128 t = load128(p);
+#pragma unroll
+        for (int k = 0; k < VEC; k++) f[k] = to_float(t[k]);
+    } else {
+#pragma unroll
+        for (int k = 0; k < VEC; k++) f[k] = to_float(p[k]);
+    }
+}
+template <int VEC>
+__device__ __forceinline__ void store_f(floatX* p, const float (&f)[VEC]) {
+    if constexpr (VEC == x128::size) {
+        x128 t;
+#pragma unroll
+        for (int k = 0; k < VEC; k++) t[k] = from_float<floatX>(f[k]);
+        store128(p, t);
+    } else {
+#pragma unroll
+        for (int k = 0; k < VEC; k++) p[k] = from_float<floatX>(f[k]);
+    }
+}
 
 // Stochastic rounding of fp32 to bf16 from a hash of (index, seed): unbiased, and
 // the same bits for the same seed.

@@ -9,39 +9,15 @@
 #include <vector>
 
 #include "common/check.h"
+#include "common/nvtx.h"
 #include "kernels/cuda_common.cuh"
 
 namespace {
 constexpr int ENC_THREADS = 256;      // encoder_forward, dwpe
 constexpr int ENC_BWD_THREADS = 128;  // dwte: channel chunks of one token per block
 
-bool aligned16(const void* p) { return ((uintptr_t)p & 15u) == 0; }
 
 // VEC consecutive floatX as fp32: one 128-bit access when VEC is x128's width.
-template <int VEC>
-__device__ __forceinline__ void load_f(float (&f)[VEC], const floatX* p) {
-    if constexpr (VEC == x128::size) {
-        const x128 t = load128(p);
-#pragma unroll
-        for (int k = 0; k < VEC; k++) f[k] = to_float(t[k]);
-    } else {
-#pragma unroll
-        for (int k = 0; k < VEC; k++) f[k] = to_float(p[k]);
-    }
-}
-template <int VEC>
-__device__ __forceinline__ void store_f(floatX* p, const float (&f)[VEC]) {
-    if constexpr (VEC == x128::size) {
-        x128 t;
-#pragma unroll
-        for (int k = 0; k < VEC; k++) t[k] = from_float<floatX>(f[k]);
-        store128(p, t);
-    } else {
-#pragma unroll
-        for (int k = 0; k < VEC; k++) p[k] = from_float<floatX>(f[k]);
-    }
-}
-
 // One thread per VEC channels of one (b, t) row.
 template <int VEC>
 __global__ void encoder_forward_kernel(floatX* out, const int* inp, const floatX* wte, const floatX* wpe, int N,
@@ -107,6 +83,7 @@ __global__ void encoder_backward_wpe_kernel(floatX* dwpe, const floatX* dout, in
 
 void cuda_backend::encoder_forward(floatX* out, const int* inp, const floatX* wte, const floatX* wpe, int B, int T,
                                    int C) {
+    NVTX_RANGE("encoder_forward");
     const int N = B * T;
     if (N <= 0 || C <= 0) return;
     constexpr int V8 = x128::size;
@@ -122,6 +99,7 @@ void cuda_backend::encoder_forward(floatX* out, const int* inp, const floatX* wt
 
 void cuda_backend::encoder_backward(floatX* dwte, floatX* dwpe, const floatX* dout, const int* inp, int B, int T,
                                     int C) {
+    NVTX_RANGE("encoder_backward");
     const int N = B * T;
     if (N <= 0 || C <= 0) return;
     // Bucket the positions by token on the host (the ids are N ints; this syncs):

@@ -38,6 +38,7 @@
 #include <vector>
 
 #include "common/check.h"
+#include "common/nvtx.h"
 #include "kernels/cuda_common.cuh"
 
 namespace {
@@ -304,6 +305,7 @@ void check_aligned(const char* op, const char* name, const void* p) {
 
 void cuda_backend::matmul_forward(floatX* out, const floatX* inp, const floatX* w, const floatX* bias, int N, int C,
                                   int OC, floatX* pre_gelu) {
+    NVTX_RANGE("matmul_forward");
     const char* op = "matmul_forward";
     check_shape(op, N, C, OC);
     check_aligned(op, "out", out), check_aligned(op, "inp", inp), check_aligned(op, "w", w);
@@ -337,6 +339,7 @@ void cuda_backend::matmul_forward(floatX* out, const floatX* inp, const floatX* 
 
 void cuda_backend::matmul_backward(floatX* dinp, floatX* dw, floatX* dbias, const floatX* dout, const floatX* inp,
                                    const floatX* w, int N, int C, int OC, bool accumulate, const floatX* pre_gelu) {
+    NVTX_RANGE("matmul_backward");
     const char* op = "matmul_backward";
     LNS_CHECK(!(pre_gelu && accumulate), "the GELU backward epilogue writes dinp");
     check_shape(op, N, C, OC);

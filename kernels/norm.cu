@@ -18,6 +18,7 @@
 #include <cstdint>
 
 #include "common/check.h"
+#include "common/nvtx.h"
 #include "kernels/cuda_common.cuh"
 
 namespace {
@@ -29,31 +30,6 @@ constexpr int NORM_BWD_MAX_ROWS = 256;  // and at most (shared row statistics)
 constexpr int NORM_BWD_TARGET_BLOCKS = 1024;
 constexpr int NORM_RED_SLICES = 8;  // norm_param_grad_kernel: warps per block, each a slice of the partials
 
-bool aligned16(const void* p) { return ((uintptr_t)p & 15u) == 0; }
-
-template <int VEC>
-__device__ __forceinline__ void load_f(float (&f)[VEC], const floatX* p) {
-    if constexpr (VEC == x128::size) {
-        const x128 t = load128(p);
-#pragma unroll
-        for (int k = 0; k < VEC; k++) f[k] = to_float(t[k]);
-    } else {
-#pragma unroll
-        for (int k = 0; k < VEC; k++) f[k] = to_float(p[k]);
-    }
-}
-template <int VEC>
-__device__ __forceinline__ void store_f(floatX* p, const float (&f)[VEC]) {
-    if constexpr (VEC == x128::size) {
-        x128 t;
-#pragma unroll
-        for (int k = 0; k < VEC; k++) t[k] = from_float<floatX>(f[k]);
-        store128(p, t);
-    } else {
-#pragma unroll
-        for (int k = 0; k < VEC; k++) p[k] = from_float<floatX>(f[k]);
-    }
-}
 
 // Sum over the threads that share a row: the warp, or the whole block.
 template <bool WARP>
@@ -275,6 +251,7 @@ __global__ void __launch_bounds__(32 * NORM_RED_SLICES)
 void cuda_backend::residual_norm_forward(floatX* res, floatX* out, float* mean, float* rstd, const floatX* x,
                                          const floatX* y, float alpha, const floatX* w, const floatX* b, int N,
                                          int C, NormKind kind, float eps, NormScheme scheme, int layer) {
+    NVTX_RANGE("residual_norm_forward");
     LNS_CHECK(res != nullptr || (y == nullptr && alpha == 1.0f), "res may be omitted only for a plain norm");
     if (N <= 0 || C <= 0) return;
     const bool ln = kind == NormKind::layernorm;
@@ -297,6 +274,7 @@ void cuda_backend::residual_norm_backward(floatX* dx, floatX* dy, floatX* dw, fl
                                           const floatX* dres, const floatX* res, const floatX* w, const float* mean,
                                           const float* rstd, float alpha, int N, int C, NormKind kind,
                                           NormScheme scheme, int layer) {
+    NVTX_RANGE("residual_norm_backward");
     if (N <= 0 || C <= 0) return;
     const bool ln = kind == NormKind::layernorm;
     LNS_CHECK(!ln || mean != nullptr, "LayerNorm backward needs the saved mean");

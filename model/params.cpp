@@ -4,6 +4,8 @@
 
 namespace {
 
+// Tensors are declared in model order; add() returns the tensor's index, which
+// finish() turns into offsets once every tensor is known.
 struct LayoutBuilder {
     ParamLayout& L;
     long add(const std::string& name, std::vector<int> shape, float std, float value = 0.0f) {
@@ -12,15 +14,33 @@ struct LayoutBuilder {
         t.shape = std::move(shape);
         t.size = 1;
         for (int d : t.shape) t.size *= (size_t)d;
-        t.offset = L.total;
         t.decay = t.shape.size() >= 2;
         t.init_std = std;
         t.init_value = value;
-        L.total += t.size;
         L.tensors.push_back(t);
-        return (long)t.offset;
+        return (long)L.tensors.size() - 1;
     }
     ParamTensor& last() { return L.tensors.back(); }
+
+    // Decayed tensors (matrices, embeddings) first, then the rest, each in model order:
+    // AdamW then covers the buffer in one call with one boundary. Adjacent matrices
+    // (q|k|v, gate|up) stay adjacent.
+    void finish() {
+        L.total = 0;
+        for (bool decay : {true, false})
+            for (auto& t : L.tensors)
+                if (t.decay == decay) t.offset = L.total, L.total += t.size;
+        L.n_decay = 0;
+        for (auto& t : L.tensors)
+            if (t.decay) L.n_decay += t.size;
+        auto to_offset = [&](long& f) { f = f < 0 ? -1 : (long)L.tensors[f].offset; };
+        for (auto& b : L.blocks)
+            for (long* f : {&b.ln1_w, &b.ln1_b, &b.qkv_w, &b.qkv_b, &b.attn_proj_w, &b.attn_proj_b, &b.ln1o_w,
+                            &b.ln1o_b, &b.ln2_w, &b.ln2_b, &b.fc_w, &b.fc_b, &b.mlp_proj_w, &b.mlp_proj_b, &b.ln2o_w,
+                            &b.ln2o_b})
+                to_offset(*f);
+        for (long* f : {&L.wte, &L.wpe, &L.lnf_w, &L.lnf_b, &L.lm_head}) to_offset(*f);
+    }
 };
 
 }  // namespace
@@ -111,5 +131,6 @@ ParamLayout build_param_layout(const ModelConfig& cfg) {
         L.lm_head = b.add("lm_head.weight", {Vp, C}, s);
         b.last().hf_rows = cfg.vocab_size;
     }
+    b.finish();
     return L;
 }

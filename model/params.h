@@ -5,8 +5,10 @@
 // every matrix; GPT-2's Hugging Face checkpoints store Conv1D weights as (in, out),
 // so those entries are flagged and transposed at load/save time only.
 //
-// Adjacency the model relies on: llama's q_proj, k_proj, v_proj are consecutive, so
-// they form one (3C, C) matrix; gate_proj and up_proj likewise form one (2F, C).
+// Order: every decayed tensor (matrices, embeddings) first, then norm weights and
+// biases, each group in model order. Adjacency the model relies on: llama's q_proj,
+// k_proj, v_proj are consecutive, so they form one (3C, C) matrix; gate_proj and
+// up_proj likewise form one (2F, C).
 #pragma once
 #include <cstddef>
 #include <string>
@@ -54,6 +56,7 @@ struct ParamLayout {
     long lnf_w = -1, lnf_b = -1;  // final norm (C)
     long lm_head = -1;   // (Vp, C); equals wte when tied
     size_t total = 0;    // elements
+    size_t n_decay = 0;  // elements [0, n_decay) get weight decay: every matrix and embedding
 
     const ParamTensor* find(const std::string& name) const;
 };

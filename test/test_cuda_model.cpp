@@ -42,7 +42,7 @@ void round_to_device_precision(std::vector<float>& v) {
 #endif
 }
 
-double rel_l2(const float* a, const float* b, size_t n) {
+[[maybe_unused]] double rel_l2(const float* a, const float* b, size_t n) {
     double num = 0.0, den = 0.0;
     for (size_t i = 0; i < n; i++) num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]), den += (double)b[i] * b[i];
     return den > 0 ? std::sqrt(num / den) : std::sqrt(num);

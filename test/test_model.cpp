@@ -3,6 +3,8 @@
 // recomputation, and the Hugging Face round trip.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
+
 #include "common/check.h"
 #include "cpu/cpu_backend.h"
 #include "model/gpt.h"
@@ -27,12 +29,16 @@ TEST_CASE("preset parameter counts match the architectures' formulas", "[model]"
 TEST_CASE("the flat layout: contiguous, fused q|k|v and gate|up, tied GPT-2 head", "[model]") {
     for (const char* name : {"gpt2-tiny", "llama-tiny"}) {
         const ParamLayout L = build_param_layout(preset(name));
-        size_t off = 0;
+        // every element belongs to exactly one tensor; decayed tensors fill [0, n_decay)
+        std::vector<int> owner(L.total, 0);
+        size_t decayed = 0;
         for (const auto& t : L.tensors) {
-            CHECK(t.offset == off);
-            off += t.size;
+            for (size_t i = 0; i < t.size; i++) owner[t.offset + i]++;
+            CHECK((t.offset + t.size <= L.n_decay) == t.decay);
+            if (t.decay) decayed += t.size;
         }
-        CHECK(off == L.total);
+        CHECK(std::all_of(owner.begin(), owner.end(), [](int c) { return c == 1; }));
+        CHECK(decayed == L.n_decay);
         const auto& b0 = L.blocks[0];
         if (std::string(name) == "llama-tiny") {
             CHECK(L.find("model.layers.0.self_attn.k_proj.weight")->offset == (size_t)b0.qkv_w + 32 * 32);

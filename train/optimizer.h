@@ -1,6 +1,7 @@
 // One optimizer step over the flat buffers: global gradient norm, clipping as
 // torch.nn.utils.clip_grad_norm_ does it, and AdamW with weight decay on the
-// matrices only (runs of tensors with the same decay go in one call).
+// matrices only. The layout puts every decayed tensor first, so the update is two
+// calls of one kernel: [0, n_decay) with decay, the rest without.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -23,15 +24,13 @@ float optimizer_step(GPT<Backend>& model, const AdamWConfig& o, float lr, int t,
     const float norm = grad_norm(model);
     float scale = 1.0f;
     if (o.grad_clip > 0.0f) scale = std::fmin(1.0f, o.grad_clip / (norm + 1e-6f));
-    const auto& ts = model.layout.tensors;
-    for (size_t i = 0; i < ts.size();) {
-        size_t j = i;
-        while (j + 1 < ts.size() && ts[j + 1].decay == ts[i].decay) j++;
-        const size_t off = ts[i].offset, n = ts[j].offset + ts[j].size - off;
+    const size_t bounds[3] = {0, model.layout.n_decay, model.layout.total};
+    for (int k = 0; k < 2; k++) {
+        const size_t off = bounds[k], n = bounds[k + 1] - bounds[k];
+        if (n == 0) continue;
         Backend::adamw_update(model.params + off, model.master ? model.master + off : nullptr, model.grads + off,
                               model.m + off, model.v + off, n, lr, o.beta1, o.beta2, o.eps,
-                              ts[i].decay ? o.weight_decay : 0.0f, t, scale, seed + (uint32_t)i);
-        i = j + 1;
+                              k == 0 ? o.weight_decay : 0.0f, t, scale, seed + (uint32_t)k);
     }
     return norm;
 }
