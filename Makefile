@@ -53,8 +53,11 @@ DEBIAN_PKGS := g++ make libcli11-dev catch2 nlohmann-json3-dev libomp-dev python
 
 # Each concern may add packages, libraries and tools of its own.
 -include tokenizer/tokenizer.mk
+-include bench/bench.mk
 
-.PHONY: all deps test quickstart clean data
+.PHONY: all deps test quickstart clean data bench
+# Benchmarks report speed as ratios against a reference measured in the same run.
+bench: bench-tokenizer
 all: train_gpt
 
 $(BUILD)/%.o: %.cpp
