@@ -248,19 +248,22 @@ static float evaluate(GPT<Backend>& model, DataLoader& val, int batches, int B, 
     return (float)(sum / n);
 }
 
-// Autoregressive sampling; every token re-runs the (windowed) prefix.
+// Autoregressive sampling with a KV cache: each new token costs one token's forward.
+// When the context reaches --seq-len the cache is rebuilt from its last half.
 template <class Backend>
 static std::vector<int> sample(GPT<Backend>& model, std::vector<int> tokens, int n, float temperature, int top_k,
                                Rng& rng) {
     const int Vp = model.cfg.padded_vocab(), V = model.cfg.vocab_size, Tmax = model.T;
     const size_t prompt = tokens.size();
+    auto refill = [&](size_t keep) {  // the last `keep` tokens at positions 0..keep-1
+        for (size_t i = 0; i < keep; i++) model.forward_decode(tokens[tokens.size() - keep + i], (int)i);
+        return (int)keep;
+    };
+    int pos = refill(std::min(tokens.size(), (size_t)Tmax));
     std::vector<float> logits(Vp);
     std::vector<double> probs(V);
     for (int i = 0; i < n; i++) {
-        const int t0 = std::max(0, (int)tokens.size() - Tmax);
-        const int t = (int)tokens.size() - t0;
-        model.forward(tokens.data() + t0, nullptr, 1, t);
-        model.download_logits_row(logits.data(), t - 1);
+        model.download_logits_row(logits.data(), 0);
         float kth = -INFINITY;
         if (top_k > 0 && top_k < V) {
             std::vector<float> sorted(logits.begin(), logits.begin() + V);
@@ -280,6 +283,9 @@ static std::vector<int> sample(GPT<Backend>& model, std::vector<int> tokens, int
                 break;
             }
         tokens.push_back(next);
+        if (i + 1 == n) break;
+        if (pos == Tmax) pos = refill(std::max<size_t>(1, Tmax / 2));
+        else model.forward_decode(next, pos++);
     }
     return std::vector<int>(tokens.begin() + prompt, tokens.end());
 }
@@ -461,7 +467,7 @@ static int run(const Options& o, const ModelConfig& cfg, const CLI::App& app, do
     };
     auto print_sample = [&](int step) {
         std::vector<int> prompt = tok && !o.prompt.empty() ? tok->encode(o.prompt) : std::vector<int>{};
-        if (prompt.empty()) prompt.push_back(tok && tok->eot_token() >= 0 ? tok->eot_token() : 0);
+        if (prompt.empty()) prompt.push_back(tok && tok->eot_token() >= 0 ? tok->eot_token() : '\n');
         auto ids = sample(model, prompt, o.sample_tokens, o.temperature, o.top_k, sample_rng);
         std::string text;
         if (tok) text = tok->decode(ids);

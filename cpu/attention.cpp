@@ -145,3 +145,44 @@ void cpu_backend::attention_backward(float* dqkv, float* dqkvr, float* datt, con
             for (int i = 2 * C; i < C3; i++) dst[i] = src[i];
         }
 }
+
+void cpu_backend::attention_kv_forward(float* out, float* kcache, float* vcache, const float* qkv, int pos, int C,
+                                       int NH, int Tmax, float rope_theta) {
+    const int hs = C / NH, h2 = hs / 2;
+    const float scale = 1.0f / std::sqrt((float)hs);
+    std::vector<float> cs(h2), sn(h2);
+    for (int i = 0; i < h2 && rope_theta > 0; i++) {  // the angles of rope_angles() at row pos
+        const float a = (float)pos * (1.0f / std::pow(rope_theta, (float)(2 * i) / (float)hs));
+        cs[i] = std::cos(a), sn[i] = std::sin(a);
+    }
+#pragma omp parallel for
+    for (int h = 0; h < NH; h++) {
+        std::vector<float> q(hs), att(pos + 1);
+        float* k = kcache + ((size_t)h * Tmax + pos) * hs;
+        float* v = vcache + ((size_t)h * Tmax + pos) * hs;
+        if (rope_theta > 0) {
+            rope_rotate(q.data(), qkv + h * hs, cs.data(), sn.data(), hs, 1.0f);
+            rope_rotate(k, qkv + C + h * hs, cs.data(), sn.data(), hs, 1.0f);
+        } else {
+            for (int i = 0; i < hs; i++) q[i] = qkv[h * hs + i], k[i] = qkv[C + h * hs + i];
+        }
+        for (int i = 0; i < hs; i++) v[i] = qkv[2 * C + h * hs + i];
+        float maxv = -INFINITY;
+        for (int t = 0; t <= pos; t++) {
+            const float* kt = kcache + ((size_t)h * Tmax + t) * hs;
+            float dot = 0.0f;
+            for (int i = 0; i < hs; i++) dot += q[i] * kt[i];
+            att[t] = dot * scale;
+            maxv = std::fmax(maxv, att[t]);
+        }
+        double sum = 0.0;
+        for (int t = 0; t <= pos; t++) sum += att[t] = std::exp(att[t] - maxv);
+        const float inv = (float)(1.0 / sum);
+        float* o = out + h * hs;
+        for (int i = 0; i < hs; i++) o[i] = 0.0f;
+        for (int t = 0; t <= pos; t++) {
+            const float* vt = vcache + ((size_t)h * Tmax + t) * hs;
+            for (int i = 0; i < hs; i++) o[i] += att[t] * inv * vt[i];
+        }
+    }
+}

@@ -77,6 +77,14 @@ struct cpu_backend {
                                    const floatX* qkvr, const floatX* att, int B, int T, int C,
                                    int NH, float rope_theta);
 
+    // ---- attention for one new token against a KV cache (sampling; inference only,
+    // so no backward). qkv (1,3C) is the token's projection at position pos; q and k
+    // are rotated as in attention_forward; k and v are written to row pos of the
+    // layer's caches kcache, vcache (NH,Tmax,hs), whose rows [0,pos) hold earlier
+    // tokens; out (1,C) is the causal attention of q over rows [0,pos].
+    static void attention_kv_forward(floatX* out, floatX* kcache, floatX* vcache, const floatX* qkv, int pos, int C,
+                                     int NH, int Tmax, float rope_theta);
+
     // ---- activations
     static void gelu_forward(floatX* out, const floatX* inp, size_t n);  // tanh approximation
     static void gelu_backward(floatX* dinp, const floatX* inp, const floatX* dout, size_t n);

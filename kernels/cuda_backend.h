@@ -57,6 +57,8 @@ struct cuda_backend {
     static void attention_backward(floatX* dqkv, floatX* dqkvr, floatX* datt, const floatX* dout,
                                    const floatX* qkvr, const floatX* att, int B, int T, int C,
                                    int NH, float rope_theta);
+    static void attention_kv_forward(floatX* out, floatX* kcache, floatX* vcache, const floatX* qkv, int pos, int C,
+                                     int NH, int Tmax, float rope_theta);
     static void gelu_forward(floatX* out, const floatX* inp, size_t n);
     static void gelu_backward(floatX* dinp, const floatX* inp, const floatX* dout, size_t n);
     static void swiglu_forward(floatX* out, const floatX* inp, int N, int F);

@@ -64,6 +64,8 @@ struct GPT {
     floatX *dresidual, *dn, *df, *datty, *dqkv, *dqkvr, *datt, *dfch_act, *dfch;
 
     bool recompute = false;     // one shared MLP activation buffer, recomputed in backward
+    floatX* kv_cache = nullptr; // sampling: per layer K then V, each (NH, T, hs); allocated on first use
+    int decode_pos = -1;        // >= 0 while forward_decode runs: attention reads the cache
     int cur_B = 0, cur_T = 0;
     float last_loss = 0.0f;
     int valid_targets = 0;      // targets >= 0 in the last forward
@@ -87,7 +89,8 @@ struct GPT {
         plan_activations(false);
     }
     ~GPT() {
-        for (void* p : {(void*)params, (void*)grads, (void*)master, (void*)m, (void*)v, act_arena, grad_arena})
+        for (void* p : {(void*)params, (void*)grads, (void*)master, (void*)m, (void*)v, act_arena, grad_arena,
+                        (void*)kv_cache})
             if (p) Ops::release(p);
     }
     GPT(const GPT&) = delete;
@@ -236,6 +239,32 @@ struct GPT {
         return last_loss;
     }
 
+    // ---- one token at position pos (0 <= pos < T) through the model, attending to the
+    // tokens fed at positions [0, pos) through the KV cache; the logits are row 0.
+    void forward_decode(int token, int pos) {
+        REQUIRE_INPUT(pos >= 0 && pos < T, "decode position %d outside [0, %d)", pos, T);
+        const int C = cfg.n_embd;
+        if (!kv_cache) kv_cache = (floatX*)Ops::alloc((size_t)cfg.n_layer * 2 * T * C * sizeof(floatX), "KV cache");
+        NVTX_RANGE("decode");
+        cur_B = 1, cur_T = 1;
+        Ops::copy_from_host(inputs, &token, sizeof(int));
+        Ops::encoder_forward(encoded, inputs, P(layout.wte), layout.wpe >= 0 ? P(layout.wpe) + (size_t)pos * C : nullptr,
+                             1, 1, C);
+        decode_pos = pos;
+        const floatX* base = encoded;
+        const floatX* addend = nullptr;
+        for (int l = 0; l < cfg.n_layer; l++) {
+            const BlockParams& bp = layout.blocks[l];
+            LayerActs& a = acts[l];
+            const bool post = cfg.block_is_post(l);
+            sublayer_forward(a, a.ln1, a.ln1o, bp.ln1_w, bp.ln1_b, bp.ln1o_w, bp.ln1o_b, post, l, true, base, addend);
+            sublayer_forward(a, a.ln2, a.ln2o, bp.ln2_w, bp.ln2_b, bp.ln2o_w, bp.ln2o_b, post, l, false, base, addend);
+        }
+        decode_pos = -1;
+        norm_forward(lnf, base, addend, 1.0f, layout.lnf_w, layout.lnf_b, 0);
+        Ops::matmul_forward(logits, lnf.out, P(layout.lm_head), nullptr, 1, C, cfg.padded_vocab());
+    }
+
     // ---- backward: adds d(loss * loss_scale)/d(params) into grads. loss_scale is
     // 1 for a single batch and 1/steps under gradient accumulation.
     void backward(float loss_scale = 1.0f) {
@@ -274,8 +303,13 @@ struct GPT {
         NVTX_RANGE(attn ? "attention" : "mlp");
         if (attn) {
             Ops::matmul_forward(a.qkv, in, P(bp.qkv_w), P(bp.qkv_b), N, C, 3 * C);
-            Ops::attention_forward(a.atty, a.qkvr, a.att, a.qkv, cur_B, cur_T, C, cfg.n_head,
-                                   cfg.rope() ? cfg.rope_theta : 0.0f);
+            const float theta = cfg.rope() ? cfg.rope_theta : 0.0f;
+            if (decode_pos >= 0) {  // one token against the cache of this layer
+                floatX* k = kv_cache + (size_t)(&a - acts.data()) * 2 * T * C;
+                Ops::attention_kv_forward(a.atty, k, k + (size_t)T * C, a.qkv, decode_pos, C, cfg.n_head, T, theta);
+            } else {
+                Ops::attention_forward(a.atty, a.qkvr, a.att, a.qkv, cur_B, cur_T, C, cfg.n_head, theta);
+            }
             Ops::matmul_forward(a.attproj, a.atty, P(bp.attn_proj_w), P(bp.attn_proj_b), N, C, C);
             return a.attproj;
         }

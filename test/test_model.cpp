@@ -154,3 +154,30 @@ TEST_CASE("learning-rate schedules: warmup, then cosine / linear / constant / WS
     CHECK(s.at(110) == Approx(0.1f).epsilon(1e-5));
     CHECK_THROWS_WITH(parse_schedule("cyclic"), Catch::Contains("--schedule"));
 }
+
+TEST_CASE("decoding with the KV cache gives the logits of the full forward, position by position", "[model][kv]") {
+    const int T = 12;
+    for (const char* name : {"gpt2-tiny", "llama-tiny"})
+        for (NormScheme s : {NormScheme::lns, NormScheme::post, NormScheme::sandwich, NormScheme::deepnorm}) {
+            DYNAMIC_SECTION(name << " " << to_string(s)) {
+                ModelConfig cfg = preset(name);
+                cfg.norm = s;
+                GPT<cpu_backend> m(cfg, 2, T);
+                m.init_random(21);
+                Rng rng(22);
+                std::vector<int> x(T);
+                for (auto& t : x) t = (int)(rng.next_u64() % 256);
+                const int Vp = cfg.padded_vocab();
+                std::vector<float> full((size_t)T * Vp), row(Vp);
+                m.forward(x.data(), nullptr, 1, T);
+                for (int t = 0; t < T; t++) m.download_logits_row(full.data() + (size_t)t * Vp, t);
+                for (int t = 0; t < T; t++) {
+                    m.forward_decode(x[t], t);
+                    m.download_logits_row(row.data(), 0);
+                    INFO("position " << t);
+                    // the same arithmetic in the same order, except matmul blocking over rows
+                    CHECK(max_rel_err(row.data(), full.data() + (size_t)t * Vp, Vp) < 1e-5);
+                }
+            }
+        }
+}
