@@ -1,0 +1,148 @@
+// scripts/ncu_table.py, the Nsight Compute report parser behind scripts/profile.sh,
+// on the hand-written export in test/data/profiling: phases from the NVTX ranges,
+// times, shares, GB/s and TFLOP/s against given ceilings, and clear errors for bad input.
+#include <catch2/catch.hpp>
+
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include "test/test_util.h"
+
+namespace {
+
+std::string fixture() { return repo_root() + "/test/data/profiling/ncu_raw.csv"; }
+
+std::string table_cmd(const std::string& report, const std::string& args) {
+    return "/usr/bin/python3 " + repo_root() + "/scripts/ncu_table.py " + report + " " + args;
+}
+
+std::string slurp(const std::string& path) {
+    std::ifstream f(path);
+    std::stringstream s;
+    s << f.rdbuf();
+    return s.str();
+}
+
+std::vector<std::vector<std::string>> csv_rows(const std::string& text) {
+    std::vector<std::vector<std::string>> rows;
+    std::istringstream in(text);
+    for (std::string line; std::getline(in, line);) {  // no quoted fields in the output
+        std::vector<std::string> r;
+        std::istringstream ls(line);
+        for (std::string cell; std::getline(ls, cell, ',');) r.push_back(cell);
+        rows.push_back(r);
+    }
+    return rows;
+}
+
+}  // namespace
+
+TEST_CASE("ncu_table: per-kernel, per-phase numbers from the fixture", "[profiling]") {
+    TmpDir dir;
+    std::string out;
+    const std::string cmd = table_cmd(fixture(), "--copy-gbs 4000 --gemm-tflops 800 --csv " + (dir / "t.csv") +
+                                                     " --md " + (dir / "t.md"));
+    const int rc = run_command(cmd, &out);
+    INFO(cmd << "\n" << out);
+    REQUIRE(rc == 0);
+    const auto rows = csv_rows(slurp(dir / "t.csv"));
+    REQUIRE(rows.size() == 16);  // header + 15 launches, no two in the same (phase, op, kernel)
+    REQUIRE(rows[0] == std::vector<std::string>{"phase", "op", "kernel", "launches", "time_us", "share_pct", "gb_s",
+                                                "tflop_s", "pct_copy_bw", "pct_bf16_gemm", "tensor_pct"});
+    std::map<std::string, std::vector<std::string>> by;  // "phase|kernel" -> row
+    double share = 0.0;
+    for (size_t i = 1; i < rows.size(); i++) {
+        REQUIRE(rows[i].size() == 11);
+        by[rows[i][0] + "|" + rows[i][2]] = rows[i];
+        share += std::stod(rows[i][5]);
+    }
+    CHECK(share == Approx(100.0).margin(0.011));
+
+    // bytes / time: 200 MB in 50 us = 4000 GB/s = 100 % of the 4000 GB/s ceiling, 20 % of 250 us
+    CHECK(by.at("optimizer|adamw_kernel") ==
+          std::vector<std::string>{"optimizer", "adamw_update", "adamw_kernel", "1", "50.000", "20.00", "4000.0",
+                                   "0.000", "100.0", "0.0", "0.0"});
+    // norm_squared runs outside any model range: counted with the optimizer
+    CHECK(by.at("optimizer|sumsq_partial_kernel")[4] == "2.000");
+    // 8e9 tensor FLOP in 20 us = 400 TFLOP/s = 50 % of 800; the block comes from "block 1"
+    const std::string gemm = "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64_warpgroupsize1x1x1_execute_"
+                             "segment_k_off_kernel__5x_cublas";
+    CHECK(by.at("forward block 1|" + gemm) ==
+          std::vector<std::string>{"forward block 1", "matmul_forward", gemm, "1", "20.000", "8.00", "400.0", "400.000",
+                                   "10.0", "50.0", "60.0"});
+    CHECK(by.at("forward block 2|" + gemm)[1] == "matmul_forward");
+    CHECK(by.at("classifier|" + gemm)[4] == "40.000");
+    CHECK(by.at("classifier backward|" + gemm)[6] == "1000.0");  // the lm_head backward: before any block range
+    CHECK(by.at("backward block 2|" + gemm)[1] == "matmul_backward");
+    // SASS FLOPs: 2 x 1e6 FFMA (written "1,000,000") + 1e6 FADD + 1e6 FMUL in 5 us... and 2e6 in 4 us
+    CHECK(by.at("forward block 1|residual_norm_forward_kernel")[7] == "1.200");
+    CHECK(by.at("forward block 1|causal_softmax_kernel")[7] == "0.500");
+    CHECK(by.at("embedding|encoder_forward_kernel")[3] == "1");
+    CHECK(by.at("embedding backward|encoder_backward_wte_kernel")[4] == "6.000");
+    CHECK(by.at("backward block 1|residual_norm_backward_kernel")[6] == "3000.0");
+    CHECK(by.at("classifier backward|crossentropy_backward_kernel")[5] == "2.00");
+
+    // rows run in step order: embedding first, the optimizer last, backward blocks last to first
+    CHECK(rows[1][0] == "embedding");
+    CHECK(rows.back()[0] == "optimizer");
+    const std::string md = slurp(dir / "t.md");
+    CHECK(md.find("| forward block 2 | 1 | 20.000 | 8.00 |") != std::string::npos);
+    CHECK(md.find("| optimizer | 3 | 53.000 | 21.20 | 3886.8 |") != std::string::npos);
+    CHECK(md.find("backward block 2") < md.find("backward block 1"));
+}
+
+TEST_CASE("ncu_table: ceilings from bench_kernels --ceilings output, times per step", "[profiling]") {
+    TmpDir dir;
+    std::ofstream(dir / "ceil.txt") << "device NVIDIA H200\ncopy_gbs 2000\ngemm_tflops 400\n";
+    std::string out;
+    const std::string cmd = table_cmd(fixture(), "--ceilings " + (dir / "ceil.txt") + " --steps 2 --csv " + (dir / "t.csv"));
+    REQUIRE(run_command(cmd, &out) == 0);
+    INFO(out);
+    CHECK(out.find("copy 2000.0 GB/s, bf16 GEMM 400.0 TFLOP/s") != std::string::npos);
+    CHECK(out.find("GPU time 125.000 us per step") != std::string::npos);
+    const auto rows = csv_rows(slurp(dir / "t.csv"));
+    bool seen = false;
+    for (const auto& r : rows)
+        if (r.size() == 11 && r[2] == "adamw_kernel") {  // half the launches and time per step, same rates
+            CHECK(r[3] == "0.5");
+            CHECK(r[4] == "25.000");
+            CHECK(r[6] == "4000.0");
+            CHECK(r[8] == "200.0");
+            seen = true;
+        }
+    CHECK(seen);
+}
+
+TEST_CASE("ncu_table: malformed input is refused with a message", "[profiling]") {
+    TmpDir dir;
+    std::string text = slurp(fixture());
+    std::string out;
+    SECTION("a row with a missing field") {
+        const size_t at = text.find("::adamw_kernel(");
+        REQUIRE(at != std::string::npos);
+        const size_t cut = text.rfind(",\"0\"", text.find('\n', at));
+        std::ofstream(dir / "bad.csv") << text.substr(0, cut) << "\n";
+        REQUIRE(run_command(table_cmd(dir / "bad.csv", "--copy-gbs 1 --gemm-tflops 1"), &out) != 0);
+        INFO(out);
+        CHECK(out.find("ncu_table: error:") != std::string::npos);
+        CHECK(out.find("line 19: 18 fields, the header has 19") != std::string::npos);
+    }
+    SECTION("not an ncu raw export") {
+        std::ofstream(dir / "bad.csv") << "a,b\n1,2\n";
+        REQUIRE(run_command(table_cmd(dir / "bad.csv", "--copy-gbs 1 --gemm-tflops 1"), &out) != 0);
+        CHECK(out.find("no header row with a 'Kernel Name' column") != std::string::npos);
+    }
+    SECTION("a non-numeric metric") {
+        const size_t at = text.find("\"50000\"");
+        REQUIRE(at != std::string::npos);
+        text.replace(at, 7, "\"fast\"");
+        std::ofstream(dir / "bad.csv") << text;
+        REQUIRE(run_command(table_cmd(dir / "bad.csv", "--copy-gbs 1 --gemm-tflops 1"), &out) != 0);
+        CHECK(out.find("gpu__time_duration.sum is 'fast', not a number") != std::string::npos);
+    }
+    SECTION("no ceilings") {
+        REQUIRE(run_command(table_cmd(fixture(), ""), &out) != 0);
+        CHECK(out.find("need positive ceilings") != std::string::npos);
+    }
+}
