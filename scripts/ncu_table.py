@@ -2,7 +2,7 @@
 """Turns an Nsight Compute CSV export of a training step into a roofline table.
 
 usage: ncu_table.py REPORT.csv (--ceilings FILE | --copy-gbs X --gemm-tflops Y)
-                    [--steps N] [--md OUT.md] [--csv OUT.csv] [--title TEXT]
+                    [--steps N | --last-steps K] [--md OUT.md] [--csv OUT.csv] [--title TEXT]
 
 REPORT.csv is `ncu --csv --page raw --print-units base --nvtx ...` output (what
 scripts/profile.sh writes): one row per kernel launch, a header row, optionally a
@@ -23,6 +23,10 @@ Phases come from the ranges model/gpt.h and train_gpt.cu open: "optimizer",
 (encoder_forward, ..., norm_squared). Only the range names are read, not the
 punctuation between them, so the parser does not depend on how a given ncu
 version joins the stack.
+
+--last-steps K keeps the launches from the K-th last step on (a step starts at
+its encoder_forward launch), dropping start-up kernels and warm-up steps, and
+divides by K.
 
 Ceilings (the denominators of the percentages) are measured on the same device by
 `bench_kernels --ceilings`, whose output (`copy_gbs X` / `gemm_tflops Y` lines) is
@@ -247,6 +251,8 @@ def main():
     ap.add_argument("--copy-gbs", type=float, help="measured device-to-device copy bandwidth, GB/s")
     ap.add_argument("--gemm-tflops", type=float, help="measured bf16 GEMM rate, TFLOP/s")
     ap.add_argument("--steps", type=int, default=1, help="training steps the report covers (times are per step)")
+    ap.add_argument("--last-steps", type=int, default=0,
+                    help="keep only the last K steps (each starts at encoder_forward); implies --steps K")
     ap.add_argument("--md", help="write the markdown table here (default: stdout)")
     ap.add_argument("--csv", help="write the per-kernel, per-phase CSV here")
     ap.add_argument("--title", default="Kernel profile")
@@ -260,6 +266,15 @@ def main():
         if a.steps < 1:
             raise Malformed("--steps must be >= 1")
         launches = read_launches(a.report)
+        if a.last_steps < 0:
+            raise Malformed("--last-steps must be >= 0")
+        if a.last_steps:
+            starts = [i for i, l in enumerate(launches) if l["op"] == "encoder_forward"]
+            if len(starts) < a.last_steps:
+                raise Malformed(f"--last-steps {a.last_steps}: the report holds {len(starts)} step(s) "
+                                "(encoder_forward launches)")
+            launches = launches[starts[-a.last_steps]:]
+            a.steps = a.last_steps
     except Malformed as e:
         sys.exit(f"ncu_table: error: {a.report}: {e}" if "ceiling" not in str(e) else f"ncu_table: error: {e}")
 

@@ -146,3 +146,26 @@ TEST_CASE("ncu_table: malformed input is refused with a message", "[profiling]")
         CHECK(out.find("need positive ceilings") != std::string::npos);
     }
 }
+
+TEST_CASE("ncu_table: --last-steps keeps the last steps only", "[profiling]") {
+    TmpDir dir;
+    // start-up launches and a warm-up step before the step of the fixture
+    const std::string text = slurp(fixture());
+    const size_t first = text.find("\n\"0\",") + 1;
+    const std::string rows = text.substr(first);
+    std::string init = rows.substr(0, rows.find('\n') + 1);
+    init.replace(init.find("forward:encoder_forward"), 23, "probe");  // not a step start
+    std::ofstream(dir / "two.csv") << text.substr(0, first) << init << rows << rows;
+    std::string out;
+    REQUIRE(run_command(table_cmd(dir / "two.csv", "--copy-gbs 4000 --gemm-tflops 800 --last-steps 1"), &out) == 0);
+    CHECK(out.find("15 kernel launches over 1 step(s); GPU time 250.000 us per step") != std::string::npos);
+    out.clear();
+    REQUIRE(run_command(table_cmd(dir / "two.csv", "--copy-gbs 4000 --gemm-tflops 800 --last-steps 2"), &out) == 0);
+    CHECK(out.find("30 kernel launches over 2 step(s); GPU time 250.000 us per step") != std::string::npos);
+    out.clear();
+    REQUIRE(run_command(table_cmd(dir / "two.csv", "--copy-gbs 4000 --gemm-tflops 800"), &out) == 0);
+    CHECK(out.find("31 kernel launches over 1 step(s); GPU time 510.000 us per step") != std::string::npos);
+    CHECK(out.find("| other | 1 | 10.000 |") != std::string::npos);
+    REQUIRE(run_command(table_cmd(dir / "two.csv", "--copy-gbs 4000 --gemm-tflops 800 --last-steps 3"), &out) != 0);
+    CHECK(out.find("--last-steps 3: the report holds 2 step(s)") != std::string::npos);
+}
