@@ -19,19 +19,7 @@
 
 namespace {
 
-struct Shards {
-    TmpDir dir;
-    std::string train, val;
-    Shards() {
-        std::ifstream f(repo_root() + "/test/data/shakespeare_64k.txt", std::ios::binary);
-        std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-        std::vector<uint32_t> tok(text.size());
-        for (size_t i = 0; i < text.size(); i++) tok[i] = (unsigned char)text[i];
-        train = dir / "train.bin", val = dir / "val.bin";
-        write_shard(train, tok.data(), tok.size() * 9 / 10, false);
-        write_shard(val, tok.data() + tok.size() * 9 / 10, tok.size() - tok.size() * 9 / 10, false);
-    }
-};
+using Shards = TextShards;
 
 // Starts sh -c cmd with stdout+stderr on a pipe; kill_at_step > 0 sends `sig` once
 // the line of that step appears. Returns the exit status (128 + signal if killed).

@@ -13,23 +13,6 @@
 
 namespace {
 
-// Byte-level shards of the Shakespeare excerpt shipped in test/data: 90% train, 10% val.
-struct TextShards {
-    TmpDir dir;
-    std::string train, val;
-    TextShards() {
-        std::ifstream f(repo_root() + "/test/data/shakespeare_64k.txt", std::ios::binary);
-        std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-        REQUIRE(text.size() == 65536);
-        std::vector<uint32_t> tok(text.begin(), text.end());
-        for (size_t i = 0; i < tok.size(); i++) tok[i] = (unsigned char)text[i];
-        const size_t split = tok.size() * 9 / 10;
-        train = dir / "train.bin", val = dir / "val.bin";
-        write_shard(train, tok.data(), split, false);
-        write_shard(val, tok.data() + split, tok.size() - split, false);
-    }
-};
-
 std::string train_gpt() { return repo_root() + "/train_gpt"; }
 
 std::vector<double> values_after(const std::string& out, const std::string& key) {

@@ -3,6 +3,10 @@
 #include <sys/wait.h>
 
 #include <cstdio>
+#include <fstream>
+
+#include "common/check.h"
+#include "dataloader/shard.h"
 
 #ifdef LNS_CUDA
 #include "kernels/cuda_backend.h"
@@ -35,4 +39,17 @@ int run_command(const std::string& cmd, std::string* output) {
 std::string repo_root() {
     const char* r = getenv("LNS_ROOT");
     return r ? r : std::filesystem::current_path().string();
+}
+
+TextShards::TextShards() {
+    const std::string path = repo_root() + "/test/data/shakespeare_64k.txt";
+    std::ifstream f(path, std::ios::binary);
+    const std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    LNS_CHECK(text.size() == 65536, "%s: expected the 64 KiB excerpt, read %zu bytes", path.c_str(), text.size());
+    std::vector<uint32_t> tok(text.size());
+    for (size_t i = 0; i < tok.size(); i++) tok[i] = (unsigned char)text[i];
+    const size_t split = tok.size() * 9 / 10;
+    train = dir / "train.bin", val = dir / "val.bin";
+    write_shard(train, tok.data(), split, false);
+    write_shard(val, tok.data() + split, tok.size() - split, false);
 }

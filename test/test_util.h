@@ -50,3 +50,11 @@ int run_command(const std::string& cmd, std::string* output);
 
 // Directory the tests run from (the repository root); LNS_ROOT overrides.
 std::string repo_root();
+
+// Byte-level shards of the Shakespeare excerpt in test/data (64 KiB of real text):
+// the first 90% as train.bin, the rest as val.bin, in a fresh directory.
+struct TextShards {
+    TmpDir dir;
+    std::string train, val;
+    TextShards();
+};
