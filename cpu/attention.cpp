@@ -28,27 +28,34 @@ void rope_rotate(float* dst, const float* src, const float* cs, const float* sn,
         dst[i + h2] = b * c + a * s;
     }
 }
+
+// dst (B,T,3C) = src with every q and k head rotated by sign * angle (v copied);
+// rope_theta 0 copies all.
+void rotate_qk(float* dst, const float* src, int B, int T, int C, int NH, float rope_theta, float sign) {
+    const int hs = C / NH, C3 = 3 * C;
+    std::vector<float> cs, sn;
+    if (rope_theta > 0) rope_angles(cs, sn, T, hs, rope_theta);
+#pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            const float* s = src + ((size_t)b * T + t) * C3;
+            float* d = dst + ((size_t)b * T + t) * C3;
+            for (int h = 0; h < 2 * NH; h++) {  // q and k heads
+                if (rope_theta > 0)
+                    rope_rotate(d + h * hs, s + h * hs, &cs[(size_t)t * hs / 2], &sn[(size_t)t * hs / 2], hs, sign);
+                else
+                    for (int i = 0; i < hs; i++) d[h * hs + i] = s[h * hs + i];
+            }
+            for (int i = 2 * C; i < C3; i++) d[i] = s[i];
+        }
+}
 }  // namespace
 
 void cpu_backend::attention_forward(float* out, float* qkvr, float* att, const float* qkv,
                                     int B, int T, int C, int NH, float rope_theta) {
     const int hs = C / NH, C3 = 3 * C;
     const float scale = 1.0f / std::sqrt((float)hs);
-    std::vector<float> cs, sn;
-    if (rope_theta > 0) rope_angles(cs, sn, T, hs, rope_theta);
-#pragma omp parallel for collapse(2)
-    for (int b = 0; b < B; b++)
-        for (int t = 0; t < T; t++) {
-            const float* src = qkv + ((size_t)b * T + t) * C3;
-            float* dst = qkvr + ((size_t)b * T + t) * C3;
-            for (int h = 0; h < 2 * NH; h++) {  // q and k heads
-                if (rope_theta > 0)
-                    rope_rotate(dst + h * hs, src + h * hs, &cs[(size_t)t * hs / 2], &sn[(size_t)t * hs / 2], hs, 1.0f);
-                else
-                    for (int i = 0; i < hs; i++) dst[h * hs + i] = src[h * hs + i];
-            }
-            for (int i = 2 * C; i < C3; i++) dst[i] = src[i];
-        }
+    rotate_qk(qkvr, qkv, B, T, C, NH, rope_theta, 1.0f);
 #pragma omp parallel for collapse(2)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++) {
@@ -129,21 +136,7 @@ void cpu_backend::attention_backward(float* dqkv, float* dqkvr, float* datt, con
             }
         }
     // Undo the rotation on dq and dk: the gradient rotates by -angle.
-    std::vector<float> cs, sn;
-    if (rope_theta > 0) rope_angles(cs, sn, T, hs, rope_theta);
-#pragma omp parallel for collapse(2)
-    for (int b = 0; b < B; b++)
-        for (int t = 0; t < T; t++) {
-            const float* src = dqkvr + ((size_t)b * T + t) * C3;
-            float* dst = dqkv + ((size_t)b * T + t) * C3;
-            for (int h = 0; h < 2 * NH; h++) {
-                if (rope_theta > 0)
-                    rope_rotate(dst + h * hs, src + h * hs, &cs[(size_t)t * hs / 2], &sn[(size_t)t * hs / 2], hs, -1.0f);
-                else
-                    for (int i = 0; i < hs; i++) dst[h * hs + i] = src[h * hs + i];
-            }
-            for (int i = 2 * C; i < C3; i++) dst[i] = src[i];
-        }
+    rotate_qk(dqkv, dqkvr, B, T, C, NH, rope_theta, -1.0f);
 }
 
 void cpu_backend::attention_kv_forward(float* out, float* kcache, float* vcache, const float* qkv, int pos, int C,
