@@ -34,7 +34,7 @@ CXXFLAGS += -DENABLE_FP32
 NVCCFLAGS += -DENABLE_FP32
 endif
 
-LIB_SRC := $(wildcard common/*.cpp model/*.cpp cpu/*.cpp dataloader/*.cpp tokenizer/*.cpp train/*.cpp)
+LIB_SRC := $(wildcard common/*.cpp model/*.cpp cpu/*.cpp dataloader/*.cpp tokenizer/*.cpp train/*.cpp comm/*.cpp)
 LIB_OBJ := $(LIB_SRC:%.cpp=$(BUILD)/%.o)
 TEST_SRC := $(wildcard test/*.cpp)
 TEST_OBJ := $(TEST_SRC:%.cpp=$(BUILD)/%.o)
@@ -49,7 +49,16 @@ NVCCFLAGS += -DLNS_CUDA
 CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublasLt -lcublas
 endif
 
-DEBIAN_PKGS := g++ make libcli11-dev catch2 nlohmann-json3-dev libomp-dev python3 python3-numpy python3-torch python3-matplotlib
+DEBIAN_PKGS := g++ make libcli11-dev catch2 nlohmann-json3-dev libomp-dev python3 python3-numpy python3-torch python3-matplotlib \
+	libopenmpi-dev openmpi-bin
+
+# MPI (several processes on the CPU backend, and NCCL's bootstrap) when OpenMPI is installed.
+HAVE_MPI := $(shell command -v mpicxx >/dev/null 2>&1 && echo 1)
+ifeq ($(HAVE_MPI),1)
+# C bindings only, headers as system headers (their C++ bindings do not build cleanly)
+CXXFLAGS += -DLNS_MPI -DOMPI_SKIP_MPICXX=1 $(addprefix -isystem ,$(shell mpicxx --showme:incdirs))
+LDLIBS += $(addprefix -L,$(shell mpicxx --showme:libdirs)) -lmpi
+endif
 
 # Each concern may add packages, libraries and tools of its own.
 -include tokenizer/tokenizer.mk
@@ -70,14 +79,18 @@ $(BUILD)/kernels/%.o: kernels/%.cu
 
 ifeq ($(HAVE_NVCC),1)
 train_gpt: train_gpt.cu $(LIB_OBJ) $(KERNEL_OBJ)
-	$(NVCC) $(NVCCFLAGS) $< $(LIB_OBJ) $(KERNEL_OBJ) -o $@ -lgomp -lcublasLt -lcublas $(filter -l%,$(LDLIBS))
+	$(NVCC) $(NVCCFLAGS) $< $(LIB_OBJ) $(KERNEL_OBJ) -o $@ -lgomp -lcublasLt -lcublas $(filter -l% -L%,$(LDLIBS))
 else
 train_gpt: train_gpt.cu $(LIB_OBJ)
 	$(CXX) $(CXXFLAGS) -x c++ $< -x none $(LIB_OBJ) -o $@ $(LDLIBS)
 endif
 
-$(BUILD)/test_all: $(TEST_OBJ) $(LIB_OBJ) $(KERNEL_OBJ)
-	$(CXX) $^ -o $@ $(LDLIBS) $(CUDA_LIBS)
+$(BUILD)/test_all: $(TEST_OBJ) $(LIB_OBJ) $(KERNEL_OBJ) $(if $(HAVE_MPI),$(BUILD)/test_comm_mpi)
+	$(CXX) $(filter %.o,$^) -o $@ $(LDLIBS) $(CUDA_LIBS)
+
+# run under mpirun by test/test_comm.cpp
+$(BUILD)/test_comm_mpi: $(BUILD)/test/mpi/test_comm_mpi.o $(BUILD)/comm/comm.o
+	$(CXX) $^ -o $@ $(LDLIBS)
 
 # `make deps`: as root, install what is missing; otherwise print the command.
 deps:
