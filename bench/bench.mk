@@ -34,7 +34,7 @@ profile:
 	PROF_BUILD=$(PROF_BUILD) bash scripts/profile.sh $(PROFILE_ARGS)
 else
 bench-kernels profile:
-	@echo "$@: needs nvcc ($(NVCC) not found); see doc/profiling.md"; exit 1
+	@echo "$@: needs the CUDA build: nvcc at $(NVCC), and not NO_CUDA=1 (doc/profiling.md)"; exit 1
 endif
 
 -include $(BUILD)/bench_kernels.d $(BUILD)/train_gpt_prof.d
