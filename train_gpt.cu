@@ -28,6 +28,7 @@
 #include "kernels/cuda_backend.h"
 #endif
 #include "dataloader/dataloader.h"
+#include "model/diagnostics.h"
 #include "model/gpt.h"
 #include "model/hf_io.h"
 #include "tokenizer/tokenizer.h"
@@ -64,6 +65,8 @@ struct Options {
     int ckpt_every = 0, ckpt_keep = 2, ckpt_keep_every = 0;
     bool resume = false, eval_only = false, recompute = false;
     int sample_every = 0, sample_tokens = 0, top_k = 0;
+    int diag_every = 0;
+    bool eval_prune = false;
     float temperature = 1.0f;
     std::string prompt;
 };
@@ -136,6 +139,10 @@ static void add_options(CLI::App& app, Options& o) {
     app.add_option("--val-tokens", o.val_tokens, "tokens per validation; overrides --val-batches")->group(R);
     app.add_flag("--eval-only", o.eval_only, "print 'val_loss <float>' for the model (or --resume checkpoint) and exit")
         ->group(R);
+    app.add_option("--diag-every", o.diag_every, "depth diagnostics every N steps (and before the first) on a fixed "
+                   "batch, logged as 'diag' records (0 = off; doc/curse-of-depth.md)")->group(R);
+    app.add_flag("--eval-prune", o.eval_prune, "after training (or with --eval-only): validation loss with each "
+                 "block removed in turn, logged as a 'prune' record")->group(R);
     app.add_option("--save-to", o.save_to, "write DIR/config.json + DIR/model.safetensors at the end")->group(R);
     app.add_option("--sample-every", o.sample_every, "print a sample every N steps (0 = off)")->group(R);
     app.add_option("--sample-tokens", o.sample_tokens, "tokens per sample (also printed after training when > 0)")
@@ -209,6 +216,8 @@ static void validate_options(const Options& o, const ModelConfig& c) {
                   "--train-data: required to train (a shard file or glob)");
     REQUIRE_INPUT(!o.eval_only || !o.val_data.empty(), "--val-data: required with --eval-only");
     REQUIRE_INPUT(o.eval_every == 0 || !o.val_data.empty(), "--eval-every: needs --val-data");
+    REQUIRE_INPUT(o.diag_every >= 0, "--diag-every: expected >= 0, got %d", o.diag_every);
+    REQUIRE_INPUT(!o.eval_prune || !o.val_data.empty(), "--eval-prune: needs --val-data");
 }
 
 // The part of the configuration a checkpoint must agree with to resume exactly.
@@ -246,6 +255,34 @@ static float evaluate(GPT<Backend>& model, DataLoader& val, int batches, int B, 
         sum += model.forward(x.data(), y.data(), B, T);
     }
     return (float)(sum / n);
+}
+
+// Validation loss with each block removed in turn (its residual branches skipped).
+// Returns the loss per removed block; `full` gets the unpruned loss.
+template <class Backend>
+static std::vector<float> evaluate_pruned(GPT<Backend>& model, DataLoader& val, int batches, int B, int T,
+                                          float& full) {
+    full = evaluate(model, val, batches, B, T);
+    std::vector<float> out;
+    for (int l = 0; l < model.cfg.n_layer; l++) {
+        model.skip_block = l;
+        out.push_back(evaluate(model, val, batches, B, T));
+    }
+    model.skip_block = -1;
+    return out;
+}
+
+template <class Backend>
+static json prune_report(GPT<Backend>& model, DataLoader& val, int batches, int B, int T, int step) {
+    float full = 0;
+    const std::vector<float> pruned = evaluate_pruned(model, val, batches, B, T, full);
+    printf("prune | val_loss %.6f with every block\n| block | val_loss without it | increase |\n", full);
+    json layers = json::array();
+    for (size_t l = 0; l < pruned.size(); l++) {
+        printf("| %5zu | %.6f | %+.6f |\n", l + 1, pruned[l], pruned[l] - full);
+        layers.push_back({{"layer", l + 1}, {"val_loss", pruned[l]}, {"increase", pruned[l] - full}});
+    }
+    return {{"type", "prune"}, {"step", step}, {"val_loss", full}, {"layers", layers}};
 }
 
 // Autoregressive sampling with a KV cache: each new token costs one token's forward.
@@ -419,6 +456,7 @@ static int run(const Options& o, const ModelConfig& cfg, const CLI::App& app, do
     if (o.eval_only) {
         const float vl = evaluate(model, *val, val_batches, B, T);
         printf("val_loss %.6f\n", vl);
+        if (o.eval_prune) prune_report(model, *val, val_batches, B, T, start_step);
         return 0;
     }
 
@@ -481,6 +519,32 @@ static int run(const Options& o, const ModelConfig& cfg, const CLI::App& app, do
     sched.lr = o.lr, sched.warmup = o.warmup, sched.total = o.steps;
     sched.min_frac = o.lr_min_frac, sched.decay_frac = o.wsd_decay_frac;
 
+    // depth diagnostics on a fixed batch: the first validation batch, else the first
+    // training batch (read by a loader of its own, so training's data order is untouched)
+    std::vector<int> xd, yd;
+    auto write_diag = [&](int step) {
+        if (xd.empty()) {
+            xd.resize((size_t)B * T), yd.resize((size_t)B * T);
+            if (val) val->reset(), val->next_batch(xd.data(), yd.data());
+            else DataLoader(o.train_data, B, T, cfg.vocab_size).next_batch(xd.data(), yd.data());
+        }
+        const DepthDiag d = depth_diagnostics(model, xd.data(), yd.data(), B, T);
+        const int L = cfg.n_layer;
+        json layers = json::array();
+        std::string line;
+        for (int l = 0; l < L; l++) {
+            const BlockDiag& b = d.blocks[l];
+            std::vector<double> ang;
+            for (int k = l + 1; k <= L; k++) ang.push_back(d.angular[l][k]);
+            layers.push_back({{"layer", l + 1}, {"var_token", b.var_token}, {"var_all", b.var_all}, {"rms", b.rms},
+                              {"grad_norm", b.grad_norm}, {"angular", ang}});
+            line += strfmt(" %.3g", b.var_token);
+        }
+        printf("diag  %5d | output variance by block:%s\n", step, line.c_str());
+        log.write({{"type", "diag"}, {"step", step}, {"layers", layers}});
+    };
+    if (o.diag_every > 0 && start_step == 0 && o.steps > 0) write_diag(0);
+
     std::signal(SIGINT, on_signal);
     std::signal(SIGTERM, on_signal);
     const int nan_step = injected_nan_step();
@@ -541,6 +605,8 @@ static int run(const Options& o, const ModelConfig& cfg, const CLI::App& app, do
             printf("val   %5d | val_loss %.6f | perplexity %.3f\n", step + 1, vl, std::exp(vl));
             log.write({{"type", "val"}, {"step", step + 1}, {"val_loss", vl}, {"perplexity", std::exp(vl)}});
         }
+        if (o.diag_every > 0 && (step + 1) % o.diag_every == 0) write_diag(step + 1);
+        if (val && o.eval_prune && last) log.write(prune_report(model, *val, val_batches, B, T, step + 1));
         if (o.sample_every > 0 && (step + 1) % o.sample_every == 0) print_sample(step + 1);
         if ((o.ckpt_every > 0 && (step + 1) % o.ckpt_every == 0) || (last && o.ckpt_every > 0) || g_stop_signal)
             save(step + 1, train->state());

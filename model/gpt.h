@@ -13,6 +13,7 @@
 #include <cmath>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "common/nvtx.h"
@@ -71,6 +72,13 @@ struct GPT {
     int valid_targets = 0;      // targets >= 0 in the last forward
     std::vector<int> host_targets;
     std::vector<float> host_losses;
+    // Layer pruning (evaluation only): when 0 <= skip_block < n_layer, forward skips that
+    // block's residual branches, so its input stream passes through unchanged. backward
+    // refuses to run while it is set.
+    int skip_block = -1;
+    // The stream (base, addend) after each block of the last forward; its value is
+    // base + addend (addend may be null). Pointers into the activation arena.
+    std::vector<std::pair<const floatX*, const floatX*>> stream_after;
 
     GPT(const ModelConfig& c, int maxB, int maxT, bool recompute_mlp = false)
         : cfg(c), layout(build_param_layout(c)), B(maxB), T(maxT), recompute(recompute_mlp) {
@@ -214,13 +222,17 @@ struct GPT {
         Ops::encoder_forward(encoded, inputs, P(layout.wte), P(layout.wpe), b, t, C);
         const floatX* base = encoded;
         const floatX* addend = nullptr;
+        stream_after.assign(cfg.n_layer, {nullptr, nullptr});
         for (int l = 0; l < cfg.n_layer; l++) {
             const BlockParams& bp = layout.blocks[l];
             LayerActs& a = acts[l];
             const bool post = cfg.block_is_post(l);
-            NVTX_RANGE("block", l + 1);
-            sublayer_forward(a, a.ln1, a.ln1o, bp.ln1_w, bp.ln1_b, bp.ln1o_w, bp.ln1o_b, post, l, true, base, addend);
-            sublayer_forward(a, a.ln2, a.ln2o, bp.ln2_w, bp.ln2_b, bp.ln2o_w, bp.ln2o_b, post, l, false, base, addend);
+            if (l != skip_block) {
+                NVTX_RANGE("block", l + 1);
+                sublayer_forward(a, a.ln1, a.ln1o, bp.ln1_w, bp.ln1_b, bp.ln1o_w, bp.ln1o_b, post, l, true, base, addend);
+                sublayer_forward(a, a.ln2, a.ln2o, bp.ln2_w, bp.ln2_b, bp.ln2o_w, bp.ln2o_b, post, l, false, base, addend);
+            }
+            stream_after[l] = {base, addend};
         }
         NVTX_RANGE("head");
         norm_forward(lnf, base, addend, 1.0f, layout.lnf_w, layout.lnf_b, 0);
@@ -270,6 +282,7 @@ struct GPT {
     void backward(float loss_scale = 1.0f) {
         const int b = cur_B, t = cur_T, N = b * t, C = cfg.n_embd, Vp = cfg.padded_vocab();
         const float dloss = valid_targets ? loss_scale / valid_targets : 0.0f;
+        LNS_CHECK(skip_block < 0, "backward with a pruned block (skip_block is for evaluation only)");
         NVTX_RANGE("backward");
         Ops::crossentropy_backward(logits, logits, targets, dloss, N, cfg.vocab_size, Vp);
         Ops::matmul_backward(dn, G(layout.lm_head), nullptr, logits, lnf.out, P(layout.lm_head), N, C, Vp, false);
@@ -285,6 +298,35 @@ struct GPT {
             sublayer_backward(a, a.ln1, a.ln1o, bp.ln1_w, bp.ln1_b, bp.ln1o_w, bp.ln1o_b, post, l, true);
         }
         Ops::encoder_backward(G(layout.wte), G(layout.wpe), dresidual, inputs, b, t, C);
+    }
+
+    // ---- after forward: the residual stream on the host, fp32, one (N*C) vector per
+    // entry. stream_host(l) is the stream after block l (l = 0..L-1), i.e. the input of
+    // block l+1; stream_host(-1) is the embedding output, the input of block 0. For
+    // pre-type blocks (pre, lns, sandwich) that is base + addend, added here on the host;
+    // for post-type blocks (post, deepnorm) it is the block's final norm output. The
+    // stream after the last block is the input of the final norm.
+    std::vector<float> stream_host(int l) const {
+        const size_t n = (size_t)cur_B * cur_T * cfg.n_embd;
+        std::vector<float> h(n);
+        if (l < 0) {
+            Ops::download_f32(h.data(), encoded, n);
+            return h;
+        }
+        LNS_CHECK(l < (int)stream_after.size(), "stream_host: no forward has run");
+        Ops::download_f32(h.data(), stream_after[l].first, n);
+        if (stream_after[l].second) {
+            std::vector<float> y(n);
+            Ops::download_f32(y.data(), stream_after[l].second, n);
+            for (size_t i = 0; i < n; i++) h[i] += y[i];
+        }
+        return h;
+    }
+    // The output hidden state of every block (stream_host(0..L-1)).
+    std::vector<std::vector<float>> hidden_states() const {
+        std::vector<std::vector<float>> hs;
+        for (int l = 0; l < cfg.n_layer; l++) hs.push_back(stream_host(l));
+        return hs;
     }
 
   private:
