@@ -343,9 +343,11 @@ def block_scheme(c, i):
     return c.scheme
 
 
-def forward(c, p, inputs, targets=None):
+def forward(c, p, inputs, targets=None, hidden=None):
     """inputs, targets: (B, T) integer. Returns logits (B, T, V) and the mean
-    cross-entropy over positions with target >= 0 (None without targets)."""
+    cross-entropy over positions with target >= 0 (None without targets).
+    hidden: an optional list; gets the residual stream entering each block and,
+    last, the stream after the last block (before the final norm): L + 1 tensors."""
     B, T = inputs.shape
     inputs = inputs.long()
     if c.arch == "gpt2":
@@ -354,6 +356,8 @@ def forward(c, p, inputs, targets=None):
         x = p["model.embed_tokens.weight"][inputs]
     alpha = (2 * c.L) ** 0.25
     for i in range(c.L):
+        if hidden is not None:
+            hidden.append(x)
         kind = block_scheme(c, i)
         n1, n2, o1, o2 = norm_names(c, i)
         for f, n_in, n_out in ((attn_sublayer, n1, o1), (mlp_sublayer, n2, o2)):
@@ -369,6 +373,8 @@ def forward(c, p, inputs, targets=None):
                 x = norm(c, p, n_in, alpha * x + f(c, p, i, x))
             else:
                 raise ValueError(kind)
+    if hidden is not None:
+        hidden.append(x)
     x = norm(c, p, final_norm_name(c), x)
     head = p["transformer.wte.weight"] if c.arch == "gpt2" else p["lm_head.weight"]  # (V, C)
     logits = x @ head.T  # (B, T, V)
@@ -377,3 +383,28 @@ def forward(c, p, inputs, targets=None):
     keep = targets >= 0  # (B, T)
     loss = torch.nn.functional.cross_entropy(logits[keep], targets[keep].long())
     return logits, loss
+
+
+def depth_diagnostics(c, hidden, grads):
+    """The depth diagnostics of doc/curse-of-depth.md, in float64.
+    hidden: the L + 1 streams from forward(hidden=...), (B, T, C) each; grads:
+    {name: gradient}. Returns {name: tensor}: var_token, var_all, rms, grad_norm (L,)
+    for the output of block i (hidden[i + 1]), angular (L + 1, L + 1)."""
+    h = [t.detach().double().reshape(-1, c.C) for t in hidden]
+    outs = {k: [] for k in ("var_token", "var_all", "rms", "grad_norm")}
+    for i in range(c.L):
+        x = h[i + 1]
+        outs["var_token"].append(x.var(dim=1, unbiased=False).mean())
+        outs["var_all"].append(x.flatten().var(unbiased=False))
+        outs["rms"].append(x.pow(2).mean().sqrt())
+        sq = sum(grads[n].double().pow(2).sum() for n, _, _, _, b in param_specs(c) if b == i)
+        outs["grad_norm"].append(sq.sqrt())
+    out = {k: torch.stack(v) for k, v in outs.items()}
+    ang = torch.zeros(c.L + 1, c.L + 1, dtype=torch.float64)
+    for i in range(c.L + 1):
+        for j in range(c.L + 1):
+            if i != j:
+                cs = torch.nn.functional.cosine_similarity(h[i], h[j], dim=1, eps=0.0).clamp(-1, 1)
+                ang[i, j] = (torch.arccos(cs) / math.pi).mean()
+    out["angular"] = ang
+    return out

@@ -5,7 +5,11 @@ usage: python3 test/torch_ref/run.py CASE_DIR [CASE_DIR ...]
 Case dir inputs: config.json, model.safetensors, batch.safetensors (inputs,
 targets: I32 (B, T), or (S, B, T) with train.json), optional train.json.
 Outputs (F32): logits (B, T, V), loss [1], grad.<name>, init_std.<name>,
-init_value.<name>, and in training mode losses (S,).
+init_value.<name>, and in training mode losses (S,). When the case dir holds a
+diag.json (contents unused; not in training mode), also hidden.<l> (B, T, C) for
+l = 0..L (the stream entering block l; hidden.L before the final norm) and
+diag.{var_token,var_all,rms,grad_norm} (L,), diag.angular (L+1, L+1): see
+depth_diagnostics in model.py.
 Exits non-zero, naming the file, on a malformed case.
 """
 import json
@@ -17,8 +21,8 @@ import torch
 
 sys.dont_write_bytecode = True  # keep the source tree free of __pycache__
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from model import (RefError, check_params, forward, init_tables, load_config,  # noqa: E402
-                   read_safetensors, write_safetensors)
+from model import (RefError, check_params, depth_diagnostics, forward, init_tables,  # noqa: E402
+                   load_config, read_safetensors, write_safetensors)
 
 torch.set_num_threads(1)  # same summation order whatever the machine
 
@@ -75,10 +79,15 @@ def run_case(d):
         out["init_value." + n] = value
 
     if train is None:
-        logits, loss = forward(c, params, inputs, targets)
+        hidden = [] if os.path.exists(os.path.join(d, "diag.json")) else None
+        logits, loss = forward(c, params, inputs, targets, hidden)
         loss.backward()
         out["logits"], out["loss"] = logits.detach(), loss.detach().reshape(1)
         out.update({"grad." + n: p.grad for n, p in params.items()})
+        if hidden is not None:
+            out.update({f"hidden.{i}": h.detach() for i, h in enumerate(hidden)})
+            dg = depth_diagnostics(c, hidden, {n: p.grad for n, p in params.items()})
+            out.update({"diag." + k: v for k, v in dg.items()})
         summary = f"loss {loss.item():.6f}"
     else:
         plist = list(params.values())
