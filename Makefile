@@ -38,7 +38,7 @@ LIB_SRC := $(wildcard common/*.cpp model/*.cpp cpu/*.cpp dataloader/*.cpp tokeni
 LIB_OBJ := $(LIB_SRC:%.cpp=$(BUILD)/%.o)
 TEST_SRC := $(wildcard test/*.cpp)
 TEST_OBJ := $(TEST_SRC:%.cpp=$(BUILD)/%.o)
-KERNEL_SRC := $(wildcard kernels/*.cu)
+KERNEL_SRC := $(wildcard kernels/*.cu comm/*.cu)
 KERNEL_OBJ :=
 ifeq ($(HAVE_NVCC),1)
 # The CUDA backend: kernels built by nvcc, linked into train_gpt and the tests;
@@ -46,7 +46,9 @@ ifeq ($(HAVE_NVCC),1)
 KERNEL_OBJ := $(KERNEL_SRC:%.cu=$(BUILD)/%.o)
 CXXFLAGS += -DLNS_CUDA -isystem $(CUDA_HOME)/include
 NVCCFLAGS += -DLNS_CUDA
-CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublasLt -lcublas
+CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublasLt -lcublas -lnccl
+# what an nvcc link of a CUDA program needs besides the objects (LDLIBS is lazy: later additions count)
+NVCC_LINK_LIBS = -lgomp -lcublasLt -lcublas -lnccl $(filter -l% -L%,$(LDLIBS))
 endif
 
 DEBIAN_PKGS := g++ make libcli11-dev catch2 nlohmann-json3-dev libomp-dev python3 python3-numpy python3-torch python3-matplotlib \
@@ -76,10 +78,13 @@ $(BUILD)/%.o: %.cpp
 $(BUILD)/kernels/%.o: kernels/%.cu
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+$(BUILD)/comm/%.o: comm/%.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -c $< -o $@
 
 ifeq ($(HAVE_NVCC),1)
 train_gpt: train_gpt.cu $(LIB_OBJ) $(KERNEL_OBJ)
-	$(NVCC) $(NVCCFLAGS) $< $(LIB_OBJ) $(KERNEL_OBJ) -o $@ -lgomp -lcublasLt -lcublas $(filter -l% -L%,$(LDLIBS))
+	$(NVCC) $(NVCCFLAGS) $< $(LIB_OBJ) $(KERNEL_OBJ) -o $@ $(NVCC_LINK_LIBS)
 else
 train_gpt: train_gpt.cu $(LIB_OBJ)
 	$(CXX) $(CXXFLAGS) -x c++ $< -x none $(LIB_OBJ) -o $@ $(LDLIBS)

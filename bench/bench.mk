@@ -21,11 +21,11 @@ endif
 ifeq ($(HAVE_NVCC),1)
 $(BUILD)/bench_kernels: bench/bench_kernels.cu $(LIB_OBJ) $(KERNEL_OBJ)
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVCCFLAGS) $< $(LIB_OBJ) $(KERNEL_OBJ) -o $@ -lgomp -lcublasLt -lcublas $(filter -l%,$(LDLIBS))
+	$(NVCC) $(NVCCFLAGS) $< $(LIB_OBJ) $(KERNEL_OBJ) -o $@ $(NVCC_LINK_LIBS)
 
 $(BUILD)/train_gpt_prof: train_gpt.cu $(LIB_OBJ) $(KERNEL_OBJ)
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVCCFLAGS) $< $(LIB_OBJ) $(KERNEL_OBJ) -o $@ -lgomp -lcublasLt -lcublas $(filter -l%,$(LDLIBS))
+	$(NVCC) $(NVCCFLAGS) $< $(LIB_OBJ) $(KERNEL_OBJ) -o $@ $(NVCC_LINK_LIBS)
 
 bench-kernels: $(BUILD)/bench_kernels
 

@@ -40,6 +40,10 @@ std::unique_ptr<Comm> make_single_comm();
 // MPI over host buffers. Needs the program to run under mpirun (or srun with PMIx);
 // timeout_s bounds every collective (0: no limit). UserError when built without MPI.
 std::unique_ptr<Comm> make_mpi_comm(double timeout_s);
+// NCCL over device buffers, one GPU per rank (the caller selects it from local_rank);
+// the unique id is broadcast over `bootstrap`, which must outlive the result. CUDA
+// builds only.
+std::unique_ptr<Comm> make_nccl_comm(Comm& bootstrap, double timeout_s);
 // True when the environment shows a launcher started several ranks (mpirun, srun).
 bool launched_by_mpi();
 

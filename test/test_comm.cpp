@@ -59,3 +59,27 @@ TEST_CASE("a stalled rank stops every rank with a message instead of a hang", "[
     CHECK(s < 30.0);  // the stalled rank sleeps 60 s: the abort ended it
 }
 #endif
+
+#ifdef LNS_CUDA
+#include "kernels/cuda_backend.h"
+
+TEST_CASE("NCCL as a single rank: the collectives over device buffers", "[gpu][comm]") {
+    auto boot = make_single_comm();
+    auto nccl = make_nccl_comm(*boot, 60.0);
+    CHECK(nccl->size() == 1);
+    const size_t n = 1000;
+    std::vector<float> host(n), back(n);
+    for (size_t i = 0; i < n; i++) host[i] = (float)i;
+    float* a = (float*)cuda_backend::alloc(n * sizeof(float), "test");
+    float* b = (float*)cuda_backend::alloc(n * sizeof(float), "test");
+    cuda_backend::copy_from_host(a, host.data(), n * sizeof(float));
+    nccl->all_reduce_sum(a, n, DType::f32);  // one rank: the sum is the input
+    nccl->reduce_scatter_sum(b, a, n, DType::f32);
+    nccl->all_gather(a, b, n, DType::f32);
+    nccl->broadcast(a, n * sizeof(float), 0);
+    nccl->barrier();
+    cuda_backend::copy_to_host(back.data(), a, n * sizeof(float));
+    CHECK(back == host);
+    cuda_backend::release(a), cuda_backend::release(b);
+}
+#endif
