@@ -126,8 +126,7 @@ private:
             if (done) return;
             const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
             if (timeout_s_ > 0 && s > timeout_s_)
-                abort(strfmt("%s did not complete within %.0f s: another rank failed or stalled "
-                             "(--comm-timeout sets the limit)", what, timeout_s_));
+                abort(strfmt("%s did not complete within %.0f s: another rank failed or stalled", what, timeout_s_));
             std::this_thread::sleep_for(std::chrono::microseconds(s < 1 ? 10 : 1000));
         }
     }

@@ -79,8 +79,7 @@ private:
                 abort(strfmt("NCCL %s failed: %s", what, ncclGetErrorString(async)));
             const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
             if (timeout_s_ > 0 && s > timeout_s_)
-                abort(strfmt("NCCL %s did not complete within %.0f s: another rank failed or stalled "
-                             "(--comm-timeout sets the limit)", what, timeout_s_));
+                abort(strfmt("NCCL %s did not complete within %.0f s: another rank failed or stalled", what, timeout_s_));
             std::this_thread::sleep_for(std::chrono::microseconds(50));
         }
     }
