@@ -266,3 +266,12 @@ TEST_CASE("train_gpt --diag-every: deeper blocks' output variance grows faster u
               diags["lns"][k]["layers"][L - 1]["var_token"].get<double>());
     }
 }
+
+TEST_CASE("--diag-every and --eval-prune refuse bad values, naming the flag", "[diag][e2e]") {
+    std::string out;
+    const std::string base = repo_root() + "/train_gpt --device cpu --model llama-tiny --steps 0";
+    CHECK(run_command(base + " --diag-every -1", &out) == 1);
+    CHECK(out.find("--diag-every") != std::string::npos);
+    CHECK(run_command(base + " --eval-prune", &out) == 1);
+    CHECK(out.find("--eval-prune: needs --val-data") != std::string::npos);
+}
