@@ -141,8 +141,8 @@ static void add_options(CLI::App& app, Options& o) {
         ->group(R);
     app.add_option("--diag-every", o.diag_every, "depth diagnostics every N steps (and before the first) on a fixed "
                    "batch, logged as 'diag' records (0 = off; doc/curse-of-depth.md)")->group(R);
-    app.add_flag("--eval-prune", o.eval_prune, "after training (or with --eval-only): validation loss with each "
-                 "block removed in turn, logged as a 'prune' record")->group(R);
+    app.add_flag("--eval-prune", o.eval_prune, "after training (or with --eval-only, appending to --out-dir's log): "
+                 "validation loss with each block removed in turn, logged as a 'prune' record")->group(R);
     app.add_option("--save-to", o.save_to, "write DIR/config.json + DIR/model.safetensors at the end")->group(R);
     app.add_option("--sample-every", o.sample_every, "print a sample every N steps (0 = off)")->group(R);
     app.add_option("--sample-tokens", o.sample_tokens, "tokens per sample (also printed after training when > 0)")
@@ -456,7 +456,16 @@ static int run(const Options& o, const ModelConfig& cfg, const CLI::App& app, do
     if (o.eval_only) {
         const float vl = evaluate(model, *val, val_batches, B, T);
         printf("val_loss %.6f\n", vl);
-        if (o.eval_prune) prune_report(model, *val, val_batches, B, T, start_step);
+        if (o.eval_prune) {  // appended to the run's log when there is one
+            const json r = prune_report(model, *val, val_batches, B, T, start_step);
+            if (!o.out_dir.empty()) {
+                std::error_code ec;
+                std::filesystem::create_directories(o.out_dir, ec);
+                std::ofstream f(o.out_dir + "/log.jsonl", std::ios::app);
+                REQUIRE_INPUT(f.good(), "--out-dir: cannot write %s/log.jsonl", o.out_dir.c_str());
+                f << r.dump() << "\n";
+            }
+        }
         return 0;
     }
 

@@ -225,7 +225,7 @@ TEST_CASE("train_gpt --diag-every: deeper blocks' output variance grows faster u
         const std::string run = dir / norm, cmd = repo_root() + "/train_gpt --device cpu --threads 2 --model llama-tiny "
             "--n-layer 8 --norm " + norm + " -b 4 -t 32 --steps 200 --lr 3e-3 --warmup 10 --diag-every 100 "
             "--eval-prune --val-batches 2 --train-data " + (dir / "train.bin") + " --val-data " + (dir / "val.bin") +
-            " --out-dir " + run;
+            " --out-dir " + run + " --save-to " + run + "/model";
         std::string out;
         const int rc = run_command(cmd, &out);
         INFO(cmd << "\n" << out);
@@ -253,6 +253,28 @@ TEST_CASE("train_gpt --diag-every: deeper blocks' output variance grows faster u
         }
         CHECK(prunes == 1);
         REQUIRE(diags[norm].size() == (size_t)(steps / every + 1));
+        // --eval-only --eval-prune on the saved model: the same table, appended to a log
+        std::string eval;
+        const std::string ecmd = repo_root() + "/train_gpt --device cpu --threads 2 --init-from " + run +
+                                 "/model -b 4 -t 32 --val-batches 2 --eval-only --eval-prune --val-data " +
+                                 (dir / "val.bin") + " --out-dir " + run + "/eval";
+        INFO(ecmd << "\n" << eval);
+        REQUIRE(run_command(ecmd, &eval) == 0);
+        std::ifstream elog(run + "/eval/log.jsonl");
+        REQUIRE(std::getline(elog, line));
+        auto e = nlohmann::json::parse(line);
+        CHECK(e["type"] == "prune");
+        REQUIRE(e["layers"].size() == (size_t)L);
+        std::ifstream log2(run + "/log.jsonl");
+        while (std::getline(log2, line)) {
+            auto j = nlohmann::json::parse(line);
+            if (j["type"] == "prune") {
+                CHECK(e["val_loss"].get<double>() == Approx(j["val_loss"].get<double>()).epsilon(1e-6));
+                for (int l = 0; l < L; l++)
+                    CHECK(e["layers"][l]["val_loss"].get<double>() ==
+                          Approx(j["layers"][l]["val_loss"].get<double>()).epsilon(1e-6));
+            }
+        }
     }
     for (size_t k = 0; k < diags["pre"].size(); k++) {
         auto ratio = [&](const char* norm) {
