@@ -7,7 +7,6 @@ val-loss increase when each block is pruned. See doc/curse-of-depth.md.
 usage: plot_depth.py RUN_DIR [RUN_DIR ...] -o depth.png [--step S]
 """
 import argparse
-import json
 import os
 import sys
 
@@ -15,26 +14,21 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from runlog import read_records  # noqa: E402
+
 
 def read_log(run_dir):
-    path = os.path.join(run_dir, "log.jsonl")
-    if not os.path.isfile(path):
-        sys.exit(f"error: {path}: no log (expected a run directory written by train_gpt --out-dir)")
     name, diags, prune = os.path.basename(os.path.normpath(run_dir)), [], None
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError as e:
-                sys.exit(f"error: {path}:{n}: not JSON ({e})")
-            if r.get("type") == "config":
-                name = f"{name} ({r['model']['norm_scheme']})"
-            elif r.get("type") == "diag":
-                diags.append(r)
-            elif r.get("type") == "prune":
-                prune = r
+    for r in read_records(run_dir):
+        if r.get("type") == "config":
+            name = f"{name} ({r['model']['norm_scheme']})"
+        elif r.get("type") == "diag":
+            diags.append(r)
+        elif r.get("type") == "prune":
+            prune = r
     if not diags and prune is None:
-        sys.exit(f"error: {path}: no diag or prune records (run with --diag-every N or --eval-prune)")
+        sys.exit(f"error: {run_dir}/log.jsonl: no diag or prune records (run with --diag-every N or --eval-prune)")
     return name, diags, prune
 
 

@@ -4,7 +4,6 @@
 usage: plot_loss.py RUN_DIR [RUN_DIR ...] -o loss.png [--smooth 20]
 """
 import argparse
-import json
 import os
 import sys
 
@@ -12,24 +11,19 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from runlog import read_records  # noqa: E402
+
 
 def read_log(run_dir):
-    path = os.path.join(run_dir, "log.jsonl")
-    if not os.path.isfile(path):
-        sys.exit(f"error: {path}: no log (expected a run directory written by train_gpt --out-dir)")
     config, steps, vals = {}, [], []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError as e:
-                sys.exit(f"error: {path}:{n}: not JSON ({e})")
-            if r.get("type") == "config":
-                config = r
-            elif r.get("type") == "step":
-                steps.append((r["step"], r["loss"]))
-            elif r.get("type") == "val":
-                vals.append((r["step"], r["val_loss"]))
+    for r in read_records(run_dir):
+        if r.get("type") == "config":
+            config = r
+        elif r.get("type") == "step":
+            steps.append((r["step"], r["loss"]))
+        elif r.get("type") == "val":
+            vals.append((r["step"], r["val_loss"]))
     return config, steps, vals
 
 

@@ -31,17 +31,7 @@ ModelConfig tiny_cfg(Arch arch, NormScheme scheme) {
 std::vector<float> random_params(const ParamLayout& layout, uint64_t seed) {
     std::vector<float> p;
     init_params(p, layout, seed);
-    Rng rng(seed + 1);
-    for (const auto& t : layout.tensors)
-        if (t.init_std == 0.0f)
-            for (size_t i = 0; i < t.size; i++) p[t.offset + i] += 0.2f * rng.normal();
-    return p;
-}
-
-void make_batch(std::vector<int>& x, std::vector<int>& y, int n, int V, uint64_t seed) {
-    Rng rng(seed);
-    x.resize(n), y.resize(n);
-    for (int i = 0; i < n; i++) x[i] = (int)(rng.next_u64() % V), y[i] = (int)(rng.next_u64() % V);
+    return perturbed(layout, p, seed + 1);
 }
 
 double rel(double a, double b) { return std::fabs(a - b) / std::fmax(std::fabs(b), 1e-30); }

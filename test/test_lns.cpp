@@ -67,12 +67,9 @@ TEST_CASE("LNS equals Pre-LN with block-l norm weights divided by sqrt(l), and n
             GPT<cpu_backend> m_lns(lns, B, T), m_pre(pre, B, T);
             std::vector<float> p;
             init_params(p, m_lns.layout, 5);
-            Rng rng(6);  // non-trivial norm parameters, so a scaled bias is visible too
-            for (auto& t : m_lns.layout.tensors)
-                if (t.init_std == 0.0f)
-                    for (size_t i = 0; i < t.size; i++) p[t.offset + i] += 0.3f * rng.normal();
-            std::vector<int> x(B * T), y(B * T);
-            for (int i = 0; i < B * T; i++) x[i] = (int)(rng.next_u64() % 256), y[i] = (int)(rng.next_u64() % 256);
+            p = perturbed(m_lns.layout, p, 6, 0.3f);  // non-trivial norm parameters: a scaled bias shows too
+            std::vector<int> x, y;
+            make_batch(x, y, B * T, 256, 7);
 
             std::vector<float> g_lns, g_pre;
             const auto ref = logits_of(m_lns, p, x, y, &g_lns);

@@ -43,22 +43,6 @@ ModelConfig tiny(Arch arch, NormScheme scheme, InitScheme init) {
     return c;
 }
 
-// Norm weights of exactly 1 and biases of 0 would hide a misplaced weight or bias,
-// so the compared model perturbs them.
-std::vector<float> perturbed(const ParamLayout& layout, std::vector<float> p, uint64_t seed) {
-    Rng rng(seed);
-    for (const auto& t : layout.tensors)
-        if (t.init_std == 0.0f)
-            for (size_t i = 0; i < t.size; i++) p[t.offset + i] += 0.2f * rng.normal();
-    return p;
-}
-
-void make_batch(std::vector<int>& x, std::vector<int>& y, int n, int V, uint64_t seed) {
-    Rng rng(seed);
-    x.resize(n), y.resize(n);
-    for (int i = 0; i < n; i++) x[i] = (int)(rng.next_u64() % V), y[i] = (int)(rng.next_u64() % V);
-}
-
 void write_case(Case& c, const std::vector<float>& params, const std::vector<int>& x, const std::vector<int>& y,
                 std::vector<int64_t> shape) {
     ParamLayout layout = build_param_layout(c.cfg);

@@ -53,3 +53,17 @@ TextShards::TextShards() {
     write_shard(train, tok.data(), split, false);
     write_shard(val, tok.data() + split, tok.size() - split, false);
 }
+
+std::vector<float> perturbed(const ParamLayout& layout, std::vector<float> p, uint64_t seed, float std) {
+    Rng rng(seed);
+    for (const auto& t : layout.tensors)
+        if (t.init_std == 0.0f)
+            for (size_t i = 0; i < t.size; i++) p[t.offset + i] += std * rng.normal();
+    return p;
+}
+
+void make_batch(std::vector<int>& x, std::vector<int>& y, int n, int V, uint64_t seed) {
+    Rng rng(seed);
+    x.resize(n), y.resize(n);
+    for (int i = 0; i < n; i++) x[i] = (int)(rng.next_u64() % V), y[i] = (int)(rng.next_u64() % V);
+}

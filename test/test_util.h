@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "common/rng.h"
+#include "model/params.h"
 
 // True when a CUDA device can run the GPU tests (always false in a CPU-only build).
 bool gpu_available();
@@ -44,6 +45,12 @@ inline double max_rel_err(const float* a, const float* b, size_t n) {
 inline double max_rel_err(const std::vector<float>& a, const std::vector<float>& b) {
     return a.size() == b.size() ? max_rel_err(a.data(), b.data(), a.size()) : INFINITY;
 }
+
+// Norm weights of exactly 1 and biases of 0 would hide a misplaced weight or bias:
+// this moves every tensor that init sets to a constant by N(0, std).
+std::vector<float> perturbed(const ParamLayout& layout, std::vector<float> p, uint64_t seed, float std = 0.2f);
+// n random inputs and targets in [0, V)
+void make_batch(std::vector<int>& x, std::vector<int>& y, int n, int V, uint64_t seed);
 
 // Runs a shell command, returns its exit status and captures stdout+stderr.
 int run_command(const std::string& cmd, std::string* output);
