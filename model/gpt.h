@@ -220,23 +220,7 @@ struct GPT {
         Ops::copy_from_host(inputs, host_inputs, (size_t)N * sizeof(int));
 
         Ops::encoder_forward(encoded, inputs, P(layout.wte), P(layout.wpe), b, t, C);
-        const floatX* base = encoded;
-        const floatX* addend = nullptr;
-        stream_after.assign(cfg.n_layer, {nullptr, nullptr});
-        for (int l = 0; l < cfg.n_layer; l++) {
-            const BlockParams& bp = layout.blocks[l];
-            LayerActs& a = acts[l];
-            const bool post = cfg.block_is_post(l);
-            if (l != skip_block) {
-                NVTX_RANGE("block", l + 1);
-                sublayer_forward(a, a.ln1, a.ln1o, bp.ln1_w, bp.ln1_b, bp.ln1o_w, bp.ln1o_b, post, l, true, base, addend);
-                sublayer_forward(a, a.ln2, a.ln2o, bp.ln2_w, bp.ln2_b, bp.ln2o_w, bp.ln2o_b, post, l, false, base, addend);
-            }
-            stream_after[l] = {base, addend};
-        }
-        NVTX_RANGE("head");
-        norm_forward(lnf, base, addend, 1.0f, layout.lnf_w, layout.lnf_b, 0);
-        Ops::matmul_forward(logits, lnf.out, P(layout.lm_head), nullptr, N, C, Vp);
+        blocks_and_head();
 
         if (!host_tgts) return 0.0f;
         Ops::copy_from_host(targets, host_tgts, (size_t)N * sizeof(int));
@@ -263,18 +247,8 @@ struct GPT {
         Ops::encoder_forward(encoded, inputs, P(layout.wte), layout.wpe >= 0 ? P(layout.wpe) + (size_t)pos * C : nullptr,
                              1, 1, C);
         decode_pos = pos;
-        const floatX* base = encoded;
-        const floatX* addend = nullptr;
-        for (int l = 0; l < cfg.n_layer; l++) {
-            const BlockParams& bp = layout.blocks[l];
-            LayerActs& a = acts[l];
-            const bool post = cfg.block_is_post(l);
-            sublayer_forward(a, a.ln1, a.ln1o, bp.ln1_w, bp.ln1_b, bp.ln1o_w, bp.ln1o_b, post, l, true, base, addend);
-            sublayer_forward(a, a.ln2, a.ln2o, bp.ln2_w, bp.ln2_b, bp.ln2o_w, bp.ln2o_b, post, l, false, base, addend);
-        }
+        blocks_and_head();
         decode_pos = -1;
-        norm_forward(lnf, base, addend, 1.0f, layout.lnf_w, layout.lnf_b, 0);
-        Ops::matmul_forward(logits, lnf.out, P(layout.lm_head), nullptr, 1, C, cfg.padded_vocab());
     }
 
     // ---- backward: adds d(loss * loss_scale)/d(params) into grads. loss_scale is
@@ -330,6 +304,28 @@ struct GPT {
     }
 
   private:
+    // From `encoded` through every block (but skip_block) and the head into logits,
+    // for the cur_B x cur_T rows; stream_after records the stream after each block.
+    void blocks_and_head() {
+        const floatX* base = encoded;
+        const floatX* addend = nullptr;
+        stream_after.assign(cfg.n_layer, {nullptr, nullptr});
+        for (int l = 0; l < cfg.n_layer; l++) {
+            const BlockParams& bp = layout.blocks[l];
+            LayerActs& a = acts[l];
+            const bool post = cfg.block_is_post(l);
+            if (l != skip_block) {
+                NVTX_RANGE("block", l + 1);
+                sublayer_forward(a, a.ln1, a.ln1o, bp.ln1_w, bp.ln1_b, bp.ln1o_w, bp.ln1o_b, post, l, true, base, addend);
+                sublayer_forward(a, a.ln2, a.ln2o, bp.ln2_w, bp.ln2_b, bp.ln2o_w, bp.ln2o_b, post, l, false, base, addend);
+            }
+            stream_after[l] = {base, addend};
+        }
+        NVTX_RANGE("head");
+        norm_forward(lnf, base, addend, 1.0f, layout.lnf_w, layout.lnf_b, 0);
+        Ops::matmul_forward(logits, lnf.out, P(layout.lm_head), nullptr, cur_B * cur_T, cfg.n_embd, cfg.padded_vocab());
+    }
+
     void norm_forward(NormActs& n, const floatX* x, const floatX* y, float alpha, long w, long bias, int layer) {
         const int N = cur_B * cur_T;
         const bool add = y != nullptr || alpha != 1.0f;
