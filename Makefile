@@ -94,7 +94,7 @@ $(BUILD)/test_all: $(TEST_OBJ) $(LIB_OBJ) $(KERNEL_OBJ) $(if $(HAVE_MPI),$(BUILD
 	$(CXX) $(filter %.o,$^) -o $@ $(LDLIBS) $(CUDA_LIBS)
 
 # run under mpirun by test/test_comm.cpp
-$(BUILD)/test_comm_mpi: $(BUILD)/test/mpi/test_comm_mpi.o $(BUILD)/comm/comm.o
+$(BUILD)/test_comm_mpi: $(BUILD)/test/mpi/test_comm_mpi.o $(BUILD)/comm/comm.o $(BUILD)/common/safetensors.o
 	$(CXX) $^ -o $@ $(LDLIBS)
 
 # `make deps`: as root, install what is missing; otherwise print the command.

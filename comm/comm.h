@@ -24,8 +24,13 @@ public:
     virtual void all_reduce_sum(void* buf, size_t n, DType t) = 0;
     // in (size*shard) on every rank -> out (shard) = sum over ranks of this rank's part
     virtual void reduce_scatter_sum(void* out, const void* in, size_t shard, DType t) = 0;
-    // in (shard) on every rank -> out (size*shard), rank r's part at r*shard
+    // in (shard) on every rank -> out (size*shard), rank r's part at r*shard; in place
+    // when in == out + rank*shard
     virtual void all_gather(void* out, const void* in, size_t shard, DType t) = 0;
+    // Starts an in-place sum that is complete after the next wait_all(): the gradients
+    // of one block are reduced while the backward pass goes on below it.
+    virtual void all_reduce_sum_start(void* buf, size_t n, DType t) = 0;
+    virtual void wait_all() = 0;
     virtual void broadcast(void* buf, size_t bytes, int root) = 0;
     virtual void barrier() = 0;
     // Ends every rank: the message is printed by this rank, the others are stopped.
@@ -44,8 +49,19 @@ std::unique_ptr<Comm> make_mpi_comm(double timeout_s);
 // the unique id is broadcast over `bootstrap`, which must outlive the result. CUDA
 // builds only.
 std::unique_ptr<Comm> make_nccl_comm(Comm& bootstrap, double timeout_s);
-// True when the environment shows a launcher started several ranks (mpirun, srun).
-bool launched_by_mpi();
+// Who started this process. mpirun (OpenMPI) and srun with PMIx are MPI launches;
+// plain srun without MPI support is `slurm`: rank and size come from SLURM_PROCID,
+// SLURM_NTASKS and SLURM_LOCALID.
+enum class Launcher { single, mpi, slurm };
+struct LaunchInfo {
+    Launcher kind = Launcher::single;
+    int rank = 0, size = 1, local_rank = 0;
+};
+LaunchInfo detect_launch();
+// Bootstrap without MPI (srun on GPUs): broadcast and barrier through small files in
+// `dir`, which every rank must see (a shared file system). It carries only NCCL's
+// unique id; data collectives are refused.
+std::unique_ptr<Comm> make_file_comm(const LaunchInfo& li, const std::string& dir, double timeout_s);
 
 // ZeRO-1: the contiguous part [begin, end) of n elements that rank r of `size` owns.
 // Every element is owned by exactly one rank; parts differ in length by at most one

@@ -1,6 +1,9 @@
 // NCCL over device buffers (the CUDA backend). The NCCL unique id travels over a
-// bootstrap communicator (MPI under mpirun or srun; the single-process one for one
-// rank). Collectives run on the backend's stream; waiting polls the stream and
+// bootstrap communicator (MPI under mpirun or srun with PMIx, files under plain srun,
+// the single-process one for one rank). Blocking collectives run on the backend's
+// stream; the asynchronous gradient all-reduce runs on a stream of its own, ordered
+// after the backward kernels that produced the gradients, so it overlaps the rest of
+// the backward pass. Waiting polls the stream and
 // NCCL's asynchronous error with a time limit, so a failed peer aborts every rank
 // instead of hanging.
 #include <nccl.h>
@@ -33,8 +36,16 @@ public:
         if (rank_ == 0) ncclCheck(ncclGetUniqueId(&id));
         boot_.broadcast(&id, sizeof id, 0);
         ncclCheck(ncclCommInitRank(&comm_, size_, id, rank_));
+        cudaCheck(cudaStreamCreateWithFlags(&comm_stream_, cudaStreamNonBlocking));
+        cudaCheck(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming));
+        cudaCheck(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
     }
-    ~NcclComm() override { ncclCommDestroy(comm_); }
+    ~NcclComm() override {
+        ncclCommDestroy(comm_);
+        cudaEventDestroy(ready_);
+        cudaEventDestroy(done_);
+        cudaStreamDestroy(comm_stream_);
+    }
     const char* name() const override { return "nccl"; }
 
     void all_reduce_sum(void* buf, size_t n, DType t) override {
@@ -48,6 +59,19 @@ public:
     void all_gather(void* out, const void* in, size_t shard, DType t) override {
         ncclCheck(ncclAllGather(in, out, shard, nccl_type(t), comm_, g_stream));
         wait("all-gather");
+    }
+    void all_reduce_sum_start(void* buf, size_t n, DType t) override {
+        cudaCheck(cudaEventRecord(ready_, g_stream));  // the gradients are written
+        cudaCheck(cudaStreamWaitEvent(comm_stream_, ready_, 0));
+        ncclCheck(ncclAllReduce(buf, buf, n, nccl_type(t), ncclSum, comm_, comm_stream_));
+        pending_ = true;
+    }
+    void wait_all() override {
+        if (!pending_) return;
+        cudaCheck(cudaEventRecord(done_, comm_stream_));
+        cudaCheck(cudaStreamWaitEvent(g_stream, done_, 0));
+        pending_ = false;
+        wait("gradient all-reduce");
     }
     void broadcast(void* buf, size_t bytes, int root) override {
         ncclCheck(ncclBroadcast(buf, buf, bytes, ncclUint8, root, comm_, g_stream));
@@ -86,6 +110,9 @@ private:
     Comm& boot_;
     double timeout_s_;
     ncclComm_t comm_ = nullptr;
+    cudaStream_t comm_stream_ = nullptr;
+    cudaEvent_t ready_ = nullptr, done_ = nullptr;
+    bool pending_ = false;
 };
 
 }  // namespace

@@ -1,7 +1,9 @@
 // Run under mpirun by test/test_comm.cpp: every collective of the MPI communicator
 // on rank-dependent data, checked exactly (the values are small integers, so fp32
 // sums are exact). `stall` makes the last rank sleep through a collective: the
-// others must stop at the time limit with a message instead of hanging.
+// others must stop at the time limit with a message instead of hanging. `file DIR`
+// (started once per rank with SLURM_* set, no MPI): the file bootstrap's broadcast
+// and barrier.
 #include <unistd.h>
 
 #include <cstdio>
@@ -17,7 +19,23 @@ static int fails = 0;
         if (!(cond)) fprintf(stderr, "rank check failed at line %d: %s\n", __LINE__, #cond), fails++; \
     } while (0)
 
+static int file_bootstrap(const std::string& dir) {
+    const LaunchInfo li = detect_launch();
+    if (li.kind != Launcher::slurm) return fprintf(stderr, "not a Slurm launch\n"), 1;
+    auto comm = make_file_comm(li, dir, 20.0);
+    char msg[32] = {};
+    for (int round = 0; round < 3; round++) {  // the same collectives, in order, several times
+        if (comm->rank() == round % comm->size()) snprintf(msg, sizeof msg, "id %d from %d", round * 7, comm->rank());
+        comm->broadcast(msg, sizeof msg, round % comm->size());
+        EXPECT(std::string(msg) == "id " + std::to_string(round * 7) + " from " + std::to_string(round % comm->size()));
+        comm->barrier();
+    }
+    printf("rank %d of %d: %s\n", comm->rank(), comm->size(), fails ? "FAILED" : "ok");
+    return fails ? 1 : 0;
+}
+
 int main(int argc, char** argv) {
+    if (argc > 2 && std::string(argv[1]) == "file") return file_bootstrap(argv[2]);
     const bool stall = argc > 1 && std::string(argv[1]) == "stall";
     auto comm = make_mpi_comm(stall ? 2.0 : 60.0);
     const int r = comm->rank(), R = comm->size();
