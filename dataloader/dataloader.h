@@ -48,7 +48,9 @@ public:
     }
     int64_t epoch() const { return pos_.epoch; }
     LoaderState state() const { return pos_; }
-    void restore(const LoaderState& s);  // UserError if s is not a position of this rank
+    // UserError if s is not a position of this rank. exact = false: this rank's first
+    // window at or after s (resuming with another number of ranks).
+    void restore(const LoaderState& s, bool exact = true);
     const std::vector<Shard>& shards() const { return shards_; }
     // The shard and first token of the next batch, e.g. for logs.
     size_t next_shard() const { return shard_at(pos_.shard); }

@@ -10,12 +10,15 @@
 //             res = alpha*base + f, out = Norm(res); stream (out, -)
 // and the final norm closes the stream before the head.
 #pragma once
+#include <algorithm>
 #include <cmath>
+#include <functional>
 #include <string>
 #include <type_traits>
 #include <utility>
 #include <vector>
 
+#include "comm/comm.h"
 #include "common/nvtx.h"
 #include "model/config.h"
 #include "model/init.h"
@@ -45,11 +48,19 @@ struct GPT {
     ParamLayout layout;
     int B = 0, T = 0;  // the largest batch the activations were sized for
 
-    floatX* params = nullptr;  // (layout.total) the flat parameter buffer
+    // Data parallel over `world` ranks with ZeRO-1: params and grads are whole on every
+    // rank, padded with zeros to n_alloc so that every rank's optimizer shard
+    // [opt_begin, opt_begin + opt_n) has the same length (equal shards are what
+    // all-gather takes). One rank: n_alloc = layout.total and the shard is everything.
+    size_t n_alloc = 0, opt_begin = 0, opt_n = 0;
+    floatX* params = nullptr;  // (n_alloc) the flat parameter buffer
     floatX* grads = nullptr;   // same layout
-    float* master = nullptr;   // fp32 master weights when floatX is not float
-    float* m = nullptr;        // AdamW moments, same layout
+    float* master = nullptr;   // (opt_n) fp32 master weights of the shard, when floatX is not float
+    float* m = nullptr;        // (opt_n) AdamW moments of the shard
     float* v = nullptr;
+    // Called after the backward pass of each block (0-based), last block first: the data
+    // parallel trainer starts that block's gradient reduction there.
+    std::function<void(int)> on_block_backward;
 
     // activations (one arena) and gradient scratch (one arena)
     void* act_arena = nullptr;
@@ -80,19 +91,23 @@ struct GPT {
     // base + addend (addend may be null). Pointers into the activation arena.
     std::vector<std::pair<const floatX*, const floatX*>> stream_after;
 
-    GPT(const ModelConfig& c, int maxB, int maxT, bool recompute_mlp = false)
+    GPT(const ModelConfig& c, int maxB, int maxT, bool recompute_mlp = false, int rank = 0, int world = 1)
         : cfg(c), layout(build_param_layout(c)), B(maxB), T(maxT), recompute(recompute_mlp) {
         REQUIRE_INPUT(maxT <= cfg.max_seq_len, "--seq-len: %d exceeds the model's maximum sequence length %d",
                       maxT, cfg.max_seq_len);
-        const size_t P = layout.total;
-        params = (floatX*)Ops::alloc(P * sizeof(floatX), "parameters");
-        grads = (floatX*)Ops::alloc(P * sizeof(floatX), "gradients");
-        m = (float*)Ops::alloc(P * sizeof(float), "AdamW first moments");
-        v = (float*)Ops::alloc(P * sizeof(float), "AdamW second moments");
-        if (!std::is_same<floatX, float>::value) master = (float*)Ops::alloc(P * sizeof(float), "fp32 master weights");
-        Ops::zero(grads, P * sizeof(floatX));
-        Ops::zero(m, P * sizeof(float));
-        Ops::zero(v, P * sizeof(float));
+        const size_t unit = (size_t)world * 8;  // 8 elements: 16-byte aligned bf16 shards
+        n_alloc = world > 1 ? (layout.total + unit - 1) / unit * unit : layout.total;
+        const ShardRange sh = shard_range(n_alloc, rank, world, 8);
+        opt_begin = sh.begin, opt_n = sh.size();
+        params = (floatX*)Ops::alloc(n_alloc * sizeof(floatX), "parameters");
+        grads = (floatX*)Ops::alloc(n_alloc * sizeof(floatX), "gradients");
+        m = (float*)Ops::alloc(opt_n * sizeof(float), "AdamW first moments");
+        v = (float*)Ops::alloc(opt_n * sizeof(float), "AdamW second moments");
+        if (!std::is_same<floatX, float>::value) master = (float*)Ops::alloc(opt_n * sizeof(float), "fp32 master weights");
+        Ops::zero(params, n_alloc * sizeof(floatX));
+        Ops::zero(grads, n_alloc * sizeof(floatX));
+        Ops::zero(m, opt_n * sizeof(float));
+        Ops::zero(v, opt_n * sizeof(float));
         plan_activations(true);
         plan_activations(false);
     }
@@ -163,37 +178,48 @@ struct GPT {
     void set_params(const std::vector<float>& host) {
         LNS_CHECK(host.size() == layout.total, "parameter count mismatch");
         Ops::upload_f32(params, host.data(), host.size());
-        if (master) Ops::copy_from_host(master, host.data(), host.size() * sizeof(float));
+        if (master) upload_shard(master, host);
     }
+    // The fp32 parameters: the master weights where they exist. With several ranks each
+    // holds only its shard of those, so the caller gathers them first (data_parallel.h).
     std::vector<float> get_params() const {
         std::vector<float> host(layout.total);
+        LNS_CHECK(!master || opt_n >= layout.total, "get_params: master weights are sharded; gather them first");
         if (master) Ops::copy_to_host(host.data(), master, host.size() * sizeof(float));
         else Ops::download_f32(host.data(), params, host.size());
         return host;
     }
-    // The full optimizer state, for checkpoints: params as the backend holds them
-    // (exact: bf16 values are exact in fp32), master weights (empty when params are
-    // fp32) and the AdamW moments.
+    // The optimizer state, for checkpoints: params (layout.total) as the backend holds
+    // them (exact: bf16 values are exact in fp32); master weights (empty when params are
+    // fp32) and AdamW moments of this rank's shard, cut to the real parameters
+    // [opt_begin, min(opt_begin + opt_n, layout.total)).
+    size_t opt_real() const { return opt_begin >= layout.total ? 0 : std::min(opt_n, layout.total - opt_begin); }
     void get_state(std::vector<float>& p, std::vector<float>& mw, std::vector<float>& m1, std::vector<float>& m2) const {
-        const size_t n = layout.total;
-        p.resize(n), m1.resize(n), m2.resize(n), mw.resize(master ? n : 0);
+        const size_t n = layout.total, k = opt_real();
+        p.resize(n), m1.resize(k), m2.resize(k), mw.resize(master ? k : 0);
         Ops::download_f32(p.data(), params, n);
-        if (master) Ops::copy_to_host(mw.data(), master, n * sizeof(float));
-        Ops::copy_to_host(m1.data(), m, n * sizeof(float));
-        Ops::copy_to_host(m2.data(), v, n * sizeof(float));
+        if (master) Ops::copy_to_host(mw.data(), master, k * sizeof(float));
+        Ops::copy_to_host(m1.data(), m, k * sizeof(float));
+        Ops::copy_to_host(m2.data(), v, k * sizeof(float));
     }
     void set_state(const std::vector<float>& p, const std::vector<float>& mw, const std::vector<float>& m1,
                    const std::vector<float>& m2) {
-        const size_t n = layout.total;
-        REQUIRE_INPUT(p.size() == n && m1.size() == n && m2.size() == n,
-                      "checkpoint holds %zu parameters, the model has %zu", p.size(), n);
+        const size_t n = layout.total, k = opt_real();
+        REQUIRE_INPUT(p.size() == n && m1.size() == k && m2.size() == k,
+                      "checkpoint holds %zu parameters (%zu in this shard), the model has %zu (%zu)", p.size(),
+                      m1.size(), n, k);
         REQUIRE_INPUT(mw.empty() == (master == nullptr),
                       "checkpoint from a backend with%s master weights; resume on the same device kind",
                       mw.empty() ? "out" : "");
         Ops::upload_f32(params, p.data(), n);
-        if (master) Ops::copy_from_host(master, mw.data(), n * sizeof(float));
-        Ops::copy_from_host(m, m1.data(), n * sizeof(float));
-        Ops::copy_from_host(v, m2.data(), n * sizeof(float));
+        if (master) Ops::copy_from_host(master, mw.data(), k * sizeof(float));
+        Ops::copy_from_host(m, m1.data(), k * sizeof(float));
+        Ops::copy_from_host(v, m2.data(), k * sizeof(float));
+    }
+    // this rank's part of a full host vector into a shard buffer
+    void upload_shard(float* dst, const std::vector<float>& full) const {
+        const size_t k = opt_real();
+        if (k) Ops::copy_from_host(dst, full.data() + opt_begin, k * sizeof(float));
     }
     std::vector<float> get_grads() const {
         std::vector<float> host(layout.total);
@@ -205,7 +231,7 @@ struct GPT {
         init_params(host, layout, seed);
         set_params(host);
     }
-    void zero_grad() { Ops::zero(grads, layout.total * sizeof(floatX)); }
+    void zero_grad() { Ops::zero(grads, n_alloc * sizeof(floatX)); }
     // logits of one row of the last forward, (Vp) floats
     void download_logits_row(float* dst, int row) const {
         Ops::download_f32(dst, logits + (size_t)row * cfg.padded_vocab(), cfg.padded_vocab());
@@ -270,6 +296,7 @@ struct GPT {
             NVTX_RANGE("block backward", l + 1);
             sublayer_backward(a, a.ln2, a.ln2o, bp.ln2_w, bp.ln2_b, bp.ln2o_w, bp.ln2o_b, post, l, false);
             sublayer_backward(a, a.ln1, a.ln1o, bp.ln1_w, bp.ln1_b, bp.ln1o_w, bp.ln1o_b, post, l, true);
+            if (on_block_backward) on_block_backward(l);
         }
         Ops::encoder_backward(G(layout.wte), G(layout.wpe), dresidual, inputs, b, t, C);
     }

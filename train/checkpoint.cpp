@@ -11,14 +11,22 @@ namespace fs = std::filesystem;
 
 std::string checkpoint_path(const std::string& dir, int step) { return dir + strfmt("/ckpt_%08d.safetensors", step); }
 
+std::string checkpoint_rank_path(const std::string& main_path, int rank) {
+    const std::string stem = main_path.substr(0, main_path.size() - std::string(".safetensors").size());
+    return stem + strfmt(".rank%d.safetensors", rank);
+}
+
 void save_checkpoint(const std::string& path, const Checkpoint& ck) {
-    const int64_t P = (int64_t)ck.params.size();
-    LNS_CHECK(ck.m.size() == (size_t)P && ck.v.size() == (size_t)P, "moments must match the parameters");
-    std::vector<StView> views = {{"params", "F32", {P}, ck.params.data(), ck.params.size() * 4},
-                                 {"adamw.m", "F32", {P}, ck.m.data(), ck.m.size() * 4},
-                                 {"adamw.v", "F32", {P}, ck.v.data(), ck.v.size() * 4}};
-    if (!ck.master.empty()) views.push_back({"master", "F32", {P}, ck.master.data(), ck.master.size() * 4});
-    write_safetensors(path, views, {{"config", ck.config.dump()}, {"state", ck.state.dump()}, {"format", "lns-checkpoint-1"}});
+    const int64_t K = (int64_t)ck.m.size();
+    LNS_CHECK(ck.v.size() == (size_t)K && (ck.master.empty() || ck.master.size() == (size_t)K),
+              "moments and master weights must cover the same parameters");
+    std::vector<StView> views = {{"adamw.m", "F32", {K}, ck.m.data(), ck.m.size() * 4},
+                                 {"adamw.v", "F32", {K}, ck.v.data(), ck.v.size() * 4}};
+    if (!ck.params.empty())
+        views.push_back({"params", "F32", {(int64_t)ck.params.size()}, ck.params.data(), ck.params.size() * 4});
+    if (!ck.master.empty()) views.push_back({"master", "F32", {K}, ck.master.data(), ck.master.size() * 4});
+    write_safetensors(path, views, {{"config", ck.config.dump()}, {"state", ck.state.dump()},
+                                    {"opt_begin", std::to_string(ck.opt_begin)}, {"format", "lns-checkpoint-1"}});
 }
 
 Checkpoint load_checkpoint(const std::string& path) {
@@ -30,18 +38,55 @@ Checkpoint load_checkpoint(const std::string& path) {
     try {
         ck.config = nlohmann::json::parse(meta.at("config"));
         ck.state = nlohmann::json::parse(meta.at("state"));
+        ck.opt_begin = meta.count("opt_begin") ? std::stoull(meta.at("opt_begin")) : 0;
     } catch (const std::exception& e) {
         throw UserError(path + ": malformed checkpoint metadata: " + e.what());
     }
-    for (const char* k : {"params", "adamw.m", "adamw.v"})
+    for (const char* k : {"adamw.m", "adamw.v"})
         REQUIRE_INPUT(f.count(k), "%s: checkpoint lacks tensor %s", path.c_str(), k);
-    ck.params = f.at("params").to_f32();
+    if (f.count("params")) ck.params = f.at("params").to_f32();
     ck.m = f.at("adamw.m").to_f32();
     ck.v = f.at("adamw.v").to_f32();
     if (f.count("master")) ck.master = f.at("master").to_f32();
-    REQUIRE_INPUT(ck.m.size() == ck.params.size() && ck.v.size() == ck.params.size(),
-                  "%s: buffers of different sizes", path.c_str());
+    REQUIRE_INPUT(ck.v.size() == ck.m.size() && (ck.master.empty() || ck.master.size() == ck.m.size()),
+                  "%s: optimizer buffers of different sizes", path.c_str());
     return ck;
+}
+
+Checkpoint load_checkpoint_range(const std::string& path, size_t begin, size_t end, int rank, int world,
+                                 nlohmann::json& rank_state) {
+    Checkpoint ck = load_checkpoint(path);
+    REQUIRE_INPUT(!ck.params.empty(), "%s: no params tensor (a rank's file, not a main checkpoint)", path.c_str());
+    const int saved_world = ck.state.value("world_size", 1);
+    const size_t P = ck.params.size();
+    end = std::min(end, P), begin = std::min(begin, end);
+    rank_state = nullptr;
+    if (saved_world == world && rank == 0) rank_state = ck.state;
+    if (ck.opt_begin == begin && ck.m.size() == end - begin) return ck;  // rank 0, same layout
+
+    Checkpoint out = ck;
+    out.opt_begin = begin;
+    out.m.assign(end - begin, 0.0f), out.v.assign(end - begin, 0.0f);
+    out.master.assign(ck.master.empty() ? 0 : end - begin, 0.0f);
+    size_t covered = 0;
+    for (int r = 0; r < saved_world; r++) {
+        Checkpoint part;
+        if (r == 0) part = std::move(ck);
+        else part = load_checkpoint(checkpoint_rank_path(path, r));
+        if (r > 0 && saved_world == world && r == rank) rank_state = part.state;
+        const size_t b = std::max(begin, part.opt_begin), e = std::min(end, part.opt_begin + part.m.size());
+        if (b >= e) continue;
+        REQUIRE_INPUT(part.master.empty() == out.master.empty(), "%s: rank %d's file %s master weights", path.c_str(),
+                      r, part.master.empty() ? "lacks" : "has unexpected");
+        const size_t src = b - part.opt_begin, dst = b - begin, n = e - b;
+        std::copy_n(part.m.begin() + src, n, out.m.begin() + dst);
+        std::copy_n(part.v.begin() + src, n, out.v.begin() + dst);
+        if (!part.master.empty()) std::copy_n(part.master.begin() + src, n, out.master.begin() + dst);
+        covered += n;
+    }
+    REQUIRE_INPUT(covered == end - begin, "%s: the rank files cover %zu of the %zu optimizer values needed",
+                  path.c_str(), covered, end - begin);
+    return out;
 }
 
 std::vector<std::pair<int, std::string>> list_checkpoints(const std::string& dir) {
@@ -64,6 +109,7 @@ void prune_checkpoints(const std::string& dir, int keep_last, int keep_every) {
         if (keep_every > 0 && all[i].first % keep_every == 0) continue;
         std::error_code ec;
         fs::remove(all[i].second, ec);
+        for (int r = 1; fs::remove(checkpoint_rank_path(all[i].second, r), ec); r++) {}
     }
 }
 

@@ -1,8 +1,10 @@
 // One optimizer step over the flat buffers: global gradient norm, clipping as
 // torch.nn.utils.clip_grad_norm_ does it, and AdamW with weight decay on the
 // matrices only. The layout puts every decayed tensor first, so the update is two
-// calls of one kernel: [0, n_decay) with decay, the rest without.
+// calls of one kernel: [0, n_decay) with decay, the rest without. With ZeRO-1 each
+// rank updates only its shard (train/data_parallel.h gathers the parameters).
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -15,22 +17,31 @@ struct AdamWConfig {
 
 template <class Backend>
 float grad_norm(const GPT<Backend>& model) {
-    return (float)std::sqrt(Backend::norm_squared(model.grads, model.layout.total));
+    return (float)std::sqrt(Backend::norm_squared(model.grads, model.n_alloc));
 }
 
-// Returns the gradient norm before clipping. t is the 1-based step count.
+// AdamW on this rank's shard [opt_begin, opt_begin + opt_n) of the flat buffers (all of
+// them with one rank), clipped by the global pre-clip gradient norm `norm`.
+template <class Backend>
+void adamw_step(GPT<Backend>& model, const AdamWConfig& o, float lr, int t, uint32_t seed, float norm) {
+    float scale = 1.0f;
+    if (o.grad_clip > 0.0f) scale = std::fmin(1.0f, o.grad_clip / (norm + 1e-6f));
+    const size_t lo = model.opt_begin, hi = model.opt_begin + model.opt_n;
+    const size_t bounds[3] = {0, model.layout.n_decay, model.layout.total};
+    for (int k = 0; k < 2; k++) {
+        const size_t b = std::max(lo, bounds[k]), e = std::min(hi, bounds[k + 1]);
+        if (b >= e) continue;
+        const size_t s = b - lo;  // offset into the shard's state
+        Backend::adamw_update(model.params + b, model.master ? model.master + s : nullptr, model.grads + b,
+                              model.m + s, model.v + s, e - b, lr, o.beta1, o.beta2, o.eps,
+                              k == 0 ? o.weight_decay : 0.0f, t, scale, seed + (uint32_t)k);
+    }
+}
+
+// One rank: the gradient norm, then the update. Returns the norm before clipping.
 template <class Backend>
 float optimizer_step(GPT<Backend>& model, const AdamWConfig& o, float lr, int t, uint32_t seed) {
     const float norm = grad_norm(model);
-    float scale = 1.0f;
-    if (o.grad_clip > 0.0f) scale = std::fmin(1.0f, o.grad_clip / (norm + 1e-6f));
-    const size_t bounds[3] = {0, model.layout.n_decay, model.layout.total};
-    for (int k = 0; k < 2; k++) {
-        const size_t off = bounds[k], n = bounds[k + 1] - bounds[k];
-        if (n == 0) continue;
-        Backend::adamw_update(model.params + off, model.master ? model.master + off : nullptr, model.grads + off,
-                              model.m + off, model.v + off, n, lr, o.beta1, o.beta2, o.eps,
-                              k == 0 ? o.weight_decay : 0.0f, t, scale, seed + (uint32_t)k);
-    }
+    adamw_step(model, o, lr, t, seed, norm);
     return norm;
 }
