@@ -3,9 +3,10 @@
 // including LayerNorm Scaling (--norm lns). One orchestration (model/gpt.h) drives
 // the CPU fp32 reference backend or the CUDA backend.
 //
-// Read top to bottom: options -> model config -> validation -> backend choice ->
+// Read top to bottom: options -> model config -> validation -> ranks and backend ->
 // run(): data, model, resume, the training loop (guards, checkpoints, evaluation,
-// sampling), saving.
+// sampling), saving. Several ranks (mpirun, srun) train data parallel with ZeRO-1
+// (train/data_parallel.h); rank 0 prints, logs and samples.
 #include <omp.h>
 
 #include <CLI/CLI.hpp>
@@ -19,6 +20,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "common/check.h"
@@ -32,7 +34,9 @@
 #include "model/gpt.h"
 #include "model/hf_io.h"
 #include "tokenizer/tokenizer.h"
+#include "comm/comm.h"
 #include "train/checkpoint.h"
+#include "train/data_parallel.h"
 #include "train/guards.h"
 #include "train/optimizer.h"
 #include "train/schedule.h"
@@ -67,6 +71,8 @@ struct Options {
     int sample_every = 0, sample_tokens = 0, top_k = 0;
     int diag_every = 0;
     bool eval_prune = false;
+    double comm_timeout = 600;
+    std::string comm_dir;
     float temperature = 1.0f;
     std::string prompt;
 };
@@ -101,7 +107,8 @@ static void add_options(CLI::App& app, Options& o) {
     app.add_option("-b,--batch-size", o.batch_size, "micro-batch size B")->group(D);
     app.add_option("-t,--seq-len", o.seq_len, "sequence length T")->group(D);
     app.add_option("--total-batch-size", o.total_batch_size,
-                   "tokens per optimizer step; a multiple of B*T (gradient accumulation); 0 = B*T")->group(D);
+                   "tokens per optimizer step over all ranks; a multiple of B*T*ranks (gradient accumulation); "
+                   "0 = B*T*ranks")->group(D);
     app.add_flag("--shuffle", o.shuffle, "visit shards and windows in a seeded random order")->group(D);
     app.add_flag("--overfit-batch", o.overfit_batch, "train on the first batch over and over (debugging)")->group(D);
 
@@ -135,7 +142,7 @@ static void add_options(CLI::App& app, Options& o) {
         ->group(R)
         ->configurable(false);
     app.add_option("--eval-every", o.eval_every, "validation every N steps (0 = only at the end)")->group(R);
-    app.add_option("--val-batches", o.val_batches, "batches per validation (0 = the whole val set)")->group(R);
+    app.add_option("--val-batches", o.val_batches, "batches per validation, each of B rows on every rank (0 = the whole val set)")->group(R);
     app.add_option("--val-tokens", o.val_tokens, "tokens per validation; overrides --val-batches")->group(R);
     app.add_flag("--eval-only", o.eval_only, "print 'val_loss <float>' for the model (or --resume checkpoint) and exit")
         ->group(R);
@@ -150,6 +157,12 @@ static void add_options(CLI::App& app, Options& o) {
     app.add_option("--prompt", o.prompt, "sample prompt (default: the end-of-text token)")->group(R);
     app.add_option("--temperature", o.temperature, "sampling temperature (1.0)")->group(R);
     app.add_option("--top-k", o.top_k, "sample from the k most likely tokens (0 = all)")->group(R);
+
+    const char* P = "Several ranks (mpirun -np N, srun; doc/multi-gpu.md)";
+    app.add_option("--comm-timeout", o.comm_timeout, "seconds a collective may wait for the other ranks before "
+                   "every rank stops with an error (600; 0 = no limit)")->group(P);
+    app.add_option("--comm-dir", o.comm_dir, "srun without MPI: a directory every rank sees, for NCCL's "
+                   "bootstrap files (default: --out-dir, else .)")->group(P);
 }
 
 static ModelConfig model_config(const Options& o, const CLI::App& app) {
@@ -218,6 +231,7 @@ static void validate_options(const Options& o, const ModelConfig& c) {
     REQUIRE_INPUT(o.eval_every == 0 || !o.val_data.empty(), "--eval-every: needs --val-data");
     REQUIRE_INPUT(o.diag_every >= 0, "--diag-every: expected >= 0, got %d", o.diag_every);
     REQUIRE_INPUT(!o.eval_prune || !o.val_data.empty(), "--eval-prune: needs --val-data");
+    REQUIRE_INPUT(o.comm_timeout >= 0, "--comm-timeout: expected >= 0 seconds (0 = no limit), got %g", o.comm_timeout);
 }
 
 // The part of the configuration a checkpoint must agree with to resume exactly.
@@ -244,38 +258,44 @@ static json run_config(const Options& o, const ModelConfig& c) {
 // ----------------------------------------------------------------------------
 // evaluation, sampling, logging
 
+// The mean loss over `batches` validation batches (0: the whole set). A batch is B rows
+// on every rank: each rank reads its own windows, and the batch means are averaged over
+// all ranks, so N ranks of B rows evaluate what one process of N*B rows would.
 template <class Backend>
-static float evaluate(GPT<Backend>& model, DataLoader& val, int batches, int B, int T) {
+static float evaluate(DataParallel<Backend>& dp, DataLoader& val, int batches, int B, int T) {
     val.reset();
     const int n = batches > 0 ? std::min<int>(batches, (int)val.num_batches()) : (int)val.num_batches();
     std::vector<int> x((size_t)B * T), y((size_t)B * T);
     double sum = 0.0;
     for (int i = 0; i < n; i++) {
         val.next_batch(x.data(), y.data());
-        sum += model.forward(x.data(), y.data(), B, T);
+        sum += dp.model.forward(x.data(), y.data(), B, T);
     }
-    return (float)(sum / n);
+    if (dp.size() == 1) return (float)(sum / n);
+    float tot[2] = {(float)sum, (float)n};
+    dp.sum(tot, 2);
+    return tot[0] / tot[1];
 }
 
 // Validation loss with each block removed in turn (its residual branches skipped).
 // Returns the loss per removed block; `full` gets the unpruned loss.
 template <class Backend>
-static std::vector<float> evaluate_pruned(GPT<Backend>& model, DataLoader& val, int batches, int B, int T,
+static std::vector<float> evaluate_pruned(DataParallel<Backend>& dp, DataLoader& val, int batches, int B, int T,
                                           float& full) {
-    full = evaluate(model, val, batches, B, T);
+    full = evaluate(dp, val, batches, B, T);
     std::vector<float> out;
-    for (int l = 0; l < model.cfg.n_layer; l++) {
-        model.skip_block = l;
-        out.push_back(evaluate(model, val, batches, B, T));
+    for (int l = 0; l < dp.model.cfg.n_layer; l++) {
+        dp.model.skip_block = l;
+        out.push_back(evaluate(dp, val, batches, B, T));
     }
-    model.skip_block = -1;
+    dp.model.skip_block = -1;
     return out;
 }
 
 template <class Backend>
-static json prune_report(GPT<Backend>& model, DataLoader& val, int batches, int B, int T, int step) {
+static json prune_report(DataParallel<Backend>& dp, DataLoader& val, int batches, int B, int T, int step) {
     float full = 0;
-    const std::vector<float> pruned = evaluate_pruned(model, val, batches, B, T, full);
+    const std::vector<float> pruned = evaluate_pruned(dp, val, batches, B, T, full);
     printf("prune | val_loss %.6f with every block\n| block | val_loss without it | increase |\n", full);
     json layers = json::array();
     for (size_t l = 0; l < pruned.size(); l++) {
@@ -380,21 +400,44 @@ static int injected_nan_step() {
     return s ? atoi(s) : -1;
 }
 
+// For tests: LNS_FAULT=rank-exit:R:K or rank-stall:R:K makes rank R fail or hang
+// before step K; the other ranks must stop with a message, not hang.
+static void injected_rank_fault(int rank, int step) {
+    const char* s = getenv("LNS_FAULT");
+    char kind[16] = {};
+    int r = -1, k = -1;
+    if (!s || sscanf(s, "rank-%15[a-z]:%d:%d", kind, &r, &k) != 3 || r != rank || k != step) return;
+    if (std::string(kind) == "exit") {
+        fprintf(stderr, "error: rank %d: injected failure before step %d\n", rank, step);
+        std::exit(3);
+    }
+    fprintf(stderr, "rank %d: injected stall before step %d\n", rank, step);
+    std::this_thread::sleep_for(std::chrono::hours(1));
+}
+
 // ----------------------------------------------------------------------------
 // the run
 
 template <class Backend>
-static int run(const Options& o, const ModelConfig& cfg, const CLI::App& app, double peak_flops) {
-    const int B = o.batch_size, T = o.seq_len;
-    const int accum = o.total_batch_size > 0 ? o.total_batch_size / (B * T) : 1;
+static int run(const Options& o, const ModelConfig& cfg, const CLI::App& app, double peak_flops, Comm& comm) {
+    const int B = o.batch_size, T = o.seq_len, rank = comm.rank(), world = comm.size();
+    const bool lead = rank == 0;  // prints (stdout of the others is closed), logs, samples
+    // --total-batch-size is global: B*T tokens per micro-batch on each of `world` ranks
+    REQUIRE_INPUT(o.total_batch_size % (B * T * world) == 0,
+                  "--total-batch-size: expected a multiple of --batch-size x --seq-len x ranks = %d x %d x %d, got %d",
+                  B, T, world, o.total_batch_size);
+    const int accum = o.total_batch_size > 0 ? o.total_batch_size / (B * T * world) : 1;
     const json rcfg = run_config(o, cfg);
 
     // a checkpoint to resume from, refused if its configuration differs
     std::unique_ptr<Checkpoint> ck;
+    json ck_rank_state;  // this rank's own saved state, when the rank count is unchanged
+    GPT<Backend> model(cfg, B, T, o.recompute, rank, world);
     if (o.resume) {
         auto all = list_checkpoints(o.out_dir);
         if (!all.empty()) {
-            ck = std::make_unique<Checkpoint>(load_checkpoint(all.back().second));
+            ck = std::make_unique<Checkpoint>(load_checkpoint_range(
+                all.back().second, model.opt_begin, model.opt_begin + model.opt_n, rank, world, ck_rank_state));
             // evaluation needs only the same model; training needs the same run
             const auto diffs = o.eval_only ? config_differences(ck->config.at("model"), rcfg.at("model"), "model")
                                            : config_differences(ck->config, rcfg);
@@ -404,6 +447,11 @@ static int run(const Options& o, const ModelConfig& cfg, const CLI::App& app, do
                 throw UserError(msg);
             }
             printf("resuming from %s (step %d)\n", all.back().second.c_str(), all.back().first);
+            const int saved_world = ck->state.value("world_size", 1);
+            if (saved_world != world)
+                printf("the checkpoint was written by %d ranks, this run has %d: the optimizer state is re-sharded "
+                       "exactly; the data order continues from rank 0's position (not bit-identical to an "
+                       "uninterrupted run)\n", saved_world, world);
         } else {
             printf("--resume: no checkpoint in %s yet, starting fresh\n", o.out_dir.c_str());
         }
@@ -412,9 +460,9 @@ static int run(const Options& o, const ModelConfig& cfg, const CLI::App& app, do
     // data and tokenizer (opened before any large allocation, so bad paths fail fast)
     std::unique_ptr<DataLoader> train, val;
     if (!o.eval_only && o.steps > 0)
-        train = std::make_unique<DataLoader>(o.train_data, B, T, cfg.vocab_size, 0, 1, o.shuffle, o.seed);
-    if (!o.val_data.empty()) val = std::make_unique<DataLoader>(o.val_data, B, T, cfg.vocab_size);
-    const int val_batches = o.val_tokens > 0 ? std::max(1, o.val_tokens / (B * T)) : o.val_batches;
+        train = std::make_unique<DataLoader>(o.train_data, B, T, cfg.vocab_size, rank, world, o.shuffle, o.seed);
+    if (!o.val_data.empty()) val = std::make_unique<DataLoader>(o.val_data, B, T, cfg.vocab_size, rank, world);
+    const int val_batches = o.val_tokens > 0 ? std::max(1, o.val_tokens / (B * T * world)) : o.val_batches;
     std::unique_ptr<Tokenizer> tok;
     const std::string tok_spec = !o.tokenizer.empty()      ? o.tokenizer
                                  : cfg.vocab_size == 256   ? "bytes"
@@ -426,7 +474,7 @@ static int run(const Options& o, const ModelConfig& cfg, const CLI::App& app, do
                       tok_spec.c_str(), tok->vocab_size(), cfg.vocab_size);
     }
 
-    GPT<Backend> model(cfg, B, T, o.recompute);
+    DataParallel<Backend> dp(comm, model);
     if (!o.init_from.empty()) {
         std::vector<float> host;
         load_safetensors_model(o.init_from + "/model.safetensors", model.layout, host);
@@ -443,9 +491,12 @@ static int run(const Options& o, const ModelConfig& cfg, const CLI::App& app, do
         const json& s = ck->state;
         start_step = s.at("step").get<int>();
         if (train && !s.at("loader").is_null()) {
-            const json& l = s.at("loader");
-            train->restore({l.at("shard").get<int64_t>(), l.at("window").get<int64_t>(), l.at("epoch").get<int64_t>(),
-                            l.at("shuffle").get<bool>(), l.at("seed").get<uint64_t>()});
+            // this rank's own position; after a change of rank count, rank 0's position
+            // moved on to this rank's next window
+            const json& l = ck_rank_state.is_null() ? s.at("loader") : ck_rank_state.at("loader");
+            LoaderState ls{l.at("shard").get<int64_t>(), l.at("window").get<int64_t>(), l.at("epoch").get<int64_t>(),
+                           l.at("shuffle").get<bool>(), l.at("seed").get<uint64_t>()};
+            train->restore(ls, !ck_rank_state.is_null());
         }
         sample_rng.state = s.at("sample_rng").get<uint64_t>();
         loss_guard.from_json(s.at("loss_history"));
@@ -454,11 +505,11 @@ static int run(const Options& o, const ModelConfig& cfg, const CLI::App& app, do
     }
 
     if (o.eval_only) {
-        const float vl = evaluate(model, *val, val_batches, B, T);
+        const float vl = evaluate(dp, *val, val_batches, B, T);
         printf("val_loss %.6f\n", vl);
         if (o.eval_prune) {  // appended to the run's log when there is one
-            const json r = prune_report(model, *val, val_batches, B, T, start_step);
-            if (!o.out_dir.empty()) {
+            const json r = prune_report(dp, *val, val_batches, B, T, start_step);
+            if (!o.out_dir.empty() && lead) {
                 std::error_code ec;
                 std::filesystem::create_directories(o.out_dir, ec);
                 std::ofstream f(o.out_dir + "/log.jsonl", std::ios::app);
@@ -472,26 +523,31 @@ static int run(const Options& o, const ModelConfig& cfg, const CLI::App& app, do
     printf("model %s | norm %s | init %s | L %d C %d heads %d F %d V %d (padded %d) | %.2fM parameters\n",
            to_string(cfg.arch), to_string(cfg.norm), to_string(cfg.init), cfg.n_layer, cfg.n_embd, cfg.n_head,
            cfg.ffn_hidden, cfg.vocab_size, cfg.padded_vocab(), model.layout.total / 1e6);
-    printf("batch B %d x T %d x %d accumulation = %d tokens/step\n", B, T, accum, B * T * accum);
+    printf("batch B %d x T %d x %d accumulation x %d ranks = %d tokens/step\n", B, T, accum, world,
+           B * T * accum * world);
+    if (world > 1)
+        printf("data parallel: %d ranks over %s, ZeRO-1 shards of %zu parameters, %zu gradient buckets\n", world,
+               comm.name(), model.opt_n, dp.buckets.size());
     {   // the memory plan: one allocation per part
         const double GiB = 1024.0 * 1024.0 * 1024.0, P = (double)model.layout.total;
         const double px = P * sizeof(typename Backend::floatX);
         printf("memory (GiB): parameters %.3f | gradients %.3f | AdamW state %.3f | master weights %.3f | "
-               "activations %.3f | activation gradients %.3f\n", px / GiB, px / GiB, 2 * P * 4 / GiB,
-               model.master ? P * 4 / GiB : 0.0, model.act_bytes / GiB, model.grad_bytes / GiB);
+               "activations %.3f | activation gradients %.3f (per rank)\n", px / GiB, px / GiB,
+               2 * (double)model.opt_n * 4 / GiB, model.master ? model.opt_n * 4 / GiB : 0.0, model.act_bytes / GiB,
+               model.grad_bytes / GiB);
     }
     if (train) printf("train data: %zu shards, %zu tokens/epoch\n", train->shards().size(), train->tokens_per_epoch());
 
     // the run directory: the log, the options as TOML (rerun with --config), checkpoints
     JsonLog log;
-    if (!o.out_dir.empty()) {
+    if (!o.out_dir.empty() && lead) {
         std::error_code ec;
         std::filesystem::create_directories(o.out_dir, ec);
         // only the options given (a preset plus overrides), so the file repeats this run
         write_file_atomic(o.out_dir + "/config.toml", app.config_to_str(false, false));
         log.open(o.out_dir, start_step);
         json c = {{"type", "config"}, {"preset", o.model}, {"backend", Backend::name}, {"resumed_at", start_step},
-                  {"grad_accum", accum}};
+                  {"grad_accum", accum}, {"world_size", world}};
         c.update(rcfg);
         log.write(c);
     }
@@ -501,16 +557,25 @@ static int run(const Options& o, const ModelConfig& cfg, const CLI::App& app, do
         Checkpoint c;
         c.config = rcfg;
         model.get_state(c.params, c.master, c.m, c.v);
+        c.opt_begin = model.opt_begin;
         json loader = nullptr;
         if (train) {
             loader = {{"shard", ls.shard}, {"window", ls.window}, {"epoch", ls.epoch}, {"shuffle", ls.shuffle},
                       {"seed", ls.seed}};
         }
         c.state = {{"step", step}, {"loader", loader}, {"sample_rng", sample_rng.state},
-                   {"loss_history", loss_guard.to_json()}, {"norm_history", norm_guard.to_json()}};
-        save_checkpoint(checkpoint_path(o.out_dir, step), c);
+                   {"loss_history", loss_guard.to_json()}, {"norm_history", norm_guard.to_json()},
+                   {"world_size", world}};
+        const std::string path = checkpoint_path(o.out_dir, step);
+        if (!lead) {
+            c.params.clear();
+            save_checkpoint(checkpoint_rank_path(path, rank), c);
+        }
+        comm.barrier();  // every rank's file exists before the main file marks it complete
+        if (!lead) return;
+        save_checkpoint(path, c);
         prune_checkpoints(o.out_dir, o.ckpt_keep, o.ckpt_keep_every);
-        printf("checkpoint %s\n", checkpoint_path(o.out_dir, step).c_str());
+        printf("checkpoint %s\n", path.c_str());
     };
     auto print_sample = [&](int step) {
         std::vector<int> prompt = tok && !o.prompt.empty() ? tok->encode(o.prompt) : std::vector<int>{};
@@ -552,7 +617,7 @@ static int run(const Options& o, const ModelConfig& cfg, const CLI::App& app, do
         printf("diag  %5d | output variance by block:%s\n", step, line.c_str());
         log.write({{"type", "diag"}, {"step", step}, {"layers", layers}});
     };
-    if (o.diag_every > 0 && start_step == 0 && o.steps > 0) write_diag(0);
+    if (o.diag_every > 0 && start_step == 0 && o.steps > 0 && lead) write_diag(0);
 
     std::signal(SIGINT, on_signal);
     std::signal(SIGTERM, on_signal);
@@ -561,6 +626,7 @@ static int run(const Options& o, const ModelConfig& cfg, const CLI::App& app, do
     const auto run_start = std::chrono::steady_clock::now();
     for (int step = start_step; step < o.steps; step++) {
         auto t0 = std::chrono::steady_clock::now();
+        injected_rank_fault(rank, step + 1);
         const LoaderState data_before = train->state();
         model.zero_grad();
         double loss = 0.0;
@@ -569,11 +635,18 @@ static int run(const Options& o, const ModelConfig& cfg, const CLI::App& app, do
             else train->next_batch(x.data(), y.data());
             if (o.overfit_batch && x0.empty()) x0 = x, y0 = y;
             loss += model.forward(x.data(), y.data(), B, T) / accum;
-            model.backward(1.0f / accum);
+            if (micro + 1 == accum) dp.overlap_next_backward();
+            model.backward(1.0f / (accum * world));  // summed over ranks: the mean
         }
+        dp.finish_backward();
         if (step + 1 == nan_step) loss = NAN;
+        // one reduction for what every rank must agree on: loss, gradient norm, stop
+        float agreed[3] = {(float)loss, (float)dp.shard_norm_squared(), g_stop_signal ? 1.0f : 0.0f};
+        dp.sum(agreed, 3);
+        if (world > 1) loss = agreed[0] / world;
+        const bool stop = agreed[2] > 0;
         const float lr = sched.at(step);
-        const float norm = grad_norm(model);
+        const float norm = std::sqrt(agreed[1]);
         if (!std::isfinite(loss) || !std::isfinite(norm)) {
             save(step, data_before);  // the state after the last good step: this update is not applied
             throw UserError(strfmt("step %d: %s is %g; stopped without applying the update%s", step + 1,
@@ -588,14 +661,15 @@ static int run(const Options& o, const ModelConfig& cfg, const CLI::App& app, do
                        {"loss_z", loss_guard.zscore(loss)}, {"norm_z", norm_guard.zscore(norm)}});
         } else {
             NVTX_RANGE("optimizer");
-            optimizer_step(model, o.adamw, lr, step + 1, (uint32_t)(o.seed * 1000003u + step));
+            adamw_step(model, o.adamw, lr, step + 1, (uint32_t)(o.seed * 1000003u + step), norm);
+            dp.gather_params();
             loss_guard.accept(loss);
             norm_guard.accept(norm);
         }
         Backend::synchronize();
         const auto now = std::chrono::steady_clock::now();
         const double ms = std::chrono::duration<double, std::milli>(now - t0).count();
-        const double tok_s = (double)B * T * accum / (ms / 1000.0);
+        const double tok_s = (double)B * T * accum * world / (ms / 1000.0);
         const double mfu = peak_flops > 0 ? tok_s * flops_per_token(cfg, model.layout.total, T) / peak_flops : 0.0;
         const double elapsed = std::chrono::duration<double>(now - run_start).count();
         const double eta = elapsed / (step + 1 - start_step) * (o.steps - step - 1);
@@ -610,24 +684,26 @@ static int run(const Options& o, const ModelConfig& cfg, const CLI::App& app, do
 
         const bool last = step + 1 == o.steps;
         if (val && (last || (o.eval_every > 0 && (step + 1) % o.eval_every == 0))) {
-            const float vl = evaluate(model, *val, val_batches, B, T);
+            const float vl = evaluate(dp, *val, val_batches, B, T);
             printf("val   %5d | val_loss %.6f | perplexity %.3f\n", step + 1, vl, std::exp(vl));
             log.write({{"type", "val"}, {"step", step + 1}, {"val_loss", vl}, {"perplexity", std::exp(vl)}});
         }
-        if (o.diag_every > 0 && (step + 1) % o.diag_every == 0) write_diag(step + 1);
-        if (val && o.eval_prune && last) log.write(prune_report(model, *val, val_batches, B, T, step + 1));
-        if (o.sample_every > 0 && (step + 1) % o.sample_every == 0) print_sample(step + 1);
-        if ((o.ckpt_every > 0 && (step + 1) % o.ckpt_every == 0) || (last && o.ckpt_every > 0) || g_stop_signal)
+        if (o.diag_every > 0 && (step + 1) % o.diag_every == 0 && lead) write_diag(step + 1);
+        if (val && o.eval_prune && last) log.write(prune_report(dp, *val, val_batches, B, T, step + 1));
+        if (o.sample_every > 0 && (step + 1) % o.sample_every == 0 && lead) print_sample(step + 1);
+        if ((o.ckpt_every > 0 && (step + 1) % o.ckpt_every == 0) || (last && o.ckpt_every > 0) || stop)
             save(step + 1, train->state());
-        if (g_stop_signal) {
-            printf("stopped by signal %d after step %d\n", (int)g_stop_signal, step + 1);
-            return 128 + g_stop_signal;
+        if (stop) {
+            const int sig = g_stop_signal ? (int)g_stop_signal : SIGTERM;  // a rank that saw none stops with its peers
+            printf("stopped by signal %d after step %d\n", sig, step + 1);
+            return 128 + sig;
         }
     }
 
-    if (o.sample_tokens > 0 && o.sample_every == 0) print_sample(o.steps);
+    if (o.sample_tokens > 0 && o.sample_every == 0 && lead) print_sample(o.steps);
     if (!o.save_to.empty()) {
-        save_pretrained(o.save_to, cfg, model.layout, model.get_params());
+        const std::vector<float> params = dp.gather_fp32_params();
+        if (lead) save_pretrained(o.save_to, cfg, model.layout, params);
         printf("saved %s/model.safetensors and config.json\n", o.save_to.c_str());
     }
     return 0;
@@ -635,15 +711,43 @@ static int run(const Options& o, const ModelConfig& cfg, const CLI::App& app, do
 
 // ----------------------------------------------------------------------------
 
+// The ranks: one process; MPI (mpirun, or srun with PMIx), whose communicator carries
+// the CPU backend's gradients and NCCL's bootstrap; or plain srun on GPUs, where NCCL's
+// unique id travels through files. `boot` must outlive `data`.
+struct Ranks {
+    LaunchInfo launch;
+    std::unique_ptr<Comm> boot, data;
+    Comm& comm() { return data ? *data : *boot; }
+};
+
+static Ranks start_ranks(const Options& o) {
+    Ranks r;
+    r.launch = detect_launch();
+    switch (r.launch.kind) {
+        case Launcher::single: r.boot = make_single_comm(); break;
+        case Launcher::mpi: r.boot = make_mpi_comm(o.comm_timeout); break;
+        case Launcher::slurm:
+            r.boot = make_file_comm(r.launch, !o.comm_dir.empty() ? o.comm_dir : !o.out_dir.empty() ? o.out_dir : ".",
+                                    o.comm_timeout);
+            break;
+    }
+    if (r.boot->rank() != 0) fclose(stdout), stdout = fopen("/dev/null", "w");  // rank 0 speaks for all
+    return r;
+}
+
 int main(int argc, char** argv) {
     CLI::App app{"train_gpt: GPT-2 / LLaMA pre-training with LayerNorm Scaling and the norm schemes it is compared to"};
     Options o;
     add_options(app, o);
     CLI11_PARSE(app, argc, argv);
+    Ranks ranks;
     try {
         if (o.threads > 0) omp_set_num_threads(o.threads);
         const ModelConfig cfg = model_config(o, app);
         validate_options(o, cfg);
+        ranks = start_ranks(o);
+        Comm& boot = *ranks.boot;
+        if (boot.size() > 1) printf("ranks: %d (%s launch)\n", boot.size(), boot.name());
 #ifdef LNS_CUDA
         const int ndev = o.device == "cpu" ? 0 : cuda_backend::device_count();
         REQUIRE_INPUT(o.device != "cuda" || ndev > 0, "--device cuda: no CUDA device found (use --device cpu or auto)");
@@ -652,14 +756,15 @@ int main(int argc, char** argv) {
             REQUIRE_INPUT(cfg.n_embd % 8 == 0 && cfg.ffn_hidden % 8 == 0,
                           "--n-embd / --ffn-hidden: the CUDA backend needs multiples of 8, got C=%d F=%d "
                           "(use --device cpu, or round --ffn-hidden)", cfg.n_embd, cfg.ffn_hidden);
-            cuda_backend::init(0);
+            cuda_backend::init(boot.local_rank() % ndev);  // one GPU per rank of a node
             char desc[256];
             cuda_backend::describe(desc, sizeof desc);
             printf("backend cuda | %s\n", desc);
+            if (boot.size() > 1) ranks.data = make_nccl_comm(boot, o.comm_timeout);
 #ifdef ENABLE_FP32
-            return run<cuda_backend>(o, cfg, app, 0.0);  // no bf16 peak to compare fp32 with
+            return run<cuda_backend>(o, cfg, app, 0.0, ranks.comm());  // no bf16 peak to compare fp32 with
 #else
-            return run<cuda_backend>(o, cfg, app, peak_bf16_flops(desc));
+            return run<cuda_backend>(o, cfg, app, peak_bf16_flops(desc), ranks.comm());
 #endif
         }
         if (o.device == "auto") printf("device: no GPU found, using the CPU backend\n");
@@ -668,9 +773,12 @@ int main(int argc, char** argv) {
                       "use --device cpu or auto");
         if (o.device == "auto") printf("device: built without CUDA, using the CPU backend\n");
 #endif
+        REQUIRE_INPUT(ranks.launch.kind != Launcher::slurm, "srun started %d ranks without MPI: the CPU backend "
+                      "reduces over MPI (use mpirun, or srun --mpi=pmix with an MPI build)", boot.size());
         printf("backend cpu | %d OpenMP threads\n", omp_get_max_threads());
-        return run<cpu_backend>(o, cfg, app, 0.0);
+        return run<cpu_backend>(o, cfg, app, 0.0, ranks.comm());
     } catch (const UserError& e) {
+        if (ranks.boot && ranks.boot->size() > 1) ranks.boot->abort(e.what());  // stops every rank, not just this one
         fprintf(stderr, "error: %s\n", e.what());
         return 1;
     }

@@ -50,21 +50,6 @@ int run_until(const std::string& cmd, int kill_at_step, int sig, std::string* ou
     return WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status);
 }
 
-// step -> loss from RUN/log.jsonl, asserting one record per step
-std::map<int, double> logged_losses(const std::string& dir) {
-    std::ifstream f(dir + "/log.jsonl");
-    std::map<int, double> m;
-    std::string line;
-    while (std::getline(f, line)) {
-        auto j = nlohmann::json::parse(line);
-        if (j["type"] != "step") continue;
-        const int s = j["step"].get<int>();
-        CHECK(m.count(s) == 0);
-        m[s] = j["loss"].get<double>();
-    }
-    return m;
-}
-
 std::string base_cmd(const Shards& d, const std::string& dir, int steps, const std::string& lr = "3e-3",
                      const std::string& norm = "lns") {
     return repo_root() + "/train_gpt --device cpu --model llama-tiny -b 4 -t 32 --warmup 3 --shuffle --threads 2 "

@@ -2,8 +2,10 @@
 
 #include <sys/wait.h>
 
+#include <catch2/catch.hpp>
 #include <cstdio>
 #include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "common/check.h"
 #include "dataloader/shard.h"
@@ -66,4 +68,18 @@ void make_batch(std::vector<int>& x, std::vector<int>& y, int n, int V, uint64_t
     Rng rng(seed);
     x.resize(n), y.resize(n);
     for (int i = 0; i < n; i++) x[i] = (int)(rng.next_u64() % V), y[i] = (int)(rng.next_u64() % V);
+}
+
+std::map<int, double> logged_losses(const std::string& dir) {
+    std::ifstream f(dir + "/log.jsonl");
+    std::map<int, double> m;
+    std::string line;
+    while (std::getline(f, line)) {
+        auto j = nlohmann::json::parse(line);
+        if (j["type"] != "step") continue;
+        const int s = j["step"].get<int>();
+        CHECK(m.count(s) == 0);
+        m[s] = j["loss"].get<double>();
+    }
+    return m;
 }

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -54,6 +55,9 @@ void make_batch(std::vector<int>& x, std::vector<int>& y, int n, int V, uint64_t
 
 // Runs a shell command, returns its exit status and captures stdout+stderr.
 int run_command(const std::string& cmd, std::string* output);
+
+// step -> loss of the 'step' records in RUN/log.jsonl (a CHECK fails on a repeated step)
+std::map<int, double> logged_losses(const std::string& run_dir);
 
 // Directory the tests run from (the repository root); LNS_ROOT overrides.
 std::string repo_root();
