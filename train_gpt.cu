@@ -760,7 +760,8 @@ int main(int argc, char** argv) {
             char desc[256];
             cuda_backend::describe(desc, sizeof desc);
             printf("backend cuda | %s\n", desc);
-            if (boot.size() > 1) ranks.data = make_nccl_comm(boot, o.comm_timeout);
+            // LNS_NCCL_SINGLE=1 (tests): NCCL even for one rank, so one GPU exercises that path
+            if (boot.size() > 1 || getenv("LNS_NCCL_SINGLE")) ranks.data = make_nccl_comm(boot, o.comm_timeout);
 #ifdef ENABLE_FP32
             return run<cuda_backend>(o, cfg, app, 0.0, ranks.comm());  // no bf16 peak to compare fp32 with
 #else

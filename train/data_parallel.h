@@ -8,9 +8,11 @@
 // slice, and an all-gather then gives every rank the whole updated parameters.
 //
 // With one rank every call is a no-op or a local operation, so the training loop has
-// one code path.
+// one code path; a one-rank NCCL communicator still runs every collective (a test of
+// the NCCL path on a single GPU).
 #pragma once
 #include <cmath>
+#include <string>
 #include <vector>
 
 #include "comm/comm.h"
@@ -36,7 +38,10 @@ struct DataParallel {
     std::vector<GradBucket> buckets;
     float* scalars = nullptr;  // (16) on the backend: what collectives can reach
 
-    DataParallel(Comm& c, GPT<Backend>& m) : comm(c), model(m), buckets(grad_buckets(m.layout)) {
+    bool active;  // collectives run: several ranks, or NCCL on one
+
+    DataParallel(Comm& c, GPT<Backend>& m)
+        : comm(c), model(m), buckets(grad_buckets(m.layout)), active(c.size() > 1 || std::string(c.name()) != "single") {
         scalars = (float*)Backend::alloc(16 * sizeof(float), "scalar reductions");
     }
     ~DataParallel() { Backend::release(scalars); }
@@ -50,19 +55,19 @@ struct DataParallel {
     // Call before the backward pass of the last micro-batch of a step: each block's
     // gradient reduction starts as soon as its backward is done.
     void overlap_next_backward() {
-        if (size() == 1) return;
+        if (!active) return;
         model.on_block_backward = [this](int l) { start(l); };
     }
     // After that backward: reduces what is left and waits; grads then hold the sum.
     void finish_backward() {
-        if (size() == 1) return;
+        if (!active) return;
         model.on_block_backward = nullptr;
         start(-1);
         comm.wait_all();
     }
     // Sums n <= 16 host floats over ranks, in place.
     void sum(float* vals, int n) {
-        if (size() == 1) return;
+        if (!active) return;
         LNS_CHECK(n <= 16, "at most 16 scalars per reduction");
         Backend::copy_from_host(scalars, vals, n * sizeof(float));
         comm.all_reduce_sum(scalars, n, DType::f32);
@@ -72,7 +77,7 @@ struct DataParallel {
     double shard_norm_squared() const { return Backend::norm_squared(model.grads + model.opt_begin, model.opt_n); }
     // After adamw_step: every rank's updated slice to every rank.
     void gather_params() {
-        if (size() == 1) return;
+        if (!active) return;
         comm.all_gather(model.params, model.params + model.opt_begin, model.opt_n, grad_type());
     }
     // The fp32 parameters, whole, on every rank (the master weights are sharded).
