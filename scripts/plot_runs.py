@@ -135,8 +135,12 @@ def plot_angular(runs, path, step):
     recs = [(run, run.diag_at(None if step == "last" else step)) for run in runs]
     recs = [(run, r) for run, r in recs if r]
     vmax = max(d for _, r in recs for b in r["layers"] for d in b["angular"])
-    fig, axes = plt.subplots(1, len(recs), figsize=(4.8 * len(recs), 4.2), squeeze=False)
-    for ax, (run, r) in zip(axes[0], recs):
+    cols = min(len(recs), 3)
+    rows = (len(recs) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.8 * cols, 4.2 * rows), squeeze=False)
+    for ax in axes.flat[len(recs):]:
+        ax.set_visible(False)
+    for ax, (run, r) in zip(axes.flat, recs):
         L = len(r["layers"])
         im = ax.imshow(angular_matrix(r), cmap="viridis", vmin=0, vmax=vmax, origin="lower",
                        extent=(0.5, L + 0.5, 0.5, L + 0.5))
@@ -179,12 +183,22 @@ def fmt(x, spec):
     return "-" if x is None else format(x, spec)
 
 
+def run_flags(runs):
+    """(the flags every run was given alike, {run dir: its other flags}) as command-line text."""
+    def text(items):
+        return " ".join(f"--{k}" if v == "true" else f"--{k} {v}" for k, v in items)
+    given = [{k: v for k, v in r.flags.items() if k not in NOT_FLAGS} for r in runs]
+    common = [(k, v) for k, v in given[0].items() if len(runs) > 1 and all(g.get(k) == v for g in given)]
+    return text(common), {r.dir: text((k, v) for k, v in g.items() if (k, v) not in common)
+                          for r, g in zip(runs, given)}
+
+
 def summary_table(runs):
+    _, own = run_flags(runs)
     rows = ["| run | preset | norm | flags | steps | final train loss | final val loss | best val loss | "
             "val perplexity | pruning (step) |", "|" + "---|" * 10]
     for run in runs:
-        flags = " ".join(f"--{k} {v}" if v != "true" else f"--{k}" for k, v in run.flags.items()
-                         if k not in NOT_FLAGS)
+        flags = own[run.dir]
         train = run.steps[-1]["loss"] if run.steps else None
         val = run.vals[-1] if run.vals else None
         best = min(r["val_loss"] for r in run.vals) if run.vals else None
@@ -231,7 +245,11 @@ def main():
     if any(r.prunes for r in runs):
         plot_prune(runs, out("prune.png"))
     title, _ = shared_setup(runs)
-    lines = ["# Runs", "", f"Setup shared by every run: {title}.", ""] + summary_table(runs) + [
+    common, _ = run_flags(runs)
+    lines = ["# Runs", "", f"Setup shared by every run: {title}.", ""]
+    if common:
+        lines += [f"Flags given to every run (besides --model, --norm and the paths): `{common}`.", ""]
+    lines += summary_table(runs) + [
         "", "Losses in nats per token; perplexity = exp(final val loss). Pruning: val loss with every block, "
         "the largest increase when one block is removed, and the mean increase over the upper half of the "
         "blocks (doc/curse-of-depth.md).", ""]

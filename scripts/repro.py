@@ -119,7 +119,7 @@ def scale_flags(scale, size, gpus, args):
         ], [data]
     # tiny: one size, the CPU
     steps = args.steps or 60
-    data = os.path.join(args.out, "data", "shakespeare_docs")
+    data = tiny_prefix(args)
     return [
         "--model", "llama-tiny", "--n-layer", "6", "--device", "cpu",
         "--train-data", f"{data}_train.bin", "--val-data", f"{data}_val.bin",
@@ -131,14 +131,20 @@ def scale_flags(scale, size, gpus, args):
     ], [data]
 
 
+FULL_TEXT = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare.txt"))
+
+
+def tiny_prefix(args):
+    return os.path.join(args.out, "data", "tinyshakespeare_docs" if args.full_text else "shakespeare_docs")
+
+
 def data_commands(scale, args):
     """Commands that make the scale's shards when they are missing."""
     if scale == "tiny":
-        prefix = os.path.join(args.out, "data", "shakespeare_docs")
+        prefix = tiny_prefix(args)
         if os.path.exists(prefix + "_train.bin"):
             return []
-        full = os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare.txt")
-        text = full if args.full_text and os.path.exists(full) else here("test", "data", "shakespeare_64k.txt")
+        text = FULL_TEXT if args.full_text else here("test", "data", "shakespeare_64k.txt")
         return [["mkdir", "-p", os.path.dirname(prefix)],
                 [PY, here("scripts", "text_to_shards.py"), "--tokenizer", "bytes",
                  "--documents", "paragraphs", text, prefix]]
@@ -146,7 +152,7 @@ def data_commands(scale, args):
         prefix = args.data or "data/gutenberg_docs"
         if os.path.exists(prefix + "_train.bin"):
             return []
-        text = os.path.join(ROOT, "..", "shared", "data", "gutenberg_100M.txt")
+        text = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "gutenberg_100M.txt"))
         return [["mkdir", "-p", os.path.dirname(prefix) or "."],
                 [PY, here("scripts", "text_to_shards.py"), "--tokenizer", "bytes",
                  "--documents", "endoftext", "--val-fraction", "0.01", text, prefix]]
@@ -174,6 +180,23 @@ def prepare_c4(args):
             subprocess.run(c, shell=True, check=True)
 
 
+def with_overrides(flags, extra):
+    """`flags` with each option of `extra` (train_gpt flags as text) replacing the grid's value or added."""
+    out, extra = list(flags), shlex.split(extra or "")
+    i = 0
+    while i < len(extra):
+        name = extra[i]
+        value = [extra[i + 1]] if i + 1 < len(extra) and not extra[i + 1].startswith("--") else []
+        if name in out:
+            j = out.index(name)
+            has_value = j + 1 < len(out) and not out[j + 1].startswith("--")
+            out[j:j + 1 + has_value] = [name] + value
+        else:
+            out += [name] + value
+        i += 1 + len(value)
+    return out
+
+
 def missing_flags(train_gpt, runs):
     """Flags the grid uses that this train_gpt does not have (other branches add some)."""
     try:
@@ -196,6 +219,8 @@ def main():
     ap.add_argument("--steps", type=int, help="override the scale's optimizer steps")
     ap.add_argument("--data", help="shard prefix (paper: data/c4; small: data/gutenberg_docs)")
     ap.add_argument("--data-layout", choices=["packed", "documents"], help="override the scale's row layout")
+    ap.add_argument("--set", dest="overrides", help="train_gpt flags that replace the grid's values or are added "
+                    "to every run, e.g. --set='--val-batches 50 --seed 1'")
     ap.add_argument("--full-text", action="store_true", help="tiny: ../shared/data/tinyshakespeare.txt when present")
     ap.add_argument("--train-gpt", default=None, help="the program (default: the repository's train_gpt)")
     ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
@@ -212,6 +237,8 @@ def main():
         return prepare_c4(args)
     if args.gpus < 1:
         sys.exit(f"error: --gpus: expected >= 1, got {args.gpus}")
+    if args.full_text and not os.path.exists(FULL_TEXT):
+        sys.exit(f"error: --full-text: {FULL_TEXT} not found")
     if args.scale == "tiny" and args.gpus > 1:
         sys.exit("error: --scale tiny runs on the CPU; --gpus must be 1")
     if args.steps is not None and args.steps < 1:
@@ -264,7 +291,8 @@ def main():
         sflags, _ = scale_flags(args.scale, size, args.gpus, args)
         if not args.dry_run:
             os.makedirs(run_dir, exist_ok=True)
-        do(launch + [args.train_gpt] + sflags + flags + ["--out-dir", run_dir], os.path.join(run_dir, "train.log"))
+        cmd = with_overrides(sflags + flags, args.overrides)
+        do(launch + [args.train_gpt] + cmd + ["--out-dir", run_dir], os.path.join(run_dir, "train.log"))
     do([PY, here("scripts", "plot_runs.py")] + dirs + ["--out", os.path.join(base, "plots")])
 
 
