@@ -227,6 +227,7 @@ static void validate_options(const Options& o, const ModelConfig& c) {
                   "--data-layout: expected packed or documents, got '%s'", o.data_layout.c_str());
     REQUIRE_INPUT(o.doc_token >= -1 && o.doc_token < c.vocab_size, "--doc-token: expected a token id in [0, %d), got %d",
                   c.vocab_size, o.doc_token);
+    REQUIRE_INPUT(o.doc_token == -1 || o.data_layout == "documents", "--doc-token: only with --data-layout documents");
 }
 
 // The tokenizer of the data: --tokenizer, else the usual one of the vocabulary size ("" if none).

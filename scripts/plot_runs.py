@@ -230,6 +230,9 @@ def main():
         steps = pick_steps(runs, a.steps)
     except ValueError:
         sys.exit(f"error: --steps: expected comma-separated step numbers or 'last', got '{a.steps}'")
+    for step in steps:
+        if step != "last" and any(r.diags for r in runs) and not any(r.diag_at(step) for r in runs):
+            sys.exit(f"error: --steps: no run has a diag record at step {step}")
     os.makedirs(a.out, exist_ok=True)
     written = []
 

@@ -146,6 +146,9 @@ TEST_CASE("--data-layout and --doc-token refuse bad values by name", "[repro]") 
     out.clear();
     REQUIRE(run_command(base + " --data-layout documents --doc-token 256", &out) == 1);
     CHECK_THAT(out, Catch::Contains("--doc-token") && Catch::Contains("256"));
+    out.clear();
+    REQUIRE(run_command(base + " --doc-token 10", &out) == 1);
+    CHECK_THAT(out, Catch::Contains("--doc-token") && Catch::Contains("--data-layout documents"));
     // no byte 0 in the text: one document, fewer than the batch's 2 rows
     out.clear();
     REQUIRE(run_command(base + " --data-layout documents", &out) == 1);
