@@ -66,7 +66,7 @@ endif
 -include tokenizer/tokenizer.mk
 -include bench/bench.mk
 
-.PHONY: all deps test quickstart clean data bench
+.PHONY: all deps test quickstart clean data bench repro-tiny
 # Benchmarks report speed as ratios against a reference measured in the same run.
 bench: bench-tokenizer
 all: train_gpt
@@ -125,6 +125,11 @@ quickstart: deps
 	./train_gpt $(QS_FLAGS) --train-data data/tinyshakespeare_train.bin --val-data data/tinyshakespeare_val.bin \
 	  --out-dir $(QS_DIR) --save-to $(QS_DIR)/model
 	$(PYTHON) scripts/plot_loss.py $(QS_DIR) -o $(QS_DIR)/loss.png
+
+# ---- the paper's grids (scripts/repro.py; doc/curse-of-depth.md): Table 1 at tiny scale on the CPU,
+# charts and summary.md in runs/repro/table1-tiny/plots
+repro-tiny: train_gpt
+	$(PYTHON) scripts/repro.py table1 --scale tiny
 
 clean:
 	rm -rf $(BUILD) train_gpt

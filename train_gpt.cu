@@ -52,7 +52,8 @@ struct Options {
     int n_layer = 0, n_head = 0, n_embd = 0, ffn_hidden = 0, vocab_size = 0, max_seq_len = 0;
     float norm_eps = 0, rope_theta = 0, mix_alpha = -1, init_std = 0;
     // data
-    std::string train_data, val_data, tokenizer;
+    std::string train_data, val_data, tokenizer, data_layout = "packed";
+    int doc_token = -1;
     int batch_size = 4, seq_len = 64, total_batch_size = 0;
     bool shuffle = false, overfit_batch = false;
     // optimization
@@ -110,6 +111,10 @@ static void add_options(CLI::App& app, Options& o) {
                    "tokens per optimizer step over all ranks; a multiple of B*T*ranks (gradient accumulation); "
                    "0 = B*T*ranks")->group(D);
     app.add_flag("--shuffle", o.shuffle, "visit shards and windows in a seeded random order")->group(D);
+    app.add_option("--data-layout", o.data_layout, "packed: rows cut from the token stream (llm.c); documents: one "
+                   "document per row, truncated to T+1 or padded with masked targets (doc/curse-of-depth.md)")->group(D);
+    app.add_option("--doc-token", o.doc_token, "documents layout: the token that starts each document (default: the "
+                   "tokenizer's end-of-text; 0 for bytes)")->group(D);
     app.add_flag("--overfit-batch", o.overfit_batch, "train on the first batch over and over (debugging)")->group(D);
 
     const char* O = "Optimization";
@@ -232,11 +237,36 @@ static void validate_options(const Options& o, const ModelConfig& c) {
     REQUIRE_INPUT(o.diag_every >= 0, "--diag-every: expected >= 0, got %d", o.diag_every);
     REQUIRE_INPUT(!o.eval_prune || !o.val_data.empty(), "--eval-prune: needs --val-data");
     REQUIRE_INPUT(o.comm_timeout >= 0, "--comm-timeout: expected >= 0 seconds (0 = no limit), got %g", o.comm_timeout);
+    REQUIRE_INPUT(o.data_layout == "packed" || o.data_layout == "documents",
+                  "--data-layout: expected packed or documents, got '%s'", o.data_layout.c_str());
+    REQUIRE_INPUT(o.doc_token >= -1 && o.doc_token < c.vocab_size, "--doc-token: expected a token id in [0, %d), got %d",
+                  c.vocab_size, o.doc_token);
+    REQUIRE_INPUT(o.doc_token == -1 || o.data_layout == "documents", "--doc-token: only with --data-layout documents");
+}
+
+// The tokenizer of the data: --tokenizer, else the usual one of the vocabulary size ("" if none).
+static std::string tokenizer_spec(const Options& o, const ModelConfig& cfg) {
+    return !o.tokenizer.empty() ? o.tokenizer : cfg.vocab_size == 256 ? "bytes" : cfg.vocab_size == 50257 ? "gpt2" : "";
+}
+
+// --data-layout documents: documents start at --doc-token, else at the tokenizer's end-of-text
+// token (what the shard tools write before each document); bytes has none, and its shards
+// (scripts/text_to_shards.py --documents) use byte 0.
+static RowLayout row_layout(const Options& o, const ModelConfig& cfg) {
+    if (o.data_layout != "documents") return {};
+    if (o.doc_token >= 0) return {true, o.doc_token};
+    const std::string spec = tokenizer_spec(o, cfg);
+    REQUIRE_INPUT(!spec.empty(), "--data-layout documents: no tokenizer known for vocabulary %d; give --doc-token "
+                  "(the token that starts each document) or --tokenizer", cfg.vocab_size);
+    const int eot = spec == "bytes" ? 0 : make_tokenizer(spec)->eot_token();
+    REQUIRE_INPUT(eot >= 0 && eot < cfg.vocab_size, "--data-layout documents: --tokenizer %s has no end-of-text token "
+                  "in the vocabulary; give --doc-token", spec.c_str());
+    return {true, eot};
 }
 
 // The part of the configuration a checkpoint must agree with to resume exactly.
 static json run_config(const Options& o, const ModelConfig& c) {
-    return {{"model", json::parse(config_to_json(c))},
+    json j = {{"model", json::parse(config_to_json(c))},
             {"batch_size", o.batch_size},
             {"seq_len", o.seq_len},
             {"total_batch_size", o.total_batch_size},
@@ -253,6 +283,9 @@ static json run_config(const Options& o, const ModelConfig& c) {
             {"shuffle", o.shuffle},
             {"overfit_batch", o.overfit_batch},
             {"seed", o.seed}};
+    // only when not the default, so checkpoints of packed runs stay resumable
+    if (o.data_layout != "packed") j["data_layout"] = o.data_layout, j["doc_token"] = row_layout(o, c).doc_token;
+    return j;
 }
 
 // ----------------------------------------------------------------------------
@@ -459,15 +492,14 @@ static int run(const Options& o, const ModelConfig& cfg, const CLI::App& app, do
 
     // data and tokenizer (opened before any large allocation, so bad paths fail fast)
     std::unique_ptr<DataLoader> train, val;
+    const RowLayout rows = row_layout(o, cfg);
     if (!o.eval_only && o.steps > 0)
-        train = std::make_unique<DataLoader>(o.train_data, B, T, cfg.vocab_size, rank, world, o.shuffle, o.seed);
-    if (!o.val_data.empty()) val = std::make_unique<DataLoader>(o.val_data, B, T, cfg.vocab_size, rank, world);
+        train = std::make_unique<DataLoader>(o.train_data, B, T, cfg.vocab_size, rank, world, o.shuffle, o.seed, rows);
+    if (!o.val_data.empty())
+        val = std::make_unique<DataLoader>(o.val_data, B, T, cfg.vocab_size, rank, world, false, 0, rows);
     const int val_batches = o.val_tokens > 0 ? std::max(1, o.val_tokens / (B * T * world)) : o.val_batches;
     std::unique_ptr<Tokenizer> tok;
-    const std::string tok_spec = !o.tokenizer.empty()      ? o.tokenizer
-                                 : cfg.vocab_size == 256   ? "bytes"
-                                 : cfg.vocab_size == 50257 ? "gpt2"
-                                                           : "";
+    const std::string tok_spec = tokenizer_spec(o, cfg);
     if (o.sample_tokens > 0 && !tok_spec.empty()) {
         tok = make_tokenizer(tok_spec);
         REQUIRE_INPUT(tok->vocab_size() <= cfg.vocab_size, "--tokenizer: %s has %d tokens, the model only %d",
@@ -600,7 +632,7 @@ static int run(const Options& o, const ModelConfig& cfg, const CLI::App& app, do
         if (xd.empty()) {
             xd.resize((size_t)B * T), yd.resize((size_t)B * T);
             if (val) val->reset(), val->next_batch(xd.data(), yd.data());
-            else DataLoader(o.train_data, B, T, cfg.vocab_size).next_batch(xd.data(), yd.data());
+            else DataLoader(o.train_data, B, T, cfg.vocab_size, 0, 1, false, 0, rows).next_batch(xd.data(), yd.data());
         }
         const DepthDiag d = depth_diagnostics(model, xd.data(), yd.data(), B, T);
         const int L = cfg.n_layer;

@@ -17,6 +17,19 @@
 //
 // Validation: a sequential loader, reset() before each evaluation, covers the same
 // tokens every time.
+//
+// Documents layout (RowLayout::documents), the unpacked rows of the Curse-of-Depth and
+// Mix-LN setups: each row is one document. Documents start at a shard's first token
+// and at every occurrence of `doc_token` (the end-of-text token the shard tools write
+// before each document); document d spans its start through the next document's
+// start, so its last target is the separator and the model learns where documents
+// end. A row holds the document's first T+1 tokens (truncated) or all of them, the
+// rest of the row padded: inputs `doc_token` (causal attention keeps padding from
+// touching earlier positions), targets -1 (masked out of the loss). Documents with
+// fewer than 2 tokens have no target and are skipped. Window k of a shard is then its
+// documents [k*B, k*B + B), and order, shuffle, ranks and resume work on windows
+// exactly as above. The index of document starts is built when a shard is opened
+// (one pass over its tokens).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -35,15 +48,21 @@ struct LoaderState {
     uint64_t seed = 0;
 };
 
+// How batch rows are cut from the shards (see above).
+struct RowLayout {
+    bool documents = false;  // false: packed windows; true: one document per row
+    int doc_token = -1;      // documents: the token that starts every document
+};
+
 class DataLoader {
 public:
     DataLoader(const std::string& pattern, int B, int T, int vocab_size, int rank = 0,
-               int nranks = 1, bool shuffle = false, uint64_t seed = 0);
+               int nranks = 1, bool shuffle = false, uint64_t seed = 0, RowLayout layout = {});
 
     void next_batch(int* inputs, int* targets);  // inputs, targets: (B, T) each
     void reset();                                // back to the first window, epoch 0
     size_t num_batches() const { return num_batches_; }  // per epoch, this rank
-    size_t tokens_per_epoch() const {  // input tokens this rank sees per epoch
+    size_t tokens_per_epoch() const {  // input positions this rank sees per epoch (padding included)
         return num_batches_ * (size_t)B_ * (size_t)T_;
     }
     int64_t epoch() const { return pos_.epoch; }
@@ -54,7 +73,9 @@ public:
     const std::vector<Shard>& shards() const { return shards_; }
     // The shard and first token of the next batch, e.g. for logs.
     size_t next_shard() const { return shard_at(pos_.shard); }
-    size_t next_offset() const { return (size_t)window_at(pos_.window) * B_ * T_; }
+    size_t next_offset() const;
+    // documents layout: documents of shard i (this rank's or not) that have a target
+    size_t num_documents(size_t shard) const { return docs_.empty() ? 0 : docs_[shard].size(); }
 
 private:
     int64_t windows_in(size_t shard) const;  // windows of this shard, all ranks
@@ -66,6 +87,12 @@ private:
     std::string pattern_;
     int B_, T_, rank_, nranks_;
     std::vector<Shard> shards_;
+    RowLayout layout_;
+    struct Doc {
+        size_t start;
+        uint32_t len;  // tokens in the row, <= T+1
+    };
+    std::vector<std::vector<Doc>> docs_;  // documents layout: per kept shard
     size_t num_batches_ = 0;
     bool shuffle_;
     uint64_t seed_;

@@ -17,3 +17,56 @@ def read_records(run_dir):
             except json.JSONDecodeError as e:
                 sys.exit(f"error: {path}:{n}: not JSON ({e})")
     return records
+
+
+class Run:
+    """One run directory, its records sorted by type (a resumed run's log holds one record per step)."""
+
+    def __init__(self, run_dir):
+        self.dir = run_dir
+        self.name = os.path.basename(os.path.normpath(run_dir))
+        self.config, self.steps, self.vals, self.diags, self.prunes = {}, [], [], [], []
+        for r in read_records(run_dir):
+            t = r.get("type")
+            if t == "config":
+                self.config = r
+            elif t == "step":
+                self.steps.append(r)
+            elif t == "val":
+                self.vals.append(r)
+            elif t == "diag":
+                self.diags.append(r)
+            elif t == "prune":
+                self.prunes.append(r)
+        self.flags = read_flags(run_dir)
+
+    @property
+    def model(self):
+        return self.config.get("model", {})
+
+    @property
+    def norm(self):
+        return self.model.get("norm_scheme", "?")
+
+    @property
+    def label(self):
+        return f"{self.name} ({self.norm})"
+
+    def diag_at(self, step):
+        """The diag record of `step` (None: the last one), or None."""
+        pick = [r for r in self.diags if step is None or r["step"] == step]
+        return pick[-1] if pick else None
+
+
+def read_flags(run_dir):
+    """RUN_DIR/config.toml (the options the run was given) as {name: value text}; {} if absent."""
+    path = os.path.join(run_dir, "config.toml")
+    flags = {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if "=" in line and not line.startswith(("#", "[")):
+                    k, v = line.split("=", 1)
+                    flags[k.strip()] = v.strip().strip('"')
+    return flags

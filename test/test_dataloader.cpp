@@ -397,3 +397,113 @@ TEST_CASE("dataloader: a restored shuffled loader continues with the same window
         REQUIRE_THROWS_WITH(dl.restore({0, 1 - rank, 0, true, 7}), Catch::Contains("window"));
     }
 }
+
+// ---- documents layout: one document per row, padded targets masked
+
+TEST_CASE("dataloader documents: each row is one document, truncated or padded", "[data]") {
+    TmpDir d;
+    const int SEP = 9, T = 4;
+    // documents start at 0, 3, 9, 11; the last (the separator alone) has no target
+    const std::vector<uint32_t> a = {9, 1, 2, 9, 3, 4, 5, 6, 7, 9, 8, 9};
+    // a shard that does not start with the separator: its first document starts at 0
+    const std::vector<uint32_t> b = {1, 2, 9, 5};
+    write_shard(d.file("doc_a.bin"), a.data(), a.size(), false);
+    write_shard(d.file("doc_b.bin"), b.data(), b.size(), true);
+    DataLoader dl(d.file("doc_*.bin"), 1, T, 256, 0, 1, false, 0, {true, SEP});
+    REQUIRE(dl.num_documents(0) == 3);
+    REQUIRE(dl.num_documents(1) == 2);
+    REQUIRE(dl.num_batches() == 5);
+    const int P = -1;  // masked target
+    // expected rows (inputs, targets); a padded input is the separator
+    const std::vector<std::vector<int>> xs = {{9, 1, 2, 9}, {9, 3, 4, 5}, {9, 8, 9, 9}, {1, 2, 9, 9}, {9, 9, 9, 9}};
+    const std::vector<std::vector<int>> ys = {{1, 2, 9, P}, {3, 4, 5, 6}, {8, 9, P, P}, {2, 9, P, P}, {5, P, P, P}};
+    const size_t offsets[] = {0, 3, 9, 0, 2};
+    std::vector<int> x(T), y(T);
+    for (int k = 0; k < 5; k++) {
+        INFO("row " << k);
+        REQUIRE(dl.epoch() == 0);
+        REQUIRE(dl.next_offset() == offsets[k]);
+        dl.next_batch(x.data(), y.data());
+        REQUIRE(x == xs[k]);
+        REQUIRE(y == ys[k]);
+    }
+    REQUIRE(dl.epoch() == 1);
+
+    // B = 2: a window is two consecutive documents of one shard; doc_b has one window,
+    // doc_a one (its third document is left over)
+    DataLoader two(d.file("doc_*.bin"), 2, T, 256, 0, 1, false, 0, {true, SEP});
+    REQUIRE(two.num_batches() == 2);
+    std::vector<int> x2(2 * T), y2(2 * T);
+    two.next_batch(x2.data(), y2.data());
+    REQUIRE(std::vector<int>(x2.begin(), x2.begin() + T) == xs[0]);
+    REQUIRE(std::vector<int>(y2.begin() + T, y2.end()) == ys[1]);
+}
+
+TEST_CASE("dataloader documents: ranks, shuffle and resume work on documents", "[data]") {
+    TmpDir d;
+    const int SEP = 0, B = 2, T = 6;
+    // documents named by their second token (unique), lengths 2..11, over three shards
+    std::set<int> all;
+    int name = 1;
+    for (int i = 0; i < 3; i++) {
+        std::vector<uint32_t> t;
+        for (int k = 0; k < 5 + 2 * i; k++, name++) {
+            t.push_back(SEP);
+            t.push_back((uint32_t)name);
+            for (int j = 0; j < name % 10; j++) t.push_back(1000);
+            all.insert(name);
+        }
+        t.push_back(SEP);  // the end of the shard's last document
+        write_shard(d.file("r_" + std::to_string(i) + ".bin"), t.data(), t.size(), false);
+    }
+    const std::string pat = d.file("r_*.bin");
+    for (bool shuffle : {false, true})
+        for (int nranks : {1, 2}) {
+            INFO("shuffle " << shuffle << " nranks " << nranks);
+            std::multiset<int> seen;
+            size_t windows = 0;
+            for (int r = 0; r < nranks; r++) {
+                DataLoader dl(pat, B, T, 2048, r, nranks, shuffle, 5, {true, SEP});
+                windows += dl.num_batches();
+                std::vector<int> x(B * T), y(B * T), x2(B * T), y2(B * T);
+                for (size_t i = 0; i < dl.num_batches(); i++) {
+                    const LoaderState st = dl.state();
+                    dl.next_batch(x.data(), y.data());
+                    for (int b = 0; b < B; b++) {
+                        REQUIRE(x[b * T] == SEP);  // every row starts at a document
+                        seen.insert(y[b * T]);
+                        // targets are inputs shifted by one until the padding, then -1
+                        int n = 0;
+                        while (n < T && y[b * T + n] >= 0) n++;
+                        for (int t = 0; t + 1 < n; t++) REQUIRE(x[b * T + t + 1] == y[b * T + t]);
+                        for (int t = n; t < T; t++) REQUIRE(y[b * T + t] == -1);
+                        // a document shorter than the row ends with the next separator
+                        if (n < T) REQUIRE(y[b * T + n - 1] == SEP);
+                    }
+                    DataLoader fresh(pat, B, T, 2048, r, nranks, shuffle, 5, {true, SEP});
+                    fresh.restore(st);
+                    fresh.next_batch(x2.data(), y2.data());
+                    REQUIRE(x2 == x);
+                    REQUIRE(y2 == y);
+                }
+                REQUIRE(dl.epoch() == 1);
+            }
+            // shards of 5, 7, 9 documents: 2 + 3 + 4 windows, the odd document of each left out
+            REQUIRE(windows == 9);
+            REQUIRE(seen.size() == 18);
+            REQUIRE(std::set<int>(seen.begin(), seen.end()).size() == 18);  // none twice
+        }
+}
+
+TEST_CASE("dataloader documents: too few documents or a bad separator is a UserError", "[data]") {
+    TmpDir d;
+    auto t = iota_tokens(100, 1);  // no separator 0: one document
+    write_shard(d.file("nosep.bin"), t.data(), t.size(), false);
+    const std::string pat = d.file("nosep.bin");
+    REQUIRE_NOTHROW(DataLoader(pat, 1, 8, 256, 0, 1, false, 0, {true, 0}));
+    REQUIRE_THROWS_WITH(DataLoader(pat, 2, 8, 256, 0, 1, false, 0, {true, 0}),
+                        Catch::Contains(pat) && Catch::Contains("documents") && Catch::Contains("token 0"));
+    REQUIRE_THROWS_WITH(DataLoader(pat, 1, 8, 256, 0, 1, false, 0, {true, 256}),
+                        Catch::Contains(pat) && Catch::Contains("got 256"));
+    REQUIRE_THROWS_WITH(DataLoader(pat, 1, 8, 256, 0, 1, false, 0, {true, -1}), Catch::Contains("got -1"));
+}

@@ -1,0 +1,156 @@
+// The reproduction and plotting scripts on the CPU: scripts/repro.py runs the tiny Table 1
+// grid (one document per row) and draws it with scripts/plot_runs.py; every chart must be a
+// valid PNG and summary.md must hold the logs' numbers. Also the --data-layout flag's errors.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "test/test_util.h"
+
+namespace {
+
+using json = nlohmann::json;
+
+std::string slurp(const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    std::stringstream s;
+    s << f.rdbuf();
+    return s.str();
+}
+
+uint32_t be32(const std::string& s, size_t at) {
+    return (uint32_t)(unsigned char)s[at] << 24 | (uint32_t)(unsigned char)s[at + 1] << 16 |
+           (uint32_t)(unsigned char)s[at + 2] << 8 | (uint32_t)(unsigned char)s[at + 3];
+}
+
+// A PNG: the signature, an IHDR chunk first with a nonzero size, and chunks that follow
+// one another by their lengths up to an IEND that ends the file.
+void require_png(const std::string& path) {
+    INFO(path);
+    const std::string s = slurp(path);
+    REQUIRE(s.size() > 8 + 25 + 12);
+    REQUIRE(s.compare(0, 8, "\x89PNG\r\n\x1a\n") == 0);
+    REQUIRE(s.compare(12, 4, "IHDR") == 0);
+    CHECK(be32(s, 16) > 100);  // width and height in pixels
+    CHECK(be32(s, 20) > 100);
+    size_t at = 8;
+    std::string type;
+    while (at + 12 <= s.size()) {
+        type = s.substr(at + 4, 4);
+        at += 12 + be32(s, at);
+        if (type == "IEND") break;
+    }
+    REQUIRE(type == "IEND");
+    REQUIRE(at == s.size());
+}
+
+struct Log {
+    json config, last_step, last_val, prune;
+    double best_val = INFINITY;
+};
+
+Log read_log(const std::string& dir) {
+    Log l;
+    std::ifstream f(dir + "/log.jsonl");
+    std::string line;
+    while (std::getline(f, line)) {
+        const json r = json::parse(line);
+        const std::string t = r.at("type");
+        if (t == "config") l.config = r;
+        if (t == "step") l.last_step = r;
+        if (t == "val") l.last_val = r, l.best_val = std::fmin(l.best_val, r.at("val_loss").get<double>());
+        if (t == "prune") l.prune = r;
+    }
+    return l;
+}
+
+// The cells of summary.md's row for `run`, split at '|'.
+std::vector<std::string> summary_row(const std::string& md, const std::string& run) {
+    std::istringstream in(md);
+    std::string line;
+    while (std::getline(in, line)) {
+        if (line.rfind("| " + run + " |", 0) != 0) continue;
+        std::vector<std::string> cells;
+        std::string cell;
+        std::istringstream ls(line.substr(1));
+        while (std::getline(ls, cell, '|')) cells.push_back(cell.substr(1, cell.size() - 2));
+        return cells;
+    }
+    FAIL("summary.md has no row for " << run << ":\n" << md);
+    return {};
+}
+
+}  // namespace
+
+TEST_CASE("repro.py table1 --scale tiny trains every norm; plot_runs.py writes every chart and the logs' numbers",
+          "[repro]") {
+    TmpDir d;
+    const std::string root = repo_root(), out = d / "repro";
+    std::string log;
+    const std::string cmd = "cd " + root + " && OMP_NUM_THREADS=1 /usr/bin/python3 -B scripts/repro.py table1 "
+                            "--scale tiny --steps 30 --out " + out;
+    const int rc = run_command(cmd, &log);
+    INFO(cmd << "\n" << log);
+    REQUIRE(rc == 0);
+
+    const std::string grid = out + "/table1-tiny", plots = grid + "/plots";
+    for (const char* png : {"loss.png", "variance.png", "angular.png", "prune.png"}) require_png(plots + "/" + png);
+    const std::string md = slurp(plots + "/summary.md");
+    for (const char* norm : {"post", "deepnorm", "mix", "pre", "lns"}) {
+        const std::string run = std::string("tiny-") + norm;
+        INFO(run);
+        const Log l = read_log(grid + "/" + run);
+        // the grid's setup: one document per row, the paper's optimizer settings
+        REQUIRE(l.config.at("data_layout") == "documents");
+        REQUIRE(l.config.at("doc_token") == 0);
+        REQUIRE(l.config.at("model").at("norm_scheme") == norm);
+        REQUIRE(l.config.at("adamw").at("beta2").get<double>() == Approx(0.999));
+        REQUIRE(l.config.at("adamw").at("grad_clip").get<double>() == 0.0);
+
+        const auto c = summary_row(md, run);
+        REQUIRE(c.size() == 10);
+        CHECK(c[1] == "llama-tiny");
+        CHECK(c[2] == norm);
+        CHECK(c[3] == "-");  // the runs differ only in --norm
+        CHECK(md.find("`--n-layer 6 ") != std::string::npos);
+        CHECK(c[4] == "30");
+        // printed with 4 decimals (perplexity 3): equal to the log's value within half a unit
+        CHECK(std::stod(c[5]) == Approx(l.last_step.at("loss").get<double>()).margin(0.5e-4));
+        CHECK(std::stod(c[6]) == Approx(l.last_val.at("val_loss").get<double>()).margin(0.5e-4));
+        CHECK(std::stod(c[7]) == Approx(l.best_val).margin(0.5e-4));
+        CHECK(std::stod(c[8]) == Approx(l.last_val.at("perplexity").get<double>()).margin(0.5e-3));
+        CHECK(std::stod(c[8]) == Approx(std::exp(std::stod(c[6]))).epsilon(1e-3));
+        // pruning: full loss, the largest increase and its block
+        double top = -INFINITY;
+        int block = 0;
+        for (const auto& b : l.prune.at("layers"))
+            if (b.at("increase").get<double>() > top) top = b.at("increase"), block = b.at("layer");
+        char want[64];
+        snprintf(want, sizeof want, "full %.4f; max %+.4f (block %d)", l.prune.at("val_loss").get<double>(), top,
+                 block);
+        CHECK(c[9].find(want) == 0);
+    }
+}
+
+TEST_CASE("--data-layout and --doc-token refuse bad values by name", "[repro]") {
+    TextShards data;  // bytes without document separators
+    const std::string base = repo_root() + "/train_gpt --device cpu --model llama-tiny -b 2 -t 16 --steps 1 "
+                             "--train-data " + data.train;
+    std::string out;
+    REQUIRE(run_command(base + " --data-layout rows", &out) == 1);
+    CHECK_THAT(out, Catch::Contains("--data-layout") && Catch::Contains("rows"));
+    out.clear();
+    REQUIRE(run_command(base + " --data-layout documents --doc-token 256", &out) == 1);
+    CHECK_THAT(out, Catch::Contains("--doc-token") && Catch::Contains("256"));
+    out.clear();
+    REQUIRE(run_command(base + " --doc-token 10", &out) == 1);
+    CHECK_THAT(out, Catch::Contains("--doc-token") && Catch::Contains("--data-layout documents"));
+    // no byte 0 in the text: one document, fewer than the batch's 2 rows
+    out.clear();
+    REQUIRE(run_command(base + " --data-layout documents", &out) == 1);
+    CHECK_THAT(out, Catch::Contains(data.train) && Catch::Contains("document separators"));
+}
