@@ -64,6 +64,7 @@ struct Options {
     int eval_every = 0, val_batches = 8, val_tokens = 0, threads = 0;
     int ckpt_every = 0, ckpt_keep = 2, ckpt_keep_every = 0;
     bool resume = false, eval_only = false, recompute = false;
+    std::string attention = "auto";
     int sample_every = 0, sample_tokens = 0, top_k = 0;
     int diag_every = 0;
     bool eval_prune = false;
@@ -126,6 +127,8 @@ static void add_options(CLI::App& app, Options& o) {
     app.add_option("--seed", o.seed, "seed for initialisation, data order and sampling")->group(R);
     app.add_option("--threads", o.threads, "CPU threads (0 = OpenMP default)")->group(R);
     app.add_flag("--recompute", o.recompute, "recompute the MLP activation in backward instead of storing it")->group(R);
+    app.add_option("--attention", o.attention, "flash (stores only each row's log-sum-exp), naive (the first version, "
+                   "stores the (T,T) probabilities) or auto (flash where the backend supports the head size)")->group(R);
     app.add_option("--out-dir", o.out_dir, "run directory: log.jsonl, config.toml, checkpoints")->group(R);
     app.add_option("--ckpt-every", o.ckpt_every, "checkpoint every N steps (0 = only on SIGINT/SIGTERM)")->group(R);
     app.add_option("--ckpt-keep", o.ckpt_keep, "keep the newest K checkpoints (2)")->group(R);
@@ -177,6 +180,8 @@ static ModelConfig model_config(const Options& o, const CLI::App& app) {
 static void validate_options(const Options& o, const ModelConfig& c) {
     REQUIRE_INPUT(o.device == "auto" || o.device == "cpu" || o.device == "cuda",
                   "--device: expected auto, cpu or cuda, got '%s'", o.device.c_str());
+    REQUIRE_INPUT(o.attention == "auto" || o.attention == "flash" || o.attention == "naive",
+                  "--attention: expected auto, flash or naive, got '%s'", o.attention.c_str());
     REQUIRE_INPUT(o.batch_size >= 1, "--batch-size: expected >= 1, got %d", o.batch_size);
     REQUIRE_INPUT(o.seq_len >= 1 && o.seq_len <= c.max_seq_len,
                   "--seq-len: expected 1..%d (the model's maximum sequence length), got %d", c.max_seq_len, o.seq_len);
@@ -426,7 +431,10 @@ static int run(const Options& o, const ModelConfig& cfg, const CLI::App& app, do
                       tok_spec.c_str(), tok->vocab_size(), cfg.vocab_size);
     }
 
-    GPT<Backend> model(cfg, B, T, o.recompute);
+    GPT<Backend> model(cfg, B, T, o.recompute,
+                       o.attention == "flash"   ? AttentionKind::flash
+                       : o.attention == "naive" ? AttentionKind::naive
+                                                : AttentionKind::automatic);
     if (!o.init_from.empty()) {
         std::vector<float> host;
         load_safetensors_model(o.init_from + "/model.safetensors", model.layout, host);
