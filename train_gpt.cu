@@ -485,8 +485,9 @@ static int run(const Options& o, const ModelConfig& cfg, const CLI::App& app, do
         const double GiB = 1024.0 * 1024.0 * 1024.0, P = (double)model.layout.total;
         const double px = P * sizeof(typename Backend::floatX);
         printf("memory (GiB): parameters %.3f | gradients %.3f | AdamW state %.3f | master weights %.3f | "
-               "activations %.3f | activation gradients %.3f\n", px / GiB, px / GiB, 2 * P * 4 / GiB,
-               model.master ? P * 4 / GiB : 0.0, model.act_bytes / GiB, model.grad_bytes / GiB);
+               "activations %.3f | activation gradients %.3f (attention %s)\n", px / GiB, px / GiB, 2 * P * 4 / GiB,
+               model.master ? P * 4 / GiB : 0.0, model.act_bytes / GiB, model.grad_bytes / GiB,
+               model.flash ? "flash" : "naive");
     }
     if (train) printf("train data: %zu shards, %zu tokens/epoch\n", train->shards().size(), train->tokens_per_epoch());
 
