@@ -19,8 +19,9 @@
 // registers. mma.sync runs on sm_80 and sm_90a alike; Hopper's wgmma/TMA are not used.
 //
 // RoPE is applied while a q or k tile is copied to shared memory (fp32 arithmetic,
-// rounded to bf16 once), and the transposed rotation is applied to dq and dk in
-// registers before they are stored, so no rotated copy of q, k is written.
+// rounded to bf16 once; cos and sin from a (T, D/2) table built once per call), and the
+// transposed rotation is applied to dq and dk in registers before they are stored, so
+// no rotated copy of q, k is written.
 //
 // Causality and partial tiles: key tiles strictly above a query block's diagonal
 // are never visited; inside a tile, entries with key > query are masked. Rows at or
@@ -137,9 +138,10 @@ __device__ __forceinline__ void acc_to_a(uint32_t (&a)[NT / 2][4], const float (
 
 // Rows [row0, row0 + ROWS) of one head's D channels (src: row 0, channel 0; ld: the
 // row stride) into smem; zeros at rows >= T. ROPE rotates the pairs (i, i + D/2) of
-// row t by +angle(t), as qkv_permute_kernel does.
+// row t by +angle(t), as qkv_permute_kernel does, with rope[t][i] = (cos, sin).
 template <int D, int ROWS, bool ROPE>
-__device__ __forceinline__ void load_tile(bf16* s, const bf16* src, size_t ld, int row0, int T, const RopeFreqs& f) {
+__device__ __forceinline__ void load_tile(bf16* s, const bf16* src, size_t ld, int row0, int T,
+                                          const float2* __restrict__ rope) {
     constexpr int H = D / 2, CHUNKS = H / 8;  // 8 pairs per chunk: two 16-byte loads
     for (int c = threadIdx.x; c < ROWS * CHUNKS; c += THREADS) {
         const int r = c / CHUNKS, i0 = (c % CHUNKS) * 8, t = row0 + r;
@@ -150,8 +152,8 @@ __device__ __forceinline__ void load_tile(bf16* s, const bf16* src, size_t ld, i
             if (ROPE) {
 #pragma unroll
                 for (int k = 0; k < 8; k++) {
-                    float cs, sn;
-                    rope_cos_sin(f, t, i0 + k, &cs, &sn);
+                    const float2 cossin = rope[(size_t)t * H + i0 + k];
+                    const float cs = cossin.x, sn = cossin.y;
                     const float a = to_float(lo[k]), b = to_float(hi[k]);
                     lo[k] = from_float<bf16>(__fsub_rn(__fmul_rn(a, cs), __fmul_rn(b, sn)));
                     hi[k] = from_float<bf16>(__fadd_rn(__fmul_rn(b, cs), __fmul_rn(a, sn)));
@@ -170,7 +172,7 @@ __device__ __forceinline__ void load_tile(bf16* s, const bf16* src, size_t ld, i
 // 0 of the head); ROPE rotates the pairs by -angle(t) (the transpose of load_tile's).
 template <int D, bool ROPE>
 __device__ __forceinline__ void store_row(bf16* dst, const float (&acc)[D / 8][4], int r, int t, float scale,
-                                          const RopeFreqs& f) {
+                                          const float2* __restrict__ rope) {
     const int tig = threadIdx.x % 4;
 #pragma unroll
     for (int nt = 0; nt < D / 16; nt++) {  // channel i in the first half, i + D/2 in tile nt + D/16
@@ -179,8 +181,8 @@ __device__ __forceinline__ void store_row(bf16* dst, const float (&acc)[D / 8][4
         for (int e = 0; e < 2; e++) {
             a[e] = acc[nt][2 * r + e] * scale, b[e] = acc[nt + D / 16][2 * r + e] * scale;
             if (ROPE) {
-                float cs, sn;
-                rope_cos_sin(f, t, nt * 8 + tig * 2 + e, &cs, &sn);
+                const float2 cossin = rope[(size_t)t * (D / 2) + nt * 8 + tig * 2 + e];
+                const float cs = cossin.x, sn = cossin.y;
                 const float x = __fadd_rn(__fmul_rn(a[e], cs), __fmul_rn(b[e], sn));
                 b[e] = __fsub_rn(__fmul_rn(b[e], cs), __fmul_rn(a[e], sn));
                 a[e] = x;
@@ -195,7 +197,7 @@ __device__ __forceinline__ void store_row(bf16* dst, const float (&acc)[D / 8][4
 template <int D, bool ROPE>
 __global__ void __launch_bounds__(THREADS)
     flash_forward_kernel(bf16* __restrict__ out, float* __restrict__ lse, const bf16* __restrict__ qkv,
-                         const __grid_constant__ RopeFreqs freqs, int T, int NH, float scale) {
+                         const float2* __restrict__ rope, int T, int NH, float scale) {
     constexpr int S = ROW_STRIDE<D>;
     extern __shared__ __align__(16) unsigned char smem[];
     bf16* sQ = reinterpret_cast<bf16*>(smem);  // (BLOCK, D) each
@@ -208,14 +210,14 @@ __global__ void __launch_bounds__(THREADS)
     const bf16* head = qkv + (size_t)b * T * ld + h * D;
     const float sl2 = scale * LOG2E;  // dot products to log2 units of the scaled scores
 
-    load_tile<D, BLOCK, ROPE>(sQ, head, ld, q0, T, freqs);
+    load_tile<D, BLOCK, ROPE>(sQ, head, ld, q0, T, rope);
     float o[D / 8][4] = {};
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // raw max dot, partial row sums
     const int row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
     for (int j = 0; j <= qb; j++) {  // causal: no key tile beyond the diagonal
         __syncthreads();              // sQ complete; the previous sK, sV consumed
-        load_tile<D, BLOCK, ROPE>(sK, head + C, ld, j * BLOCK, T, freqs);
-        load_tile<D, BLOCK, false>(sV, head + 2 * C, ld, j * BLOCK, T, freqs);
+        load_tile<D, BLOCK, ROPE>(sK, head + C, ld, j * BLOCK, T, rope);
+        load_tile<D, BLOCK, false>(sV, head + 2 * C, ld, j * BLOCK, T, rope);
         __syncthreads();
         float s[BLOCK / 8][4] = {};
         mma_ss_nt<BLOCK / 8, D>(s, sQ + warp * 16 * S, S, sK, S);
@@ -254,7 +256,7 @@ __global__ void __launch_bounds__(THREADS)
         l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
         l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
         if (row[r] >= T) continue;
-        store_row<D, false>(out + ((size_t)b * T + row[r]) * C + h * D, o, r, row[r], 1.0f / l[r], freqs);
+        store_row<D, false>(out + ((size_t)b * T + row[r]) * C + h * D, o, r, row[r], 1.0f / l[r], rope);
         if (tig == 0) lse[(size_t)bh * T + row[r]] = m[r] * scale + logf(l[r]);
     }
 }
@@ -286,7 +288,7 @@ __global__ void __launch_bounds__(THREADS)
 template <int D, bool ROPE>
 __global__ void __launch_bounds__(THREADS)
     flash_dq_kernel(bf16* __restrict__ dqkv, const bf16* __restrict__ dout, const bf16* __restrict__ qkv,
-                    const float* __restrict__ lse, const float* __restrict__ Dv, const __grid_constant__ RopeFreqs freqs, int T, int NH,
+                    const float* __restrict__ lse, const float* __restrict__ Dv, const float2* __restrict__ rope, int T, int NH,
                     float scale) {
     constexpr int S = ROW_STRIDE<D>, KN = INNER_BWD<D>;
     extern __shared__ __align__(16) unsigned char smem[];
@@ -301,8 +303,8 @@ __global__ void __launch_bounds__(THREADS)
     const bf16* head = qkv + (size_t)b * T * ld + h * D;
     const float sl2 = scale * LOG2E;
 
-    load_tile<D, BLOCK, ROPE>(sQ, head, ld, q0, T, freqs);
-    load_tile<D, BLOCK, false>(sdO, dout + (size_t)b * T * C + h * D, C, q0, T, freqs);
+    load_tile<D, BLOCK, ROPE>(sQ, head, ld, q0, T, rope);
+    load_tile<D, BLOCK, false>(sdO, dout + (size_t)b * T * C + h * D, C, q0, T, rope);
     const int row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
     float lse2[2], dv[2];
 #pragma unroll
@@ -314,8 +316,8 @@ __global__ void __launch_bounds__(THREADS)
     const int tiles = (min(q0 + BLOCK, T) + KN - 1) / KN;  // keys up to the block's last valid row
     for (int j = 0; j < tiles; j++) {
         __syncthreads();
-        load_tile<D, KN, ROPE>(sK, head + C, ld, j * KN, T, freqs);
-        load_tile<D, KN, false>(sV, head + 2 * C, ld, j * KN, T, freqs);
+        load_tile<D, KN, ROPE>(sK, head + C, ld, j * KN, T, rope);
+        load_tile<D, KN, false>(sV, head + 2 * C, ld, j * KN, T, rope);
         __syncthreads();
         float s[KN / 8][4] = {}, dp[KN / 8][4] = {};
         mma_ss_nt<KN / 8, D>(s, sQ + warp * 16 * S, S, sK, S);
@@ -334,7 +336,7 @@ __global__ void __launch_bounds__(THREADS)
     }
 #pragma unroll
     for (int r = 0; r < 2; r++)
-        if (row[r] < T) store_row<D, ROPE>(dqkv + ((size_t)b * T + row[r]) * ld + h * D, dq, r, row[r], scale, freqs);
+        if (row[r] < T) store_row<D, ROPE>(dqkv + ((size_t)b * T + row[r]) * ld + h * D, dq, r, row[r], scale, rope);
 }
 
 // ---- dk, dv: grid (B*NH, key blocks), heaviest (first) key block first; loops over
@@ -343,7 +345,7 @@ __global__ void __launch_bounds__(THREADS)
 template <int D, bool ROPE>
 __global__ void __launch_bounds__(THREADS)
     flash_dkv_kernel(bf16* __restrict__ dqkv, const bf16* __restrict__ dout, const bf16* __restrict__ qkv,
-                     const float* __restrict__ lse, const float* __restrict__ Dv, const __grid_constant__ RopeFreqs freqs, int T, int NH,
+                     const float* __restrict__ lse, const float* __restrict__ Dv, const float2* __restrict__ rope, int T, int NH,
                      float scale) {
     constexpr int S = ROW_STRIDE<D>, QN = INNER_BWD<D>;
     extern __shared__ __align__(16) unsigned char smem[];
@@ -361,14 +363,14 @@ __global__ void __launch_bounds__(THREADS)
     const bf16* dhead = dout + (size_t)b * T * C + h * D;
     const float sl2 = scale * LOG2E;
 
-    load_tile<D, BLOCK, ROPE>(sK, head + C, ld, k0, T, freqs);
-    load_tile<D, BLOCK, false>(sV, head + 2 * C, ld, k0, T, freqs);
+    load_tile<D, BLOCK, ROPE>(sK, head + C, ld, k0, T, rope);
+    load_tile<D, BLOCK, false>(sV, head + 2 * C, ld, k0, T, rope);
     const int key[2] = {k0 + warp * 16 + g, k0 + warp * 16 + g + 8};
     float dk[D / 8][4] = {}, dv[D / 8][4] = {};
     for (int i = k0 / QN; i * QN < T; i++) {  // causal: no query tile before the diagonal
         __syncthreads();
-        load_tile<D, QN, ROPE>(sQ, head, ld, i * QN, T, freqs);
-        load_tile<D, QN, false>(sdO, dhead, C, i * QN, T, freqs);
+        load_tile<D, QN, ROPE>(sQ, head, ld, i * QN, T, rope);
+        load_tile<D, QN, false>(sdO, dhead, C, i * QN, T, rope);
         for (int r = threadIdx.x; r < QN; r += THREADS) {
             const int t = i * QN + r;
             sL[r] = t < T ? lse[(size_t)bh * T + t] * LOG2E : 0.0f;
@@ -397,9 +399,28 @@ __global__ void __launch_bounds__(THREADS)
     for (int r = 0; r < 2; r++) {
         if (key[r] >= T) continue;
         bf16* dst = dqkv + ((size_t)b * T + key[r]) * ld + h * D;
-        store_row<D, ROPE>(dst + C, dk, r, key[r], scale, freqs);
-        store_row<D, false>(dst + 2 * C, dv, r, key[r], 1.0f, freqs);
+        store_row<D, ROPE>(dst + C, dk, r, key[r], scale, rope);
+        store_row<D, false>(dst + 2 * C, dv, r, key[r], 1.0f, rope);
     }
+}
+
+// (T, hs/2) table of (cos, sin) of every RoPE angle, computed as qkv_permute_kernel
+// computes them: a tile then reads 8 bytes per pair instead of evaluating sincosf, and
+// every q, k tile of the call shares the table through L2.
+__global__ void rope_table_kernel(float2* __restrict__ tab, const __grid_constant__ RopeFreqs f, int n, int h2) {
+    const int idx = blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= n) return;
+    float c, s;
+    rope_cos_sin(f, idx / h2, idx % h2, &c, &s);
+    tab[idx] = make_float2(c, s);
+}
+const float2* rope_table(int T, int hs, float theta) {
+    if (!(theta > 0)) return nullptr;
+    const int n = T * (hs / 2);
+    float2* tab = (float2*)cuda_scratch(SCRATCH_ATTN_A, (size_t)n * sizeof(float2));
+    rope_table_kernel<<<ceil_div(n, 256), 256, 0, g_stream>>>(tab, rope_freqs(hs, theta), n, hs / 2);
+    cudaCheckLaunch();
+    return tab;
 }
 
 template <int D> constexpr size_t forward_smem() { return 3 * BLOCK * ROW_STRIDE<D> * sizeof(bf16); }
@@ -443,14 +464,14 @@ void cuda_backend::attention_flash_forward(floatX* out, float* lse, const floatX
     NVTX_RANGE("attention_flash_forward");
     const int hs = check_flash("attention_flash_forward", B, T, C, NH, rope_theta, {out, qkv});
     const float scale = 1.0f / std::sqrt((float)hs);
-    const RopeFreqs freqs = rope_freqs(hs, rope_theta);
+    const float2* rope = rope_table(T, hs, rope_theta);
     const dim3 grid(B * NH, ceil_div(T, BLOCK));
-    dispatch(hs, rope_theta > 0, [&](auto d, auto rope) {
+    dispatch(hs, rope_theta > 0, [&](auto d, auto use_rope) {
         constexpr int D = decltype(d)::value;
-        constexpr bool ROPE = decltype(rope)::value;
+        constexpr bool ROPE = decltype(use_rope)::value;
         static bool once = (allow_smem(flash_forward_kernel<D, ROPE>, forward_smem<D>()), true);
         (void)once;
-        flash_forward_kernel<D, ROPE><<<grid, THREADS, forward_smem<D>(), g_stream>>>(out, lse, qkv, freqs, T, NH,
+        flash_forward_kernel<D, ROPE><<<grid, THREADS, forward_smem<D>(), g_stream>>>(out, lse, qkv, rope, T, NH,
                                                                                       scale);
     });
     cudaCheckLaunch();
@@ -461,22 +482,22 @@ void cuda_backend::attention_flash_backward(floatX* dqkv, const floatX* dout, co
     NVTX_RANGE("attention_flash_backward");
     const int hs = check_flash("attention_flash_backward", B, T, C, NH, rope_theta, {dqkv, dout, qkv, out});
     const float scale = 1.0f / std::sqrt((float)hs);
-    const RopeFreqs freqs = rope_freqs(hs, rope_theta);
+    const float2* rope = rope_table(T, hs, rope_theta);
     const int rows = B * T * NH;
     float* Dv = (float*)cuda_scratch(SCRATCH_ATTN_B, (size_t)rows * sizeof(float));  // (B,NH,T)
     const dim3 grid(B * NH, ceil_div(T, BLOCK));
-    dispatch(hs, rope_theta > 0, [&](auto d, auto rope) {
+    dispatch(hs, rope_theta > 0, [&](auto d, auto use_rope) {
         constexpr int D = decltype(d)::value;
-        constexpr bool ROPE = decltype(rope)::value;
+        constexpr bool ROPE = decltype(use_rope)::value;
         static bool once = (allow_smem(flash_dq_kernel<D, ROPE>, dq_smem<D>()),
                             allow_smem(flash_dkv_kernel<D, ROPE>, dkv_smem<D>()), true);
         (void)once;
         flash_dvec_kernel<D><<<ceil_div(rows, WARPS), THREADS, 0, g_stream>>>(Dv, dout, out, T, NH, rows);
         cudaCheckLaunch();
-        flash_dq_kernel<D, ROPE><<<grid, THREADS, dq_smem<D>(), g_stream>>>(dqkv, dout, qkv, lse, Dv, freqs, T, NH,
+        flash_dq_kernel<D, ROPE><<<grid, THREADS, dq_smem<D>(), g_stream>>>(dqkv, dout, qkv, lse, Dv, rope, T, NH,
                                                                             scale);
         cudaCheckLaunch();
-        flash_dkv_kernel<D, ROPE><<<grid, THREADS, dkv_smem<D>(), g_stream>>>(dqkv, dout, qkv, lse, Dv, freqs, T, NH,
+        flash_dkv_kernel<D, ROPE><<<grid, THREADS, dkv_smem<D>(), g_stream>>>(dqkv, dout, qkv, lse, Dv, rope, T, NH,
                                                                               scale);
     });
     cudaCheckLaunch();

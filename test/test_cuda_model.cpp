@@ -163,6 +163,12 @@ TEST_CASE("CUDA: KV-cache decoding matches the full forward and the CPU", "[gpu]
     }
 }
 
+TEST_CASE("CUDA: --attention flash with a head size the kernels lack fails naming the flag", "[cuda][model][flash]") {
+    // checked before any device call, so this runs without a GPU
+    const ModelConfig cfg = small("llama-tiny", NormScheme::lns);  // head size 8
+    CHECK_THROWS_WITH((GPT<cuda_backend>(cfg, B, T, false, AttentionKind::flash)), Catch::Contains("--attention"));
+}
+
 TEST_CASE("CUDA: flash attention in the model matches the CPU and the first attention", "[gpu][model][flash]") {
     // head size 64, the smallest the flash kernels take; the tolerances are the
     // whole-model ones above (the attention ops are compared on their own elsewhere)
