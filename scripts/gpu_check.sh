@@ -2,7 +2,8 @@
 # The GPU check: one command that builds for the local GPU, runs every GPU test (bf16
 # and fp32 builds), benchmarks train_gpt against PyTorch on the same models and batch,
 # and writes a markdown report. Each part stops at its own time limit; the whole
-# must fit in 8 minutes on one H200 (the attention benchmark adds up to 3).
+# must fit in 8 minutes on one H200 (the flash sanitizer runs and the attention benchmark
+# add at most 4.5; they take well under a minute each where the kernels are fast).
 #
 # usage: scripts/gpu_check.sh [REPORT_DIR]   (default: $OUT, else runs/gpu_check)
 #
@@ -60,6 +61,12 @@ fi
 # 2. every GPU test, then the whole suite once (CPU tests too, on this machine)
 part "GPU tests bf16" 120 ./build/test_all "[gpu]"
 part "GPU tests fp32" 90 ./build-fp32/test_all "[gpu]"
+# the flash kernels' shared-memory barriers and bounds, which no CPU check covers
+sanitizer=$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")
+if [ -x "$sanitizer" ]; then
+    part "racecheck flash" 60 "$sanitizer" --tool racecheck --error-exitcode 1 ./build/test_all "[gpu][flash]"
+    part "memcheck flash" 60 "$sanitizer" --tool memcheck --error-exitcode 1 ./build/test_all "[gpu][flash]"
+fi
 
 # 3. throughput: train_gpt against PyTorch (torch.compile, bf16 autocast) on the same shapes
 data=$dir/bench_data
@@ -96,7 +103,7 @@ attn_ours=$dir/bench_attention_ours.log attn_torch=$dir/bench_attention_torch.lo
 : >"$attn_ours"
 : >"$attn_torch"
 if [ -x build/bench_kernels ]; then
-    part "attention bench (ours)" 90 bash -c "./build/bench_kernels --attention --reps 10 >'$attn_ours'"
+    part "attention bench (ours)" 60 bash -c "./build/bench_kernels --attention --reps 10 >'$attn_ours'"
     part "attention bench (torch)" 90 bash -c "python3 bench/bench_torch.py --attention >'$attn_torch'"
 fi
 # | shape | ours fwd/bwd | first version | best torch backend | ratios (ours / best torch)
