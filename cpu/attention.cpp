@@ -49,6 +49,20 @@ void rotate_qk(float* dst, const float* src, int B, int T, int C, int NH, float 
             for (int i = 2 * C; i < C3; i++) d[i] = s[i];
         }
 }
+// s[t2] = scale * q_t . k_t2 for t2 <= t, for head h of the rotated rows at base
+// (T,3C); returns their max.
+float causal_scores(float* s, const float* base, int t, int C, int h, int hs, float scale) {
+    const float* q = base + (size_t)t * 3 * C + h * hs;
+    float maxv = -INFINITY;
+    for (int t2 = 0; t2 <= t; t2++) {
+        const float* k = base + (size_t)t2 * 3 * C + C + h * hs;
+        float dot = 0.0f;
+        for (int i = 0; i < hs; i++) dot += q[i] * k[i];
+        s[t2] = dot * scale;
+        maxv = std::fmax(maxv, s[t2]);
+    }
+    return maxv;
+}
 }  // namespace
 
 void cpu_backend::attention_forward(float* out, float* qkvr, float* att, const float* qkv,
@@ -61,16 +75,8 @@ void cpu_backend::attention_forward(float* out, float* qkvr, float* att, const f
         for (int h = 0; h < NH; h++) {
             const float* base = qkvr + (size_t)b * T * C3;
             for (int t = 0; t < T; t++) {
-                const float* q = base + (size_t)t * C3 + h * hs;
                 float* a = att + (((size_t)b * NH + h) * T + t) * T;
-                float maxv = -INFINITY;
-                for (int t2 = 0; t2 <= t; t2++) {
-                    const float* k = base + (size_t)t2 * C3 + C + h * hs;
-                    float dot = 0.0f;
-                    for (int i = 0; i < hs; i++) dot += q[i] * k[i];
-                    a[t2] = dot * scale;
-                    maxv = std::fmax(maxv, a[t2]);
-                }
+                const float maxv = causal_scores(a, base, t, C, h, hs, scale);
                 double sum = 0.0;
                 for (int t2 = 0; t2 <= t; t2++) {
                     a[t2] = std::exp(a[t2] - maxv);
@@ -156,15 +162,7 @@ void cpu_backend::attention_flash_forward(float* out, float* lse, const float* q
             const float* base = qkvr.data() + (size_t)b * T * C3;
             std::vector<float> s(T);
             for (int t = 0; t < T; t++) {
-                const float* q = base + (size_t)t * C3 + h * hs;
-                float maxv = -INFINITY;
-                for (int t2 = 0; t2 <= t; t2++) {
-                    const float* k = base + (size_t)t2 * C3 + C + h * hs;
-                    float dot = 0.0f;
-                    for (int i = 0; i < hs; i++) dot += q[i] * k[i];
-                    s[t2] = dot * scale;
-                    maxv = std::fmax(maxv, s[t2]);
-                }
+                const float maxv = causal_scores(s.data(), base, t, C, h, hs, scale);
                 double sum = 0.0;
                 for (int t2 = 0; t2 <= t; t2++) sum += std::exp(s[t2] - maxv);
                 const float l = maxv + (float)std::log(sum);
