@@ -69,6 +69,7 @@ struct Options {
     int eval_every = 0, val_batches = 8, val_tokens = 0, threads = 0;
     int ckpt_every = 0, ckpt_keep = 2, ckpt_keep_every = 0;
     bool resume = false, eval_only = false, recompute = false;
+    std::string attention = "auto";
     int sample_every = 0, sample_tokens = 0, top_k = 0;
     int diag_every = 0;
     bool eval_prune = false;
@@ -138,6 +139,8 @@ static void add_options(CLI::App& app, Options& o) {
     app.add_option("--seed", o.seed, "seed for initialisation, data order and sampling")->group(R);
     app.add_option("--threads", o.threads, "CPU threads (0 = OpenMP default)")->group(R);
     app.add_flag("--recompute", o.recompute, "recompute the MLP activation in backward instead of storing it")->group(R);
+    app.add_option("--attention", o.attention, "flash (stores only each row's log-sum-exp), naive (the first version, "
+                   "stores the (T,T) probabilities) or auto (flash where the backend supports the head size)")->group(R);
     app.add_option("--out-dir", o.out_dir, "run directory: log.jsonl, config.toml, checkpoints")->group(R);
     app.add_option("--ckpt-every", o.ckpt_every, "checkpoint every N steps (0 = only on SIGINT/SIGTERM)")->group(R);
     app.add_option("--ckpt-keep", o.ckpt_keep, "keep the newest K checkpoints (2)")->group(R);
@@ -195,6 +198,8 @@ static ModelConfig model_config(const Options& o, const CLI::App& app) {
 static void validate_options(const Options& o, const ModelConfig& c) {
     REQUIRE_INPUT(o.device == "auto" || o.device == "cpu" || o.device == "cuda",
                   "--device: expected auto, cpu or cuda, got '%s'", o.device.c_str());
+    REQUIRE_INPUT(o.attention == "auto" || o.attention == "flash" || o.attention == "naive",
+                  "--attention: expected auto, flash or naive, got '%s'", o.attention.c_str());
     REQUIRE_INPUT(o.batch_size >= 1, "--batch-size: expected >= 1, got %d", o.batch_size);
     REQUIRE_INPUT(o.seq_len >= 1 && o.seq_len <= c.max_seq_len,
                   "--seq-len: expected 1..%d (the model's maximum sequence length), got %d", c.max_seq_len, o.seq_len);
@@ -465,7 +470,11 @@ static int run(const Options& o, const ModelConfig& cfg, const CLI::App& app, do
     // a checkpoint to resume from, refused if its configuration differs
     std::unique_ptr<Checkpoint> ck;
     json ck_rank_state;  // this rank's own saved state, when the rank count is unchanged
-    GPT<Backend> model(cfg, B, T, o.recompute, rank, world);
+    GPT<Backend> model(cfg, B, T, o.recompute,
+                       o.attention == "flash"   ? AttentionKind::flash
+                       : o.attention == "naive" ? AttentionKind::naive
+                                                : AttentionKind::automatic,
+                       rank, world);
     if (o.resume) {
         auto all = list_checkpoints(o.out_dir);
         if (!all.empty()) {
@@ -564,9 +573,9 @@ static int run(const Options& o, const ModelConfig& cfg, const CLI::App& app, do
         const double GiB = 1024.0 * 1024.0 * 1024.0, P = (double)model.layout.total;
         const double px = P * sizeof(typename Backend::floatX);
         printf("memory (GiB): parameters %.3f | gradients %.3f | AdamW state %.3f | master weights %.3f | "
-               "activations %.3f | activation gradients %.3f (per rank)\n", px / GiB, px / GiB,
+               "activations %.3f | activation gradients %.3f (per rank; attention %s)\n", px / GiB, px / GiB,
                2 * (double)model.opt_n * 4 / GiB, model.master ? model.opt_n * 4 / GiB : 0.0, model.act_bytes / GiB,
-               model.grad_bytes / GiB);
+               model.grad_bytes / GiB, model.flash ? "flash" : "naive");
     }
     if (train) printf("train data: %zu shards, %zu tokens/epoch\n", train->shards().size(), train->tokens_per_epoch());
 

@@ -9,10 +9,14 @@
 //   bench_kernels [--model gpt2-124m|llama-130m|all] [-b B] [-t T] [--reps N] [--warmup W]
 //   bench_kernels --ceilings     only the ceilings, as `copy_gbs X` / `gemm_tflops Y` lines
 //                                (what scripts/ncu_table.py --ceilings reads)
+//   bench_kernels --attention    only the attention comparison: flash against the first
+//                                version at (B,H,T,D) = (8,12,1024,64), (4,16,2048,128),
+//                                (64,12,256,64), as `attn_tflops ...` lines (scripts/gpu_check.sh)
 //
 // Bytes are each op's compulsory DRAM traffic (every input read once, every output
 // written once, in the activation type), FLOPs the nominal count (2 per multiply-add,
-// attention counted over the full T x T square); both are written next to each op below.
+// the first attention counted over the full T x T square, the flash pair over the causal
+// half it computes); both are written next to each op below.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -35,12 +39,12 @@ struct Ceilings {
 struct Opts {
     std::string model = "all";
     int B = 0, T = 0, reps = 20, warmup = 3;
-    bool ceilings_only = false;
+    bool ceilings_only = false, attention_only = false;
 };
 
 [[noreturn]] void usage(const char* msg) {
     fprintf(stderr, "bench_kernels: %s\nusage: bench_kernels [--model gpt2-124m|llama-130m|all] [-b B] [-t T] "
-            "[--reps N] [--warmup W] | --ceilings\n", msg);
+            "[--reps N] [--warmup W] | --ceilings | --attention\n", msg);
     exit(2);
 }
 
@@ -53,6 +57,7 @@ Opts parse(int argc, char** argv) {
             return argv[++i];
         };
         if (a == "--ceilings") o.ceilings_only = true;
+        else if (a == "--attention") o.attention_only = true;
         else if (a == "--model") o.model = val();
         else if (a == "-b") o.B = atoi(val());
         else if (a == "-t") o.T = atoi(val());
@@ -235,6 +240,20 @@ std::vector<Row> bench_model(const std::string& name, int B, int T, Timer& tm) {
             cuda_backend::attention_backward(dqkv.as<floatX>(), dqkvr.as<floatX>(), datt.as<floatX>(), O,
                                              qkvr.as<floatX>(), att.as<floatX>(), B, T, C, NH, theta);
         });
+    if (cuda_backend::attention_flash_supported((int)(C / NH))) {
+        // read qkv, write out and lse; backward reads qkv, out, dout, lse and writes dqkv
+        const double lse_bytes = 4.0 * B * NH * T;
+        Buf lse((size_t)lse_bytes);
+        run("attention_flash_forward", shape("B=%ld T=%ld NH=%ld", B, T, NH), 4.0 * N * C * s + lse_bytes,
+            2.0 * B * T * (double)T * C, [&] {
+                cuda_backend::attention_flash_forward(O, lse.as<float>(), qkv.as<floatX>(), B, T, C, NH, theta);
+            });
+        run("attention_flash_backward", shape("B=%ld T=%ld NH=%ld", B, T, NH), 8.0 * N * C * s + lse_bytes,
+            5.0 * B * T * (double)T * C, [&] {
+                cuda_backend::attention_flash_backward(dqkv.as<floatX>(), X, qkv.as<floatX>(), O, lse.as<float>(), B, T,
+                                                       C, NH, theta);
+            });
+    }
     if (gpt2) {
         const size_t n = (size_t)N * F;
         run("gelu_forward", shape("n=%ld", (long)n), 2.0 * n * s, 0,
@@ -280,6 +299,44 @@ std::vector<Row> bench_model(const std::string& name, int B, int T, Timer& tm) {
     return rows;
 }
 
+// Causal attention alone, flash against the first version, no RoPE (as PyTorch's
+// scaled_dot_product_attention, which bench/bench_torch.py --attention times on the same
+// shapes). FLOPs, FlashAttention's convention: forward 4*B*H*T*T*D / 2 (the causal
+// half of QK^T and PV), backward 2.5x the forward (five products of the same size
+// against two). One line per (shape, kernel): attn_tflops B H T D kernel fwd X bwd Y.
+void bench_attention(Timer& tm) {
+    struct S { int B, H, T, D; };
+    const S shapes[] = {{8, 12, 1024, 64}, {4, 16, 2048, 128}, {64, 12, 256, 64}};  // the last: the paper's T = 256
+    printf("\n## Causal attention, no RoPE (TFLOP/s: forward 2*B*H*T*T*D, backward 2.5x)\n\n");
+    for (const S& a : shapes) {
+        const int C = a.H * a.D;
+        const size_t N = (size_t)a.B * a.T, s = sizeof(floatX), TT = (size_t)a.B * a.H * a.T * a.T;
+        const double fwd_flops = 2.0 * a.B * a.H * (double)a.T * a.T * a.D;
+        Buf qkv(N * 3 * C * s), out(N * C * s), dout(N * C * s), dqkv(N * 3 * C * s), lse((size_t)a.B * a.H * a.T * 4);
+        fill(qkv.as<floatX>(), N * 3 * C, 1.0f, 30), fill(dout.as<floatX>(), N * C, 1.0f, 31);
+        floatX *Q = qkv.as<floatX>(), *O = out.as<floatX>(), *DO = dout.as<floatX>(), *DQ = dqkv.as<floatX>();
+        auto report = [&](const char* kernel, double fwd_ms, double bwd_ms) {
+            printf("attn_tflops %d %d %d %d %s fwd %.1f bwd %.1f\n", a.B, a.H, a.T, a.D, kernel,
+                   fwd_flops / (fwd_ms * 1e9), 2.5 * fwd_flops / (bwd_ms * 1e9));
+            fflush(stdout);
+        };
+        if (cuda_backend::attention_flash_supported(a.D)) {
+            float* L = lse.as<float>();
+            const double f = tm.median_ms([&] { cuda_backend::attention_flash_forward(O, L, Q, a.B, a.T, C, a.H, 0.0f); });
+            const double b = tm.median_ms(
+                [&] { cuda_backend::attention_flash_backward(DQ, DO, Q, O, L, a.B, a.T, C, a.H, 0.0f); });
+            report("flash", f, b);
+        }
+        Buf qkvr(N * 3 * C * s), dqkvr(N * 3 * C * s), att(TT * s), datt(TT * s);
+        floatX *QR = qkvr.as<floatX>(), *A = att.as<floatX>();
+        const double f = tm.median_ms([&] { cuda_backend::attention_forward(O, QR, A, Q, a.B, a.T, C, a.H, 0.0f); });
+        const double b = tm.median_ms([&] {
+            cuda_backend::attention_backward(DQ, dqkvr.as<floatX>(), datt.as<floatX>(), DO, QR, A, a.B, a.T, C, a.H, 0.0f);
+        });
+        report("naive", f, b);
+    }
+}
+
 // AdamW and the gradient norm over the whole parameter count of the model.
 std::vector<Row> bench_optimizer(const std::string& name, Timer& tm) {
     ModelConfig cfg = preset(name);
@@ -315,6 +372,10 @@ int main(int argc, char** argv) {
     const Ceilings c = measure_ceilings(tm);
     printf("device %s\ncopy_gbs %.1f\ngemm_tflops %.1f\n", dev, c.copy_gbs, c.gemm_tflops);
     if (o.ceilings_only) return 0;
+    if (o.attention_only) {
+        bench_attention(tm);
+        return 0;
+    }
     printf("\n# Kernel micro-benchmarks: median of %d, %d warm-up, L2 flushed before each (%s)\n", o.reps, o.warmup,
            sizeof(floatX) == 2 ? "bf16" : "fp32");
     for (const std::string& m : {std::string("gpt2-124m"), std::string("llama-130m")}) {
@@ -327,5 +388,6 @@ int main(int argc, char** argv) {
         printf("\n## %s, B=%d, T=%d\n\n", m.c_str(), B, T);
         print_rows(rows, c);
     }
+    bench_attention(tm);
     return 0;
 }

@@ -4,6 +4,12 @@ LNS), bf16 autocast with fp32 master weights, torch.compile, fused AdamW, the sa
 
 usage: bench_torch.py --model gpt2-124m|llama-130m [--norm pre|lns] -b B -t T [--steps N]
 Prints one line: "torch <model> <norm> B T: <tok/s> tok/s (median of the timed steps)".
+
+       bench_torch.py --attention
+Causal scaled_dot_product_attention alone, bf16, on bench_kernels --attention's shapes, with
+each backend PyTorch has here (flash, cuDNN, memory-efficient; unavailable ones skipped).
+One line per (shape, backend): "torch_attn_tflops B H T D backend fwd X bwd Y", FLOPs counted
+as bench_kernels counts them (forward 2*B*H*T*T*D, backward 2.5x).
 """
 import argparse
 import math
@@ -78,15 +84,62 @@ class GPT(nn.Module):
         return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.view(-1))
 
 
+ATTN_SHAPES = [(8, 12, 1024, 64), (4, 16, 2048, 128), (64, 12, 256, 64)]  # as bench/bench_kernels.cu
+
+
+def median_ms(fn, reps=20, warmup=3):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        e0.record()
+        fn()
+        e1.record()
+        torch.cuda.synchronize()
+        times.append(e0.elapsed_time(e1))
+    return statistics.median(times)
+
+
+def bench_attention():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    backends = [(name, getattr(SDPBackend, attr)) for name, attr in
+                [("flash", "FLASH_ATTENTION"), ("cudnn", "CUDNN_ATTENTION"), ("efficient", "EFFICIENT_ATTENTION")]
+                if hasattr(SDPBackend, attr)]
+    for B, H, T, D in ATTN_SHAPES:
+        g = torch.Generator(device="cuda").manual_seed(0)
+        q, k, v = (torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_()
+                   for _ in range(3))
+        dout = torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16, generator=g)
+        fwd_flops = 2.0 * B * H * T * T * D
+        for name, backend in backends:
+            try:
+                with sdpa_kernel(backend):
+                    fwd = median_ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True))
+                    out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+                    bwd = median_ms(lambda: torch.autograd.grad(out, (q, k, v), dout, retain_graph=True))
+            except RuntimeError as e:  # backend not available for this device, dtype or shape
+                print(f"# torch {name} skipped at {B} {H} {T} {D}: {str(e).splitlines()[0]}")
+                continue
+            print(f"torch_attn_tflops {B} {H} {T} {D} {name} fwd {fwd_flops / (fwd * 1e9):.1f} "
+                  f"bwd {2.5 * fwd_flops / (bwd * 1e9):.1f}", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", choices=PRESETS, required=True)
+    ap.add_argument("--attention", action="store_true", help="time causal attention alone (see above)")
+    ap.add_argument("--model", choices=PRESETS)
     ap.add_argument("--norm", choices=["pre", "lns"], default="pre")
-    ap.add_argument("-b", type=int, required=True)
-    ap.add_argument("-t", type=int, required=True)
+    ap.add_argument("-b", type=int)
+    ap.add_argument("-t", type=int)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--no-compile", action="store_true")
     a = ap.parse_args()
+    if a.attention:
+        bench_attention()
+        return
+    if a.model is None or a.b is None or a.t is None:
+        ap.error("--model, -b and -t are required (or --attention)")
     arch, L, C, H, Fh, V = PRESETS[a.model]
     torch.manual_seed(0)
     dev = "cuda"

@@ -49,6 +49,20 @@ void rotate_qk(float* dst, const float* src, int B, int T, int C, int NH, float 
             for (int i = 2 * C; i < C3; i++) d[i] = s[i];
         }
 }
+// s[t2] = scale * q_t . k_t2 for t2 <= t, for head h of the rotated rows at base
+// (T,3C); returns their max.
+float causal_scores(float* s, const float* base, int t, int C, int h, int hs, float scale) {
+    const float* q = base + (size_t)t * 3 * C + h * hs;
+    float maxv = -INFINITY;
+    for (int t2 = 0; t2 <= t; t2++) {
+        const float* k = base + (size_t)t2 * 3 * C + C + h * hs;
+        float dot = 0.0f;
+        for (int i = 0; i < hs; i++) dot += q[i] * k[i];
+        s[t2] = dot * scale;
+        maxv = std::fmax(maxv, s[t2]);
+    }
+    return maxv;
+}
 }  // namespace
 
 void cpu_backend::attention_forward(float* out, float* qkvr, float* att, const float* qkv,
@@ -61,16 +75,8 @@ void cpu_backend::attention_forward(float* out, float* qkvr, float* att, const f
         for (int h = 0; h < NH; h++) {
             const float* base = qkvr + (size_t)b * T * C3;
             for (int t = 0; t < T; t++) {
-                const float* q = base + (size_t)t * C3 + h * hs;
                 float* a = att + (((size_t)b * NH + h) * T + t) * T;
-                float maxv = -INFINITY;
-                for (int t2 = 0; t2 <= t; t2++) {
-                    const float* k = base + (size_t)t2 * C3 + C + h * hs;
-                    float dot = 0.0f;
-                    for (int i = 0; i < hs; i++) dot += q[i] * k[i];
-                    a[t2] = dot * scale;
-                    maxv = std::fmax(maxv, a[t2]);
-                }
+                const float maxv = causal_scores(a, base, t, C, h, hs, scale);
                 double sum = 0.0;
                 for (int t2 = 0; t2 <= t; t2++) {
                     a[t2] = std::exp(a[t2] - maxv);
@@ -137,6 +143,79 @@ void cpu_backend::attention_backward(float* dqkv, float* dqkvr, float* datt, con
         }
     // Undo the rotation on dq and dk: the gradient rotates by -angle.
     rotate_qk(dqkv, dqkvr, B, T, C, NH, rope_theta, -1.0f);
+}
+
+// The flash pair computes the same function as attention_forward/backward but keeps
+// only lse; the probabilities are recomputed as exp(score - lse). The rotated q, k
+// live in a temporary for the duration of the call.
+bool cpu_backend::attention_flash_supported(int) { return true; }
+
+void cpu_backend::attention_flash_forward(float* out, float* lse, const float* qkv, int B, int T, int C, int NH,
+                                          float rope_theta) {
+    const int hs = C / NH, C3 = 3 * C;
+    const float scale = 1.0f / std::sqrt((float)hs);
+    std::vector<float> qkvr((size_t)B * T * C3);
+    rotate_qk(qkvr.data(), qkv, B, T, C, NH, rope_theta, 1.0f);
+#pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++) {
+            const float* base = qkvr.data() + (size_t)b * T * C3;
+            std::vector<float> s(T);
+            for (int t = 0; t < T; t++) {
+                const float maxv = causal_scores(s.data(), base, t, C, h, hs, scale);
+                double sum = 0.0;
+                for (int t2 = 0; t2 <= t; t2++) sum += std::exp(s[t2] - maxv);
+                const float l = maxv + (float)std::log(sum);
+                lse[((size_t)b * NH + h) * T + t] = l;
+                float* o = out + ((size_t)b * T + t) * C + h * hs;
+                for (int i = 0; i < hs; i++) o[i] = 0.0f;
+                for (int t2 = 0; t2 <= t; t2++) {
+                    const float p = std::exp(s[t2] - l);
+                    const float* v = base + (size_t)t2 * C3 + 2 * C + h * hs;
+                    for (int i = 0; i < hs; i++) o[i] += p * v[i];
+                }
+            }
+        }
+}
+
+void cpu_backend::attention_flash_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
+                                           const float* lse, int B, int T, int C, int NH, float rope_theta) {
+    const int hs = C / NH, C3 = 3 * C;
+    const float scale = 1.0f / std::sqrt((float)hs);
+    std::vector<float> qkvr((size_t)B * T * C3), dqkvr((size_t)B * T * C3, 0.0f);
+    rotate_qk(qkvr.data(), qkv, B, T, C, NH, rope_theta, 1.0f);
+    // Each (b, h) owns its slice of dqkvr and walks t in order: deterministic.
+#pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++) {
+            const float* base = qkvr.data() + (size_t)b * T * C3;
+            float* dbase = dqkvr.data() + (size_t)b * T * C3;
+            for (int t = 0; t < T; t++) {
+                const float* q = base + (size_t)t * C3 + h * hs;
+                const float* d = dout + ((size_t)b * T + t) * C + h * hs;
+                const float* o = out + ((size_t)b * T + t) * C + h * hs;
+                const float l = lse[((size_t)b * NH + h) * T + t];
+                float D = 0.0f;  // sum_t2 p dp = dout . out
+                for (int i = 0; i < hs; i++) D += d[i] * o[i];
+                float* dq = dbase + (size_t)t * C3 + h * hs;
+                for (int t2 = 0; t2 <= t; t2++) {
+                    const float* k = base + (size_t)t2 * C3 + C + h * hs;
+                    const float* v = base + (size_t)t2 * C3 + 2 * C + h * hs;
+                    float* dk = dbase + (size_t)t2 * C3 + C + h * hs;
+                    float* dv = dbase + (size_t)t2 * C3 + 2 * C + h * hs;
+                    float dot = 0.0f, dp = 0.0f;
+                    for (int i = 0; i < hs; i++) dot += q[i] * k[i], dp += d[i] * v[i];
+                    const float p = std::exp(dot * scale - l);
+                    const float ds = p * (dp - D) * scale;
+                    for (int i = 0; i < hs; i++) {
+                        dv[i] += p * d[i];
+                        dq[i] += ds * k[i];
+                        dk[i] += ds * q[i];
+                    }
+                }
+            }
+        }
+    rotate_qk(dqkv, dqkvr.data(), B, T, C, NH, rope_theta, -1.0f);
 }
 
 void cpu_backend::attention_kv_forward(float* out, float* kcache, float* vcache, const float* qkv, int pos, int C,

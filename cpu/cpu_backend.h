@@ -77,6 +77,18 @@ struct cpu_backend {
                                    const floatX* qkvr, const floatX* att, int B, int T, int C,
                                    int NH, float rope_theta);
 
+    // ---- the same attention without the (T,T) probabilities (flash style): forward
+    // saves only out and the per-row log-sum-exp of the scaled scores; backward
+    // recomputes the probabilities from qkv and lse. RoPE is applied to q and k as
+    // they are read, so no rotated copy is stored.
+    // qkv (B,T,3C), out (B,T,C), lse (B,NH,T): lse[b,h,t] = log sum_{t2<=t} exp(q_t.k_t2 / sqrt(hs)).
+    static bool attention_flash_supported(int head_dim);  // every head size here
+    static void attention_flash_forward(floatX* out, float* lse, const floatX* qkv, int B, int T, int C, int NH,
+                                        float rope_theta);
+    // dqkv (B,T,3C) written from dout (B,T,C) and the forward's qkv, out, lse.
+    static void attention_flash_backward(floatX* dqkv, const floatX* dout, const floatX* qkv, const floatX* out,
+                                         const float* lse, int B, int T, int C, int NH, float rope_theta);
+
     // ---- attention for one new token against a KV cache (sampling; inference only,
     // so no backward). qkv (1,3C) is the token's projection at position pos; q and k
     // are rotated as in attention_forward; k and v are written to row pos of the

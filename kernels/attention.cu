@@ -31,6 +31,7 @@
 #include "common/check.h"
 #include "common/nvtx.h"
 #include "kernels/cuda_common.cuh"
+#include "kernels/rope.cuh"
 
 namespace {
 
@@ -39,25 +40,6 @@ constexpr cudaDataType_t DATA_TYPE = CUDA_R_32F;
 #else
 constexpr cudaDataType_t DATA_TYPE = CUDA_R_16BF;
 #endif
-
-constexpr int MAX_ROPE_PAIRS = 256;  // hs <= 512 with RoPE
-// inv_freq[i] = theta^(-2i/hs), passed by value to the kernels (1 KiB of parameters)
-struct RopeFreqs {
-    float inv_freq[MAX_ROPE_PAIRS];
-};
-
-RopeFreqs rope_freqs(int hs, float theta) {
-    RopeFreqs f{};
-    if (theta > 0)
-        for (int i = 0; i < hs / 2; i++) f.inv_freq[i] = 1.0f / std::pow(theta, (float)(2 * i) / (float)hs);
-    return f;
-}
-
-// cos and sin of position t for pair i, as cpu/attention.cpp's rope_angles
-__device__ __forceinline__ void rope_cos_sin(const RopeFreqs& f, int t, int i, float* c, float* s) {
-    const float a = __fmul_rn((float)t, f.inv_freq[i]);
-    sincosf(a, s, c);
-}
 
 // The permutations run one block per token (b, t), its threads striding over the
 // token's channels: reads or writes of the (B,T,.) side are contiguous, and the index

@@ -57,6 +57,11 @@ struct cuda_backend {
     static void attention_backward(floatX* dqkv, floatX* dqkvr, floatX* datt, const floatX* dout,
                                    const floatX* qkvr, const floatX* att, int B, int T, int C,
                                    int NH, float rope_theta);
+    static bool attention_flash_supported(int head_dim);  // 64 and 128, bf16 builds only
+    static void attention_flash_forward(floatX* out, float* lse, const floatX* qkv, int B, int T, int C, int NH,
+                                        float rope_theta);
+    static void attention_flash_backward(floatX* dqkv, const floatX* dout, const floatX* qkv, const floatX* out,
+                                         const float* lse, int B, int T, int C, int NH, float rope_theta);
     static void attention_kv_forward(floatX* out, floatX* kcache, floatX* vcache, const floatX* qkv, int pos, int C,
                                      int NH, int Tmax, float rope_theta);
     static void gelu_forward(floatX* out, const floatX* inp, size_t n);

@@ -24,6 +24,11 @@
 #include "model/init.h"
 #include "model/params.h"
 
+// --attention: flash keeps only the per-row log-sum-exp of every head's scores
+// (B,NH,T) and recomputes the probabilities in backward; naive, the first version,
+// stores them (B,NH,T,T). automatic is flash where the backend supports the head size.
+enum class AttentionKind { automatic, flash, naive };
+
 template <class Backend>
 struct GPT {
     using floatX = typename Backend::floatX;
@@ -40,7 +45,8 @@ struct GPT {
     };
     struct LayerActs {
         NormActs ln1, ln1o, ln2, ln2o;  // ln1o/ln2o: sandwich's output norms
-        floatX *qkv, *qkvr, *att, *atty, *attproj;   // (N,3C) (N,3C) (B,NH,T,T) (N,C) (N,C)
+        floatX *qkv, *qkvr, *att, *atty, *attproj;   // (N,3C) (N,3C) (B,NH,T,T) (N,C) (N,C); naive: qkvr, att
+        float* lse;                                  // (B,NH,T) flash only
         floatX *fch, *fch_act, *fcproj;              // (N,W1) (N,F) (N,C)
     };
 
@@ -76,6 +82,7 @@ struct GPT {
     floatX *dresidual, *dn, *df, *datty, *dqkv, *dqkvr, *datt, *dfch_act, *dfch;
 
     bool recompute = false;     // one shared MLP activation buffer, recomputed in backward
+    bool flash = false;         // attention_flash_* (lse saved) rather than attention_* (probabilities saved)
     floatX* kv_cache = nullptr; // sampling: per layer K then V, each (NH, T, hs); allocated on first use
     int decode_pos = -1;        // >= 0 while forward_decode runs: attention reads the cache
     int cur_B = 0, cur_T = 0;
@@ -91,10 +98,16 @@ struct GPT {
     // base + addend (addend may be null). Pointers into the activation arena.
     std::vector<std::pair<const floatX*, const floatX*>> stream_after;
 
-    GPT(const ModelConfig& c, int maxB, int maxT, bool recompute_mlp = false, int rank = 0, int world = 1)
+    GPT(const ModelConfig& c, int maxB, int maxT, bool recompute_mlp = false,
+        AttentionKind attention = AttentionKind::automatic, int rank = 0, int world = 1)
         : cfg(c), layout(build_param_layout(c)), B(maxB), T(maxT), recompute(recompute_mlp) {
         REQUIRE_INPUT(maxT <= cfg.max_seq_len, "--seq-len: %d exceeds the model's maximum sequence length %d",
                       maxT, cfg.max_seq_len);
+        const bool flash_ok = Ops::attention_flash_supported(cfg.head_dim());
+        REQUIRE_INPUT(attention != AttentionKind::flash || flash_ok,
+                      "--attention flash: the %s backend has no flash kernels for head size %d in this build; "
+                      "use --attention naive", Backend::name, cfg.head_dim());
+        flash = attention == AttentionKind::flash || (attention == AttentionKind::automatic && flash_ok);
         const size_t unit = (size_t)world * 8;  // 8 elements: 16-byte aligned bf16 shards
         n_alloc = world > 1 ? (layout.total + unit - 1) / unit * unit : layout.total;
         const ShardRange sh = shard_range(n_alloc, rank, world, 8);
@@ -143,7 +156,10 @@ struct GPT {
         floatX* shared_fch_act = recompute ? X(N * F) : nullptr;
         for (auto& a : acts) {
             norm(a.ln1, true);
-            a.qkv = X(N * 3 * C), a.qkvr = X(N * 3 * C), a.att = X((size_t)B * NH * T * T);
+            a.qkv = X(N * 3 * C);
+            a.qkvr = flash ? nullptr : X(N * 3 * C);
+            a.att = flash ? nullptr : X((size_t)B * NH * T * T);
+            a.lse = flash ? Fl((size_t)B * NH * T) : nullptr;
             a.atty = X(N * C), a.attproj = X(N * C);
             if (cfg.sandwich()) norm(a.ln1o, false);
             norm(a.ln2, true);
@@ -163,7 +179,9 @@ struct GPT {
         base = (char*)grad_arena;
         off = 0;
         dresidual = X(N * C), dn = X(N * C), df = X(N * C), datty = X(N * C);
-        dqkv = X(N * 3 * C), dqkvr = X(N * 3 * C), datt = X((size_t)B * NH * T * T);
+        dqkv = X(N * 3 * C);
+        dqkvr = flash ? nullptr : X(N * 3 * C);
+        datt = flash ? nullptr : X((size_t)B * NH * T * T);
         dfch_act = X(N * F), dfch = X(N * W1);
         if (measure) {
             grad_bytes = off;
@@ -372,6 +390,8 @@ struct GPT {
             if (decode_pos >= 0) {  // one token against the cache of this layer
                 floatX* k = kv_cache + (size_t)(&a - acts.data()) * 2 * T * C;
                 Ops::attention_kv_forward(a.atty, k, k + (size_t)T * C, a.qkv, decode_pos, C, cfg.n_head, T, theta);
+            } else if (flash) {
+                Ops::attention_flash_forward(a.atty, a.lse, a.qkv, cur_B, cur_T, C, cfg.n_head, theta);
             } else {
                 Ops::attention_forward(a.atty, a.qkvr, a.att, a.qkv, cur_B, cur_T, C, cfg.n_head, theta);
             }
@@ -395,8 +415,11 @@ struct GPT {
         NVTX_RANGE(attn ? "attention backward" : "mlp backward");
         if (attn) {
             Ops::matmul_backward(datty, G(bp.attn_proj_w), G(bp.attn_proj_b), dout, a.atty, P(bp.attn_proj_w), N, C, C, false);
-            Ops::attention_backward(dqkv, dqkvr, datt, datty, a.qkvr, a.att, cur_B, cur_T, C, cfg.n_head,
-                                    cfg.rope() ? cfg.rope_theta : 0.0f);
+            const float theta = cfg.rope() ? cfg.rope_theta : 0.0f;
+            if (flash)
+                Ops::attention_flash_backward(dqkv, datty, a.qkv, a.atty, a.lse, cur_B, cur_T, C, cfg.n_head, theta);
+            else
+                Ops::attention_backward(dqkv, dqkvr, datt, datty, a.qkvr, a.att, cur_B, cur_T, C, cfg.n_head, theta);
             Ops::matmul_backward(din, G(bp.qkv_w), G(bp.qkv_b), dqkv, in, P(bp.qkv_w), N, C, 3 * C, accumulate);
             return;
         }

@@ -3,16 +3,16 @@
 # with the toolchain, and gathers the shared libraries the binaries need that a bare
 # CUDA machine may lack into .device/lib. Then, on the GPU machine:
 #   PREBUILT=1 scripts/gpu_check.sh
-# with train_gpt, build/test_all, build-fp32/test_all and .device carried along.
+# with train_gpt, build/test_all, build/bench_kernels, build-fp32/test_all and .device carried along.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-make -j"$(nproc)" train_gpt build/test_all
+make -j"$(nproc)" train_gpt build/test_all build/bench_kernels
 make -j"$(nproc)" PRECISION=FP32 BUILD=build-fp32 build-fp32/test_all
 rm -rf .device && mkdir -p .device/lib
 # everything outside the C library and the CUDA driver/toolkit, which the GPU machine has
-ldd train_gpt build/test_all build-fp32/test_all | awk '/=> \// {print $3}' | sort -u |
+ldd train_gpt build/test_all build/bench_kernels build-fp32/test_all | awk '/=> \// {print $3}' | sort -u |
     grep -vE '/(libc|libm|libdl|librt|libpthread|ld-linux[^/]*|libcuda|libcudart|libcublas|libcublasLt|libnvrtc)\.so' |
     while read -r lib; do cp -L "$lib" .device/lib/; done
 echo "$(git rev-parse --short HEAD)$(git diff --quiet || echo '+changes'), $(date -u +%Y-%m-%dT%H:%MZ), sm_80 + sm_90a" >.device/BUILT
-du -sh .device train_gpt build/test_all build-fp32/test_all
-echo "carry: .device train_gpt build/test_all build-fp32/test_all"
+du -sh .device train_gpt build/test_all build/bench_kernels build-fp32/test_all
+echo "carry: .device train_gpt build/test_all build/bench_kernels build-fp32/test_all"

@@ -2,7 +2,8 @@
 # The GPU check: one command that builds for the local GPU, runs every GPU test (bf16
 # and fp32 builds), benchmarks train_gpt against PyTorch on the same models and batch,
 # and writes a markdown report. Each part stops at its own time limit; the whole
-# must fit in 8 minutes on one H200.
+# must fit in 8 minutes on one H200 (the flash sanitizer runs and the attention benchmark
+# add at most 4.5; they take well under a minute each where the kernels are fast).
 #
 # usage: scripts/gpu_check.sh [REPORT_DIR]   (default: $OUT, else runs/gpu_check)
 #
@@ -53,13 +54,19 @@ if [ "${PREBUILT:-0}" = 1 ]; then
     export LD_LIBRARY_PATH=$PWD/.device/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
     echo "| build | prebuilt ($(cat .device/BUILT 2>/dev/null || echo '?')) | 0 s |" >>"$report"
 else
-    part "build bf16" 240 make -j"$jobs" train_gpt build/test_all
+    part "build bf16" 240 make -j"$jobs" train_gpt build/test_all build/bench_kernels
     part "build fp32" 200 make -j"$jobs" PRECISION=FP32 BUILD=build-fp32 build-fp32/test_all
 fi
 
 # 2. every GPU test, then the whole suite once (CPU tests too, on this machine)
 part "GPU tests bf16" 120 ./build/test_all "[gpu]"
 part "GPU tests fp32" 90 ./build-fp32/test_all "[gpu]"
+# the flash kernels' shared-memory barriers and bounds, which no CPU check covers
+sanitizer=$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")
+if [ -x "$sanitizer" ]; then
+    part "racecheck flash" 60 "$sanitizer" --tool racecheck --error-exitcode 1 ./build/test_all "[gpu][flash]"
+    part "memcheck flash" 60 "$sanitizer" --tool memcheck --error-exitcode 1 ./build/test_all "[gpu][flash]"
+fi
 
 # 3. throughput: train_gpt against PyTorch (torch.compile, bf16 autocast) on the same shapes
 data=$dir/bench_data
@@ -90,7 +97,40 @@ if [ -x ./train_gpt ]; then
     bench llama-130m lns 64 256 "$data/llama.bin"
 fi
 
+# 4. attention alone: the flash kernels (and the first version) against PyTorch's
+# scaled_dot_product_attention backends, same shapes, same run
+attn_ours=$dir/bench_attention_ours.log attn_torch=$dir/bench_attention_torch.log
+: >"$attn_ours"
+: >"$attn_torch"
+if [ -x build/bench_kernels ]; then
+    part "attention bench (ours)" 60 bash -c "./build/bench_kernels --attention --reps 10 >'$attn_ours'"
+    part "attention bench (torch)" 90 bash -c "python3 bench/bench_torch.py --attention >'$attn_torch'"
+fi
+# | shape | ours fwd/bwd | first version | best torch backend | ratios (ours / best torch)
+attn_table() {
+    awk '
+        FNR == NR && $1 == "attn_tflops" { k = $2 "x" $3 "x" $4 "x" $5; shapes[k] = 1; ours[k, $6, "f"] = $8; ours[k, $6, "b"] = $10; next }
+        $1 == "torch_attn_tflops" {
+            k = $2 "x" $3 "x" $4 "x" $5; shapes[k] = 1
+            if ($8 > tf[k]) { tf[k] = $8; tfn[k] = $6 }
+            if ($10 > tb[k]) { tb[k] = $10; tbn[k] = $6 }
+        }
+        function r(a, b) { return (a != "" && b > 0) ? sprintf("%.2f", a / b) : "n/a" }
+        END {
+            print "| B x H x T x D | flash fwd | flash bwd | first version fwd | first version bwd | best torch fwd | best torch bwd | ratio fwd | ratio bwd |"
+            print "|---|---|---|---|---|---|---|---|---|"
+            for (k in shapes)
+                printf "| %s | %s | %s | %s | %s | %s (%s) | %s (%s) | %s | %s |\n", k, ours[k, "flash", "f"], ours[k, "flash", "b"],
+                    ours[k, "naive", "f"], ours[k, "naive", "b"], tf[k], tfn[k], tb[k], tbn[k],
+                    r(ours[k, "flash", "f"], tf[k]), r(ours[k, "flash", "b"], tb[k])
+        }' "$attn_ours" "$attn_torch"
+}
+
 {
+    echo
+    echo "## Causal attention alone, TFLOP/s (forward 2*B*H*T*T*D, backward 2.5x; no RoPE; goal: ratio >= 0.8)"
+    echo
+    attn_table
     echo
     echo "## Throughput (train_gpt bf16 vs PyTorch torch.compile + bf16 autocast, same model and batch)"
     echo

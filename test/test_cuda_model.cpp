@@ -163,6 +163,52 @@ TEST_CASE("CUDA: KV-cache decoding matches the full forward and the CPU", "[gpu]
     }
 }
 
+TEST_CASE("CUDA: --attention flash with a head size the kernels lack fails naming the flag", "[cuda][model][flash]") {
+    // checked before any device call, so this runs without a GPU
+    const ModelConfig cfg = small("llama-tiny", NormScheme::lns);  // head size 8
+    CHECK_THROWS_WITH((GPT<cuda_backend>(cfg, B, T, false, AttentionKind::flash)), Catch::Contains("--attention"));
+}
+
+TEST_CASE("CUDA: flash attention in the model matches the CPU and the first attention", "[gpu][model][flash]") {
+    // head size 64, the smallest the flash kernels take; the tolerances are the
+    // whole-model ones above (the attention ops are compared on their own elsewhere)
+    for (const char* name : {"gpt2-tiny", "llama-tiny"}) {
+        DYNAMIC_SECTION(name) {
+            ModelConfig cfg = small(name, NormScheme::lns);
+            cfg.n_embd = 128, cfg.n_head = 2;
+            if (cfg.arch == Arch::llama) cfg.ffn_hidden = 256;
+            else cfg.ffn_hidden = 4 * cfg.n_embd;
+            GPT<cpu_backend> cpu(cfg, B, T, false, AttentionKind::flash);
+            const bool flash_ok = cuda_backend::attention_flash_supported(cfg.head_dim());
+            GPT<cuda_backend> gpu(cfg, B, T, false, flash_ok ? AttentionKind::flash : AttentionKind::naive),
+                naive(cfg, B, T, false, AttentionKind::naive);
+            CHECK(gpu.flash == flash_ok);
+            std::vector<float> p;
+            init_params(p, cpu.layout, 15);
+            round_to_device_precision(p);
+            auto x = tokens(B * T, cfg.vocab_size, 6), y = tokens(B * T, cfg.vocab_size, 7);
+            std::vector<float> grads[3];
+            float loss[3];
+            int i = 0;
+            auto step = [&](auto& m) {
+                m.set_params(p);
+                m.zero_grad();
+                loss[i] = m.forward(x.data(), y.data(), B, T);
+                m.backward();
+                grads[i++] = m.get_grads();
+            };
+            step(cpu), step(gpu), step(naive);
+            for (int k = 1; k < 3; k++) {
+                CHECK(std::fabs(loss[k] - loss[0]) / loss[0] < LOSS_TOL);
+                for (const auto& t : cpu.layout.tensors) {
+                    INFO((k == 1 ? "flash" : "naive") << " gradient of " << t.name);
+                    CHECK(grad_err(grads[k].data() + t.offset, grads[0].data() + t.offset, t.size) < GRAD_TOL);
+                }
+            }
+        }
+    }
+}
+
 TEST_CASE("CUDA: --recompute gives the same gradients as storing the MLP activation", "[gpu][model]") {
     for (const char* name : {"gpt2-tiny", "llama-tiny"}) {
         DYNAMIC_SECTION(name) {

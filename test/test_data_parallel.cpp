@@ -32,7 +32,7 @@ TEST_CASE("ZeRO-1 shards of the flat buffer are equal, aligned, and hold every p
             INFO(name << " ranks " << world);
             size_t next = 0, total = 0, n_alloc = 0, opt_n = 0;
             for (int r = 0; r < world; r++) {
-                GPT<cpu_backend> m(tiny(name), 1, 8, false, r, world);
+                GPT<cpu_backend> m(tiny(name), 1, 8, false, AttentionKind::automatic, r, world);
                 total = m.layout.total, n_alloc = m.n_alloc;
                 if (r == 0) opt_n = m.opt_n;
                 CHECK(m.opt_n == opt_n);          // equal: what all-gather needs
@@ -104,7 +104,7 @@ TEST_CASE("AdamW shard by shard equals AdamW on the whole buffer, bit for bit", 
         std::vector<float> got(P, NAN);
         bool straddles = false;  // a shard across the decay boundary
         for (int r = 0; r < world; r++) {
-            GPT<cpu_backend> m(c, 1, 8, false, r, world);
+            GPT<cpu_backend> m(c, 1, 8, false, AttentionKind::automatic, r, world);
             load(m);
             for (int t = 1; t <= 3; t++) adamw_step(m, o, 1e-2f, t, 0, norm);
             const std::vector<float> mine = m.get_params();  // fp32 params: no master to gather
