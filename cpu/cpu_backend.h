@@ -54,6 +54,17 @@ struct cpu_backend {
                                        float alpha, int N, int C, NormKind kind,
                                        NormScheme scheme, int layer);
 
+    // ---- branch scaling (LayerScale, SkipInit, LNS after-sublayer): a residual branch's
+    // output times a learnable per-channel g and a constant factor as it joins the stream.
+    // out = inp * g * factor; inp,out (N,C); g (channels) with channels C (one value per
+    // channel) or 1 (one scalar, broadcast), or null (the factor alone).
+    static void branch_scale_forward(floatX* out, const floatX* inp, const floatX* g, float factor, int N, int C,
+                                     int channels);
+    // dinp = dout * g * factor (dinp may alias dout); dg += factor * sum_rows(dout * inp),
+    // also summed over the channels when channels == 1 (dg ignored when g is null).
+    static void branch_scale_backward(floatX* dinp, floatX* dg, const floatX* dout, const floatX* inp,
+                                      const floatX* g, float factor, int N, int C, int channels);
+
     // ---- matmul: out = inp @ w^T (+ bias), optionally followed by GELU
     // out (N,OC), inp (N,C), w (OC,C), bias (OC) or null. With pre_gelu (N,OC) given,
     // pre_gelu = inp @ w^T + bias and out = gelu(pre_gelu) (the cuBLASLt GELU epilogue).
