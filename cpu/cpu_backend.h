@@ -39,7 +39,8 @@ struct cpu_backend {
     // ---- fused residual + norm + depth scale
     // res = alpha*x + y  (y may be null; res may be null when y is null and alpha == 1,
     // then x itself is the normalised input), out = norm(res) * w (+ b) * s, with
-    // s = depth_scale(scheme, layer) computed here from the 1-based layer (0 = final).
+    // s = depth_scale(scheme, layer) computed here from the 1-based layer (0: unscaled, for
+    // the final norm and norms an LNS placement leaves alone; see ModelConfig::lns_site).
     // res,out,x,y (N,C); mean,rstd (N) (mean unused for RMSNorm); w,b (C), b may be null
     static void residual_norm_forward(floatX* res, floatX* out, float* mean, float* rstd,
                                       const floatX* x, const floatX* y, float alpha,

@@ -281,7 +281,8 @@ TEST_CASE("train_gpt trains LayerScale and SkipInit models: loss falls, the mult
             REQUIRE(loss.size() == 40);
             double tail = 0.0;
             for (int i = 35; i < 40; i++) tail += loss[i] / 5;
-            // ln(256) = 5.55 at the start; byte unigram statistics alone bring it to ~3.3
+            // ln(256) = 5.55 at the start; measured after 40 steps: ~3.53 for every variant
+            // here (and for plain LNS), a drop of 2 nats
             CHECK(loss[0] - tail > 1.0);
 
             StFile f = read_safetensors(run / "model.safetensors");
