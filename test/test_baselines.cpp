@@ -129,6 +129,29 @@ TEST_CASE("branch multipliers: HF names, shapes, init constants, no weight decay
     CHECK_THROWS_WITH(parse_lns_placement("sideways"), Catch::Contains("--lns-placement"));
 }
 
+TEST_CASE("lns_site routes depth_scale to the norm output, the norm input (as eps) or the branch", "[baselines][lns]") {
+    ModelConfig c = tiny("llama-tiny", NormScheme::lns);
+    const float e = c.norm_eps;
+    auto site = [&](LnsPlacement p, int l0, bool attn) {
+        c.lns_placement = p;
+        return c.lns_site(l0, attn);
+    };
+    for (bool attn : {true, false}) {
+        const LnsSite out = site(LnsPlacement::norm_output, 3, attn);
+        CHECK((out.norm_layer == 4 && out.norm_eps == e && out.branch == 1.0f));
+        const LnsSite in = site(LnsPlacement::before_norm, 3, attn);
+        CHECK((in.norm_layer == 0 && in.branch == 1.0f));
+        CHECK(in.norm_eps == Approx(4 * e).epsilon(1e-6));  // eps / s^2 with s = 1/2
+        const LnsSite after = site(LnsPlacement::after_sublayer, 3, attn);
+        CHECK((after.norm_layer == 0 && after.norm_eps == e && after.branch == 0.5f));
+        CHECK(site(LnsPlacement::attn_only, 3, attn).norm_layer == (attn ? 4 : 0));
+        CHECK(site(LnsPlacement::ffn_only, 3, attn).norm_layer == (attn ? 0 : 4));
+    }
+    // other schemes: the norm op's factor is 1 whatever the layer
+    c = tiny("llama-tiny", NormScheme::pre);
+    CHECK(depth_scale(c.norm, c.lns_site(3, true).norm_layer) == 1.0f);
+}
+
 TEST_CASE("LayerScale and SkipInit equal Pre-LN with folded output projections; their gradients by the chain rule",
           "[baselines]") {
     for (const char* name : {"gpt2-tiny", "llama-tiny"})
@@ -320,4 +343,18 @@ TEST_CASE("the baseline flags refuse bad values by name", "[baselines][e2e][cli]
         CHECK(rc != 0);
         CHECK(out.find(c.second) != std::string::npos);
     }
+}
+
+TEST_CASE("a checkpoint with other branch multipliers is refused, naming the fields", "[baselines][e2e]") {
+    TextShards data;
+    TmpDir dir;
+    const std::string cmd = train_gpt() + " --device cpu --model llama-tiny --norm lns -b 4 -t 32 --steps 2 "
+                            "--ckpt-every 2 --train-data " + data.train + " --out-dir " + dir.path;
+    std::string out;
+    REQUIRE(run_command(cmd + " --layerscale 0.1", &out) == 0);
+    const int rc = run_command(cmd + " --skipinit --resume", &out);
+    INFO(out);
+    CHECK(rc != 0);
+    CHECK(out.find("model.layerscale") != std::string::npos);
+    CHECK(out.find("model.skipinit") != std::string::npos);
 }
