@@ -396,8 +396,8 @@ struct GPT {
         Ops::matmul_backward(din, G(bp.fc_w), G(bp.fc_b), dfch, in, P(bp.fc_w), N, C, cfg.mlp_in_width(), accumulate);
     }
 
-    // LayerScale / SkipInit and LNS after-sublayer: every branch output passes
-    // through branch_scale (a constant factor of 1 where only a placement scales).
+    // LayerScale / SkipInit and LNS after-sublayer: every branch output passes through
+    // branch_scale (g absent under after-sublayer alone; the factor 1 without it).
     bool branch_scaled() const {
         return cfg.branch_scale_channels() > 0 ||
                (cfg.norm == NormScheme::lns && cfg.lns_placement == LnsPlacement::after_sublayer);
