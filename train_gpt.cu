@@ -51,6 +51,9 @@ struct Options {
     // model overrides (applied only when given)
     int n_layer = 0, n_head = 0, n_embd = 0, ffn_hidden = 0, vocab_size = 0, max_seq_len = 0;
     float norm_eps = 0, rope_theta = 0, mix_alpha = -1, init_std = 0;
+    float layerscale = 0;
+    bool skipinit = false;
+    std::string lns_placement = "norm-output";
     // data
     std::string train_data, val_data, tokenizer, data_layout = "packed";
     int doc_token = -1;
@@ -99,6 +102,12 @@ static void add_options(CLI::App& app, Options& o) {
     app.add_option("--rope-theta", o.rope_theta, "override: RoPE base (llama)")->group(M);
     app.add_option("--mix-alpha", o.mix_alpha, "Mix-LN: fraction of lower blocks that are post-LN (0.25)")->group(M);
     app.add_option("--init-std", o.init_std, "override: init standard deviation (0.02)")->group(M);
+    app.add_option("--layerscale", o.layerscale, "LayerScale: a learnable per-channel multiplier on each residual "
+                   "branch, initialised to this value (0 = off)")->group(M);
+    app.add_flag("--skipinit", o.skipinit, "SkipInit: a learnable scalar multiplier on each residual branch, "
+                 "initialised to 1/sqrt(L)")->group(M);
+    app.add_option("--lns-placement", o.lns_placement, "with --norm lns, where 1/sqrt(l) applies: norm-output (LNS), "
+                   "before-norm, after-sublayer, attn-only, ffn-only")->group(M);
     app.add_option("--init-from", o.init_from, "load DIR/config.json + DIR/model.safetensors")->group(M);
 
     const char* D = "Data";
@@ -190,6 +199,9 @@ static ModelConfig model_config(const Options& o, const CLI::App& app) {
     if (given("--init-std")) c.init_std = o.init_std;
     if (given("--norm") || o.init_from.empty()) c.norm = parse_norm_scheme(o.norm);
     if (given("--init") || o.init_from.empty()) c.init = parse_init_scheme(o.init);
+    if (given("--layerscale")) c.layerscale = o.layerscale;
+    if (given("--skipinit")) c.skipinit = o.skipinit;
+    if (given("--lns-placement")) c.lns_placement = parse_lns_placement(o.lns_placement);
     c.validate();
     return c;
 }

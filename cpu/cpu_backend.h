@@ -39,7 +39,8 @@ struct cpu_backend {
     // ---- fused residual + norm + depth scale
     // res = alpha*x + y  (y may be null; res may be null when y is null and alpha == 1,
     // then x itself is the normalised input), out = norm(res) * w (+ b) * s, with
-    // s = depth_scale(scheme, layer) computed here from the 1-based layer (0 = final).
+    // s = depth_scale(scheme, layer) computed here from the 1-based layer (0: unscaled, for
+    // the final norm and norms an LNS placement leaves alone; see ModelConfig::lns_site).
     // res,out,x,y (N,C); mean,rstd (N) (mean unused for RMSNorm); w,b (C), b may be null
     static void residual_norm_forward(floatX* res, floatX* out, float* mean, float* rstd,
                                       const floatX* x, const floatX* y, float alpha,
@@ -53,6 +54,17 @@ struct cpu_backend {
                                        const floatX* w, const float* mean, const float* rstd,
                                        float alpha, int N, int C, NormKind kind,
                                        NormScheme scheme, int layer);
+
+    // ---- branch scaling (LayerScale, SkipInit, LNS after-sublayer): a residual branch's
+    // output times a learnable per-channel g and a constant factor as it joins the stream.
+    // out = inp * g * factor; inp,out (N,C); g (channels) with channels C (one value per
+    // channel) or 1 (one scalar, broadcast), or null (the factor alone).
+    static void branch_scale_forward(floatX* out, const floatX* inp, const floatX* g, float factor, int N, int C,
+                                     int channels);
+    // dinp = dout * g * factor (dinp may alias dout); dg += factor * sum_rows(dout * inp),
+    // also summed over the channels when channels == 1 (dg ignored when g is null).
+    static void branch_scale_backward(floatX* dinp, floatX* dg, const floatX* dout, const floatX* inp,
+                                      const floatX* g, float factor, int N, int C, int channels);
 
     // ---- matmul: out = inp @ w^T (+ bias), optionally followed by GELU
     // out (N,OC), inp (N,C), w (OC,C), bias (OC) or null. With pre_gelu (N,OC) given,

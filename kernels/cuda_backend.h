@@ -47,6 +47,10 @@ struct cuda_backend {
                                        const floatX* w, const float* mean, const float* rstd,
                                        float alpha, int N, int C, NormKind kind,
                                        NormScheme scheme, int layer);
+    static void branch_scale_forward(floatX* out, const floatX* inp, const floatX* g, float factor, int N, int C,
+                                     int channels);
+    static void branch_scale_backward(floatX* dinp, floatX* dg, const floatX* dout, const floatX* inp,
+                                      const floatX* g, float factor, int N, int C, int channels);
     static void matmul_forward(floatX* out, const floatX* inp, const floatX* w, const floatX* bias,
                                int N, int C, int OC, floatX* pre_gelu = nullptr);
     static void matmul_backward(floatX* dinp, floatX* dw, floatX* dbias, const floatX* dout,

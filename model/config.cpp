@@ -25,6 +25,17 @@ const char* to_string(InitScheme s) {
     return "?";
 }
 
+const char* to_string(LnsPlacement p) {
+    switch (p) {
+        case LnsPlacement::norm_output: return "norm-output";
+        case LnsPlacement::before_norm: return "before-norm";
+        case LnsPlacement::after_sublayer: return "after-sublayer";
+        case LnsPlacement::attn_only: return "attn-only";
+        case LnsPlacement::ffn_only: return "ffn-only";
+    }
+    return "?";
+}
+
 Arch parse_arch(const std::string& s) {
     if (s == "gpt2") return Arch::gpt2;
     if (s == "llama") return Arch::llama;
@@ -42,6 +53,14 @@ InitScheme parse_init_scheme(const std::string& s) {
     for (InitScheme i : {InitScheme::normal, InitScheme::scaled, InitScheme::depth_scaled})
         if (s == to_string(i)) return i;
     throw UserError("--init: unknown scheme '" + s + "': expected normal, scaled or depth-scaled");
+}
+
+LnsPlacement parse_lns_placement(const std::string& s) {
+    for (LnsPlacement p : {LnsPlacement::norm_output, LnsPlacement::before_norm, LnsPlacement::after_sublayer,
+                           LnsPlacement::attn_only, LnsPlacement::ffn_only})
+        if (s == to_string(p)) return p;
+    throw UserError("--lns-placement: unknown placement '" + s +
+                    "': expected norm-output, before-norm, after-sublayer, attn-only or ffn-only");
 }
 
 namespace {
@@ -120,4 +139,12 @@ void ModelConfig::validate() const {
     REQUIRE_INPUT(norm_eps > 0, "--norm-eps: expected > 0, got %g", norm_eps);
     REQUIRE_INPUT(mix_alpha >= 0 && mix_alpha <= 1, "--mix-alpha: expected in [0, 1], got %g", mix_alpha);
     REQUIRE_INPUT(init_std > 0, "--init-std: expected > 0, got %g", init_std);
+    REQUIRE_INPUT(std::isfinite(layerscale) && layerscale >= 0,
+                  "--layerscale: expected a finite initial value >= 0 (0 = off), got %g", layerscale);
+    // Both would multiply the same branch twice; the paper compares them as alternatives.
+    REQUIRE_INPUT(!(skipinit && layerscale != 0.0f),
+                  "--layerscale and --skipinit: give one of them (both scale the same residual branches)");
+    REQUIRE_INPUT(lns_placement == LnsPlacement::norm_output || norm == NormScheme::lns,
+                  "--lns-placement %s: only valid with --norm lns (got --norm %s)", to_string(lns_placement),
+                  to_string(norm));
 }

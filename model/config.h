@@ -21,6 +21,11 @@ enum class NormKind { layernorm, rmsnorm };
 // outputs of both norms of block l scaled by 1/sqrt(l).
 enum class NormScheme { pre, post, mix, sandwich, deepnorm, lns };
 enum class InitScheme { normal, scaled, depth_scaled };
+// Where LNS applies its factor 1/sqrt(l) (the placement ablation, Table 8 of the paper):
+// norm_output, the paper's LNS: both norms' outputs; before_norm: both norms' inputs;
+// after_sublayer: the attention and MLP outputs; attn_only / ffn_only: the output of
+// the block's first / second norm only.
+enum class LnsPlacement { norm_output, before_norm, after_sublayer, attn_only, ffn_only };
 
 // LayerNorm Scaling. `layer` is 1-based for the norms inside block l and 0 for the
 // final norm, which is never scaled. Every backend calls this one function so the
@@ -28,6 +33,15 @@ enum class InitScheme { normal, scaled, depth_scaled };
 HOST_DEVICE inline float depth_scale(NormScheme scheme, int layer) {
     return (scheme == NormScheme::lns && layer > 0) ? 1.0f / sqrtf((float)layer) : 1.0f;
 }
+
+// How one pre-type sublayer of block l applies LNS under the configured placement
+// (ModelConfig::lns_site): everything is depth_scale(scheme, l), so no placement
+// can drift from the factor the norm op computes.
+struct LnsSite {
+    int norm_layer = 0;      // the layer the norm op scales its output by (0: unscaled)
+    float norm_eps = 0.0f;   // before_norm: Norm(s*x) with eps is exactly Norm(x) with eps/s^2
+    float branch = 1.0f;     // constant factor on the sublayer's output
+};
 
 struct ModelConfig {
     Arch arch = Arch::gpt2;
@@ -43,6 +57,11 @@ struct ModelConfig {
     float mix_alpha = 0.25f;  // Mix-LN: fraction of blocks (from the bottom) that are post-LN
     InitScheme init = InitScheme::normal;
     float init_std = 0.02f;
+    // Scaling baselines (Table 6 of the paper), combinable with every norm scheme: a
+    // learnable multiplier on each residual branch's output before it joins the stream.
+    float layerscale = 0.0f;  // LayerScale: per-channel (C) vectors initialised to this; 0 = off
+    bool skipinit = false;    // SkipInit: one scalar per branch, initialised to 1/sqrt(L)
+    LnsPlacement lns_placement = LnsPlacement::norm_output;  // only with norm == lns
 
     int padded_vocab() const { return (vocab_size + 127) / 128 * 128; }  // Vp
     int head_dim() const { return n_embd / n_head; }
@@ -68,6 +87,24 @@ struct ModelConfig {
     float deepnorm_beta() const { return std::pow(8.0f * n_layer, -0.25f); }
     // Width of the first MLP matmul's output: fc (4C) for gpt2, gate|up (2F) for llama.
     int mlp_in_width() const { return arch == Arch::gpt2 ? ffn_hidden : 2 * ffn_hidden; }
+    // Branch multipliers: C channels (LayerScale), 1 (SkipInit) or 0 (none).
+    int branch_scale_channels() const { return layerscale != 0.0f ? n_embd : skipinit ? 1 : 0; }
+    float branch_scale_init() const { return skipinit ? 1.0f / std::sqrt((float)n_layer) : layerscale; }
+    // The LNS factor's site for the attention (attn) or MLP sublayer of 0-based block l0.
+    LnsSite lns_site(int l0, bool attn) const {
+        const int l = l0 + 1;
+        const float s = depth_scale(norm, l);
+        LnsSite r;
+        r.norm_eps = norm_eps;
+        switch (lns_placement) {
+            case LnsPlacement::norm_output: r.norm_layer = l; break;
+            case LnsPlacement::attn_only: r.norm_layer = attn ? l : 0; break;
+            case LnsPlacement::ffn_only: r.norm_layer = attn ? 0 : l; break;
+            case LnsPlacement::before_norm: r.norm_eps = norm_eps / (s * s); break;
+            case LnsPlacement::after_sublayer: r.branch = s; break;
+        }
+        return r;
+    }
 
     void validate() const;  // throws UserError naming the field
 };
@@ -75,9 +112,11 @@ struct ModelConfig {
 const char* to_string(Arch a);
 const char* to_string(NormScheme s);
 const char* to_string(InitScheme s);
+const char* to_string(LnsPlacement p);
 Arch parse_arch(const std::string& s);
 NormScheme parse_norm_scheme(const std::string& s);
 InitScheme parse_init_scheme(const std::string& s);
+LnsPlacement parse_lns_placement(const std::string& s);
 
 // Named presets (gpt2-124m, llama-130m, ..., and tiny ones for tests).
 ModelConfig preset(const std::string& name);

@@ -8,7 +8,10 @@
 //             n = Norm(res) * s(l); f = F(n) [sandwich: f = Norm_out(f)]; stream (res, f)
 //   post-type (post, deepnorm, Mix-LN's lower blocks):    f = F(base);
 //             res = alpha*base + f, out = Norm(res); stream (out, -)
-// and the final norm closes the stream before the head.
+// and the final norm closes the stream before the head. LayerScale / SkipInit multiply
+// f by the branch's learnable g as it joins the stream, for either kind: the addend
+// is g*f, and post-type computes res = alpha*base + g*f (the skip path stays
+// unscaled, as in pre-type). LNS's after-sublayer placement multiplies f there too.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -48,6 +51,9 @@ struct GPT {
         floatX *qkv, *qkvr, *att, *atty, *attproj;   // (N,3C) (N,3C) (B,NH,T,T) (N,C) (N,C); naive: qkvr, att
         float* lse;                                  // (B,NH,T) flash only
         floatX *fch, *fch_act, *fcproj;              // (N,W1) (N,F) (N,C)
+        // branch scaling, per branch (0 attention, 1 MLP): its output (N,C) and input
+        floatX* scaled[2] = {nullptr, nullptr};
+        const floatX* scaled_in[2] = {nullptr, nullptr};
     };
 
     ModelConfig cfg;
@@ -165,6 +171,8 @@ struct GPT {
             norm(a.ln2, true);
             a.fch = X(N * W1), a.fch_act = recompute ? shared_fch_act : X(N * F), a.fcproj = X(N * C);
             if (cfg.sandwich()) norm(a.ln2o, false);
+            if (branch_scaled())
+                for (auto& sc : a.scaled) sc = X(N * C);
         }
         norm(lnf, true);
         logits = X(N * Vp);
@@ -367,15 +375,16 @@ struct GPT {
             stream_after[l] = {base, addend};
         }
         NVTX_RANGE("head");
-        norm_forward(lnf, base, addend, 1.0f, layout.lnf_w, layout.lnf_b, 0);
+        norm_forward(lnf, base, addend, 1.0f, layout.lnf_w, layout.lnf_b, 0, cfg.norm_eps);
         Ops::matmul_forward(logits, lnf.out, P(layout.lm_head), nullptr, cur_B * cur_T, cfg.n_embd, cfg.padded_vocab());
     }
 
-    void norm_forward(NormActs& n, const floatX* x, const floatX* y, float alpha, long w, long bias, int layer) {
+    void norm_forward(NormActs& n, const floatX* x, const floatX* y, float alpha, long w, long bias, int layer,
+                      float eps) {
         const int N = cur_B * cur_T;
         const bool add = y != nullptr || alpha != 1.0f;
         Ops::residual_norm_forward(add ? n.res : nullptr, n.out, n.mean, n.rstd, x, y, alpha, P(w), P(bias), N,
-                                   cfg.n_embd, cfg.norm_kind(), cfg.norm_eps, cfg.norm, layer);
+                                   cfg.n_embd, cfg.norm_kind(), eps, cfg.norm, layer);
         n.normalised = add ? n.res : x;
         n.x = x;
     }
@@ -437,24 +446,52 @@ struct GPT {
         Ops::matmul_backward(din, G(bp.fc_w), G(bp.fc_b), dfch, in, P(bp.fc_w), N, C, cfg.mlp_in_width(), accumulate);
     }
 
+    // LayerScale / SkipInit and LNS after-sublayer: every branch output passes through
+    // branch_scale (g absent under after-sublayer alone; the factor 1 without it).
+    bool branch_scaled() const {
+        return cfg.branch_scale_channels() > 0 ||
+               (cfg.norm == NormScheme::lns && cfg.lns_placement == LnsPlacement::after_sublayer);
+    }
+    // The branch output f as it joins the stream: g * f * factor, or f itself.
+    const floatX* scale_forward(LayerActs& a, int l, bool attn, const floatX* f) {
+        if (!branch_scaled()) return f;
+        const BlockParams& bp = layout.blocks[l];
+        a.scaled_in[attn ? 0 : 1] = f;
+        floatX* out = a.scaled[attn ? 0 : 1];
+        Ops::branch_scale_forward(out, f, P(attn ? bp.attn_scale : bp.mlp_scale), cfg.lns_site(l, attn).branch,
+                                  cur_B * cur_T, cfg.n_embd, cfg.branch_scale_channels());
+        return out;
+    }
+    // Backward of scale_forward: the gradient of f from that of g*f (din may alias
+    // dout); returns dout itself when the branch is unscaled.
+    const floatX* scale_backward(LayerActs& a, int l, bool attn, floatX* din, const floatX* dout) {
+        if (!branch_scaled()) return dout;
+        const BlockParams& bp = layout.blocks[l];
+        const long g = attn ? bp.attn_scale : bp.mlp_scale;
+        Ops::branch_scale_backward(din, G(g), dout, a.scaled_in[attn ? 0 : 1], P(g), cfg.lns_site(l, attn).branch,
+                                   cur_B * cur_T, cfg.n_embd, cfg.branch_scale_channels());
+        return din;
+    }
+
     void sublayer_forward(LayerActs& a, NormActs& nin, NormActs& nout, long w, long b, long wo, long bo, bool post,
                           int l, bool attn, const floatX*& base, const floatX*& addend) {
         const BlockParams& bp = layout.blocks[l];
+        const LnsSite site = cfg.lns_site(l, attn);
         if (post) {
             LNS_CHECK(addend == nullptr, "a post-norm sublayer never follows a pending residual addition");
-            const floatX* f = branch_forward(a, bp, attn, base);
-            norm_forward(nin, base, f, cfg.residual_alpha(), w, b, l + 1);
+            const floatX* f = scale_forward(a, l, attn, branch_forward(a, bp, attn, base));
+            norm_forward(nin, base, f, cfg.residual_alpha(), w, b, site.norm_layer, site.norm_eps);
             base = nin.out;
             return;
         }
-        norm_forward(nin, base, addend, 1.0f, w, b, l + 1);
+        norm_forward(nin, base, addend, 1.0f, w, b, site.norm_layer, site.norm_eps);
         base = nin.normalised;
         const floatX* f = branch_forward(a, bp, attn, nin.out);
         if (cfg.sandwich()) {
-            norm_forward(nout, f, nullptr, 1.0f, wo, bo, l + 1);
+            norm_forward(nout, f, nullptr, 1.0f, wo, bo, l + 1, cfg.norm_eps);
             f = nout.out;
         }
-        addend = f;
+        addend = scale_forward(a, l, attn, f);
     }
 
     // dresidual holds the gradient of the stream after this sublayer (for pre-type,
@@ -464,20 +501,22 @@ struct GPT {
         const BlockParams& bp = layout.blocks[l];
         const int N = cur_B * cur_T, C = cfg.n_embd;
         const NormKind kind = cfg.norm_kind();
+        const int layer = cfg.lns_site(l, attn).norm_layer;
         if (post) {
             Ops::residual_norm_backward(dresidual, df, G(w), G(b), dresidual, nullptr, nin.normalised, P(w), nin.mean,
-                                        nin.rstd, cfg.residual_alpha(), N, C, kind, cfg.norm, l + 1);
+                                        nin.rstd, cfg.residual_alpha(), N, C, kind, cfg.norm, layer);
+            scale_backward(a, l, attn, df, df);
             branch_backward(a, bp, attn, nin.x, df, dresidual, true);
             return;
         }
-        const floatX* dbranch = dresidual;
+        const floatX* dbranch = scale_backward(a, l, attn, df, dresidual);
         if (cfg.sandwich()) {
-            Ops::residual_norm_backward(df, nullptr, G(wo), G(bo), dresidual, nullptr, nout.normalised, P(wo),
+            Ops::residual_norm_backward(df, nullptr, G(wo), G(bo), dbranch, nullptr, nout.normalised, P(wo),
                                         nout.mean, nout.rstd, 1.0f, N, C, kind, cfg.norm, l + 1);
             dbranch = df;
         }
         branch_backward(a, bp, attn, nin.out, dbranch, dn, false);
         Ops::residual_norm_backward(dresidual, nullptr, G(w), G(b), dn, dresidual, nin.normalised, P(w), nin.mean,
-                                    nin.rstd, 1.0f, N, C, kind, cfg.norm, l + 1);
+                                    nin.rstd, 1.0f, N, C, kind, cfg.norm, layer);
     }
 };

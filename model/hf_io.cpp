@@ -26,6 +26,9 @@ std::string config_to_json(const ModelConfig& c) {
     j["mix_alpha"] = c.mix_alpha;
     j["init"] = to_string(c.init);
     j["init_std"] = c.init_std;
+    j["layerscale"] = c.layerscale;
+    j["skipinit"] = c.skipinit;
+    j["lns_placement"] = to_string(c.lns_placement);
     return j.dump(2) + "\n";
 }
 
@@ -64,6 +67,9 @@ ModelConfig config_from_json_file(const std::string& path) {
         c.mix_alpha = j.value("mix_alpha", 0.25f);
         c.init = parse_init_scheme(j.value("init", std::string("normal")));
         c.init_std = j.value("init_std", 0.02f);
+        c.layerscale = j.value("layerscale", 0.0f);
+        c.skipinit = j.value("skipinit", false);
+        c.lns_placement = parse_lns_placement(j.value("lns_placement", std::string("norm-output")));
     } catch (const json::exception& e) {
         throw UserError(path + ": missing or mistyped key: " + e.what());
     }

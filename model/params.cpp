@@ -37,7 +37,7 @@ struct LayoutBuilder {
         for (auto& b : L.blocks)
             for (long* f : {&b.ln1_w, &b.ln1_b, &b.qkv_w, &b.qkv_b, &b.attn_proj_w, &b.attn_proj_b, &b.ln1o_w,
                             &b.ln1o_b, &b.ln2_w, &b.ln2_b, &b.fc_w, &b.fc_b, &b.mlp_proj_w, &b.mlp_proj_b, &b.ln2o_w,
-                            &b.ln2o_b})
+                            &b.ln2o_b, &b.attn_scale, &b.mlp_scale})
                 to_offset(*f);
         for (long* f : {&L.wte, &L.wpe, &L.lnf_w, &L.lnf_b, &L.lm_head}) to_offset(*f);
     }
@@ -68,6 +68,12 @@ ParamLayout build_param_layout(const ModelConfig& cfg) {
     };
     const float beta = cfg.norm == NormScheme::deepnorm ? cfg.deepnorm_beta() : 1.0f;
     const bool bias = cfg.has_bias();
+    // LayerScale / SkipInit: one multiplier per branch, 1-D so never weight-decayed.
+    const int bs = cfg.branch_scale_channels();
+    const std::string bs_name = cfg.skipinit ? "_skip_scale.weight" : "_layer_scale.weight";
+    auto branch_scale = [&](const std::string& prefix, const char* branch) {
+        return bs ? b.add(prefix + branch + bs_name, {bs}, 0.0f, cfg.branch_scale_init()) : -1L;
+    };
 
     if (cfg.arch == Arch::gpt2) {
         L.wte = b.add("transformer.wte.weight", {Vp, C}, s);
@@ -94,10 +100,12 @@ ParamLayout build_param_layout(const ModelConfig& cfg) {
             }
             linear("attn.c_proj", C, C, out_proj_std(l + 1) * beta, bp.attn_proj_w, bp.attn_proj_b);
             if (cfg.sandwich()) norm("ln_attn_out", bp.ln1o_w, bp.ln1o_b);
+            bp.attn_scale = branch_scale(p, "attn");
             norm("ln_2", bp.ln2_w, bp.ln2_b);
             linear("mlp.c_fc", F, C, s * beta, bp.fc_w, bp.fc_b);
             linear("mlp.c_proj", C, F, out_proj_std(l + 1) * beta, bp.mlp_proj_w, bp.mlp_proj_b);
             if (cfg.sandwich()) norm("ln_mlp_out", bp.ln2o_w, bp.ln2o_b);
+            bp.mlp_scale = branch_scale(p, "mlp");
             L.blocks.push_back(bp);
         }
         L.lnf_w = b.add("transformer.ln_f.weight", {C}, 0.0f, 1.0f);
@@ -120,11 +128,13 @@ ParamLayout build_param_layout(const ModelConfig& cfg) {
             linear("self_attn.v_proj", C, C, s * beta);
             bp.attn_proj_w = linear("self_attn.o_proj", C, C, out_proj_std(l + 1) * beta);
             if (cfg.sandwich()) bp.ln1o_w = norm("attn_out_layernorm");
+            bp.attn_scale = branch_scale(p, "attn");
             bp.ln2_w = norm("post_attention_layernorm");
             bp.fc_w = linear("mlp.gate_proj", F, C, s * beta);
             linear("mlp.up_proj", F, C, s * beta);
             bp.mlp_proj_w = linear("mlp.down_proj", C, F, out_proj_std(l + 1) * beta);
             if (cfg.sandwich()) bp.ln2o_w = norm("mlp_out_layernorm");
+            bp.mlp_scale = branch_scale(p, "mlp");
             L.blocks.push_back(bp);
         }
         L.lnf_w = b.add("model.norm.weight", {C}, 0.0f, 1.0f);

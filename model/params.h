@@ -41,11 +41,13 @@ struct BlockParams {
     long qkv_w = -1, qkv_b = -1;    // (3C, C), (3C)
     long attn_proj_w = -1, attn_proj_b = -1;  // (C, C), (C)
     long ln1o_w = -1, ln1o_b = -1;  // sandwich: norm on the attention output (C)
+    long attn_scale = -1;           // LayerScale (C) or SkipInit (1) on the attention branch
     // mlp sublayer
     long ln2_w = -1, ln2_b = -1;    // second norm of the block (C)
     long fc_w = -1, fc_b = -1;      // gpt2: c_fc (4C, C); llama: gate|up (2F, C)
     long mlp_proj_w = -1, mlp_proj_b = -1;  // gpt2: (C, 4C); llama: down (C, F)
     long ln2o_w = -1, ln2o_b = -1;  // sandwich: norm on the MLP output (C)
+    long mlp_scale = -1;            // LayerScale (C) or SkipInit (1) on the MLP branch
 };
 
 struct ParamLayout {

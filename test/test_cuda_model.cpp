@@ -69,6 +69,28 @@ std::vector<int> tokens(size_t n, int V, uint64_t seed) {
     for (auto& x : t) x = (int)(rng.next_u64() % V);
     return t;
 }
+// One forward and backward on both backends from the same (device-rounded) weights:
+// the loss and every gradient tensor.
+void one_step_matches(const ModelConfig& cfg) {
+    GPT<cpu_backend> cpu(cfg, B, T);
+    GPT<cuda_backend> gpu(cfg, B, T);
+    std::vector<float> p;
+    init_params(p, cpu.layout, 11);
+    round_to_device_precision(p);
+    cpu.set_params(p);
+    gpu.set_params(p);
+    auto x = tokens(B * T, cfg.vocab_size, 1), y = tokens(B * T, cfg.vocab_size, 2);
+    y[5] = -1;
+    const float lc = cpu.forward(x.data(), y.data(), B, T), lg = gpu.forward(x.data(), y.data(), B, T);
+    CHECK(std::fabs(lg - lc) / lc < LOSS_TOL);
+    cpu.zero_grad(), gpu.zero_grad();
+    cpu.backward(), gpu.backward();
+    const auto gc = cpu.get_grads(), gg = gpu.get_grads();
+    for (const auto& t : cpu.layout.tensors) {
+        INFO("gradient of " << t.name);
+        CHECK(grad_err(gg.data() + t.offset, gc.data() + t.offset, t.size) < GRAD_TOL);
+    }
+}
 }  // namespace
 
 TEST_CASE("CUDA: one training step of every arch x norm scheme matches the CPU backend", "[gpu][model]") {
@@ -76,26 +98,26 @@ TEST_CASE("CUDA: one training step of every arch x norm scheme matches the CPU b
         for (NormScheme s : {NormScheme::pre, NormScheme::post, NormScheme::mix, NormScheme::sandwich,
                              NormScheme::deepnorm, NormScheme::lns}) {
             DYNAMIC_SECTION(name << " " << to_string(s)) {
-                const ModelConfig cfg = small(name, s);
-                GPT<cpu_backend> cpu(cfg, B, T);
-                GPT<cuda_backend> gpu(cfg, B, T);
-                std::vector<float> p;
-                init_params(p, cpu.layout, 11);
-                round_to_device_precision(p);
-                cpu.set_params(p);
-                gpu.set_params(p);
-                auto x = tokens(B * T, cfg.vocab_size, 1), y = tokens(B * T, cfg.vocab_size, 2);
-                y[5] = -1;
-                const float lc = cpu.forward(x.data(), y.data(), B, T), lg = gpu.forward(x.data(), y.data(), B, T);
-                CHECK(std::fabs(lg - lc) / lc < LOSS_TOL);
-                cpu.zero_grad(), gpu.zero_grad();
-                cpu.backward(), gpu.backward();
-                const auto gc = cpu.get_grads(), gg = gpu.get_grads();
-                for (const auto& t : cpu.layout.tensors) {
-                    INFO("gradient of " << t.name);
-                    CHECK(grad_err(gg.data() + t.offset, gc.data() + t.offset, t.size) < GRAD_TOL);
-                }
+                one_step_matches(small(name, s));
             }
+        }
+}
+
+// SkipInit is left to the op test (branch_scale with channels == 1): its scalar's
+// gradient is one sum of B*T*C products that largely cancel (doc/reference-errors.md),
+// too ill-conditioned for a bf16 bound set for whole tensors.
+TEST_CASE("CUDA: one training step with LayerScale and the LNS placements matches the CPU backend",
+          "[gpu][model][baselines]") {
+    for (const char* name : {"gpt2-tiny", "llama-tiny"})
+        for (int v = 0; v < 6; v++) {
+            ModelConfig cfg = small(name, v < 3 ? NormScheme::pre : NormScheme::lns);
+            if (v == 0) cfg.layerscale = 0.1f;
+            if (v == 1) cfg.norm = NormScheme::post, cfg.layerscale = 0.5f;
+            if (v == 2) cfg.norm = NormScheme::sandwich, cfg.layerscale = 0.1f;
+            if (v == 3) cfg.lns_placement = LnsPlacement::before_norm;
+            if (v == 4) cfg.lns_placement = LnsPlacement::after_sublayer, cfg.layerscale = 0.5f;
+            if (v == 5) cfg.lns_placement = LnsPlacement::ffn_only;
+            DYNAMIC_SECTION(name << " " << to_string(cfg.norm) << " variant " << v) { one_step_matches(cfg); }
         }
 }
 

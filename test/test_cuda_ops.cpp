@@ -513,4 +513,38 @@ TEST_CASE("cuda norm_squared matches the CPU and is deterministic", "[gpu][cuda]
             CHECK(std::memcmp(&a, &b, sizeof a) == 0);
         }
 }
+// dg sums N (or N*C) products in fp32 on the GPU (double on the CPU): ~sqrt(N) * 6e-8
+// of the sum's scale at these sizes, far below ACC; then one rounding to storage.
+TEST_CASE("cuda branch_scale matches the CPU: per channel, scalar, factor only; in place, deterministic",
+          "[gpu][cuda][branch_scale]") {
+    REQUIRE_GPU();
+    const float factor = 0.7f;
+    for (int C : {32, 771})
+        for (int N : {1, 7, 1000})
+            for (int channels : {C, 1, 0}) {
+                INFO("N " << N << " C " << C << " channels " << channels);
+                const size_t NC = (size_t)N * C;
+                auto inp = rand_x(NC, 90 + C), d = rand_x(NC, 91 + N), g = rand_x(std::max(channels, 1), 92, 0.5f, 1.0f);
+                auto dg = rand_x(g.size(), 93);
+                const float* gp = channels ? g.data() : nullptr;
+                std::vector<float> out(NC), dinp(NC), dg_ref = dg;
+                Cpu::branch_scale_forward(out.data(), inp.data(), gp, factor, N, C, channels);
+                Cpu::branch_scale_backward(dinp.data(), dg_ref.data(), d.data(), inp.data(), gp, factor, N, C, channels);
+                DevX g_inp(inp), g_d(d), g_g(g), g_dg(dg), g_out(NC), g_dinp(NC);
+                gfloat* ggp = channels ? g_g.p : nullptr;
+                Gpu::branch_scale_forward(g_out.p, g_inp.p, ggp, factor, N, C, channels);
+                Gpu::branch_scale_backward(g_dinp.p, g_dg.p, g_d.p, g_inp.p, ggp, factor, N, C, channels);
+                CHECK(max_rel_err(g_out.get(), out) <= TOL);
+                CHECK(max_rel_err(g_dinp.get(), dinp) <= TOL);
+                const auto dg1 = g_dg.get();
+                if (channels) CHECK(max_rel_err(dg1, dg_ref) <= TOL);
+                else CHECK(same_bits(dg1, dg));  // no multiplier, no gradient
+
+                // dinp aliasing dout: the same dinp; the same dg increment, bit for bit
+                DevX g_io(d), g_dg2(dg);
+                Gpu::branch_scale_backward(g_io.p, g_dg2.p, g_io.p, g_inp.p, ggp, factor, N, C, channels);
+                CHECK(same_bits(g_io.get(), g_dinp.get()));
+                CHECK(same_bits(g_dg2.get(), dg1));
+            }
+}
 #endif  // LNS_CUDA

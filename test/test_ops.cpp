@@ -116,6 +116,37 @@ TEST_CASE("residual_norm without an addition normalises x itself", "[ops][norm]"
     for (int c = 0; c < C; c++) CHECK(out[c] == Approx(x[c] * rs * w[c] * 0.5).epsilon(1e-6));
 }
 
+TEST_CASE("branch_scale backward matches finite differences; in place gives the same bits", "[ops][branch_scale]") {
+    const int N = 5, C = 6;
+    const float factor = 0.6f;
+    for (int channels : {C, 1, 0}) {
+        DYNAMIC_SECTION("channels " << channels) {
+            auto inp = randn(N * C, 40), g = randn(std::max(channels, 1), 41, 0.5f), r = randn(N * C, 42);
+            for (auto& v : g) v += 1.0f;
+            const float* gp = channels ? g.data() : nullptr;
+            std::vector<float> out(N * C), dinp(N * C), dg(g.size(), 0.0f);
+            auto loss = [&] {
+                Ops::branch_scale_forward(out.data(), inp.data(), gp, factor, N, C, channels);
+                return dot(out, r);
+            };
+            loss();
+            Ops::branch_scale_backward(dinp.data(), dg.data(), r.data(), inp.data(), gp, factor, N, C, channels);
+            CHECK(fd_error(inp, dinp, loss) < TOL);
+            if (channels) CHECK(fd_error(g, dg, loss) < TOL);
+            else CHECK(dg == std::vector<float>(1, 0.0f));  // nothing to learn
+            // no g: out is inp times the factor, exactly
+            loss();  // fd_error left out at a perturbed input
+            if (channels == 0)
+                for (int i = 0; i < N * C; i++) CHECK(out[i] == inp[i] * factor);
+
+            std::vector<float> inout = r, dg2(g.size(), 0.0f);
+            Ops::branch_scale_backward(inout.data(), dg2.data(), inout.data(), inp.data(), gp, factor, N, C, channels);
+            CHECK(inout == dinp);
+            CHECK(dg2 == dg);
+        }
+    }
+}
+
 TEST_CASE("matmul backward matches finite differences", "[ops]") {
     const int N = 5, C = 7, OC = 9;
     auto inp = randn(N * C, 30), w = randn(OC * C, 31), bias = randn(OC, 32), r = randn(N * OC, 33);

@@ -1,4 +1,5 @@
-"""Independent PyTorch reference for lns.cu: GPT-2 / LLaMA with six norm schemes.
+"""Independent PyTorch reference for lns.cu: GPT-2 / LLaMA with six norm schemes,
+the LayerScale / SkipInit branch multipliers and LNS's placement variants.
 
 Everything is functional: a model is a Config plus a dict {HF name: tensor in HF
 shape}. forward() works in whatever dtype the parameters have (float32 for the
@@ -16,6 +17,7 @@ import torch
 
 SCHEMES = ("pre", "post", "mix", "sandwich", "deepnorm", "lns")
 INITS = ("normal", "scaled", "depth-scaled")
+PLACEMENTS = ("norm-output", "before-norm", "after-sublayer", "attn-only", "ffn-only")
 
 
 class RefError(Exception):
@@ -135,12 +137,19 @@ def parse_config(d, path="config.json"):
         c.mix_alpha = float(get("mix_alpha", 0.0, required=False))
         if c.scheme == "mix" and "mix_alpha" not in d:
             raise RefError(f"{path}: norm_scheme mix needs mix_alpha")
+        c.layerscale = float(get("layerscale", 0.0, required=False))
+        c.skipinit = bool(get("skipinit", False, required=False))
+        c.placement = get("lns_placement", "norm-output", required=False)
     except (TypeError, ValueError) as e:
         raise RefError(f"{path}: bad value ({e})")
     if c.scheme not in SCHEMES:
         raise RefError(f"{path}: unknown norm_scheme {c.scheme!r}")
     if c.init not in INITS:
         raise RefError(f"{path}: unknown init {c.init!r}")
+    if c.placement not in PLACEMENTS or (c.placement != "norm-output" and c.scheme != "lns"):
+        raise RefError(f"{path}: lns_placement {c.placement!r} with norm_scheme {c.scheme!r}")
+    if c.layerscale < 0 or (c.layerscale and c.skipinit):
+        raise RefError(f"{path}: layerscale {c.layerscale} with skipinit {c.skipinit}")
     if min(c.V, c.C, c.L, c.H, c.F, c.n_pos) <= 0 or c.C % c.H or (c.arch == "llama" and (c.C // c.H) % 2):
         raise RefError(f"{path}: inconsistent sizes V={c.V} C={c.C} L={c.L} H={c.H} F={c.F}")
     return c
@@ -172,14 +181,27 @@ def norm_names(c, i):
         p + "attn_out_layernorm", p + "mlp_out_layernorm"
 
 
+def branch_scale_name(c, i, branch):
+    """The LayerScale / SkipInit multiplier of block i's branch ("attn" or "mlp"), or None."""
+    if not (c.layerscale or c.skipinit):
+        return None
+    p = f"transformer.h.{i}." if c.arch == "gpt2" else f"model.layers.{i}."
+    return p + branch + ("_skip_scale" if c.skipinit else "_layer_scale") + ".weight"
+
+
 def final_norm_name(c):
     return "transformer.ln_f" if c.arch == "gpt2" else "model.norm"
 
 
 def param_specs(c):
-    """[(name, shape, kind, role, block)]: kind in matrix|bias|norm_w|norm_b,
+    """[(name, shape, kind, role, block)]: kind in matrix|bias|norm_w|norm_b|branch_scale,
     role in None|qkv|q|k|v|attn_out|mlp_in|mlp_out, block 0-based or None."""
     C, F, V, specs = c.C, c.F, c.V, []
+
+    def branch_scales(i):
+        for b in ("attn", "mlp"):
+            if branch_scale_name(c, i, b):
+                specs.append((branch_scale_name(c, i, b), (1,) if c.skipinit else (C,), "branch_scale", None, i))
 
     def norm(prefix, i):
         specs.append((prefix + ".weight", (C,), "norm_w", None, i))
@@ -205,6 +227,7 @@ def param_specs(c):
             if c.scheme == "sandwich":
                 norm(o1, i)
                 norm(o2, i)
+            branch_scales(i)
         norm(final_norm_name(c), None)
     else:
         specs.append(("model.embed_tokens.weight", (V, C), "matrix", None, None))
@@ -221,6 +244,7 @@ def param_specs(c):
             if c.scheme == "sandwich":
                 norm(o1, i)
                 norm(o2, i)
+            branch_scales(i)
         norm(final_norm_name(c), None)
         specs.append(("lm_head.weight", (V, C), "matrix", None, None))
     return specs
@@ -232,6 +256,8 @@ def init_tables(c):
     out = {}
     for name, shape, kind, role, i in param_specs(c):
         value = torch.ones(shape) if kind == "norm_w" else torch.zeros(shape)
+        if kind == "branch_scale":  # SkipInit 1/sqrt(L); LayerScale the configured value
+            value = torch.full(shape, 1.0 / math.sqrt(L) if c.skipinit else c.layerscale)
         if kind != "matrix":
             out[name] = (torch.zeros(shape), value)
             continue
@@ -360,17 +386,32 @@ def forward(c, p, inputs, targets=None, hidden=None):
             hidden.append(x)
         kind = block_scheme(c, i)
         n1, n2, o1, o2 = norm_names(c, i)
-        for f, n_in, n_out in ((attn_sublayer, n1, o1), (mlp_sublayer, n2, o2)):
+        s = 1.0 / math.sqrt(i + 1)
+        for f, n_in, n_out, branch in ((attn_sublayer, n1, o1, "attn"), (mlp_sublayer, n2, o2, "mlp")):
+            gname = branch_scale_name(c, i, branch)
+
+            def g(y):  # LayerScale / SkipInit on the branch output as it joins the stream
+                return y * p[gname] if gname else y
             if kind == "pre":
-                x = x + f(c, p, i, norm(c, p, n_in, x))
+                x = x + g(f(c, p, i, norm(c, p, n_in, x)))
             elif kind == "lns":
-                x = x + f(c, p, i, norm(c, p, n_in, x) * (1.0 / math.sqrt(i + 1)))
+                where = c.placement  # attn-only / ffn-only: norm-output on that branch, nothing on the other
+                if where in ("attn-only", "ffn-only"):
+                    where = "norm-output" if where == ("attn-only" if branch == "attn" else "ffn-only") else None
+                if where == "norm-output":
+                    x = x + g(f(c, p, i, norm(c, p, n_in, x) * s))
+                elif where == "before-norm":
+                    x = x + g(f(c, p, i, norm(c, p, n_in, x * s)))
+                elif where == "after-sublayer":
+                    x = x + g(f(c, p, i, norm(c, p, n_in, x)) * s)
+                else:
+                    x = x + g(f(c, p, i, norm(c, p, n_in, x)))
             elif kind == "post":
-                x = norm(c, p, n_in, x + f(c, p, i, x))
+                x = norm(c, p, n_in, x + g(f(c, p, i, x)))
             elif kind == "sandwich":
-                x = x + norm(c, p, n_out, f(c, p, i, norm(c, p, n_in, x)))
+                x = x + g(norm(c, p, n_out, f(c, p, i, norm(c, p, n_in, x))))
             elif kind == "deepnorm":
-                x = norm(c, p, n_in, alpha * x + f(c, p, i, x))
+                x = norm(c, p, n_in, alpha * x + g(f(c, p, i, x)))
             else:
                 raise ValueError(kind)
     if hidden is not None:

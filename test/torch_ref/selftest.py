@@ -1,7 +1,9 @@
 """Self-consistency checks of the reference model: python3 test/torch_ref/selftest.py
 
 - float64 gradcheck of loss and logits wrt every parameter, every arch x scheme;
-- scheme identities (mix 0 == pre, mix 1 == post, lns == pre with norms rescaled);
+- scheme identities (mix 0 == pre, mix 1 == post, lns == pre with norms rescaled,
+  LayerScale / SkipInit at 1 == without, LNS placements against their rewrites);
+- gradcheck of LayerScale / SkipInit and of each LNS placement;
 - attention + RoPE against a per-position loop using complex rotations;
 - safetensors round trip (incl. BF16), init tables, and run.py end to end
   (single step, training checked against a hand-written AdamW, malformed input).
@@ -72,6 +74,23 @@ def check_gradcheck():
                   f"{'PASS' if ok else 'FAIL'}")
 
 
+BASELINES = [("pre", dict(layerscale=0.3)), ("post", dict(skipinit=True)), ("sandwich", dict(layerscale=0.3))] + \
+    [("lns", dict(lns_placement=pl)) for pl in M.PLACEMENTS[1:]]
+
+
+def check_gradcheck_baselines():
+    for arch in ("gpt2", "llama"):
+        for scheme, kw in BASELINES:
+            c = tiny(arch, scheme, **kw)
+            p = random_params(c, torch.float64)
+            names = list(p)
+            x, y = batch(c)
+            ts = [p[n].requires_grad_() for n in names]
+            ok = torch.autograd.gradcheck(lambda *t: M.forward(c, dict(zip(names, t)), x, y), ts, eps=1e-6,
+                                          atol=1e-6, rtol=1e-4)
+            print(f"gradcheck {arch:5s} {scheme:8s} {kw}: {'PASS' if ok else 'FAIL'}")
+
+
 def close(a, b, what, tol=1e-10):
     err = (a - b).abs().max().item()
     assert err < tol, f"{what}: max abs diff {err}"
@@ -97,6 +116,25 @@ def check_identities():
                     if prefix + k in q:
                         q[prefix + k] = q[prefix + k] / math.sqrt(i + 1)
         close(M.forward(tiny(arch, "lns", L=3), p, x)[0], M.forward(c, q, x)[0], f"{arch} lns == rescaled pre")
+        # attn-only / ffn-only: only the first / second norm rescaled
+        for k, pl in ((0, "attn-only"), (1, "ffn-only")):
+            q = dict(p)
+            for i in range(c.L):
+                prefix = M.norm_names(c, i)[k]
+                for sfx in (".weight", ".bias"):
+                    if prefix + sfx in q:
+                        q[prefix + sfx] = q[prefix + sfx] / math.sqrt(i + 1)
+            close(M.forward(tiny(arch, "lns", L=3, lns_placement=pl), p, x)[0], M.forward(c, q, x)[0],
+                  f"{arch} lns {pl} == pre with one norm rescaled")
+        # multipliers of exactly 1 change nothing, under a pre- and a post-type scheme
+        for scheme in ("pre", "post"):
+            for kw in (dict(layerscale=0.5), dict(skipinit=True)):
+                cs = tiny(arch, scheme, L=3, **kw)
+                ps = dict(p)
+                ps.update({n: torch.ones(shape, dtype=torch.float64) for n, shape, kind, _, _ in M.param_specs(cs)
+                           if kind == "branch_scale"})
+                close(M.forward(cs, ps, x)[0], M.forward(tiny(arch, scheme, L=3), p, x)[0],
+                      f"{arch} {scheme} {kw} at 1 == without")
 
 
 def check_attention_loop():
@@ -230,4 +268,5 @@ if __name__ == "__main__":
     check_identities()
     check_cli()
     check_gradcheck()
+    check_gradcheck_baselines()
     print("selftest: all ok")
