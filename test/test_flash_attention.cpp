@@ -9,7 +9,6 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
-#include <regex>
 
 #include "cpu/cpu_backend.h"
 #include "test/test_util.h"
@@ -62,16 +61,6 @@ TEST_CASE("flash attention on the CPU equals the first attention, forward and ba
         }
 }
 
-namespace {
-std::vector<double> losses_of(const std::string& out) {
-    std::vector<double> v;
-    std::regex re("\\| loss ([0-9.eE+-]+)");
-    for (auto it = std::sregex_iterator(out.begin(), out.end(), re); it != std::sregex_iterator(); ++it)
-        v.push_back(std::stod((*it)[1]));
-    return v;
-}
-}  // namespace
-
 TEST_CASE("train_gpt --attention flash and naive give the same losses on the CPU", "[e2e][flash]") {
     TextShards data;
     for (const char* model : {"gpt2-tiny", "llama-tiny"}) {
@@ -87,7 +76,7 @@ TEST_CASE("train_gpt --attention flash and naive give the same losses on the CPU
                 const int rc = run_command(cmd, &out);
                 INFO(cmd << "\n" << out);
                 REQUIRE(rc == 0);
-                loss[k] = losses_of(out);
+                loss[k] = values_after(out, "\\| loss");
                 REQUIRE(loss[k].size() == 12);
             }
             // fp32 differences of ~1e-6 in attention's outputs and gradients enter the

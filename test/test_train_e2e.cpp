@@ -5,7 +5,6 @@
 
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <regex>
 #include <sstream>
 
 #include "dataloader/shard.h"
@@ -14,14 +13,6 @@
 namespace {
 
 std::string train_gpt() { return repo_root() + "/train_gpt"; }
-
-std::vector<double> values_after(const std::string& out, const std::string& key) {
-    std::vector<double> v;
-    std::regex re(key + " ([0-9.eE+-]+)");
-    for (auto it = std::sregex_iterator(out.begin(), out.end(), re); it != std::sregex_iterator(); ++it)
-        v.push_back(std::stod((*it)[1]));
-    return v;
-}
 
 }  // namespace
 

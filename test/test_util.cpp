@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <regex>
 
 #include "common/check.h"
 #include "dataloader/shard.h"
@@ -82,4 +83,12 @@ std::map<int, double> logged_losses(const std::string& dir) {
         m[s] = j["loss"].get<double>();
     }
     return m;
+}
+
+std::vector<double> values_after(const std::string& out, const std::string& key) {
+    std::vector<double> v;
+    std::regex re(key + " ([0-9.eE+-]+)");
+    for (auto it = std::sregex_iterator(out.begin(), out.end(), re); it != std::sregex_iterator(); ++it)
+        v.push_back(std::stod((*it)[1]));
+    return v;
 }

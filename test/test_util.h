@@ -56,6 +56,9 @@ void make_batch(std::vector<int>& x, std::vector<int>& y, int n, int V, uint64_t
 // Runs a shell command, returns its exit status and captures stdout+stderr.
 int run_command(const std::string& cmd, std::string* output);
 
+// Every number printed after `key` (a regex) in a program's output, in order.
+std::vector<double> values_after(const std::string& out, const std::string& key);
+
 // step -> loss of the 'step' records in RUN/log.jsonl (a CHECK fails on a repeated step)
 std::map<int, double> logged_losses(const std::string& run_dir);
 
