@@ -43,15 +43,15 @@ def here(*parts):
 
 PY = sys.executable or "/usr/bin/python3"
 
-# Per size: (peak lr, optimizer steps, micro-batch per GPU). 130m: lr 1e-3, 20000 steps,
-# 2000 warmup, 512 sequences per step, from the authors' run_130m.sh (github.com/lmsdss/
-# LayerNorm-Scaling). 250m/350m/1b: NOT confirmed against the paper here (its text was not
-# at hand offline); lr as in the Mix-LN setup it follows and steps as GaLore's token
-# budgets, to be checked before spending GPU time (doc/curse-of-depth.md). The micro-batch
-# only sets memory use; gradient accumulation keeps 512 sequences per step.
+# Per size: (peak lr, optimizer steps, micro-batch per GPU); warmup is 10% of the steps.
+# 130m: the authors' run_130m.sh (github.com/lmsdss/LayerNorm-Scaling). 250m and 1b: the
+# Mix-LN scripts that code is built on (github.com/luuyin/mix_ln: run_250m.sh with lr 1e-3
+# from scripts/layer_vs_ratio, run_1b.sh with lr 5e-4 from mix_norm.sh). 350m: NOT
+# confirmed (no script in either; GaLore's step count, lr between its neighbours). The
+# micro-batch only sets memory use; gradient accumulation keeps 512 sequences per step.
 PAPER_SIZES = {
     "130m": (1e-3, 20000, 64),
-    "250m": (1e-3, 40000, 64),
+    "250m": (1e-3, 60000, 64),
     "350m": (5e-4, 60000, 32),
     "1b": (5e-4, 100000, 16),
 }
