@@ -38,11 +38,11 @@ import io
 import re
 import sys
 
-KNOWN_OPS = ("encoder_forward", "encoder_backward", "residual_norm_forward", "residual_norm_backward",
-             "matmul_forward", "matmul_backward", "attention_forward", "attention_backward", "gelu_forward",
-             "gelu_backward", "swiglu_forward", "swiglu_backward", "crossentropy_forward",
-             "crossentropy_backward", "adamw_update", "norm_squared")
-OP_RE = re.compile(r"(?<![A-Za-z_])(" + "|".join(sorted(KNOWN_OPS, key=len, reverse=True)) + r")(?![A-Za-z_])")
+# An op is the innermost NVTX range named like one: name_forward / name_backward (every op
+# pair of both backends), adamw_update, norm_squared. Ranges of the model ("block backward 3",
+# "attention backward") have spaces, so they never match.
+OP_RE = re.compile(r"(?<![A-Za-z0-9_])([a-z][a-z0-9]*(?:_[a-z0-9]+)*_(?:forward|backward)|adamw_update|norm_squared)"
+                   r"(?![A-Za-z0-9_])")
 TIME_UNITS = {"": 1.0, "ns": 1.0, "nsecond": 1.0, "us": 1e3, "usecond": 1e3, "ms": 1e6, "msecond": 1e6,
               "s": 1e9, "second": 1e9}
 BYTE_UNITS = {"": 1.0, "byte": 1.0, "kbyte": 1e3, "mbyte": 1e6, "gbyte": 1e9, "tbyte": 1e12}

@@ -92,6 +92,29 @@ TEST_CASE("ncu_table: per-kernel, per-phase numbers from the fixture", "[profili
     CHECK(md.find("backward block 2") < md.find("backward block 1"));
 }
 
+TEST_CASE("ncu_table: an op is any name_forward/name_backward range, new kernels included", "[profiling]") {
+    // the fixture's first launch, moved into block 1 as the flash attention op
+    std::istringstream in(slurp(fixture()));
+    std::string line, csv;
+    while (std::getline(in, line) && line.rfind("==PROF==", 0) == 0) {}
+    csv = line + "\n";                   // header
+    std::getline(in, line), csv += line + "\n";  // units
+    std::getline(in, line);
+    const std::string from = "forward:encoder_forward:", to = "forward:block 1:attention_flash_forward:";
+    REQUIRE(line.find(from) != std::string::npos);
+    csv += line.replace(line.find(from), from.size(), to) + "\n";
+    TmpDir dir;
+    std::ofstream(dir / "one.csv") << csv;
+    std::string out;
+    REQUIRE(run_command(table_cmd(dir / "one.csv", "--copy-gbs 4000 --gemm-tflops 800 --csv " + (dir / "t.csv")),
+                        &out) == 0);
+    INFO(out);
+    const auto rows = csv_rows(slurp(dir / "t.csv"));
+    REQUIRE(rows.size() == 2);
+    CHECK(rows[1][0] == "forward block 1");
+    CHECK(rows[1][1] == "attention_flash_forward");
+}
+
 TEST_CASE("ncu_table: ceilings from bench_kernels --ceilings output, times per step", "[profiling]") {
     TmpDir dir;
     std::ofstream(dir / "ceil.txt") << "device NVIDIA H200\ncopy_gbs 2000\ngemm_tflops 400\n";
