@@ -4,7 +4,9 @@
 // their checkpoints with any rank count, and stop together when one rank fails.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <fstream>
 #include <regex>
 
@@ -154,6 +156,85 @@ TEST_CASE("a checkpoint written by 3 ranks loads into any shard of any rank coun
     std::filesystem::remove(checkpoint_rank_path(path, 2));
     nlohmann::json own;
     CHECK_THROWS_WITH(load_checkpoint_range(path, 0, P, 0, 1, own), Catch::Contains("rank2.safetensors"));
+}
+
+namespace {
+// Two ranks seen from one: records every asynchronous all-reduce with a copy of its data
+// at the moment it starts, and "sums" by doubling (the other rank holds the same values).
+struct RecordingComm : Comm {
+    struct Start {
+        const float* buf;
+        std::vector<float> at_start;
+    };
+    std::vector<Start> starts;
+    std::vector<std::pair<float*, size_t>> pending;
+    RecordingComm() { size_ = 2; }
+    const char* name() const override { return "recording"; }
+    void all_reduce_sum(void* buf, size_t n, DType) override {
+        for (size_t i = 0; i < n; i++) ((float*)buf)[i] *= 2;
+    }
+    void reduce_scatter_sum(void*, const void*, size_t, DType) override { FAIL("not used"); }
+    void all_gather(void*, const void*, size_t, DType) override {}
+    void all_reduce_sum_start(void* buf, size_t n, DType) override {
+        const float* b = (const float*)buf;
+        starts.push_back({b, std::vector<float>(b, b + n)});
+        pending.push_back({(float*)buf, n});
+    }
+    void wait_all() override {
+        for (auto& [b, n] : pending) all_reduce_sum(b, n, DType::f32);
+        pending.clear();
+    }
+    void broadcast(void*, size_t, int) override {}
+    void barrier() override {}
+    [[noreturn]] void abort(const std::string& why) override { throw std::runtime_error(why); }
+};
+}  // namespace
+
+TEST_CASE("overlapped gradient reduction: each bucket starts once its gradients are final, deepest first",
+          "[dp]") {
+    for (const char* name : {"gpt2-tiny", "llama-tiny"}) {
+        INFO(name);
+        const ModelConfig c = tiny(name, NormScheme::lns);
+        const int B = 2, T = 16;
+        std::vector<int> x, y;
+        make_batch(x, y, B * T, c.vocab_size, 5);
+        // the reference: one rank, plain backward
+        GPT<cpu_backend> ref(c, B, T);
+        ref.init_random(1);
+        ref.forward(x.data(), y.data(), B, T);
+        ref.backward(0.5f);
+        const std::vector<float> want = ref.get_grads();
+
+        RecordingComm comm;
+        GPT<cpu_backend> m(c, B, T, false, AttentionKind::automatic, 0, 2);
+        m.init_random(1);
+        DataParallel<cpu_backend> dp(comm, m);
+        m.forward(x.data(), y.data(), B, T);
+        dp.overlap_next_backward();
+        m.backward(0.5f);
+        const size_t started_in_backward = comm.starts.size();
+        dp.finish_backward();
+
+        // every bucket once, in backward order: blocks L-1 .. 0, then the rest
+        REQUIRE(comm.starts.size() == dp.buckets.size());
+        CHECK(started_in_backward == comm.starts.size() - std::count_if(dp.buckets.begin(), dp.buckets.end(),
+                                                                         [](auto& b) { return b.stage == -1; }));
+        int last_stage = c.n_layer;
+        for (const auto& s : comm.starts) {
+            const size_t off = s.buf - m.grads;
+            const auto it = std::find_if(dp.buckets.begin(), dp.buckets.end(), [&](auto& b) { return b.begin == off; });
+            REQUIRE(it != dp.buckets.end());
+            const int stage = it->stage < 0 ? -1 : it->stage;
+            CHECK(stage <= last_stage);  // never an earlier block before a later one
+            last_stage = stage;
+            // what the reduction read is what the whole backward pass ends with
+            CHECK(std::memcmp(s.at_start.data(), want.data() + off, s.at_start.size() * sizeof(float)) == 0);
+        }
+        // and after the wait, the gradients are the sum over the (two identical) ranks
+        const std::vector<float> got = m.get_grads();
+        for (size_t i = 0; i < want.size(); i++)
+            if (got[i] != 2 * want[i]) FAIL_CHECK("element " << i);
+    }
 }
 
 #ifdef LNS_MPI
