@@ -17,6 +17,7 @@
 struct cpu_backend {
     using floatX = float;
     static constexpr const char* name = "cpu";
+    static constexpr bool grows_scratch = false;  // no device scratch: see data_parallel.h
 
     // ---- memory (host memory; the same calls move data on the CUDA backend)
     static void* alloc(size_t bytes, const char* what);

@@ -17,6 +17,9 @@ struct cuda_backend {
     using floatX = __nv_bfloat16;
 #endif
     static constexpr const char* name = "cuda";
+    // Scratch buffers grow on first use (cudaFree + cudaMalloc); data_parallel.h keeps
+    // that out of a backward pass whose gradient reductions are already in flight.
+    static constexpr bool grows_scratch = true;
 
     // ---- device, stream, handles
     static int device_count();           // 0 when no driver or no device (never throws)

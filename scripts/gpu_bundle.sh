@@ -10,8 +10,9 @@ make -j"$(nproc)" train_gpt build/test_all build/bench_kernels
 make -j"$(nproc)" PRECISION=FP32 BUILD=build-fp32 build-fp32/test_all
 rm -rf .device && mkdir -p .device/lib
 # everything outside the C library and the CUDA driver/toolkit, which the GPU machine has
+# (NCCL, 200+ MB, is far over what a call can carry: gpu_check.sh finds the machine's own)
 ldd train_gpt build/test_all build/bench_kernels build-fp32/test_all | awk '/=> \// {print $3}' | sort -u |
-    grep -vE '/(libc|libm|libdl|librt|libpthread|ld-linux[^/]*|libcuda|libcudart|libcublas|libcublasLt|libnvrtc)\.so' |
+    grep -vE '/(libc|libm|libdl|librt|libpthread|ld-linux[^/]*|libcuda|libcudart|libcublas|libcublasLt|libnvrtc|libnccl)\.so' |
     while read -r lib; do cp -L "$lib" .device/lib/; done
 echo "$(git rev-parse --short HEAD)$(git diff --quiet || echo '+changes'), $(date -u +%Y-%m-%dT%H:%MZ), sm_80 + sm_90a" >.device/BUILT
 du -sh .device train_gpt build/test_all build/bench_kernels build-fp32/test_all

@@ -52,6 +52,16 @@ part() {
 # 1. builds: bf16 (the default) and fp32, for the local GPU only
 if [ "${PREBUILT:-0}" = 1 ]; then
     export LD_LIBRARY_PATH=$PWD/.device/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    # NCCL (too large to carry) and any CUDA library the toolkit there lacks: from the
+    # nvidia-* wheels of the machine's PyTorch
+    if ldd ./train_gpt ./build/test_all 2>/dev/null | grep -q 'not found'; then
+        wheels=$(python3 -c 'import nvidia; print(" ".join(nvidia.__path__))' 2>/dev/null)
+        for d in $(find $wheels -name 'lib*.so*' -printf '%h\n' 2>/dev/null | sort -u); do
+            LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$d
+        done
+        export LD_LIBRARY_PATH
+        ldd ./train_gpt ./build/test_all | grep 'not found' >>"$log"
+    fi
     echo "| build | prebuilt ($(cat .device/BUILT 2>/dev/null || echo '?')) | 0 s |" >>"$report"
 else
     part "build bf16" 240 make -j"$jobs" train_gpt build/test_all build/bench_kernels

@@ -53,17 +53,22 @@ struct DataParallel {
     static DType grad_type() { return sizeof(floatX) == 4 ? DType::f32 : DType::bf16; }
 
     // Call before the backward pass of the last micro-batch of a step: each block's
-    // gradient reduction starts as soon as its backward is done.
+    // gradient reduction starts as soon as its backward is done. Not in the first step
+    // on a backend whose scratch grows on first use: freeing device memory waits for the
+    // whole device, NCCL kernels in flight included, which NCCL does not support.
     void overlap_next_backward() {
         if (!active) return;
-        model.on_block_backward = [this](int l) { start(l); };
+        overlapping = !(Backend::grows_scratch && backward_passes == 0);
+        if (overlapping) model.on_block_backward = [this](int l) { start(l); };
     }
     // After that backward: reduces what is left and waits; grads then hold the sum.
     void finish_backward() {
         if (!active) return;
         model.on_block_backward = nullptr;
-        start(-1);
+        if (overlapping) start(-1);
+        else for (const GradBucket& b : buckets) start_bucket(b);
         comm.wait_all();
+        backward_passes++;
     }
     // Sums n <= 16 host floats over ranks, in place.
     void sum(float* vals, int n) {
@@ -92,8 +97,13 @@ struct DataParallel {
     }
 
 private:
+    bool overlapping = false;
+    long backward_passes = 0;
+    void start_bucket(const GradBucket& b) {
+        comm.all_reduce_sum_start(model.grads + b.begin, b.end - b.begin, grad_type());
+    }
     void start(int stage) {
         for (const GradBucket& b : buckets)
-            if (b.stage == stage) comm.all_reduce_sum_start(model.grads + b.begin, b.end - b.begin, grad_type());
+            if (b.stage == stage) start_bucket(b);
     }
 };
