@@ -41,6 +41,7 @@ public:
         cudaCheck(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
     }
     ~NcclComm() override {
+        if (pending_) cudaStreamSynchronize(comm_stream_);  // an error path left a reduction in flight
         ncclCommDestroy(comm_);
         cudaEventDestroy(ready_);
         cudaEventDestroy(done_);
