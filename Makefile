@@ -68,7 +68,7 @@ endif
 
 .PHONY: all deps test quickstart clean data bench repro-tiny
 # Benchmarks report speed as ratios against a reference measured in the same run.
-bench: bench-tokenizer
+bench: bench-tokenizer bench-dp
 all: train_gpt
 
 $(BUILD)/%.o: %.cpp

@@ -1,5 +1,6 @@
 # Kernel profiling and micro-benchmarks (doc/profiling.md); included by the Makefile.
 #   make bench-kernels   $(BUILD)/bench_kernels: every CUDA op alone, against ceilings it measures
+#   make bench-dp        data parallel (mpirun) against one process on the same cores (bench/data_parallel.sh)
 #   make profile         a -lineinfo build in $(PROF_BUILD), then scripts/profile.sh $(PROFILE_ARGS)
 #                        e.g. make profile PROFILE_ARGS="--model gpt2-124m -b 16 -t 1024"
 
@@ -11,7 +12,10 @@ endif
 PROF_BUILD ?= build-prof
 PROFILE_ARGS ?=
 
-.PHONY: bench-kernels profile
+.PHONY: bench-kernels profile bench-dp
+
+bench-dp: train_gpt
+	BUILD=$(BUILD) bash bench/data_parallel.sh
 
 # the profiling build: source lines in the reports (NVTX is on in every CUDA build)
 ifeq ($(LNS_PROFILE_BUILD),1)

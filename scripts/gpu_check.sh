@@ -107,6 +107,14 @@ if [ -x ./train_gpt ]; then
     bench llama-130m lns 64 256 "$data/llama.bin"
 fi
 
+# 3b. several GPUs: data parallel weak scaling (needs mpirun there)
+ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+dp_table="(one GPU: data parallel scaling not measured)"
+if [ "${ngpu:-0}" -ge 2 ] && command -v mpirun >/dev/null; then
+    part "data parallel bench" 120 bash -c "DEVICE=cuda RANKS=$ngpu MODEL=gpt2-124m B=16 T=1024 STEPS=20 bash bench/data_parallel.sh >'$dir/bench_dp.md'"
+    dp_table=$(cat "$dir/bench_dp.md")
+fi
+
 # 4. attention alone: the flash kernels (and the first version) against PyTorch's
 # scaled_dot_product_attention backends, same shapes, same run
 attn_ours=$dir/bench_attention_ours.log attn_torch=$dir/bench_attention_torch.log
@@ -141,6 +149,10 @@ attn_table() {
     echo "## Causal attention alone, TFLOP/s (forward 2*B*H*T*T*D, backward 2.5x; no RoPE; goal: ratio >= 0.8)"
     echo
     attn_table
+    echo
+    echo "## Data parallel"
+    echo
+    echo "$dp_table"
     echo
     echo "## Throughput (train_gpt bf16 vs PyTorch torch.compile + bf16 autocast, same model and batch)"
     echo
