@@ -401,11 +401,7 @@ TEST_CASE("NCCL as one rank: the data parallel path on one GPU changes no bit", 
 }
 
 #ifdef LNS_MPI
-TEST_CASE("NCCL over 2 GPUs trains like one GPU with the same global batch", "[gpu][dp][mpi]") {
-    if (cuda_backend::device_count() < 2) {
-        WARN("one GPU: the 2-rank NCCL comparison needs two (the one-rank NCCL test covers the path)");
-        return;
-    }
+TEST_CASE("NCCL over 2 GPUs trains like one GPU with the same global batch", "[gpu][multigpu][dp][mpi]") {
     TextShards d;
     TmpDir one, two;
     std::string out;

@@ -1,11 +1,12 @@
 // The test runner: Catch2 with a listener that counts test cases, so the last line
 // is "tests: N passed, M failed, K skipped". Test cases tagged [gpu] need a CUDA
-// device; without one they are not run and are counted as skipped.
+// device, [multigpu] two; without them they are not run and are counted as skipped.
 #define CATCH_CONFIG_RUNNER
 #include <catch2/catch.hpp>
 
 #include <cstdio>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "test/test_util.h"
@@ -47,17 +48,21 @@ int main(int argc, char** argv) {
     Catch::Session session;
     if (int rc = session.applyCommandLine(argc, argv)) return rc;
     int skipped = 0;
-    if (!gpu_available()) {
+    // tests that need hardware this machine lacks: counted as skipped, left out of the run
+    const std::pair<const char*, bool> needs[] = {{"[gpu]", gpu_available()}, {"[multigpu]", gpu_count() >= 2}};
+    for (const auto& [tag, have] : needs) {
+        if (have) continue;
         auto& specs = session.configData().testsOrTags;
-        // count the GPU tests the user's filter selects, then run the filter without them
+        // count the tests the user's filter (minus those already left out) selects, then drop them
         Catch::ConfigData probe = session.configData();
-        probe.testsOrTags = and_each(specs, "[gpu]");
+        probe.testsOrTags = and_each(specs, tag);
         Catch::Config probe_config(probe);
-        skipped = (int)Catch::filterTests(Catch::getAllTestCasesSorted(probe_config), probe_config.testSpec(),
-                                          probe_config).size();
-        specs = and_each(specs, "~[gpu]");
+        const int n = (int)Catch::filterTests(Catch::getAllTestCasesSorted(probe_config), probe_config.testSpec(),
+                                              probe_config).size();
+        specs = and_each(specs, std::string("~") + tag);
         session.useConfigData(session.configData());
-        if (skipped) printf("no CUDA device: %d GPU test cases skipped\n", skipped);
+        if (n) printf("%s: %d test cases skipped\n", tag[1] == 'g' ? "no CUDA device" : "fewer than 2 GPUs", n);
+        skipped += n;
     }
     const int rc = session.run();
     printf("tests: %d passed, %d failed, %d skipped\n", g_passed, g_failed, skipped);

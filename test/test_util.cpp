@@ -28,6 +28,14 @@ bool gpu_available() {
 #endif
 }
 
+int gpu_count() {
+#ifdef LNS_CUDA
+    return cuda_backend::device_count();
+#else
+    return 0;
+#endif
+}
+
 int run_command(const std::string& cmd, std::string* output) {
     FILE* p = popen((cmd + " 2>&1").c_str(), "r");
     if (!p) return -1;

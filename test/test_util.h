@@ -14,6 +14,8 @@
 
 // True when a CUDA device can run the GPU tests (always false in a CPU-only build).
 bool gpu_available();
+// CUDA devices this machine has (0 in a CPU-only build).
+int gpu_count();
 
 // A fresh directory under /tmp, removed with everything in it at scope exit.
 struct TmpDir {
