@@ -17,8 +17,6 @@ uint64_t mix(uint64_t z) {  // splitmix64's finaliser: nearby inputs, unrelated 
     return z ^ (z >> 31);
 }
 
-// The permutation of 0..n-1 for (seed, epoch, shard): a function of those alone, the
-// same on every rank, run and machine. shard = -1 names the epoch's order of shards.
 // The documents of a shard as rows of at most T+1 tokens (see RowLayout in the header).
 template <class Doc>
 std::vector<Doc> index_documents(const Shard& s, int doc_token, int T) {
@@ -34,6 +32,8 @@ std::vector<Doc> index_documents(const Shard& s, int doc_token, int T) {
     return docs;
 }
 
+// The permutation of 0..n-1 for (seed, epoch, shard): a function of those alone, the
+// same on every rank, run and machine. shard = -1 names the epoch's order of shards.
 std::vector<int64_t> permutation(int64_t n, uint64_t seed, int64_t epoch, int64_t shard) {
     Rng rng(mix(mix(mix(seed) ^ (uint64_t)epoch) ^ (uint64_t)(shard + 1)));
     std::vector<int64_t> p((size_t)n);
