@@ -282,7 +282,7 @@ static RowLayout row_layout(const Options& o, const ModelConfig& cfg) {
 }
 
 // The part of the configuration a checkpoint must agree with to resume exactly.
-static json run_config(const Options& o, const ModelConfig& c) {
+static json run_config(const Options& o, const ModelConfig& c, const RowLayout& rows) {
     json j = {{"model", json::parse(config_to_json(c))},
             {"batch_size", o.batch_size},
             {"seq_len", o.seq_len},
@@ -301,7 +301,7 @@ static json run_config(const Options& o, const ModelConfig& c) {
             {"overfit_batch", o.overfit_batch},
             {"seed", o.seed}};
     // only when not the default, so checkpoints of packed runs stay resumable
-    if (o.data_layout != "packed") j["data_layout"] = o.data_layout, j["doc_token"] = row_layout(o, c).doc_token;
+    if (rows.documents) j["data_layout"] = o.data_layout, j["doc_token"] = rows.doc_token;
     return j;
 }
 
@@ -477,21 +477,16 @@ static int run(const Options& o, const ModelConfig& cfg, const CLI::App& app, do
                   "--total-batch-size: expected a multiple of --batch-size x --seq-len x ranks = %d x %d x %d, got %d",
                   B, T, world, o.total_batch_size);
     const int accum = o.total_batch_size > 0 ? o.total_batch_size / (B * T * world) : 1;
-    const json rcfg = run_config(o, cfg);
+    const RowLayout rows = row_layout(o, cfg);
+    const json rcfg = run_config(o, cfg, rows);
 
     // a checkpoint to resume from, refused if its configuration differs
     std::unique_ptr<Checkpoint> ck;
     json ck_rank_state;  // this rank's own saved state, when the rank count is unchanged
-    GPT<Backend> model(cfg, B, T, o.recompute,
-                       o.attention == "flash"   ? AttentionKind::flash
-                       : o.attention == "naive" ? AttentionKind::naive
-                                                : AttentionKind::automatic,
-                       rank, world);
     if (o.resume) {
         auto all = list_checkpoints(o.out_dir);
         if (!all.empty()) {
-            ck = std::make_unique<Checkpoint>(load_checkpoint_range(
-                all.back().second, model.opt_begin, model.opt_begin + model.opt_n, rank, world, ck_rank_state));
+            ck = std::make_unique<Checkpoint>(load_checkpoint(all.back().second));
             // evaluation needs only the same model; training needs the same run
             const auto diffs = o.eval_only ? config_differences(ck->config.at("model"), rcfg.at("model"), "model")
                                            : config_differences(ck->config, rcfg);
@@ -500,6 +495,9 @@ static int run(const Options& o, const ModelConfig& cfg, const CLI::App& app, do
                 for (auto& d : diffs) msg += "\n  " + d;
                 throw UserError(msg);
             }
+            // this rank's optimizer slice, from the files of the ranks that wrote it
+            const ZeroShard sh = zero_shard(build_param_layout(cfg).total, rank, world);
+            ck_rank_state = load_optimizer_shard(*ck, all.back().second, sh.begin, sh.begin + sh.n, rank, world);
             printf("resuming from %s (step %d)\n", all.back().second.c_str(), all.back().first);
             const int saved_world = ck->state.value("world_size", 1);
             if (saved_world != world)
@@ -513,7 +511,6 @@ static int run(const Options& o, const ModelConfig& cfg, const CLI::App& app, do
 
     // data and tokenizer (opened before any large allocation, so bad paths fail fast)
     std::unique_ptr<DataLoader> train, val;
-    const RowLayout rows = row_layout(o, cfg);
     if (!o.eval_only && o.steps > 0)
         train = std::make_unique<DataLoader>(o.train_data, B, T, cfg.vocab_size, rank, world, o.shuffle, o.seed, rows);
     if (!o.val_data.empty())
@@ -527,6 +524,11 @@ static int run(const Options& o, const ModelConfig& cfg, const CLI::App& app, do
                       tok_spec.c_str(), tok->vocab_size(), cfg.vocab_size);
     }
 
+    GPT<Backend> model(cfg, B, T, o.recompute,
+                       o.attention == "flash"   ? AttentionKind::flash
+                       : o.attention == "naive" ? AttentionKind::naive
+                                                : AttentionKind::automatic,
+                       rank, world);
     DataParallel<Backend> dp(comm, model);
     if (!o.init_from.empty()) {
         std::vector<float> host;
@@ -609,7 +611,7 @@ static int run(const Options& o, const ModelConfig& cfg, const CLI::App& app, do
         if (o.out_dir.empty()) return;
         Checkpoint c;
         c.config = rcfg;
-        model.get_state(c.params, c.master, c.m, c.v);
+        model.get_state(c.params, c.master, c.m, c.v, lead);  // the parameters go in rank 0's file only
         c.opt_begin = model.opt_begin;
         json loader = nullptr;
         if (train) {
@@ -620,10 +622,7 @@ static int run(const Options& o, const ModelConfig& cfg, const CLI::App& app, do
                    {"loss_history", loss_guard.to_json()}, {"norm_history", norm_guard.to_json()},
                    {"world_size", world}};
         const std::string path = checkpoint_path(o.out_dir, step);
-        if (!lead) {
-            c.params.clear();
-            save_checkpoint(checkpoint_rank_path(path, rank), c);
-        }
+        if (!lead) save_checkpoint(checkpoint_rank_path(path, rank), c);
         comm.barrier();  // every rank's file exists before the main file marks it complete
         if (!lead) return;
         save_checkpoint(path, c);

@@ -32,6 +32,20 @@
 // stores them (B,NH,T,T). automatic is flash where the backend supports the head size.
 enum class AttentionKind { automatic, flash, naive };
 
+// ZeRO-1 over `world` ranks: the flat buffers padded with zeros to n_alloc elements, a
+// multiple of world x 8, so every rank's optimizer shard [begin, begin + n) has the same
+// length (what all-gather takes) and starts 16-byte aligned for bf16. One rank: no
+// padding, and the shard is everything.
+struct ZeroShard {
+    size_t n_alloc, begin, n;
+};
+inline ZeroShard zero_shard(size_t total, int rank, int world) {
+    const size_t unit = (size_t)world * 8;
+    const size_t n_alloc = world > 1 ? (total + unit - 1) / unit * unit : total;
+    const ShardRange r = shard_range(n_alloc, rank, world, 8);
+    return {n_alloc, r.begin, r.size()};
+}
+
 template <class Backend>
 struct GPT {
     using floatX = typename Backend::floatX;
@@ -60,10 +74,8 @@ struct GPT {
     ParamLayout layout;
     int B = 0, T = 0;  // the largest batch the activations were sized for
 
-    // Data parallel over `world` ranks with ZeRO-1: params and grads are whole on every
-    // rank, padded with zeros to n_alloc so that every rank's optimizer shard
-    // [opt_begin, opt_begin + opt_n) has the same length (equal shards are what
-    // all-gather takes). One rank: n_alloc = layout.total and the shard is everything.
+    // Data parallel with ZeRO-1 (zero_shard): params and grads are whole on every rank,
+    // padded to n_alloc; the optimizer state covers [opt_begin, opt_begin + opt_n) only.
     size_t n_alloc = 0, opt_begin = 0, opt_n = 0;
     floatX* params = nullptr;  // (n_alloc) the flat parameter buffer
     floatX* grads = nullptr;   // same layout
@@ -114,10 +126,8 @@ struct GPT {
                       "--attention flash: the %s backend has no flash kernels for head size %d in this build; "
                       "use --attention naive", Backend::name, cfg.head_dim());
         flash = attention == AttentionKind::flash || (attention == AttentionKind::automatic && flash_ok);
-        const size_t unit = (size_t)world * 8;  // 8 elements: 16-byte aligned bf16 shards
-        n_alloc = world > 1 ? (layout.total + unit - 1) / unit * unit : layout.total;
-        const ShardRange sh = shard_range(n_alloc, rank, world, 8);
-        opt_begin = sh.begin, opt_n = sh.size();
+        const ZeroShard sh = zero_shard(layout.total, rank, world);
+        n_alloc = sh.n_alloc, opt_begin = sh.begin, opt_n = sh.n;
         params = (floatX*)Ops::alloc(n_alloc * sizeof(floatX), "parameters");
         grads = (floatX*)Ops::alloc(n_alloc * sizeof(floatX), "gradients");
         m = (float*)Ops::alloc(opt_n * sizeof(float), "AdamW first moments");
@@ -220,10 +230,12 @@ struct GPT {
     // fp32) and AdamW moments of this rank's shard, cut to the real parameters
     // [opt_begin, min(opt_begin + opt_n, layout.total)).
     size_t opt_real() const { return opt_begin >= layout.total ? 0 : std::min(opt_n, layout.total - opt_begin); }
-    void get_state(std::vector<float>& p, std::vector<float>& mw, std::vector<float>& m1, std::vector<float>& m2) const {
+    // with_params = false leaves p empty (a rank that saves only its shard).
+    void get_state(std::vector<float>& p, std::vector<float>& mw, std::vector<float>& m1, std::vector<float>& m2,
+                   bool with_params = true) const {
         const size_t n = layout.total, k = opt_real();
-        p.resize(n), m1.resize(k), m2.resize(k), mw.resize(master ? k : 0);
-        Ops::download_f32(p.data(), params, n);
+        p.resize(with_params ? n : 0), m1.resize(k), m2.resize(k), mw.resize(master ? k : 0);
+        if (with_params) Ops::download_f32(p.data(), params, n);
         if (master) Ops::copy_to_host(mw.data(), master, k * sizeof(float));
         Ops::copy_to_host(m1.data(), m, k * sizeof(float));
         Ops::copy_to_host(m2.data(), v, k * sizeof(float));

@@ -53,40 +53,45 @@ Checkpoint load_checkpoint(const std::string& path) {
     return ck;
 }
 
-Checkpoint load_checkpoint_range(const std::string& path, size_t begin, size_t end, int rank, int world,
-                                 nlohmann::json& rank_state) {
-    Checkpoint ck = load_checkpoint(path);
+nlohmann::json load_optimizer_shard(Checkpoint& ck, const std::string& path, size_t begin, size_t end, int rank,
+                                    int world) {
     REQUIRE_INPUT(!ck.params.empty(), "%s: no params tensor (a rank's file, not a main checkpoint)", path.c_str());
     const int saved_world = ck.state.value("world_size", 1);
     const size_t P = ck.params.size();
     end = std::min(end, P), begin = std::min(begin, end);
-    rank_state = nullptr;
-    if (saved_world == world && rank == 0) rank_state = ck.state;
-    if (ck.opt_begin == begin && ck.m.size() == end - begin) return ck;  // rank 0, same layout
+    nlohmann::json rank_state = saved_world == world && rank == 0 ? ck.state : nlohmann::json();
+    if (ck.opt_begin == begin && ck.m.size() == end - begin) return rank_state;  // rank 0, same layout
+    if (saved_world == world) {  // the same shards: this rank's own file holds exactly its slice
+        Checkpoint own = load_checkpoint(checkpoint_rank_path(path, rank));
+        REQUIRE_INPUT(own.opt_begin == begin && own.m.size() == end - begin && own.master.empty() == ck.master.empty(),
+                      "%s: rank %d's file holds optimizer values [%zu, %zu), expected [%zu, %zu)", path.c_str(), rank,
+                      own.opt_begin, own.opt_begin + own.m.size(), begin, end);
+        ck.opt_begin = begin, ck.m = std::move(own.m), ck.v = std::move(own.v), ck.master = std::move(own.master);
+        return own.state;
+    }
 
-    Checkpoint out = ck;
-    out.opt_begin = begin;
-    out.m.assign(end - begin, 0.0f), out.v.assign(end - begin, 0.0f);
-    out.master.assign(ck.master.empty() ? 0 : end - begin, 0.0f);
+    // another rank count: the slice from every file that overlaps it
+    std::vector<float> m(end - begin, 0.0f), v(end - begin, 0.0f), mw(ck.master.empty() ? 0 : end - begin, 0.0f);
     size_t covered = 0;
     for (int r = 0; r < saved_world; r++) {
         Checkpoint part;
-        if (r == 0) part = std::move(ck);
+        if (r == 0) part.opt_begin = ck.opt_begin, part.m = std::move(ck.m), part.v = std::move(ck.v),
+                    part.master = std::move(ck.master);
         else part = load_checkpoint(checkpoint_rank_path(path, r));
-        if (r > 0 && saved_world == world && r == rank) rank_state = part.state;
         const size_t b = std::max(begin, part.opt_begin), e = std::min(end, part.opt_begin + part.m.size());
         if (b >= e) continue;
-        REQUIRE_INPUT(part.master.empty() == out.master.empty(), "%s: rank %d's file %s master weights", path.c_str(),
-                      r, part.master.empty() ? "lacks" : "has unexpected");
+        REQUIRE_INPUT(part.master.empty() == mw.empty(), "%s: rank %d's file %s master weights", path.c_str(), r,
+                      part.master.empty() ? "lacks" : "has unexpected");
         const size_t src = b - part.opt_begin, dst = b - begin, n = e - b;
-        std::copy_n(part.m.begin() + src, n, out.m.begin() + dst);
-        std::copy_n(part.v.begin() + src, n, out.v.begin() + dst);
-        if (!part.master.empty()) std::copy_n(part.master.begin() + src, n, out.master.begin() + dst);
+        std::copy_n(part.m.begin() + src, n, m.begin() + dst);
+        std::copy_n(part.v.begin() + src, n, v.begin() + dst);
+        if (!mw.empty()) std::copy_n(part.master.begin() + src, n, mw.begin() + dst);
         covered += n;
     }
     REQUIRE_INPUT(covered == end - begin, "%s: the rank files cover %zu of the %zu optimizer values needed",
                   path.c_str(), covered, end - begin);
-    return out;
+    ck.opt_begin = begin, ck.m = std::move(m), ck.v = std::move(v), ck.master = std::move(mw);
+    return rank_state;
 }
 
 std::vector<std::pair<int, std::string>> list_checkpoints(const std::string& dir) {

@@ -29,11 +29,11 @@ std::string checkpoint_rank_path(const std::string& main_path, int rank);  // ra
 // Writes the main file (params non-empty) or a rank's file (params empty).
 void save_checkpoint(const std::string& path, const Checkpoint& ck);
 Checkpoint load_checkpoint(const std::string& path);  // UserError naming the file
-// The main file with the optimizer state of [begin, min(end, P)) assembled from every
-// rank's file it overlaps; `rank_state` gets the state saved by rank `rank` when the
-// checkpoint was written by as many ranks as `world`, else null.
-Checkpoint load_checkpoint_range(const std::string& path, size_t begin, size_t end, int rank, int world,
-                                 nlohmann::json& rank_state);
+// ck, loaded from the main file `path`, gets the optimizer state of [begin, min(end, P))
+// assembled from every rank's file it overlaps. Returns the state saved by rank `rank`
+// when the checkpoint was written by as many ranks as `world`, else null.
+nlohmann::json load_optimizer_shard(Checkpoint& ck, const std::string& path, size_t begin, size_t end, int rank,
+                                    int world);
 // Complete checkpoints in dir, oldest first (temporary files are not checkpoints).
 std::vector<std::pair<int, std::string>> list_checkpoints(const std::string& dir);
 // Keeps the newest keep_last and every checkpoint whose step is a multiple of keep_every (0: none).
