@@ -147,3 +147,9 @@ __device__ __forceinline__ void stochastic_round(float in, __nv_bfloat16* out, u
 __device__ __forceinline__ void stochastic_round(float in, float* out, uint32_t, uint32_t) { *out = in; }
 
 inline int ceil_div(long a, long b) { return (int)((a + b - 1) / b); }
+
+// kernel<<<grid, block, smem, g_stream>>>(args...); kernel is a name or a pointer.
+// test/emu/cuda_emu.h defines it first to run kernels on the CPU emulator.
+#ifndef LNS_LAUNCH
+#define LNS_LAUNCH(kernel, grid, block, smem_bytes, ...) kernel<<<(grid), (block), (smem_bytes), g_stream>>>(__VA_ARGS__)
+#endif

@@ -38,6 +38,7 @@
 #include "common/check.h"
 #include "cpu/cpu_backend.h"
 #include "kernels/cuda_backend.h"
+#include "test/flash_bounds.h"
 #include "test/test_util.h"
 
 namespace {
@@ -309,22 +310,11 @@ TEST_CASE("CUDA matmul and attention backward are bitwise deterministic", "[gpu]
     }
 }
 
-// Flash attention (attention_flash_*) against the CPU twin, inputs rounded to bf16
-// first. Tolerances (bf16; not yet measured on a GPU): the kernels round q and k to
-// bf16 after RoPE (the CPU rotates in fp32), the probabilities and score gradients
-// to bf16 before their products, and out, dq, dk, dv once on store; every product
-// accumulates in fp32. These are the roundings of the first version less the stored
-// scores plus the rotated q, k, so the same analysis holds: ~2^-9 relative per
-// rounding, a few in series, measured 5.9e-3 (out) and 8.6e-3 (grads) for the first
-// version. Sums over up to 1024 keys of rounded probabilities average the rounding
-// errors rather than add them. Bounds 2e-2 on out, 3e-2 on dq, dk, dv. lse is a
-// probability-weighted mean of the scores' errors (~2^-9 |score| from q, k rounding),
-// bound 1e-2 of the tensor's scale.
+// Flash attention against the CPU twin; bounds in test/flash_bounds.h.
 namespace {
 const AttShape FLASH_SHAPES[] = {{2, 1, 2, 64}, {2, 7, 3, 64}, {1, 64, 2, 64}, {1, 257, 2, 64}, {1, 1024, 2, 64},
                                  {2, 1, 2, 128}, {2, 7, 1, 128}, {1, 64, 2, 128}, {1, 257, 2, 128},
                                  {1, 1024, 1, 128}};
-const double FLASH_OUT_TOL = 2e-2, FLASH_GRAD_TOL = 3e-2, FLASH_LSE_TOL = 1e-2;
 
 // n floats on the device (lse), released at scope exit.
 struct DevF32 {

@@ -1,0 +1,485 @@
+// Causal multi-head attention without the (T,T) matrices (FlashAttention-2 style):
+// the same function as attention.cu and cpu/attention.cpp, computed tile by tile
+// with an online softmax. Forward saves out and the per-row log-sum-exp; backward
+// recomputes the probabilities from q, k and lse.
+//
+// Layouts (row-major): qkv, dqkv (B,T,3C) with [q | k | v] per token; out, dout
+// (B,T,C); lse (B,NH,T) in natural-log units of the scaled scores. Heads of
+// D = C/NH channels, D in {64, 128} (template parameter).
+//
+// Tiles. A block of 4 warps owns 64 rows of one head (queries in forward and in the
+// dq kernel, keys in the dk/dv kernel), 16 per warp, and loops over tiles of the
+// other side: 64 keys in forward; in backward 64 (D = 64) or 32 (D = 128) keys or
+// queries, which bounds the fp32 accumulators a thread holds (dk and dv: 2 x D/2
+// registers). Tiles live in shared memory, rows padded by 8 bf16 (16 bytes) so that
+// the 8 row addresses of one ldmatrix fall in distinct banks. Products are
+// mma.sync.m16n8k16 (bf16 in, fp32 accumulate): operands from smem via ldmatrix
+// (.trans for the operand whose rows are the reduction index), probabilities and
+// score gradients re-packed from accumulator fragments to operand fragments in
+// registers. mma.sync runs on sm_80 and sm_90a alike; Hopper's wgmma/TMA are not used.
+//
+// RoPE is applied while a q or k tile is copied to shared memory (fp32 arithmetic,
+// rounded to bf16 once; cos and sin from a (T, D/2) table built once per call), and the
+// transposed rotation is applied to dq and dk in registers before they are stored, so
+// no rotated copy of q, k is written.
+//
+// Causality and partial tiles: key tiles strictly above a query block's diagonal
+// are never visited; inside a tile, entries with key > query are masked. Rows at or
+// beyond T are loaded as zeros (never garbage: 0 * NaN would poison the products),
+// their probabilities are masked, and they are not stored, so any T works.
+//
+// Determinism: no atomics. The dq kernel (one block per query block, looping over
+// key tiles in order) and the dk/dv kernel (one block per key block, looping over
+// query tiles in order) each write their outputs once; D = rowsum(dout * out) is
+// one warp's fixed-order sum per row.
+//
+// PRECISION=FP32 builds have no flash kernels (mma.sync takes bf16): the model uses
+// the first attention there (attention_flash_supported is false).
+#pragma once
+#include <cmath>
+#include <cstring>
+#include <initializer_list>
+#include <type_traits>
+
+#include "common/check.h"
+#include "kernels/cuda_common.cuh"
+#include "kernels/rope.cuh"
+#ifdef LNS_CUDA_EMU
+// test/emu/cuda_emu.h, included first, provides the PTX wrappers
+#else
+#include "kernels/ptx.cuh"
+#endif
+
+namespace {
+
+using bf16 = __nv_bfloat16;
+using b128 = Packed128<bf16>;
+
+constexpr int WARPS = 4, THREADS = 32 * WARPS;
+constexpr int BLOCK = 16 * WARPS;  // rows a block owns
+constexpr int PAD = 8;             // bf16 per smem row: rows 16 bytes apart modulo 128
+constexpr float LOG2E = 1.4426950408889634f;
+template <int D> constexpr int ROW_STRIDE = D + PAD;
+// the inner tile of the backward kernels: keys (dq) or queries (dk, dv)
+template <int D> constexpr int INNER_BWD = D == 64 ? 64 : 32;
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // lo in the low half: the lower column
+    uint32_t r;
+    memcpy(&r, &v, 4);
+    return r;
+}
+
+// Accumulator fragment of a warp's 16 x 8NT tile: acc[nt][e] is row g + 8(e/2),
+// column 8nt + 2(lane%4) + e%2, with g = lane/4.
+
+// acc (16 x 8NT) += A (16 x K) B^T; A and B (8NT x K) in smem, row strides sa, sb.
+template <int NT, int K>
+__device__ __forceinline__ void mma_ss_nt(float (&acc)[NT][4], const bf16* A, int sa, const bf16* Bm, int sb) {
+    static_assert(NT % 2 == 0 && K % 16 == 0, "whole 16x16 steps");
+    const int lane = threadIdx.x % 32;
+#pragma unroll
+    for (int kk = 0; kk < K / 16; kk++) {
+        uint32_t a[4];  // matrices: rows 0-7 / 8-15 x columns 0-7, then 8-15
+        ldsm_x4(a, A + (lane % 16) * sa + kk * 16 + (lane / 16) * 8);
+#pragma unroll
+        for (int np = 0; np < NT / 2; np++) {
+            uint32_t b[4];  // matrices: B rows 0-7 x k 0-7, rows 0-7 x k 8-15, rows 8-15 x k 0-7, 8-15 x 8-15
+            ldsm_x4(b, Bm + (np * 16 + lane % 8 + (lane / 16) * 8) * sb + kk * 16 + (lane / 8 % 2) * 8);
+            mma_bf16(acc[2 * np], a, b[0], b[1]);
+            mma_bf16(acc[2 * np + 1], a, b[2], b[3]);
+        }
+    }
+}
+// acc (16 x 8NT) += A (16 x K) B; A as register fragments, B (K x 8NT) in smem, row stride sb.
+template <int NT, int K>
+__device__ __forceinline__ void mma_rs_nn(float (&acc)[NT][4], const uint32_t (&a)[K / 16][4], const bf16* Bm,
+                                          int sb) {
+    static_assert(NT % 2 == 0 && K % 16 == 0, "whole 16x16 steps");
+    const int lane = threadIdx.x % 32;
+#pragma unroll
+    for (int kk = 0; kk < K / 16; kk++)
+#pragma unroll
+        for (int np = 0; np < NT / 2; np++) {
+            uint32_t b[4];  // transposed matrices: k 0-7 / 8-15 x columns 0-7, then columns 8-15
+            ldsm_x4_trans(b, Bm + (kk * 16 + lane % 16) * sb + np * 16 + (lane / 16) * 8);
+            mma_bf16(acc[2 * np], a[kk], b[0], b[1]);
+            mma_bf16(acc[2 * np + 1], a[kk], b[2], b[3]);
+        }
+}
+// A 16 x 8NT accumulator tile, rounded to bf16, as the A operand (16 x 8NT) of mma_rs_nn.
+template <int NT>
+__device__ __forceinline__ void acc_to_a(uint32_t (&a)[NT / 2][4], const float (&c)[NT][4]) {
+#pragma unroll
+    for (int kk = 0; kk < NT / 2; kk++) {
+        a[kk][0] = pack_bf16(c[2 * kk][0], c[2 * kk][1]);
+        a[kk][1] = pack_bf16(c[2 * kk][2], c[2 * kk][3]);
+        a[kk][2] = pack_bf16(c[2 * kk + 1][0], c[2 * kk + 1][1]);
+        a[kk][3] = pack_bf16(c[2 * kk + 1][2], c[2 * kk + 1][3]);
+    }
+}
+
+// Rows [row0, row0 + ROWS) of one head's D channels (src: row 0, channel 0; ld: the
+// row stride) into smem; zeros at rows >= T. ROPE rotates the pairs (i, i + D/2) of
+// row t by +angle(t), as qkv_permute_kernel does, with rope[t][i] = (cos, sin).
+template <int D, int ROWS, bool ROPE>
+__device__ __forceinline__ void load_tile(bf16* s, const bf16* src, size_t ld, int row0, int T,
+                                          const float2* __restrict__ rope) {
+    constexpr int H = D / 2, CHUNKS = H / 8;  // 8 pairs per chunk: two 16-byte loads
+    for (int c = threadIdx.x; c < ROWS * CHUNKS; c += THREADS) {
+        const int r = c / CHUNKS, i0 = (c % CHUNKS) * 8, t = row0 + r;
+        b128 lo, hi;
+        if (t < T) {
+            const bf16* p = src + (size_t)t * ld + i0;
+            lo = load128(p), hi = load128(p + H);
+            if (ROPE) {
+#pragma unroll
+                for (int k = 0; k < 8; k++) {
+                    const float2 cossin = rope[(size_t)t * H + i0 + k];
+                    const float cs = cossin.x, sn = cossin.y;
+                    const float a = to_float(lo[k]), b = to_float(hi[k]);
+                    lo[k] = from_float<bf16>(__fsub_rn(__fmul_rn(a, cs), __fmul_rn(b, sn)));
+                    hi[k] = from_float<bf16>(__fadd_rn(__fmul_rn(b, cs), __fmul_rn(a, sn)));
+                }
+            }
+        } else {
+#pragma unroll
+            for (int k = 0; k < 8; k++) lo[k] = hi[k] = from_float<bf16>(0.0f);
+        }
+        store128(s + r * ROW_STRIDE<D> + i0, lo);
+        store128(s + r * ROW_STRIDE<D> + i0 + H, hi);
+    }
+}
+
+// Row g + 8r of a warp's 16 x D accumulator, times scale, to dst (the row's channel
+// 0 of the head); ROPE rotates the pairs by -angle(t) (the transpose of load_tile's).
+template <int D, bool ROPE>
+__device__ __forceinline__ void store_row(bf16* dst, const float (&acc)[D / 8][4], int r, int t, float scale,
+                                          const float2* __restrict__ rope) {
+    const int tig = threadIdx.x % 4;
+#pragma unroll
+    for (int nt = 0; nt < D / 16; nt++) {  // channel i in the first half, i + D/2 in tile nt + D/16
+        float a[2], b[2];
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            a[e] = acc[nt][2 * r + e] * scale, b[e] = acc[nt + D / 16][2 * r + e] * scale;
+            if (ROPE) {
+                const float2 cossin = rope[(size_t)t * (D / 2) + nt * 8 + tig * 2 + e];
+                const float cs = cossin.x, sn = cossin.y;
+                const float x = __fadd_rn(__fmul_rn(a[e], cs), __fmul_rn(b[e], sn));
+                b[e] = __fsub_rn(__fmul_rn(b[e], cs), __fmul_rn(a[e], sn));
+                a[e] = x;
+            }
+        }
+        *reinterpret_cast<__nv_bfloat162*>(dst + nt * 8 + tig * 2) = __floats2bfloat162_rn(a[0], a[1]);
+        *reinterpret_cast<__nv_bfloat162*>(dst + D / 2 + nt * 8 + tig * 2) = __floats2bfloat162_rn(b[0], b[1]);
+    }
+}
+
+// ---- forward: grid (B*NH, query blocks), heaviest (last) query block first.
+template <int D, bool ROPE>
+__global__ void __launch_bounds__(THREADS)
+    flash_forward_kernel(bf16* __restrict__ out, float* __restrict__ lse, const bf16* __restrict__ qkv,
+                         const float2* __restrict__ rope, int T, int NH, float scale) {
+    constexpr int S = ROW_STRIDE<D>;
+    extern __shared__ __align__(16) unsigned char smem[];
+    bf16* sQ = reinterpret_cast<bf16*>(smem);  // (BLOCK, D) each
+    bf16* sK = sQ + BLOCK * S;
+    bf16* sV = sK + BLOCK * S;
+    const int bh = blockIdx.x, b = bh / NH, h = bh % NH, C = NH * D;
+    const int qb = gridDim.y - 1 - blockIdx.y, q0 = qb * BLOCK;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tig = lane % 4;
+    const size_t ld = 3 * (size_t)C;
+    const bf16* head = qkv + (size_t)b * T * ld + h * D;
+    const float sl2 = scale * LOG2E;  // dot products to log2 units of the scaled scores
+
+    load_tile<D, BLOCK, ROPE>(sQ, head, ld, q0, T, rope);
+    float o[D / 8][4] = {};
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // raw max dot, partial row sums
+    const int row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
+    for (int j = 0; j <= qb; j++) {  // causal: no key tile beyond the diagonal
+        __syncthreads();              // sQ complete; the previous sK, sV consumed
+        load_tile<D, BLOCK, ROPE>(sK, head + C, ld, j * BLOCK, T, rope);
+        load_tile<D, BLOCK, false>(sV, head + 2 * C, ld, j * BLOCK, T, rope);
+        __syncthreads();
+        float s[BLOCK / 8][4] = {};
+        mma_ss_nt<BLOCK / 8, D>(s, sQ + warp * 16 * S, S, sK, S);
+        if (j == qb)
+#pragma unroll
+            for (int nt = 0; nt < BLOCK / 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    if (j * BLOCK + nt * 8 + tig * 2 + e % 2 > row[e / 2]) s[nt][e] = -INFINITY;
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            float mx = m[r];
+#pragma unroll
+            for (int nt = 0; nt < BLOCK / 8; nt++) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            // finite: key j*BLOCK <= every row of this block, so no row is fully masked
+            const float corr = exp2f((m[r] - mx) * sl2);  // 0 on the first tile (m = -inf)
+            m[r] = mx, l[r] *= corr;
+#pragma unroll
+            for (int nt = 0; nt < D / 8; nt++) o[nt][2 * r] *= corr, o[nt][2 * r + 1] *= corr;
+#pragma unroll
+            for (int nt = 0; nt < BLOCK / 8; nt++)
+#pragma unroll
+                for (int e = 2 * r; e < 2 * r + 2; e++) {
+                    s[nt][e] = exp2f((s[nt][e] - mx) * sl2);
+                    l[r] += s[nt][e];
+                }
+        }
+        uint32_t p[BLOCK / 16][4];
+        acc_to_a<BLOCK / 8>(p, s);
+        mma_rs_nn<D / 8, BLOCK>(o, p, sV, S);
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+        if (row[r] >= T) continue;
+        store_row<D, false>(out + ((size_t)b * T + row[r]) * C + h * D, o, r, row[r], 1.0f / l[r], rope);
+        if (tig == 0) lse[(size_t)bh * T + row[r]] = m[r] * scale + logf(l[r]);
+    }
+}
+
+// ---- backward pre-pass: Dv[b,h,t] = dout[b,t,h,:] . out[b,t,h,:], one warp per row
+// in dout's order (contiguous reads).
+template <int D>
+__global__ void __launch_bounds__(THREADS)
+    flash_dvec_kernel(float* __restrict__ Dv, const bf16* __restrict__ dout, const bf16* __restrict__ out, int T,
+                      int NH, int rows) {
+    const int w = blockIdx.x * WARPS + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (w >= rows) return;  // the whole warp
+    const int h = w % NH, bt = w / NH;
+    const bf16* x = dout + (size_t)w * D;
+    const bf16* y = out + (size_t)w * D;
+    float acc = 0.0f;
+#pragma unroll
+    for (int i = lane * 2; i < D; i += 64) {
+        const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(x + i));
+        const float2 c = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(y + i));
+        acc += a.x * c.x + a.y * c.y;
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) Dv[((size_t)(bt / T) * NH + h) * T + bt % T] = acc;
+}
+
+// ---- dq: grid (B*NH, query blocks), heaviest first; loops over key tiles 0..diagonal.
+// dS = P (dP - Dv), dP = dout V^T; dq = scale * dS K, then rotated back.
+template <int D, bool ROPE>
+__global__ void __launch_bounds__(THREADS)
+    flash_dq_kernel(bf16* __restrict__ dqkv, const bf16* __restrict__ dout, const bf16* __restrict__ qkv,
+                    const float* __restrict__ lse, const float* __restrict__ Dv, const float2* __restrict__ rope, int T, int NH,
+                    float scale) {
+    constexpr int S = ROW_STRIDE<D>, KN = INNER_BWD<D>;
+    extern __shared__ __align__(16) unsigned char smem[];
+    bf16* sQ = reinterpret_cast<bf16*>(smem);  // (BLOCK, D)
+    bf16* sdO = sQ + BLOCK * S;                // (BLOCK, D)
+    bf16* sK = sdO + BLOCK * S;                // (KN, D)
+    bf16* sV = sK + KN * S;                    // (KN, D)
+    const int bh = blockIdx.x, b = bh / NH, h = bh % NH, C = NH * D;
+    const int q0 = (gridDim.y - 1 - blockIdx.y) * BLOCK;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tig = lane % 4;
+    const size_t ld = 3 * (size_t)C;
+    const bf16* head = qkv + (size_t)b * T * ld + h * D;
+    const float sl2 = scale * LOG2E;
+
+    load_tile<D, BLOCK, ROPE>(sQ, head, ld, q0, T, rope);
+    load_tile<D, BLOCK, false>(sdO, dout + (size_t)b * T * C + h * D, C, q0, T, rope);
+    const int row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
+    float lse2[2], dv[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        lse2[r] = row[r] < T ? lse[(size_t)bh * T + row[r]] * LOG2E : 0.0f;
+        dv[r] = row[r] < T ? Dv[(size_t)bh * T + row[r]] : 0.0f;
+    }
+    float dq[D / 8][4] = {};
+    const int tiles = (min(q0 + BLOCK, T) + KN - 1) / KN;  // keys up to the block's last valid row
+    for (int j = 0; j < tiles; j++) {
+        __syncthreads();
+        load_tile<D, KN, ROPE>(sK, head + C, ld, j * KN, T, rope);
+        load_tile<D, KN, false>(sV, head + 2 * C, ld, j * KN, T, rope);
+        __syncthreads();
+        float s[KN / 8][4] = {}, dp[KN / 8][4] = {};
+        mma_ss_nt<KN / 8, D>(s, sQ + warp * 16 * S, S, sK, S);
+        mma_ss_nt<KN / 8, D>(dp, sdO + warp * 16 * S, S, sV, S);
+#pragma unroll
+        for (int nt = 0; nt < KN / 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int key = j * KN + nt * 8 + tig * 2 + e % 2, r = e / 2;
+                const float p = key <= row[r] && row[r] < T ? exp2f(s[nt][e] * sl2 - lse2[r]) : 0.0f;
+                s[nt][e] = p * (dp[nt][e] - dv[r]);
+            }
+        uint32_t a[KN / 16][4];
+        acc_to_a<KN / 8>(a, s);
+        mma_rs_nn<D / 8, KN>(dq, a, sK, S);
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++)
+        if (row[r] < T) store_row<D, ROPE>(dqkv + ((size_t)b * T + row[r]) * ld + h * D, dq, r, row[r], scale, rope);
+}
+
+// ---- dk, dv: grid (B*NH, key blocks), heaviest (first) key block first; loops over
+// query tiles from the diagonal to T. Transposed products, keys as rows:
+// S^T = K Q^T, dP^T = V dout^T, dv = P^T dout, dk = scale * dS^T Q, then rotated back.
+template <int D, bool ROPE>
+__global__ void __launch_bounds__(THREADS)
+    flash_dkv_kernel(bf16* __restrict__ dqkv, const bf16* __restrict__ dout, const bf16* __restrict__ qkv,
+                     const float* __restrict__ lse, const float* __restrict__ Dv, const float2* __restrict__ rope, int T, int NH,
+                     float scale) {
+    constexpr int S = ROW_STRIDE<D>, QN = INNER_BWD<D>;
+    extern __shared__ __align__(16) unsigned char smem[];
+    bf16* sK = reinterpret_cast<bf16*>(smem);  // (BLOCK, D)
+    bf16* sV = sK + BLOCK * S;                 // (BLOCK, D)
+    bf16* sQ = sV + BLOCK * S;                 // (QN, D)
+    bf16* sdO = sQ + QN * S;                   // (QN, D)
+    float* sL = reinterpret_cast<float*>(sdO + QN * S);  // (QN) lse in log2 units
+    float* sD = sL + QN;                                  // (QN)
+    const int bh = blockIdx.x, b = bh / NH, h = bh % NH, C = NH * D;
+    const int k0 = blockIdx.y * BLOCK;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tig = lane % 4;
+    const size_t ld = 3 * (size_t)C;
+    const bf16* head = qkv + (size_t)b * T * ld + h * D;
+    const bf16* dhead = dout + (size_t)b * T * C + h * D;
+    const float sl2 = scale * LOG2E;
+
+    load_tile<D, BLOCK, ROPE>(sK, head + C, ld, k0, T, rope);
+    load_tile<D, BLOCK, false>(sV, head + 2 * C, ld, k0, T, rope);
+    const int key[2] = {k0 + warp * 16 + g, k0 + warp * 16 + g + 8};
+    float dk[D / 8][4] = {}, dv[D / 8][4] = {};
+    for (int i = k0 / QN; i * QN < T; i++) {  // causal: no query tile before the diagonal
+        __syncthreads();
+        load_tile<D, QN, ROPE>(sQ, head, ld, i * QN, T, rope);
+        load_tile<D, QN, false>(sdO, dhead, C, i * QN, T, rope);
+        for (int r = threadIdx.x; r < QN; r += THREADS) {
+            const int t = i * QN + r;
+            sL[r] = t < T ? lse[(size_t)bh * T + t] * LOG2E : 0.0f;
+            sD[r] = t < T ? Dv[(size_t)bh * T + t] : 0.0f;
+        }
+        __syncthreads();
+        float s[QN / 8][4] = {}, dp[QN / 8][4] = {};
+        mma_ss_nt<QN / 8, D>(s, sK + warp * 16 * S, S, sQ, S);
+        mma_ss_nt<QN / 8, D>(dp, sV + warp * 16 * S, S, sdO, S);
+#pragma unroll
+        for (int nt = 0; nt < QN / 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int qi = nt * 8 + tig * 2 + e % 2, q = i * QN + qi;
+                const float p = q >= key[e / 2] && q < T ? exp2f(s[nt][e] * sl2 - sL[qi]) : 0.0f;
+                s[nt][e] = p;
+                dp[nt][e] = p * (dp[nt][e] - sD[qi]);
+            }
+        uint32_t a[QN / 16][4];
+        acc_to_a<QN / 8>(a, s);
+        mma_rs_nn<D / 8, QN>(dv, a, sdO, S);
+        acc_to_a<QN / 8>(a, dp);
+        mma_rs_nn<D / 8, QN>(dk, a, sQ, S);
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        if (key[r] >= T) continue;
+        bf16* dst = dqkv + ((size_t)b * T + key[r]) * ld + h * D;
+        store_row<D, ROPE>(dst + C, dk, r, key[r], scale, rope);
+        store_row<D, false>(dst + 2 * C, dv, r, key[r], 1.0f, rope);
+    }
+}
+
+// (T, hs/2) table of (cos, sin) of every RoPE angle, computed as qkv_permute_kernel
+// computes them: a tile then reads 8 bytes per pair instead of evaluating sincosf, and
+// every q, k tile of the call shares the table through L2.
+__global__ void rope_table_kernel(float2* __restrict__ tab, const __grid_constant__ RopeFreqs f, int n, int h2) {
+    const int idx = blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= n) return;
+    float c, s;
+    rope_cos_sin(f, idx / h2, idx % h2, &c, &s);
+    tab[idx] = make_float2(c, s);
+}
+const float2* rope_table(int T, int hs, float theta) {
+    if (!(theta > 0)) return nullptr;
+    const int n = T * (hs / 2);
+    float2* tab = (float2*)cuda_scratch(SCRATCH_ATTN_A, (size_t)n * sizeof(float2));
+    auto* kernel = rope_table_kernel;
+    LNS_LAUNCH(kernel, ceil_div(n, 256), 256, 0, tab, rope_freqs(hs, theta), n, hs / 2);
+    cudaCheckLaunch();
+    return tab;
+}
+
+template <int D> constexpr size_t forward_smem() { return 3 * BLOCK * ROW_STRIDE<D> * sizeof(bf16); }
+template <int D> constexpr size_t dq_smem() { return (2 * BLOCK + 2 * INNER_BWD<D>) * ROW_STRIDE<D> * sizeof(bf16); }
+template <int D> constexpr size_t dkv_smem() { return dq_smem<D>() + 2 * INNER_BWD<D> * sizeof(float); }
+
+// Kernels over 48 KiB of dynamic shared memory must say so once.
+template <class Kernel>
+void allow_smem(Kernel* k, size_t bytes) {
+    cudaCheck(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+}
+
+// Calls fn(integral_constant<int, D>, bool_constant<ROPE>) for the runtime head size and RoPE.
+template <class Fn>
+void dispatch(int hs, bool rope, Fn&& fn) {
+    using D64 = std::integral_constant<int, 64>;
+    using D128 = std::integral_constant<int, 128>;
+    if (hs == 64) rope ? fn(D64{}, std::true_type{}) : fn(D64{}, std::false_type{});
+    else rope ? fn(D128{}, std::true_type{}) : fn(D128{}, std::false_type{});
+}
+
+int check_flash(const char* op, int B, int T, int C, int NH, float rope_theta, std::initializer_list<const void*> ptrs) {
+    LNS_CHECK(B >= 1 && T >= 1 && NH >= 1 && C >= NH && C % NH == 0, "%s: bad shape B=%d T=%d C=%d NH=%d", op, B, T, C,
+              NH);
+    const int hs = C / NH;
+    LNS_CHECK(hs == 64 || hs == 128, "%s: no flash kernel for head size %d (64 or 128); use --attention naive", op,
+              hs);
+    LNS_CHECK(!(rope_theta > 0) || hs / 2 <= MAX_ROPE_PAIRS, "%s: head size %d too large for RoPE", op, hs);
+    LNS_CHECK((size_t)B * NH <= (size_t)INT32_MAX && ceil_div(T, BLOCK) <= 65535 && (size_t)B * T * NH <= INT32_MAX,
+              "%s: B=%d NH=%d T=%d exceed the kernels' grid", op, B, NH, T);
+    for (const void* p : ptrs) LNS_CHECK(aligned16(p), "%s: tensors must be 16-byte aligned", op);
+    return hs;
+}
+
+
+// The launch sequences, shared by cuda_backend and the emulated tests.
+void flash_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH, float rope_theta) {
+    const int hs = check_flash("attention_flash_forward", B, T, C, NH, rope_theta, {out, qkv});
+    const float scale = 1.0f / std::sqrt((float)hs);
+    const float2* rope = rope_table(T, hs, rope_theta);
+    const dim3 grid(B * NH, ceil_div(T, BLOCK));
+    dispatch(hs, rope_theta > 0, [&](auto d, auto use_rope) {
+        constexpr int D = decltype(d)::value;
+        constexpr bool ROPE = decltype(use_rope)::value;
+        auto* fwd = flash_forward_kernel<D, ROPE>;
+        static bool once = (allow_smem(fwd, forward_smem<D>()), true);
+        (void)once;
+        LNS_LAUNCH(fwd, grid, THREADS, forward_smem<D>(), out, lse, qkv, rope, T, NH, scale);
+    });
+    cudaCheckLaunch();
+}
+
+void flash_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out, const float* lse, int B, int T,
+                    int C, int NH, float rope_theta) {
+    const int hs = check_flash("attention_flash_backward", B, T, C, NH, rope_theta, {dqkv, dout, qkv, out});
+    const float scale = 1.0f / std::sqrt((float)hs);
+    const float2* rope = rope_table(T, hs, rope_theta);
+    const int rows = B * T * NH;
+    float* Dv = (float*)cuda_scratch(SCRATCH_ATTN_B, (size_t)rows * sizeof(float));  // (B,NH,T)
+    const dim3 grid(B * NH, ceil_div(T, BLOCK));
+    dispatch(hs, rope_theta > 0, [&](auto d, auto use_rope) {
+        constexpr int D = decltype(d)::value;
+        constexpr bool ROPE = decltype(use_rope)::value;
+        auto* dvec = flash_dvec_kernel<D>;
+        auto* dq = flash_dq_kernel<D, ROPE>;
+        auto* dkv = flash_dkv_kernel<D, ROPE>;
+        static bool once = (allow_smem(dq, dq_smem<D>()), allow_smem(dkv, dkv_smem<D>()), true);
+        (void)once;
+        LNS_LAUNCH(dvec, ceil_div(rows, WARPS), THREADS, 0, Dv, dout, out, T, NH, rows);
+        cudaCheckLaunch();
+        LNS_LAUNCH(dq, grid, THREADS, dq_smem<D>(), dqkv, dout, qkv, lse, Dv, rope, T, NH, scale);
+        cudaCheckLaunch();
+        LNS_LAUNCH(dkv, grid, THREADS, dkv_smem<D>(), dqkv, dout, qkv, lse, Dv, rope, T, NH, scale);
+    });
+    cudaCheckLaunch();
+}
+
+}  // namespace

@@ -1,0 +1,326 @@
+// The emulator's scheduler and collectives; see cuda_emu.h. Built where the CUDA
+// headers are (LNS_CUDA); no GPU is needed.
+#ifdef LNS_CUDA
+#include "test/emu/cuda_emu.h"
+
+#include <ucontext.h>
+
+#include <algorithm>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kernels/cuda_common.cuh"
+
+namespace emu {
+
+Index block_idx, grid_dim, block_dim;
+
+namespace {
+
+constexpr size_t STACK_BYTES = 256 * 1024;
+
+enum class State { ready, barrier, collective, done };
+enum class Op { none, shfl, ldmatrix, ldmatrix_trans, mma };
+
+struct AsyncCopy {
+    unsigned char* dst;
+    const unsigned char* src;
+    int bytes;  // read from src; the rest of the 16 is zero-filled
+    long group; // -1 until committed
+};
+
+struct Thread {
+    ucontext_t ctx;
+    std::unique_ptr<char[]> stack;
+    Index idx;
+    State state = State::done;
+    // the collective this lane waits in: its operands and, once the warp is complete, its results
+    Op op = Op::none;
+    int arg = 0;
+    const void* ptr = nullptr;
+    uint32_t in[6] = {};
+    float acc[4] = {};
+    uint32_t out[4] = {};
+    std::vector<AsyncCopy> copies;
+    long groups = 0;  // committed so far
+};
+
+struct Block {
+    std::vector<Thread> threads;
+    ucontext_t scheduler;
+    Thread* current = nullptr;
+    const std::function<void()>* fn = nullptr;
+    unsigned char* smem = nullptr;
+    size_t smem_bytes = 0;
+    Order order = Order::forward;
+};
+Block g;
+
+[[noreturn]] void fail(const std::string& what) {
+    throw Error("emulated block (" + std::to_string(block_idx.x) + "," + std::to_string(block_idx.y) +
+                ") thread " + std::to_string(g.current ? g.current->idx.x : 0) + ": " + what);
+}
+
+void check_smem(const void* p, size_t bytes, const char* op) {
+    const unsigned char* c = static_cast<const unsigned char*>(p);
+    if (c < g.smem || c + bytes > g.smem + g.smem_bytes)
+        fail(std::string(op) + ": shared-memory access at offset " + std::to_string((long)(c - g.smem)) +
+             " outside the launch's " + std::to_string(g.smem_bytes) + " bytes");
+    if ((uintptr_t)c % 16 != 0) fail(std::string(op) + ": shared-memory address not 16-byte aligned");
+}
+
+// Leaves the fiber for the scheduler until it is made ready again.
+void block_on(State s) {
+    Thread* t = g.current;
+    t->state = s;
+    swapcontext(&t->ctx, &g.scheduler);
+}
+
+// Errors inside a fiber cannot unwind through swapcontext; they are carried out to
+// the scheduler and rethrown there.
+std::string g_error;
+
+void fiber_main() {
+    try {
+        (*g.fn)();
+    } catch (const std::exception& e) {
+        g_error = e.what();
+    }
+    g.current->state = State::done;
+    swapcontext(&g.current->ctx, &g.scheduler);
+}
+
+float bf16_lo(uint32_t r) { return __bfloat162float(__ushort_as_bfloat16((unsigned short)(r & 0xffff))); }
+float bf16_hi(uint32_t r) { return __bfloat162float(__ushort_as_bfloat16((unsigned short)(r >> 16))); }
+
+// Executes the collective all 32 lanes of warp w wait in.
+void resolve(Thread* lanes) {
+    const Op op = lanes[0].op;
+    for (int l = 0; l < 32; l++)
+        if (lanes[l].op != op || (op == Op::shfl && lanes[l].arg != lanes[0].arg))
+            fail("lanes of one warp wait in different collectives");
+    switch (op) {
+    case Op::shfl:
+        for (int l = 0; l < 32; l++) lanes[l].out[0] = lanes[l ^ lanes[0].arg].in[0];
+        break;
+    case Op::ldmatrix:
+    case Op::ldmatrix_trans:
+        // matrix i has its 8 rows (8 b16 each) at the addresses of lanes 8i..8i+7; lane l
+        // receives row l/4, columns 2(l%4) and 2(l%4)+1 (.trans: column l/4, rows 2(l%4), +1)
+        for (int i = 0; i < 4; i++) {
+            uint16_t m[8][8];
+            for (int r = 0; r < 8; r++) std::memcpy(m[r], lanes[8 * i + r].ptr, 16);
+            for (int l = 0; l < 32; l++) {
+                const int a = l / 4, b = 2 * (l % 4);
+                const uint16_t lo = op == Op::ldmatrix ? m[a][b] : m[b][a];
+                const uint16_t hi = op == Op::ldmatrix ? m[a][b + 1] : m[b + 1][a];
+                lanes[l].out[i] = (uint32_t)lo | ((uint32_t)hi << 16);
+            }
+        }
+        break;
+    case Op::mma: {
+        // m16n8k16, A row-major 16x16, B column-major 16x8, C/D 16x8; g = lane/4, t = lane%4:
+        // a0 (g, 2t..), a1 (g+8, 2t..), a2 (g, 2t+8..), a3 (g+8, 2t+8..);
+        // b0 (k 2t.., n g), b1 (k 2t+8.., n g); c0,c1 (g, 2t..), c2,c3 (g+8, 2t..)
+        float A[16][16], B[16][8], C[16][8];
+        for (int l = 0; l < 32; l++) {
+            const int gr = l / 4, t = l % 4;
+            const uint32_t* a = lanes[l].in;
+            for (int j = 0; j < 2; j++) {
+                auto half = [&](uint32_t r) { return j ? bf16_hi(r) : bf16_lo(r); };
+                A[gr][2 * t + j] = half(a[0]);
+                A[gr + 8][2 * t + j] = half(a[1]);
+                A[gr][2 * t + 8 + j] = half(a[2]);
+                A[gr + 8][2 * t + 8 + j] = half(a[3]);
+                B[2 * t + j][gr] = half(a[4]);
+                B[2 * t + 8 + j][gr] = half(a[5]);
+                C[gr][2 * t + j] = lanes[l].acc[j];
+                C[gr + 8][2 * t + j] = lanes[l].acc[2 + j];
+            }
+        }
+        // bf16 products are exact in fp32; the sum is rounded once to fp32, within the
+        // tensor core's own (unspecified, truncating) accumulation error
+        float D[16][8];
+        for (int m = 0; m < 16; m++)
+            for (int n = 0; n < 8; n++) {
+                double s = C[m][n];
+                for (int k = 0; k < 16; k++) s += (double)A[m][k] * B[k][n];
+                D[m][n] = (float)s;
+            }
+        for (int l = 0; l < 32; l++) {
+            const int gr = l / 4, t = l % 4;
+            for (int j = 0; j < 2; j++) {
+                std::memcpy(&lanes[l].out[j], &D[gr][2 * t + j], 4);
+                std::memcpy(&lanes[l].out[2 + j], &D[gr + 8][2 * t + j], 4);
+            }
+        }
+        break;
+    }
+    case Op::none:
+        fail("internal: a lane in no collective");
+    }
+    for (int l = 0; l < 32; l++) lanes[l].state = State::ready;
+}
+
+// Thread i of the block, at the start of the kernel.
+void start_fiber(Thread& t, int i) {
+    if (!t.stack) t.stack.reset(new char[STACK_BYTES]);
+    getcontext(&t.ctx);
+    t.ctx.uc_stack.ss_sp = t.stack.get();
+    t.ctx.uc_stack.ss_size = STACK_BYTES;
+    t.ctx.uc_link = nullptr;
+    makecontext(&t.ctx, fiber_main, 0);
+    t.idx = Index{(unsigned)(i % block_dim.x), (unsigned)(i / block_dim.x % block_dim.y),
+                  (unsigned)(i / (block_dim.x * block_dim.y))};
+    t.state = State::ready;
+    t.op = Op::none;
+    t.copies.clear();
+    t.groups = 0;
+}
+
+void run_block() {
+    const int n = (int)g.threads.size(), warps = n / 32;
+    std::memset(g.smem, 0xff, g.smem_bytes);
+    for (int i = 0; i < n; i++) start_fiber(g.threads[i], i);
+    for (;;) {
+        bool progressed = false;
+        for (int k = 0; k < warps && !progressed; k++) {
+            const int w = g.order == Order::forward ? k : warps - 1 - k;
+            Thread* lanes = &g.threads[32 * w];
+            for (int l = 0; l < 32; l++)
+                if (lanes[l].state == State::ready) {
+                    g.current = &lanes[l];
+                    swapcontext(&g.scheduler, &lanes[l].ctx);
+                    g.current = nullptr;
+                    if (!g_error.empty()) {
+                        const std::string e = g_error;
+                        g_error.clear();
+                        throw Error(e);
+                    }
+                    progressed = true;
+                }
+            int waiting = 0, done = 0;
+            for (int l = 0; l < 32; l++) {
+                waiting += lanes[l].state == State::collective;
+                done += lanes[l].state == State::done;
+            }
+            if (waiting == 32) {
+                resolve(lanes);
+                progressed = true;
+            } else if (waiting > 0 && waiting + done == 32) {
+                fail("warp " + std::to_string(w) + ": a collective waits for lanes that have exited");
+            }
+        }
+        if (progressed) continue;
+        int at_barrier = 0, done = 0;
+        for (Thread& t : g.threads) at_barrier += t.state == State::barrier, done += t.state == State::done;
+        if (done == n) return;
+        if (at_barrier + done < n) fail("deadlock: lanes wait in collectives their warps never complete");
+        for (Thread& t : g.threads)
+            if (t.state == State::barrier) t.state = State::ready;
+    }
+}
+
+Thread* self(const char* what) {
+    if (!g.current) throw Error(std::string(what) + " called outside an emulated kernel");
+    return g.current;
+}
+
+}  // namespace
+
+const Index& thread_idx() { return self("threadIdx")->idx; }
+
+void set_order(Order o) { g.order = o; }
+
+void launch(dim3 grid, dim3 block, size_t smem_bytes, unsigned char* smem, const std::function<void()>& fn) {
+    const size_t n = (size_t)block.x * block.y * block.z;
+    if (n == 0 || n % 32 != 0 || n > 1024) throw Error("launch: block size must be a multiple of 32, at most 1024");
+    if (smem_bytes > SMEM_CAPACITY) throw Error("launch: " + std::to_string(smem_bytes) + " bytes of shared memory");
+    if (grid.x == 0 || grid.y == 0 || grid.z == 0) throw Error("launch: empty grid");
+    g.threads.resize(n);
+    g.fn = &fn;
+    g.smem = smem;
+    g.smem_bytes = smem_bytes;
+    grid_dim = Index{grid.x, grid.y, grid.z};
+    block_dim = Index{block.x, block.y, block.z};
+    for (unsigned z = 0; z < grid.z; z++)
+        for (unsigned y = 0; y < grid.y; y++)
+            for (unsigned x = 0; x < grid.x; x++) {
+                block_idx = Index{x, y, z};
+                run_block();
+            }
+}
+
+void syncthreads() {
+    self("__syncthreads");
+    block_on(State::barrier);
+}
+
+uint32_t shfl_xor(uint32_t v, int lane_mask) {
+    Thread* t = self("__shfl_xor_sync");
+    if (lane_mask < 0 || lane_mask > 31) fail("__shfl_xor_sync: lane mask out of range");
+    t->op = Op::shfl, t->arg = lane_mask, t->in[0] = v;
+    block_on(State::collective);
+    t->op = Op::none;
+    return t->out[0];
+}
+
+void ldmatrix_x4(uint32_t (&r)[4], const void* p, bool trans) {
+    Thread* t = self("ldmatrix");
+    check_smem(p, 16, "ldmatrix");
+    t->op = trans ? Op::ldmatrix_trans : Op::ldmatrix, t->ptr = p;
+    block_on(State::collective);
+    t->op = Op::none;
+    for (int i = 0; i < 4; i++) r[i] = t->out[i];
+}
+
+void mma_m16n8k16_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    Thread* t = self("mma.sync");
+    t->op = Op::mma;
+    for (int i = 0; i < 4; i++) t->in[i] = a[i], t->acc[i] = c[i];
+    t->in[4] = b0, t->in[5] = b1;
+    block_on(State::collective);
+    t->op = Op::none;
+    for (int i = 0; i < 4; i++) std::memcpy(&c[i], &t->out[i], 4);
+}
+
+void cp_async_16(void* dst, const void* src, int src_bytes) {
+    Thread* t = self("cp.async");
+    check_smem(dst, 16, "cp.async");
+    if (src_bytes > 0 && (uintptr_t)src % 16 != 0) fail("cp.async: global address not 16-byte aligned");
+    t->copies.push_back({(unsigned char*)dst, (const unsigned char*)src, src_bytes, -1});
+}
+
+void cp_async_commit() {
+    Thread* t = self("cp.async.commit_group");
+    for (AsyncCopy& c : t->copies)
+        if (c.group < 0) c.group = t->groups;
+    t->groups++;
+}
+
+void cp_async_wait(int pending_groups) {
+    Thread* t = self("cp.async.wait_group");
+    const long retire = t->groups - pending_groups;  // groups [0, retire) complete
+    std::vector<AsyncCopy> keep;
+    for (const AsyncCopy& c : t->copies)
+        if (c.group >= 0 && c.group < retire) {
+            if (c.bytes > 0) std::memcpy(c.dst, c.src, c.bytes);
+            std::memset(c.dst + c.bytes, 0, 16 - c.bytes);
+        } else {
+            keep.push_back(c);
+        }
+    t->copies.swap(keep);
+}
+
+}  // namespace emu
+
+// cuda_scratch, renamed by cuda_emu.h: one growing host buffer per slot
+void* emu_cuda_scratch(ScratchSlot slot, size_t bytes) {
+    static std::vector<unsigned char> buffers[NUM_SCRATCH];
+    std::vector<unsigned char>& b = buffers[slot];
+    if (b.size() < bytes) b.assign(bytes + 16, 0xff);
+    return (void*)(((uintptr_t)b.data() + 15) & ~(uintptr_t)15);
+}
+
+#endif  // LNS_CUDA

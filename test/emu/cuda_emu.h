@@ -1,0 +1,148 @@
+// A CPU emulator of the CUDA execution model, for running kernel source on machines
+// without a GPU. Include it first in a translation unit compiled by the host compiler
+// (with LNS_CUDA_EMU defined); the kernel headers included after it then compile as
+// plain C++.
+//
+// What is emulated:
+//   - every thread of a block is a fiber (ucontext) with its own stack; blocks run one
+//     after another, each starting with shared memory filled with 0xFF (NaN in bf16
+//     and fp32), so a read before a write poisons the result;
+//   - __syncthreads is a block barrier; warp collectives (__shfl_xor_sync, ldmatrix,
+//     mma.sync) wait until all 32 lanes of the warp arrive and are computed from the
+//     PTX ISA's definitions of their fragment layouts;
+//   - cp.async copies are deferred to the cp.async.wait_group that retires their group,
+//     so a tile read before its wait sees the 0xFF pattern;
+//   - scheduling is warp-serial: the first warp in the chosen order runs until it
+//     blocks on a barrier or exits before the next one runs, so a warp gets as far
+//     ahead of the others as the code allows and a missing barrier lets it overwrite
+//     a tile another warp still reads. Order::reverse runs the last warp first.
+//
+// What is not: timing, the memory model beyond the above, bank conflicts, register
+// limits, and the compiler's code generation. The [gpu] tests cover those.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <stdexcept>
+#include <algorithm>
+#include <functional>
+
+// ---- the CUDA language, as host C++
+#undef __global__
+#undef __device__
+#undef __host__
+#undef __forceinline__
+#undef __launch_bounds__
+#undef __align__
+#undef __grid_constant__
+#undef __shared__
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __align__(n) __attribute__((aligned(n)))
+#define __grid_constant__
+#define __shared__
+
+namespace emu {
+
+enum class Order { forward, reverse };
+
+struct Index {
+    unsigned x = 0, y = 0, z = 0;
+};
+extern Index block_idx, grid_dim, block_dim;
+const Index& thread_idx();
+
+constexpr size_t SMEM_CAPACITY = 228 * 1024;  // an H100/H200 SM's shared memory
+
+// Runs fn once per thread of every block of the grid. smem is the translation unit's
+// shared-memory array; smem_bytes the launch's dynamic size (accesses beyond it fail).
+void launch(dim3 grid, dim3 block, size_t smem_bytes, unsigned char* smem, const std::function<void()>& fn);
+void set_order(Order o);
+
+void syncthreads();
+uint32_t shfl_xor(uint32_t v, int lane_mask);
+void ldmatrix_x4(uint32_t (&r)[4], const void* p, bool trans);
+void mma_m16n8k16_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
+void cp_async_16(void* dst, const void* src, int src_bytes);
+void cp_async_commit();
+void cp_async_wait(int pending_groups);
+
+// Failures (a deadlock, an access outside the launch's shared memory, lanes that
+// diverge at a collective) throw, so a test reports them.
+struct Error : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+}  // namespace emu
+
+#define threadIdx (emu::thread_idx())
+#define blockIdx (emu::block_idx)
+#define gridDim (emu::grid_dim)
+#define blockDim (emu::block_dim)
+
+inline void __syncthreads() { emu::syncthreads(); }
+template <class T>
+inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask) {
+    static_assert(sizeof(T) == 4, "32-bit shuffles only");
+    if (mask != 0xffffffffu) throw emu::Error("__shfl_xor_sync: only full-warp masks are emulated");
+    uint32_t u;
+    std::memcpy(&u, &v, 4);
+    u = emu::shfl_xor(u, lane_mask);
+    std::memcpy(&v, &u, 4);
+    return v;
+}
+// Explicit roundings: the host's fp32 arithmetic already rounds each operation (the
+// test build does not contract to FMA on x86-64 without -mfma).
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline unsigned __float_as_uint(float x) {
+    unsigned u;
+    std::memcpy(&u, &x, 4);
+    return u;
+}
+template <class T>
+inline T __ldcs(const T* p) {
+    return *p;
+}
+using std::max;
+using std::min;
+inline uint32_t __cvta_generic_to_shared(const void* p) { return (uint32_t)(uintptr_t)p; }
+
+// The runtime calls the kernel headers' host code makes, as no-ops.
+#define cudaFuncSetAttribute(kernel, attr, value) ((void)(kernel), (void)(value), cudaSuccess)
+#define cudaGetLastError() cudaSuccess
+// Scratch buffers in host memory; see cuda_emu.cpp.
+#define cuda_scratch emu_cuda_scratch
+// kernel<<<grid, block, smem, stream>>>(args...) as a call per emulated thread
+#define LNS_LAUNCH(kernel, grid, block, smem_bytes, ...) \
+    emu::launch((grid), (block), (smem_bytes), emu_smem, [&] { (kernel)(__VA_ARGS__); })
+
+// The shared memory of this translation unit's kernels: `extern __shared__ ... smem[]`
+// in a kernel names it.
+namespace {
+[[maybe_unused]] __attribute__((aligned(16))) unsigned char emu_smem[emu::SMEM_CAPACITY];
+}
+#define smem emu_smem
+
+// The PTX wrappers of kernels/ptx.cuh, emulated.
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) { emu::ldmatrix_x4(r, p, false); }
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], const void* p) { emu::ldmatrix_x4(r, p, true); }
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    emu::mma_m16n8k16_bf16(c, a, b0, b1);
+}
+__device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool valid) {
+    emu::cp_async_16(dst, src, valid ? 16 : 0);
+}
+__device__ __forceinline__ void cp_async_commit() { emu::cp_async_commit(); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    emu::cp_async_wait(N);
+}
