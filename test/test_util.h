@@ -36,10 +36,15 @@ inline std::vector<float> randn(size_t n, uint64_t seed, float std = 1.0f) {
 }
 
 // max|a - b| / max|b|: the error relative to the tensor's scale, so entries near
-// zero do not blow it up.
+// zero do not blow it up. A NaN, or an infinity the other side lacks, is an infinite
+// error (fmax alone would skip NaNs).
 inline double max_rel_err(const float* a, const float* b, size_t n) {
     double num = 0.0, den = 0.0;
     for (size_t i = 0; i < n; i++) {
+        if (!std::isfinite(a[i]) || !std::isfinite(b[i])) {
+            if (a[i] == b[i]) continue;
+            return INFINITY;
+        }
         num = std::fmax(num, std::fabs((double)a[i] - b[i]));
         den = std::fmax(den, std::fabs((double)b[i]));
     }
