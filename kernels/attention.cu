@@ -31,6 +31,7 @@
 #include "common/check.h"
 #include "common/nvtx.h"
 #include "kernels/cuda_common.cuh"
+#include "kernels/qkv_permute.cuh"
 #include "kernels/rope.cuh"
 
 namespace {
@@ -40,37 +41,6 @@ constexpr cudaDataType_t DATA_TYPE = CUDA_R_32F;
 #else
 constexpr cudaDataType_t DATA_TYPE = CUDA_R_16BF;
 #endif
-
-// The permutations run one block per token (b, t), its threads striding over the
-// token's channels: reads or writes of the (B,T,.) side are contiguous, and the index
-// arithmetic within a token is 32-bit.
-constexpr int PERMUTE_THREADS = 256;
-
-// qkv (B,T,3C) -> qkvr (q, k, v each (B,NH,T,hs)), rotating q and k by +angle; the
-// partner channel of a rotation pair is read from the same head.
-template <bool ROPE>
-__global__ void __launch_bounds__(PERMUTE_THREADS)
-    qkv_permute_kernel(floatX* __restrict__ qkvr, const floatX* __restrict__ qkv, const RopeFreqs freqs, int T,
-                       int NH, int hs, size_t BTC) {
-    const int bt = blockIdx.x, t = bt % T, C = NH * hs, h2 = hs / 2;
-    const size_t b = bt / T;
-    const floatX* src = qkv + (size_t)bt * 3 * C;
-    for (int j = threadIdx.x; j < 3 * C; j += PERMUTE_THREADS) {
-        const int part = j / C, h = (j % C) / hs, d = j % hs;
-        float x = to_float(src[j]);
-        if (ROPE && part < 2) {
-            float c, s;
-            if (d < h2) {  // dst[i] = a*c - b*s
-                rope_cos_sin(freqs, t, d, &c, &s);
-                x = __fsub_rn(__fmul_rn(x, c), __fmul_rn(to_float(src[j + h2]), s));
-            } else {       // dst[i + h2] = b*c + a*s
-                rope_cos_sin(freqs, t, d - h2, &c, &s);
-                x = __fadd_rn(__fmul_rn(x, c), __fmul_rn(to_float(src[j - h2]), s));
-            }
-        }
-        qkvr[part * BTC + ((b * NH + h) * T + t) * hs + d] = from_float<floatX>(x);
-    }
-}
 
 // dqkvr (dq, dk, dv each (B,NH,T,hs)) -> dqkv (B,T,3C), rotating dq and dk by -angle
 // (the transpose of the forward rotation).
@@ -190,12 +160,7 @@ void cuda_backend::attention_forward(floatX* out, floatX* qkvr, floatX* att, con
     floatX *q = qkvr, *k = qkvr + BTC, *v = qkvr + 2 * BTC;
 
     const int BT = B * T;
-    if (rope_theta > 0)
-        qkv_permute_kernel<true><<<BT, PERMUTE_THREADS, 0, g_stream>>>(qkvr, qkv, rope_freqs(hs, rope_theta), T, NH, hs,
-                                                                       BTC);
-    else
-        qkv_permute_kernel<false><<<BT, PERMUTE_THREADS, 0, g_stream>>>(qkvr, qkv, RopeFreqs{}, T, NH, hs, BTC);
-    cudaCheckLaunch();
+    qkv_permute(qkvr, qkv, B, T, C, NH, rope_theta, 3);
 
     // Per head, column-major as cuBLAS sees it: a row-major (T,hs) block is a (hs,T)
     // matrix with ld hs, and row-major att (T,T) is att^T with ld T.

@@ -7,23 +7,29 @@
 #ifndef ENABLE_FP32
 #include "kernels/attention_flash.cuh"
 
+namespace {
+bool g_rope_on_load = false;
+}
+
 bool cuda_backend::attention_flash_supported(int head_dim) { return head_dim == 64 || head_dim == 128; }
+void cuda_backend::attention_flash_rope_on_load(bool on) { g_rope_on_load = on; }
 
 void cuda_backend::attention_flash_forward(floatX* out, float* lse, const floatX* qkv, int B, int T, int C, int NH,
                                            float rope_theta) {
     NVTX_RANGE("attention_flash_forward");
-    flash_forward(out, lse, qkv, B, T, C, NH, rope_theta);
+    flash_forward(out, lse, qkv, B, T, C, NH, rope_theta, g_rope_on_load);
 }
 
 void cuda_backend::attention_flash_backward(floatX* dqkv, const floatX* dout, const floatX* qkv, const floatX* out,
                                             const float* lse, int B, int T, int C, int NH, float rope_theta) {
     NVTX_RANGE("attention_flash_backward");
-    flash_backward(dqkv, dout, qkv, out, lse, B, T, C, NH, rope_theta);
+    flash_backward(dqkv, dout, qkv, out, lse, B, T, C, NH, rope_theta, g_rope_on_load);
 }
 
 #else  // ENABLE_FP32
 
 bool cuda_backend::attention_flash_supported(int) { return false; }
+void cuda_backend::attention_flash_rope_on_load(bool) {}
 
 void cuda_backend::attention_flash_forward(floatX*, float*, const floatX*, int, int, int, int, float) {
     LNS_CHECK(false, "attention_flash_forward: a PRECISION=FP32 build has no flash kernels; use --attention naive");

@@ -5,7 +5,8 @@
 //
 // Layouts (row-major): qkv, dqkv (B,T,3C) with [q | k | v] per token; out, dout
 // (B,T,C); lse (B,NH,T) in natural-log units of the scaled scores. Heads of
-// D = C/NH channels, D in {64, 128} (template parameter).
+// D = C/NH channels, D in {64, 128} (template parameter). The kernels read q, k, v
+// through HeadViews, so they take qkv itself or the head-major rotated copy alike.
 //
 // Tiles. A block of 4 warps owns 64 rows of one head (queries in forward and in the
 // dq kernel, keys in the dk/dv kernel), 16 per warp, and loops over tiles of the
@@ -14,14 +15,26 @@
 // registers). Tiles live in shared memory, rows padded by 8 bf16 (16 bytes) so that
 // the 8 row addresses of one ldmatrix fall in distinct banks. Products are
 // mma.sync.m16n8k16 (bf16 in, fp32 accumulate): operands from smem via ldmatrix
-// (.trans for the operand whose rows are the reduction index), probabilities and
-// score gradients re-packed from accumulator fragments to operand fragments in
-// registers. mma.sync runs on sm_80 and sm_90a alike; Hopper's wgmma/TMA are not used.
+// (.trans for the operand whose rows are the reduction index), the forward's Q
+// fragments kept in registers across key tiles, probabilities and score gradients
+// re-packed from accumulator fragments to operand fragments in registers. mma.sync
+// runs on sm_80 and sm_90a alike; Hopper's wgmma/TMA are not used.
 //
-// RoPE is applied while a q or k tile is copied to shared memory (fp32 arithmetic,
-// rounded to bf16 once; cos and sin from a (T, D/2) table built once per call), and the
-// transposed rotation is applied to dq and dk in registers before they are stored, so
-// no rotated copy of q, k is written.
+// Pipelining. Tiles are cp.async copies (global -> smem, no register round trip),
+// issued one stage ahead: in forward V_j lands while S = Q K_j^T is computed and
+// K_{j+1} while O += P V_j is (FlashAttention-2's order, one K and one V buffer); the
+// backward kernels double-buffer their inner tiles and copy tile j+1 while tile j is
+// used. The waits (cp_async_wait) and the two barriers per step are what makes a
+// buffer safe to read and to overwrite; test/test_flash_emulated.cpp runs this source on
+// the CPU emulator, which lands copies only at their wait and lets a warp run ahead.
+//
+// RoPE (enum Rope below): by default q and k are rotated once into a head-major copy
+// before the kernels (qkv_permute), so every tile is a plain copy; Rope::on_load
+// instead rotates them as tiles are copied (fp32 arithmetic, rounded to bf16 once;
+// cos and sin from a (T, D/2) table built once per call) and writes no copy, at the
+// price of synchronous loads and redoing the rotation for every query block. Both
+// apply the transposed rotation to dq and dk in registers before storing them.
+// bench_kernels --attention measures the two.
 //
 // Causality and partial tiles: key tiles strictly above a query block's diagonal
 // are never visited; inside a tile, entries with key > query are masked. Rows at or
@@ -43,6 +56,7 @@
 
 #include "common/check.h"
 #include "kernels/cuda_common.cuh"
+#include "kernels/qkv_permute.cuh"
 #include "kernels/rope.cuh"
 #ifdef LNS_CUDA_EMU
 // test/emu/cuda_emu.h, included first, provides the PTX wrappers
@@ -63,6 +77,20 @@ template <int D> constexpr int ROW_STRIDE = D + PAD;
 // the inner tile of the backward kernels: keys (dq) or queries (dk, dv)
 template <int D> constexpr int INNER_BWD = D == 64 ? 64 : 32;
 
+// Where RoPE is applied: none (theta 0); prepass, q and k rotated into a head-major
+// copy by qkv_permute before the kernels, which then copy plain tiles with cp.async;
+// on_load, rotated as tiles are copied to smem through registers (no copy written).
+// Both rotate dq and dk back in registers before storing them.
+enum class Rope { none, prepass, on_load };
+
+// One of q, k, v, dout as rows of D channels: (b, h, t, i) at
+// p + b * batch + h * head + t * row + i.
+struct HeadView {
+    const bf16* p;
+    size_t batch, head, row;
+    __device__ const bf16* at(int b, int h) const { return p + b * batch + h * head; }
+};
+
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
     const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // lo in the low half: the lower column
     uint32_t r;
@@ -73,23 +101,42 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 // Accumulator fragment of a warp's 16 x 8NT tile: acc[nt][e] is row g + 8(e/2),
 // column 8nt + 2(lane%4) + e%2, with g = lane/4.
 
+// The A fragment (16 x 16) of columns 16kk.. of a 16-row tile in smem, row stride sa.
+__device__ __forceinline__ void load_a(uint32_t (&a)[4], const bf16* A, int sa, int kk) {
+    const int lane = threadIdx.x % 32;  // matrices: rows 0-7 / 8-15 x columns 0-7, then 8-15
+    ldsm_x4(a, A + (lane % 16) * sa + kk * 16 + (lane / 16) * 8);
+}
+// acc (16 x 8NT) += a (16 x 16, the step's A fragment) B^T, B (8NT x 16) in smem at
+// Bm (the step's first column), row stride sb.
+template <int NT>
+__device__ __forceinline__ void mma_step_nt(float (&acc)[NT][4], const uint32_t (&a)[4], const bf16* Bm, int sb) {
+    static_assert(NT % 2 == 0, "whole 16x16 steps");
+    const int lane = threadIdx.x % 32;
+#pragma unroll
+    for (int np = 0; np < NT / 2; np++) {
+        uint32_t b[4];  // matrices: B rows 0-7 x k 0-7, rows 0-7 x k 8-15, rows 8-15 x k 0-7, 8-15 x 8-15
+        ldsm_x4(b, Bm + (np * 16 + lane % 8 + (lane / 16) * 8) * sb + (lane / 8 % 2) * 8);
+        mma_bf16(acc[2 * np], a, b[0], b[1]);
+        mma_bf16(acc[2 * np + 1], a, b[2], b[3]);
+    }
+}
 // acc (16 x 8NT) += A (16 x K) B^T; A and B (8NT x K) in smem, row strides sa, sb.
 template <int NT, int K>
 __device__ __forceinline__ void mma_ss_nt(float (&acc)[NT][4], const bf16* A, int sa, const bf16* Bm, int sb) {
-    static_assert(NT % 2 == 0 && K % 16 == 0, "whole 16x16 steps");
-    const int lane = threadIdx.x % 32;
+    static_assert(K % 16 == 0, "whole 16x16 steps");
 #pragma unroll
     for (int kk = 0; kk < K / 16; kk++) {
-        uint32_t a[4];  // matrices: rows 0-7 / 8-15 x columns 0-7, then 8-15
-        ldsm_x4(a, A + (lane % 16) * sa + kk * 16 + (lane / 16) * 8);
-#pragma unroll
-        for (int np = 0; np < NT / 2; np++) {
-            uint32_t b[4];  // matrices: B rows 0-7 x k 0-7, rows 0-7 x k 8-15, rows 8-15 x k 0-7, 8-15 x 8-15
-            ldsm_x4(b, Bm + (np * 16 + lane % 8 + (lane / 16) * 8) * sb + kk * 16 + (lane / 8 % 2) * 8);
-            mma_bf16(acc[2 * np], a, b[0], b[1]);
-            mma_bf16(acc[2 * np + 1], a, b[2], b[3]);
-        }
+        uint32_t a[4];
+        load_a(a, A, sa, kk);
+        mma_step_nt<NT>(acc, a, Bm + kk * 16, sb);
     }
+}
+// The same with A (16 x K) held in registers (load_a for each kk).
+template <int NT, int K>
+__device__ __forceinline__ void mma_rs_nt(float (&acc)[NT][4], const uint32_t (&a)[K / 16][4], const bf16* Bm,
+                                          int sb) {
+#pragma unroll
+    for (int kk = 0; kk < K / 16; kk++) mma_step_nt<NT>(acc, a[kk], Bm + kk * 16, sb);
 }
 // acc (16 x 8NT) += A (16 x K) B; A as register fragments, B (K x 8NT) in smem, row stride sb.
 template <int NT, int K>
@@ -120,11 +167,21 @@ __device__ __forceinline__ void acc_to_a(uint32_t (&a)[NT / 2][4], const float (
 }
 
 // Rows [row0, row0 + ROWS) of one head's D channels (src: row 0, channel 0; ld: the
-// row stride) into smem; zeros at rows >= T. ROPE rotates the pairs (i, i + D/2) of
-// row t by +angle(t), as qkv_permute_kernel does, with rope[t][i] = (cos, sin).
+// row stride) into smem; zeros at rows >= T. Without ROPE the rows are cp.async copies
+// that land at the cp_async_wait retiring the caller's next commit. ROPE rotates the
+// pairs (i, i + D/2) of row t by +angle(t), as qkv_permute_kernel does, with
+// rope[t][i] = (cos, sin), through registers: the tile is complete when this returns.
 template <int D, int ROWS, bool ROPE>
 __device__ __forceinline__ void load_tile(bf16* s, const bf16* src, size_t ld, int row0, int T,
                                           const float2* __restrict__ rope) {
+    if constexpr (!ROPE) {
+        constexpr int CHUNKS = D / 8;  // 16 bytes each
+        for (int c = threadIdx.x; c < ROWS * CHUNKS; c += THREADS) {
+            const int r = c / CHUNKS, i0 = (c % CHUNKS) * 8, t = row0 + r;
+            cp_async_16(s + r * ROW_STRIDE<D> + i0, src + (size_t)(t < T ? t : 0) * ld + i0, t < T);
+        }
+        return;
+    }
     constexpr int H = D / 2, CHUNKS = H / 8;  // 8 pairs per chunk: two 16-byte loads
     for (int c = threadIdx.x; c < ROWS * CHUNKS; c += THREADS) {
         const int r = c / CHUNKS, i0 = (c % CHUNKS) * 8, t = row0 + r;
@@ -177,10 +234,10 @@ __device__ __forceinline__ void store_row(bf16* dst, const float (&acc)[D / 8][4
 }
 
 // ---- forward: grid (B*NH, query blocks), heaviest (last) query block first.
-template <int D, bool ROPE>
+template <int D, bool ROPE_ON_LOAD>
 __global__ void __launch_bounds__(THREADS)
-    flash_forward_kernel(bf16* __restrict__ out, float* __restrict__ lse, const bf16* __restrict__ qkv,
-                         const float2* __restrict__ rope, int T, int NH, float scale) {
+    flash_forward_kernel(bf16* __restrict__ out, float* __restrict__ lse, const HeadView q, const HeadView k,
+                         const HeadView v, const float2* __restrict__ rope, int T, int NH, float scale) {
     constexpr int S = ROW_STRIDE<D>;
     extern __shared__ __align__(16) unsigned char smem[];
     bf16* sQ = reinterpret_cast<bf16*>(smem);  // (BLOCK, D) each
@@ -189,21 +246,26 @@ __global__ void __launch_bounds__(THREADS)
     const int bh = blockIdx.x, b = bh / NH, h = bh % NH, C = NH * D;
     const int qb = gridDim.y - 1 - blockIdx.y, q0 = qb * BLOCK;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tig = lane % 4;
-    const size_t ld = 3 * (size_t)C;
-    const bf16* head = qkv + (size_t)b * T * ld + h * D;
+    const bf16 *qh = q.at(b, h), *kh = k.at(b, h), *vh = v.at(b, h);
     const float sl2 = scale * LOG2E;  // dot products to log2 units of the scaled scores
 
-    load_tile<D, BLOCK, ROPE>(sQ, head, ld, q0, T, rope);
+    load_tile<D, BLOCK, ROPE_ON_LOAD>(sQ, qh, q.row, q0, T, rope);
+    load_tile<D, BLOCK, ROPE_ON_LOAD>(sK, kh, k.row, 0, T, rope);
+    cp_async_commit();
+    uint32_t qf[D / 16][4];  // this warp's 16 query rows as A fragments, loaded once
     float o[D / 8][4] = {};
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // raw max dot, partial row sums
     const int row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
     for (int j = 0; j <= qb; j++) {  // causal: no key tile beyond the diagonal
-        __syncthreads();              // sQ complete; the previous sK, sV consumed
-        load_tile<D, BLOCK, ROPE>(sK, head + C, ld, j * BLOCK, T, rope);
-        load_tile<D, BLOCK, false>(sV, head + 2 * C, ld, j * BLOCK, T, rope);
-        __syncthreads();
+        cp_async_wait<0>();
+        __syncthreads();  // K_j (and Q) in smem; every warp done with V_{j-1}
+        load_tile<D, BLOCK, false>(sV, vh, v.row, j * BLOCK, T, rope);  // lands during S = Q K^T
+        cp_async_commit();
+        if (j == 0)
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk++) load_a(qf[kk], sQ + warp * 16 * S, S, kk);
         float s[BLOCK / 8][4] = {};
-        mma_ss_nt<BLOCK / 8, D>(s, sQ + warp * 16 * S, S, sK, S);
+        mma_rs_nt<BLOCK / 8, D>(s, qf, sK, S);
         if (j == qb)
 #pragma unroll
             for (int nt = 0; nt < BLOCK / 8; nt++)
@@ -232,6 +294,12 @@ __global__ void __launch_bounds__(THREADS)
         }
         uint32_t p[BLOCK / 16][4];
         acc_to_a<BLOCK / 8>(p, s);
+        cp_async_wait<0>();
+        __syncthreads();  // V_j in smem; every warp done with K_j
+        if (j < qb) {     // K_{j+1} lands during O += P V
+            load_tile<D, BLOCK, ROPE_ON_LOAD>(sK, kh, k.row, (j + 1) * BLOCK, T, rope);
+            cp_async_commit();
+        }
         mma_rs_nn<D / 8, BLOCK>(o, p, sV, S);
     }
 #pragma unroll
@@ -266,28 +334,31 @@ __global__ void __launch_bounds__(THREADS)
     if (lane == 0) Dv[((size_t)(bt / T) * NH + h) * T + bt % T] = acc;
 }
 
-// ---- dq: grid (B*NH, query blocks), heaviest first; loops over key tiles 0..diagonal.
-// dS = P (dP - Dv), dP = dout V^T; dq = scale * dS K, then rotated back.
-template <int D, bool ROPE>
+// ---- dq: grid (B*NH, query blocks), heaviest first; loops over key tiles 0..diagonal,
+// double-buffered. dS = P (dP - Dv), dP = dout V^T; dq = scale * dS K, then rotated back.
+template <int D, Rope R>
 __global__ void __launch_bounds__(THREADS)
-    flash_dq_kernel(bf16* __restrict__ dqkv, const bf16* __restrict__ dout, const bf16* __restrict__ qkv,
-                    const float* __restrict__ lse, const float* __restrict__ Dv, const float2* __restrict__ rope, int T, int NH,
-                    float scale) {
+    flash_dq_kernel(bf16* __restrict__ dqkv, const HeadView q, const HeadView k, const HeadView v,
+                    const HeadView dout, const float* __restrict__ lse, const float* __restrict__ Dv,
+                    const float2* __restrict__ rope, int T, int NH, float scale) {
     constexpr int S = ROW_STRIDE<D>, KN = INNER_BWD<D>;
+    constexpr bool RL = R == Rope::on_load;
     extern __shared__ __align__(16) unsigned char smem[];
     bf16* sQ = reinterpret_cast<bf16*>(smem);  // (BLOCK, D)
     bf16* sdO = sQ + BLOCK * S;                // (BLOCK, D)
-    bf16* sK = sdO + BLOCK * S;                // (KN, D)
-    bf16* sV = sK + KN * S;                    // (KN, D)
+    bf16* sK = sdO + BLOCK * S;                // 2 x (KN, D)
+    bf16* sV = sK + 2 * KN * S;                // 2 x (KN, D)
     const int bh = blockIdx.x, b = bh / NH, h = bh % NH, C = NH * D;
     const int q0 = (gridDim.y - 1 - blockIdx.y) * BLOCK;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tig = lane % 4;
-    const size_t ld = 3 * (size_t)C;
-    const bf16* head = qkv + (size_t)b * T * ld + h * D;
+    const bf16 *kh = k.at(b, h), *vh = v.at(b, h);
     const float sl2 = scale * LOG2E;
 
-    load_tile<D, BLOCK, ROPE>(sQ, head, ld, q0, T, rope);
-    load_tile<D, BLOCK, false>(sdO, dout + (size_t)b * T * C + h * D, C, q0, T, rope);
+    load_tile<D, BLOCK, RL>(sQ, q.at(b, h), q.row, q0, T, rope);
+    load_tile<D, BLOCK, false>(sdO, dout.at(b, h), dout.row, q0, T, rope);
+    load_tile<D, KN, RL>(sK, kh, k.row, 0, T, rope);
+    load_tile<D, KN, false>(sV, vh, v.row, 0, T, rope);
+    cp_async_commit();
     const int row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
     float lse2[2], dv[2];
 #pragma unroll
@@ -298,13 +369,20 @@ __global__ void __launch_bounds__(THREADS)
     float dq[D / 8][4] = {};
     const int tiles = (min(q0 + BLOCK, T) + KN - 1) / KN;  // keys up to the block's last valid row
     for (int j = 0; j < tiles; j++) {
-        __syncthreads();
-        load_tile<D, KN, ROPE>(sK, head + C, ld, j * KN, T, rope);
-        load_tile<D, KN, false>(sV, head + 2 * C, ld, j * KN, T, rope);
-        __syncthreads();
+        const int cur = (j & 1) * KN * S;
+        if (j + 1 < tiles) {  // into the other buffer, which every warp left at the last barrier
+            const int next = ((j + 1) & 1) * KN * S;
+            load_tile<D, KN, RL>(sK + next, kh, k.row, (j + 1) * KN, T, rope);
+            load_tile<D, KN, false>(sV + next, vh, v.row, (j + 1) * KN, T, rope);
+            cp_async_commit();
+            cp_async_wait<1>();  // all but tile j+1
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();  // tile j in smem for every warp
         float s[KN / 8][4] = {}, dp[KN / 8][4] = {};
-        mma_ss_nt<KN / 8, D>(s, sQ + warp * 16 * S, S, sK, S);
-        mma_ss_nt<KN / 8, D>(dp, sdO + warp * 16 * S, S, sV, S);
+        mma_ss_nt<KN / 8, D>(s, sQ + warp * 16 * S, S, sK + cur, S);
+        mma_ss_nt<KN / 8, D>(dp, sdO + warp * 16 * S, S, sV + cur, S);
 #pragma unroll
         for (int nt = 0; nt < KN / 8; nt++)
 #pragma unroll
@@ -315,74 +393,100 @@ __global__ void __launch_bounds__(THREADS)
             }
         uint32_t a[KN / 16][4];
         acc_to_a<KN / 8>(a, s);
-        mma_rs_nn<D / 8, KN>(dq, a, sK, S);
+        mma_rs_nn<D / 8, KN>(dq, a, sK + cur, S);
+        __syncthreads();  // every warp done with tile j before it is overwritten by j+2
     }
 #pragma unroll
     for (int r = 0; r < 2; r++)
-        if (row[r] < T) store_row<D, ROPE>(dqkv + ((size_t)b * T + row[r]) * ld + h * D, dq, r, row[r], scale, rope);
+        if (row[r] < T)
+            store_row<D, R != Rope::none>(dqkv + ((size_t)b * T + row[r]) * 3 * C + h * D, dq, r, row[r], scale,
+                                          rope);
+}
+
+// lse (in log2 units) and Dv of query rows [t0, t0 + N) of one head, zeros beyond T.
+template <int N>
+__device__ __forceinline__ void load_row_stats(float* sL, float* sD, const float* lse, const float* Dv, int t0,
+                                               int T) {
+    for (int r = threadIdx.x; r < N; r += THREADS) {
+        const int t = t0 + r;
+        sL[r] = t < T ? lse[t] * LOG2E : 0.0f;
+        sD[r] = t < T ? Dv[t] : 0.0f;
+    }
 }
 
 // ---- dk, dv: grid (B*NH, key blocks), heaviest (first) key block first; loops over
-// query tiles from the diagonal to T. Transposed products, keys as rows:
-// S^T = K Q^T, dP^T = V dout^T, dv = P^T dout, dk = scale * dS^T Q, then rotated back.
-template <int D, bool ROPE>
+// query tiles from the diagonal to T, double-buffered. Transposed products, keys as
+// rows: S^T = K Q^T, dP^T = V dout^T, dv = P^T dout, dk = scale * dS^T Q, then
+// rotated back.
+template <int D, Rope R>
 __global__ void __launch_bounds__(THREADS)
-    flash_dkv_kernel(bf16* __restrict__ dqkv, const bf16* __restrict__ dout, const bf16* __restrict__ qkv,
-                     const float* __restrict__ lse, const float* __restrict__ Dv, const float2* __restrict__ rope, int T, int NH,
-                     float scale) {
+    flash_dkv_kernel(bf16* __restrict__ dqkv, const HeadView q, const HeadView k, const HeadView v,
+                     const HeadView dout, const float* __restrict__ lse, const float* __restrict__ Dv,
+                     const float2* __restrict__ rope, int T, int NH, float scale) {
     constexpr int S = ROW_STRIDE<D>, QN = INNER_BWD<D>;
+    constexpr bool RL = R == Rope::on_load;
     extern __shared__ __align__(16) unsigned char smem[];
     bf16* sK = reinterpret_cast<bf16*>(smem);  // (BLOCK, D)
     bf16* sV = sK + BLOCK * S;                 // (BLOCK, D)
-    bf16* sQ = sV + BLOCK * S;                 // (QN, D)
-    bf16* sdO = sQ + QN * S;                   // (QN, D)
-    float* sL = reinterpret_cast<float*>(sdO + QN * S);  // (QN) lse in log2 units
-    float* sD = sL + QN;                                  // (QN)
+    bf16* sQ = sV + BLOCK * S;                 // 2 x (QN, D)
+    bf16* sdO = sQ + 2 * QN * S;               // 2 x (QN, D)
+    float* sL = reinterpret_cast<float*>(sdO + 2 * QN * S);  // 2 x (QN): lse in log2 units
+    float* sD = sL + 2 * QN;                                  // 2 x (QN)
     const int bh = blockIdx.x, b = bh / NH, h = bh % NH, C = NH * D;
     const int k0 = blockIdx.y * BLOCK;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tig = lane % 4;
-    const size_t ld = 3 * (size_t)C;
-    const bf16* head = qkv + (size_t)b * T * ld + h * D;
-    const bf16* dhead = dout + (size_t)b * T * C + h * D;
+    const bf16 *qh = q.at(b, h), *dh = dout.at(b, h);
+    const float *lse_h = lse + (size_t)bh * T, *Dv_h = Dv + (size_t)bh * T;
     const float sl2 = scale * LOG2E;
 
-    load_tile<D, BLOCK, ROPE>(sK, head + C, ld, k0, T, rope);
-    load_tile<D, BLOCK, false>(sV, head + 2 * C, ld, k0, T, rope);
+    const int first = k0 / QN, tiles = (T + QN - 1) / QN;  // causal: no query tile before the diagonal
+    load_tile<D, BLOCK, RL>(sK, k.at(b, h), k.row, k0, T, rope);
+    load_tile<D, BLOCK, false>(sV, v.at(b, h), v.row, k0, T, rope);
+    load_tile<D, QN, RL>(sQ, qh, q.row, first * QN, T, rope);
+    load_tile<D, QN, false>(sdO, dh, dout.row, first * QN, T, rope);
+    load_row_stats<QN>(sL, sD, lse_h, Dv_h, first * QN, T);
+    cp_async_commit();
     const int key[2] = {k0 + warp * 16 + g, k0 + warp * 16 + g + 8};
     float dk[D / 8][4] = {}, dv[D / 8][4] = {};
-    for (int i = k0 / QN; i * QN < T; i++) {  // causal: no query tile before the diagonal
-        __syncthreads();
-        load_tile<D, QN, ROPE>(sQ, head, ld, i * QN, T, rope);
-        load_tile<D, QN, false>(sdO, dhead, C, i * QN, T, rope);
-        for (int r = threadIdx.x; r < QN; r += THREADS) {
-            const int t = i * QN + r;
-            sL[r] = t < T ? lse[(size_t)bh * T + t] * LOG2E : 0.0f;
-            sD[r] = t < T ? Dv[(size_t)bh * T + t] : 0.0f;
+    for (int i = first; i < tiles; i++) {
+        const int buf = (i - first) & 1;
+        if (i + 1 < tiles) {  // into the other buffer, which every warp left at the last barrier
+            const int nb = buf ^ 1;
+            load_tile<D, QN, RL>(sQ + nb * QN * S, qh, q.row, (i + 1) * QN, T, rope);
+            load_tile<D, QN, false>(sdO + nb * QN * S, dh, dout.row, (i + 1) * QN, T, rope);
+            load_row_stats<QN>(sL + nb * QN, sD + nb * QN, lse_h, Dv_h, (i + 1) * QN, T);
+            cp_async_commit();
+            cp_async_wait<1>();  // all but tile i+1
+        } else {
+            cp_async_wait<0>();
         }
-        __syncthreads();
+        __syncthreads();  // tile i in smem for every warp
+        const bf16 *cQ = sQ + buf * QN * S, *cdO = sdO + buf * QN * S;
+        const float *cL = sL + buf * QN, *cD = sD + buf * QN;
         float s[QN / 8][4] = {}, dp[QN / 8][4] = {};
-        mma_ss_nt<QN / 8, D>(s, sK + warp * 16 * S, S, sQ, S);
-        mma_ss_nt<QN / 8, D>(dp, sV + warp * 16 * S, S, sdO, S);
+        mma_ss_nt<QN / 8, D>(s, sK + warp * 16 * S, S, cQ, S);
+        mma_ss_nt<QN / 8, D>(dp, sV + warp * 16 * S, S, cdO, S);
 #pragma unroll
         for (int nt = 0; nt < QN / 8; nt++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                const int qi = nt * 8 + tig * 2 + e % 2, q = i * QN + qi;
-                const float p = q >= key[e / 2] && q < T ? exp2f(s[nt][e] * sl2 - sL[qi]) : 0.0f;
+                const int qi = nt * 8 + tig * 2 + e % 2, t = i * QN + qi;
+                const float p = t >= key[e / 2] && t < T ? exp2f(s[nt][e] * sl2 - cL[qi]) : 0.0f;
                 s[nt][e] = p;
-                dp[nt][e] = p * (dp[nt][e] - sD[qi]);
+                dp[nt][e] = p * (dp[nt][e] - cD[qi]);
             }
         uint32_t a[QN / 16][4];
         acc_to_a<QN / 8>(a, s);
-        mma_rs_nn<D / 8, QN>(dv, a, sdO, S);
+        mma_rs_nn<D / 8, QN>(dv, a, cdO, S);
         acc_to_a<QN / 8>(a, dp);
-        mma_rs_nn<D / 8, QN>(dk, a, sQ, S);
+        mma_rs_nn<D / 8, QN>(dk, a, cQ, S);
+        __syncthreads();  // every warp done with tile i before it is overwritten by i+2
     }
 #pragma unroll
     for (int r = 0; r < 2; r++) {
         if (key[r] >= T) continue;
-        bf16* dst = dqkv + ((size_t)b * T + key[r]) * ld + h * D;
-        store_row<D, ROPE>(dst + C, dk, r, key[r], scale, rope);
+        bf16* dst = dqkv + ((size_t)b * T + key[r]) * 3 * C + h * D;
+        store_row<D, R != Rope::none>(dst + C, dk, r, key[r], scale, rope);
         store_row<D, false>(dst + 2 * C, dv, r, key[r], 1.0f, rope);
     }
 }
@@ -408,8 +512,8 @@ const float2* rope_table(int T, int hs, float theta) {
 }
 
 template <int D> constexpr size_t forward_smem() { return 3 * BLOCK * ROW_STRIDE<D> * sizeof(bf16); }
-template <int D> constexpr size_t dq_smem() { return (2 * BLOCK + 2 * INNER_BWD<D>) * ROW_STRIDE<D> * sizeof(bf16); }
-template <int D> constexpr size_t dkv_smem() { return dq_smem<D>() + 2 * INNER_BWD<D> * sizeof(float); }
+template <int D> constexpr size_t dq_smem() { return (2 * BLOCK + 4 * INNER_BWD<D>) * ROW_STRIDE<D> * sizeof(bf16); }
+template <int D> constexpr size_t dkv_smem() { return dq_smem<D>() + 4 * INNER_BWD<D> * sizeof(float); }
 
 // Kernels over 48 KiB of dynamic shared memory must say so once.
 template <class Kernel>
@@ -417,13 +521,18 @@ void allow_smem(Kernel* k, size_t bytes) {
     cudaCheck(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
 }
 
-// Calls fn(integral_constant<int, D>, bool_constant<ROPE>) for the runtime head size and RoPE.
+template <Rope R>
+using RopeC = std::integral_constant<Rope, R>;
+// Calls fn(integral_constant<int, D>, RopeC<mode>) for the runtime head size and mode.
 template <class Fn>
-void dispatch(int hs, bool rope, Fn&& fn) {
-    using D64 = std::integral_constant<int, 64>;
-    using D128 = std::integral_constant<int, 128>;
-    if (hs == 64) rope ? fn(D64{}, std::true_type{}) : fn(D64{}, std::false_type{});
-    else rope ? fn(D128{}, std::true_type{}) : fn(D128{}, std::false_type{});
+void dispatch(int hs, Rope mode, Fn&& fn) {
+    auto with_d = [&](auto d) {
+        if (mode == Rope::none) fn(d, RopeC<Rope::none>{});
+        else if (mode == Rope::prepass) fn(d, RopeC<Rope::prepass>{});
+        else fn(d, RopeC<Rope::on_load>{});
+    };
+    if (hs == 64) with_d(std::integral_constant<int, 64>{});
+    else with_d(std::integral_constant<int, 128>{});
 }
 
 int check_flash(const char* op, int B, int T, int C, int NH, float rope_theta, std::initializer_list<const void*> ptrs) {
@@ -440,44 +549,77 @@ int check_flash(const char* op, int B, int T, int C, int NH, float rope_theta, s
 }
 
 
+// q, k, v (part 0, 1, 2) of qkv (B,T,3C), or dout (B,T,C) with part 0 and ld = C
+HeadView token_rows(const bf16* x, int part, int T, int C, int NH, int ld) {
+    return {x + (size_t)part * C, (size_t)T * ld, (size_t)(C / NH), (size_t)ld};
+}
+// a head-major (B,NH,T,D) tensor
+HeadView head_rows(const bf16* x, int T, int C, int NH) {
+    const size_t D = C / NH;
+    return {x, (size_t)NH * T * D, (size_t)T * D, D};
+}
+
+Rope rope_mode(float theta, bool on_load) {
+    return !(theta > 0) ? Rope::none : on_load ? Rope::on_load : Rope::prepass;
+}
+
+// q, k and v as the kernels read them: from qkv, or (Rope::prepass) q and k rotated
+// into a head-major copy in SCRATCH_ATTN_C first.
+void flash_inputs(HeadView (&qkv_v)[3], const bf16* qkv, int B, int T, int C, int NH, float theta, Rope mode) {
+    for (int part = 0; part < 3; part++) qkv_v[part] = token_rows(qkv, part, T, C, NH, 3 * C);
+    if (mode != Rope::prepass) return;
+    const size_t BTC = (size_t)B * T * C;
+    bf16* qk = (bf16*)cuda_scratch(SCRATCH_ATTN_C, 2 * BTC * sizeof(bf16));
+    qkv_permute(qk, qkv, B, T, C, NH, theta, 2);
+    qkv_v[0] = head_rows(qk, T, C, NH), qkv_v[1] = head_rows(qk + BTC, T, C, NH);
+}
+
 // The launch sequences, shared by cuda_backend and the emulated tests.
-void flash_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH, float rope_theta) {
+void flash_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH, float rope_theta,
+                   bool rope_on_load) {
     const int hs = check_flash("attention_flash_forward", B, T, C, NH, rope_theta, {out, qkv});
     const float scale = 1.0f / std::sqrt((float)hs);
-    const float2* rope = rope_table(T, hs, rope_theta);
+    const Rope mode = rope_mode(rope_theta, rope_on_load);
+    HeadView in[3];
+    flash_inputs(in, qkv, B, T, C, NH, rope_theta, mode);
+    const float2* rope = mode == Rope::on_load ? rope_table(T, hs, rope_theta) : nullptr;
     const dim3 grid(B * NH, ceil_div(T, BLOCK));
-    dispatch(hs, rope_theta > 0, [&](auto d, auto use_rope) {
+    dispatch(hs, mode, [&](auto d, auto r) {
         constexpr int D = decltype(d)::value;
-        constexpr bool ROPE = decltype(use_rope)::value;
-        auto* fwd = flash_forward_kernel<D, ROPE>;
+        auto* fwd = flash_forward_kernel<D, decltype(r)::value == Rope::on_load>;
         static bool once = (allow_smem(fwd, forward_smem<D>()), true);
         (void)once;
-        LNS_LAUNCH(fwd, grid, THREADS, forward_smem<D>(), out, lse, qkv, rope, T, NH, scale);
+        LNS_LAUNCH(fwd, grid, THREADS, forward_smem<D>(), out, lse, in[0], in[1], in[2], rope, T, NH, scale);
     });
     cudaCheckLaunch();
 }
 
 void flash_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out, const float* lse, int B, int T,
-                    int C, int NH, float rope_theta) {
+                    int C, int NH, float rope_theta, bool rope_on_load) {
     const int hs = check_flash("attention_flash_backward", B, T, C, NH, rope_theta, {dqkv, dout, qkv, out});
     const float scale = 1.0f / std::sqrt((float)hs);
-    const float2* rope = rope_table(T, hs, rope_theta);
+    const Rope mode = rope_mode(rope_theta, rope_on_load);
+    HeadView in[3];
+    flash_inputs(in, qkv, B, T, C, NH, rope_theta, mode);
+    const HeadView dout_v = token_rows(dout, 0, T, C, NH, C);
+    const float2* rope = mode != Rope::none ? rope_table(T, hs, rope_theta) : nullptr;  // dq, dk rotate back
     const int rows = B * T * NH;
     float* Dv = (float*)cuda_scratch(SCRATCH_ATTN_B, (size_t)rows * sizeof(float));  // (B,NH,T)
     const dim3 grid(B * NH, ceil_div(T, BLOCK));
-    dispatch(hs, rope_theta > 0, [&](auto d, auto use_rope) {
+    dispatch(hs, mode, [&](auto d, auto r) {
         constexpr int D = decltype(d)::value;
-        constexpr bool ROPE = decltype(use_rope)::value;
+        constexpr Rope R = decltype(r)::value;
         auto* dvec = flash_dvec_kernel<D>;
-        auto* dq = flash_dq_kernel<D, ROPE>;
-        auto* dkv = flash_dkv_kernel<D, ROPE>;
+        auto* dq = flash_dq_kernel<D, R>;
+        auto* dkv = flash_dkv_kernel<D, R>;
         static bool once = (allow_smem(dq, dq_smem<D>()), allow_smem(dkv, dkv_smem<D>()), true);
         (void)once;
         LNS_LAUNCH(dvec, ceil_div(rows, WARPS), THREADS, 0, Dv, dout, out, T, NH, rows);
         cudaCheckLaunch();
-        LNS_LAUNCH(dq, grid, THREADS, dq_smem<D>(), dqkv, dout, qkv, lse, Dv, rope, T, NH, scale);
+        LNS_LAUNCH(dq, grid, THREADS, dq_smem<D>(), dqkv, in[0], in[1], in[2], dout_v, lse, Dv, rope, T, NH, scale);
         cudaCheckLaunch();
-        LNS_LAUNCH(dkv, grid, THREADS, dkv_smem<D>(), dqkv, dout, qkv, lse, Dv, rope, T, NH, scale);
+        LNS_LAUNCH(dkv, grid, THREADS, dkv_smem<D>(), dqkv, in[0], in[1], in[2], dout_v, lse, Dv, rope, T, NH,
+                   scale);
     });
     cudaCheckLaunch();
 }

@@ -69,6 +69,9 @@ struct cuda_backend {
                                         float rope_theta);
     static void attention_flash_backward(floatX* dqkv, const floatX* dout, const floatX* qkv, const floatX* out,
                                          const float* lse, int B, int T, int C, int NH, float rope_theta);
+    // CUDA only, for benchmarks: RoPE inside the flash kernels' tile loads instead of a
+    // rotated copy of q, k made before them (the default); same results either way.
+    static void attention_flash_rope_on_load(bool on);
     static void attention_kv_forward(floatX* out, floatX* kcache, floatX* vcache, const floatX* qkv, int pos, int C,
                                      int NH, int Tmax, float rope_theta);
     static void gelu_forward(floatX* out, const floatX* inp, size_t n);

@@ -51,6 +51,7 @@ enum ScratchSlot {
     SCRATCH_ENCODER,        // encoder_backward's bucket tables
     SCRATCH_ATTN_A,         // attention: permuted / unpermuted temporaries
     SCRATCH_ATTN_B,
+    SCRATCH_ATTN_C,         // flash attention: q, k rotated before the kernels
     SCRATCH_MATMUL_WORKSPACE,  // cuBLASLt workspace
     SCRATCH_MATMUL_DBIAS,   // per-block dbias partials
     NUM_SCRATCH

@@ -39,15 +39,16 @@ struct Result {
     std::vector<float> lse;
 };
 Result run_emulated(const std::vector<bf16>& qkv, const std::vector<bf16>& dout, int B, int T, int NH, int hs,
-                    float theta, emu::Order order) {
+                    float theta, emu::Order order, bool rope_on_load = false) {
     const int C = NH * hs;
     Result r;
     r.out.assign((size_t)B * T * C, __float2bfloat16_rn(NAN));
     r.dqkv.assign(qkv.size(), __float2bfloat16_rn(NAN));
     r.lse.assign((size_t)B * NH * T, NAN);
     emu::set_order(order);
-    flash_forward(r.out.data(), r.lse.data(), qkv.data(), B, T, C, NH, theta);
-    flash_backward(r.dqkv.data(), dout.data(), qkv.data(), r.out.data(), r.lse.data(), B, T, C, NH, theta);
+    flash_forward(r.out.data(), r.lse.data(), qkv.data(), B, T, C, NH, theta, rope_on_load);
+    flash_backward(r.dqkv.data(), dout.data(), qkv.data(), r.out.data(), r.lse.data(), B, T, C, NH, theta,
+                   rope_on_load);
     emu::set_order(emu::Order::forward);
     return r;
 }
@@ -64,8 +65,10 @@ TEST_CASE("the flash kernels, run on the CPU emulator, match the CPU twin", "[fl
     const Shape shapes[] = {{2, 1, 2, 64},  {2, 7, 3, 64},  {1, 64, 2, 64},  {1, 130, 2, 64}, {1, 257, 1, 64},
                             {2, 1, 2, 128}, {2, 7, 1, 128}, {1, 64, 2, 128}, {1, 130, 1, 128}, {1, 257, 1, 128}};
     for (const Shape& s : shapes)
-        for (float theta : {0.0f, 10000.0f}) {
-            DYNAMIC_SECTION("B " << s.B << " T " << s.T << " NH " << s.NH << " hs " << s.hs << " rope " << theta) {
+        for (int rope = 0; rope < 3; rope++) {  // none, rotated before the kernels, rotated on load
+            const float theta = rope ? 10000.0f : 0.0f;
+            DYNAMIC_SECTION("B " << s.B << " T " << s.T << " NH " << s.NH << " hs " << s.hs << " rope "
+                                 << (const char*[]){"none", "prepass", "on_load"}[rope]) {
                 const int C = s.NH * s.hs, BT = s.B * s.T;
                 const auto qkv = to_bf16(randn((size_t)BT * 3 * C, 600)), dout = to_bf16(randn((size_t)BT * C, 601));
                 const auto qkv_f = to_f32(qkv), dout_f = to_f32(dout);
@@ -73,7 +76,8 @@ TEST_CASE("the flash kernels, run on the CPU emulator, match the CPU twin", "[fl
                 cpu_backend::attention_flash_forward(out.data(), lse.data(), qkv_f.data(), s.B, s.T, C, s.NH, theta);
                 cpu_backend::attention_flash_backward(dqkv.data(), dout_f.data(), qkv_f.data(), out.data(), lse.data(),
                                                       s.B, s.T, C, s.NH, theta);
-                const Result r = run_emulated(qkv, dout, s.B, s.T, s.NH, s.hs, theta, emu::Order::forward);
+                const Result r =
+                    run_emulated(qkv, dout, s.B, s.T, s.NH, s.hs, theta, emu::Order::forward, rope == 2);
                 const double e_out = max_rel_err(to_f32(r.out), out), e_lse = max_rel_err(r.lse, lse);
                 INFO("out " << e_out << " lse " << e_lse);
                 CHECK(e_out < FLASH_OUT_TOL);
@@ -95,11 +99,13 @@ TEST_CASE("the flash kernels give the same bits whichever warp runs ahead", "[fl
     for (int hs : {64, 128}) {
         const int C = NH * hs;
         const auto qkv = to_bf16(randn((size_t)B * T * 3 * C, 610)), dout = to_bf16(randn((size_t)B * T * C, 611));
-        const Result a = run_emulated(qkv, dout, B, T, NH, hs, 10000.0f, emu::Order::forward);
-        const Result b = run_emulated(qkv, dout, B, T, NH, hs, 10000.0f, emu::Order::reverse);
-        CHECK(std::memcmp(a.out.data(), b.out.data(), a.out.size() * 2) == 0);
-        CHECK(std::memcmp(a.dqkv.data(), b.dqkv.data(), a.dqkv.size() * 2) == 0);
-        CHECK(a.lse == b.lse);
+        for (bool on_load : {false, true}) {
+            const Result a = run_emulated(qkv, dout, B, T, NH, hs, 10000.0f, emu::Order::forward, on_load);
+            const Result b = run_emulated(qkv, dout, B, T, NH, hs, 10000.0f, emu::Order::reverse, on_load);
+            CHECK(std::memcmp(a.out.data(), b.out.data(), a.out.size() * 2) == 0);
+            CHECK(std::memcmp(a.dqkv.data(), b.dqkv.data(), a.dqkv.size() * 2) == 0);
+            CHECK(a.lse == b.lse);
+        }
     }
 }
 
