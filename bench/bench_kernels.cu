@@ -301,7 +301,7 @@ std::vector<Row> bench_model(const std::string& name, int B, int T, Timer& tm) {
 
 // Causal attention alone, flash against the first version, no RoPE (as PyTorch's
 // scaled_dot_product_attention, which bench/bench_torch.py --attention times on the same
-// shapes). FLOPs, FlashAttention's convention: forward 4*B*H*T*T*D / 2 (the causal
+// shapes); then flash with RoPE in its two placements. FLOPs, FlashAttention's convention: forward 4*B*H*T*T*D / 2 (the causal
 // half of QK^T and PV), backward 2.5x the forward (five products of the same size
 // against two). One line per (shape, kernel): attn_tflops B H T D kernel fwd X bwd Y.
 void bench_attention(Timer& tm) {
@@ -326,6 +326,17 @@ void bench_attention(Timer& tm) {
             const double b = tm.median_ms(
                 [&] { cuda_backend::attention_flash_backward(DQ, DO, Q, O, L, a.B, a.T, C, a.H, 0.0f); });
             report("flash", f, b);
+            // with RoPE: q, k rotated into a copy before the kernels (the default), or
+            // rotated inside the kernels' tile loads; the better one should stay the default
+            for (bool on_load : {false, true}) {
+                cuda_backend::attention_flash_rope_on_load(on_load);
+                const double fr = tm.median_ms(
+                    [&] { cuda_backend::attention_flash_forward(O, L, Q, a.B, a.T, C, a.H, 10000.0f); });
+                const double br = tm.median_ms(
+                    [&] { cuda_backend::attention_flash_backward(DQ, DO, Q, O, L, a.B, a.T, C, a.H, 10000.0f); });
+                report(on_load ? "flash_rope_on_load" : "flash_rope_first", fr, br);
+            }
+            cuda_backend::attention_flash_rope_on_load(false);
         }
         Buf qkvr(N * 3 * C * s), dqkvr(N * 3 * C * s), att(TT * s), datt(TT * s);
         floatX *QR = qkvr.as<floatX>(), *A = att.as<floatX>();

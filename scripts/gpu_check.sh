@@ -143,12 +143,26 @@ attn_table() {
                     r(ours[k, "flash", "f"], tf[k]), r(ours[k, "flash", "b"], tb[k])
         }' "$attn_ours" "$attn_torch"
 }
+# | shape | flash with RoPE: q, k rotated first | rotated in the tile loads |
+rope_table() {
+    awk '
+        $1 == "attn_tflops" && $6 ~ /^flash_rope/ { k = $2 "x" $3 "x" $4 "x" $5; shapes[k] = 1; v[k, $6] = $8 " / " $10 }
+        END {
+            print "| B x H x T x D | RoPE rotated first, fwd / bwd | RoPE in the tile loads, fwd / bwd |"
+            print "|---|---|---|"
+            for (k in shapes) printf "| %s | %s | %s |\n", k, v[k, "flash_rope_first"], v[k, "flash_rope_on_load"]
+        }' "$attn_ours"
+}
 
 {
     echo
     echo "## Causal attention alone, TFLOP/s (forward 2*B*H*T*T*D, backward 2.5x; no RoPE; goal: ratio >= 0.8)"
     echo
     attn_table
+    echo
+    echo "## Flash attention with RoPE, TFLOP/s (the faster placement should be the default: rotated first)"
+    echo
+    rope_table
     echo
     echo "## Data parallel"
     echo
