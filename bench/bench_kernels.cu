@@ -329,14 +329,20 @@ void bench_attention(Timer& tm) {
             // with RoPE: q, k rotated into a copy before the kernels (the default), or
             // rotated inside the kernels' tile loads; the better one should stay the default
             for (bool on_load : {false, true}) {
-                cuda_backend::attention_flash_rope_on_load(on_load);
+                cuda_backend::attention_flash_options({on_load, false});
                 const double fr = tm.median_ms(
                     [&] { cuda_backend::attention_flash_forward(O, L, Q, a.B, a.T, C, a.H, 10000.0f); });
                 const double br = tm.median_ms(
                     [&] { cuda_backend::attention_flash_backward(DQ, DO, Q, O, L, a.B, a.T, C, a.H, 10000.0f); });
                 report(on_load ? "flash_rope_on_load" : "flash_rope_first", fr, br);
             }
-            cuda_backend::attention_flash_rope_on_load(false);
+            if (g_props.major == 9) {  // the forward on wgmma, the backward unchanged
+                cuda_backend::attention_flash_options({false, true});
+                const double fw = tm.median_ms(
+                    [&] { cuda_backend::attention_flash_forward(O, L, Q, a.B, a.T, C, a.H, 0.0f); });
+                report("flash_wgmma", fw, b);
+            }
+            cuda_backend::attention_flash_options({});
         }
         Buf qkvr(N * 3 * C * s), dqkvr(N * 3 * C * s), att(TT * s), datt(TT * s);
         floatX *QR = qkvr.as<floatX>(), *A = att.as<floatX>();

@@ -8,28 +8,30 @@
 #include "kernels/attention_flash.cuh"
 
 namespace {
-bool g_rope_on_load = false;
+cuda_backend::FlashOptions g_options;
 }
 
 bool cuda_backend::attention_flash_supported(int head_dim) { return head_dim == 64 || head_dim == 128; }
-void cuda_backend::attention_flash_rope_on_load(bool on) { g_rope_on_load = on; }
+void cuda_backend::attention_flash_options(FlashOptions o) { g_options = o; }
 
 void cuda_backend::attention_flash_forward(floatX* out, float* lse, const floatX* qkv, int B, int T, int C, int NH,
                                            float rope_theta) {
     NVTX_RANGE("attention_flash_forward");
-    flash_forward(out, lse, qkv, B, T, C, NH, rope_theta, g_rope_on_load);
+    // the wgmma kernel exists for sm_90a only
+    const bool wgmma = g_options.wgmma && g_props.major == 9;
+    flash_forward(out, lse, qkv, B, T, C, NH, rope_theta, g_options.rope_on_load, wgmma);
 }
 
 void cuda_backend::attention_flash_backward(floatX* dqkv, const floatX* dout, const floatX* qkv, const floatX* out,
                                             const float* lse, int B, int T, int C, int NH, float rope_theta) {
     NVTX_RANGE("attention_flash_backward");
-    flash_backward(dqkv, dout, qkv, out, lse, B, T, C, NH, rope_theta, g_rope_on_load);
+    flash_backward(dqkv, dout, qkv, out, lse, B, T, C, NH, rope_theta, g_options.rope_on_load);
 }
 
 #else  // ENABLE_FP32
 
 bool cuda_backend::attention_flash_supported(int) { return false; }
-void cuda_backend::attention_flash_rope_on_load(bool) {}
+void cuda_backend::attention_flash_options(FlashOptions) {}
 
 void cuda_backend::attention_flash_forward(floatX*, float*, const floatX*, int, int, int, int, float) {
     LNS_CHECK(false, "attention_flash_forward: a PRECISION=FP32 build has no flash kernels; use --attention naive");

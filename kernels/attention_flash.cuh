@@ -58,11 +58,7 @@
 #include "kernels/cuda_common.cuh"
 #include "kernels/qkv_permute.cuh"
 #include "kernels/rope.cuh"
-#ifdef LNS_CUDA_EMU
-// test/emu/cuda_emu.h, included first, provides the PTX wrappers
-#else
 #include "kernels/ptx.cuh"
-#endif
 
 namespace {
 
@@ -312,6 +308,122 @@ __global__ void __launch_bounds__(THREADS)
     }
 }
 
+// Rows [row0, row0 + ROWS) of one head (as load_tile, by cp.async, zeros at rows >= T)
+// in wgmma's core-matrix layout without swizzling: the 16 bytes of row r, channels
+// 8c..8c+7, at byte (r/8) * 16D + 128c + 16 (r%8). Each 8 x 8 block of (rows,
+// channels) is one contiguous 128-byte core matrix, core matrices run along the
+// channels, then along the rows: K-major for K in S = Q K^T (lbo 128, sbo 16D) and
+// N-major for V in O = P V (lbo 16D, sbo 128).
+template <int D, int ROWS>
+__device__ __forceinline__ void load_tile_cm(bf16* s, const bf16* src, size_t ld, int row0, int T) {
+    constexpr int CHUNKS = D / 8;
+    for (int c = threadIdx.x; c < ROWS * CHUNKS; c += THREADS) {
+        const int r = c / CHUNKS, c8 = c % CHUNKS, t = row0 + r;
+        cp_async_16(s + (r / 8) * 8 * D + c8 * 64 + (r % 8) * 8, src + (size_t)(t < T ? t : 0) * ld + c8 * 8, t < T);
+    }
+}
+
+// ---- forward with Hopper's warpgroup MMA (sm_90a): the same algorithm, schedule and
+// roundings as flash_forward_kernel, the block's 4 warps being one warpgroup. S = Q K^T
+// and O += P V are wgmma.m64nNk16 with A (Q, then P) from registers in the mma.sync
+// fragment layout and B (K, V) from smem by descriptor; the accumulators have the
+// mma.sync layout too, so the online softmax is unchanged. RoPE, if any, is applied
+// before (Rope::prepass). Unlike mma.sync, wgmma reads smem through the async proxy:
+// fence_proxy_async after each cp.async wait, before the barrier.
+template <int D>
+__global__ void __launch_bounds__(THREADS)
+    flash_forward_wgmma_kernel(bf16* __restrict__ out, float* __restrict__ lse, const HeadView q, const HeadView k,
+                               const HeadView v, int T, int NH, float scale) {
+#if defined(LNS_CUDA_EMU) || LNS_SM90A
+    constexpr int S = ROW_STRIDE<D>;
+    constexpr uint32_t CM = 128, ROWS8 = 16 * D;  // bytes: one core matrix; 8 rows of a core-matrix tile
+    extern __shared__ __align__(16) unsigned char smem[];
+    bf16* sQ = reinterpret_cast<bf16*>(smem);  // (BLOCK, D), padded rows (ldmatrix)
+    bf16* sK = sQ + BLOCK * S;                 // (BLOCK, D), core matrices
+    bf16* sV = sK + BLOCK * D;                 // (BLOCK, D), core matrices
+    const int bh = blockIdx.x, b = bh / NH, h = bh % NH, C = NH * D;
+    const int qb = gridDim.y - 1 - blockIdx.y, q0 = qb * BLOCK;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tig = lane % 4;
+    const bf16 *kh = k.at(b, h), *vh = v.at(b, h);
+    const float sl2 = scale * LOG2E;
+
+    load_tile<D, BLOCK, false>(sQ, q.at(b, h), q.row, q0, T, nullptr);
+    load_tile_cm<D, BLOCK>(sK, kh, k.row, 0, T);
+    cp_async_commit();
+    uint32_t qf[D / 16][4];
+    float o[D / 8][4] = {};
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+    const int row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
+    for (int j = 0; j <= qb; j++) {
+        cp_async_wait<0>();
+        fence_proxy_async();
+        __syncthreads();  // K_j (and Q) in smem; every warp done with V_{j-1}
+        load_tile_cm<D, BLOCK>(sV, vh, v.row, j * BLOCK, T);
+        cp_async_commit();
+        if (j == 0)
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk++) load_a(qf[kk], sQ + warp * 16 * S, S, kk);
+        float s[BLOCK / 8][4] = {};
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++)  // channels 16kk..: two core matrices along K
+            wgmma_bf16<0>(s, qf[kk], wgmma_desc(sK + kk * 2 * 64, CM, ROWS8));
+        wgmma_commit();
+        wgmma_wait<0>();
+        if (j == qb)
+#pragma unroll
+            for (int nt = 0; nt < BLOCK / 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    if (j * BLOCK + nt * 8 + tig * 2 + e % 2 > row[e / 2]) s[nt][e] = -INFINITY;
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            float mx = m[r];
+#pragma unroll
+            for (int nt = 0; nt < BLOCK / 8; nt++) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            const float corr = exp2f((m[r] - mx) * sl2);
+            m[r] = mx, l[r] *= corr;
+#pragma unroll
+            for (int nt = 0; nt < D / 8; nt++) o[nt][2 * r] *= corr, o[nt][2 * r + 1] *= corr;
+#pragma unroll
+            for (int nt = 0; nt < BLOCK / 8; nt++)
+#pragma unroll
+                for (int e = 2 * r; e < 2 * r + 2; e++) {
+                    s[nt][e] = exp2f((s[nt][e] - mx) * sl2);
+                    l[r] += s[nt][e];
+                }
+        }
+        uint32_t p[BLOCK / 16][4];
+        acc_to_a<BLOCK / 8>(p, s);
+        cp_async_wait<0>();
+        fence_proxy_async();
+        __syncthreads();  // V_j in smem; every warp's wgmma done with K_j (waited above)
+        if (j < qb) {
+            load_tile_cm<D, BLOCK>(sK, kh, k.row, (j + 1) * BLOCK, T);
+            cp_async_commit();
+        }
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < BLOCK / 16; kk++)  // keys 16kk..: two 8-row groups along K
+            wgmma_bf16<1>(o, p[kk], wgmma_desc(sV + kk * 2 * 8 * D, ROWS8, CM));
+        wgmma_commit();
+        wgmma_wait<0>();
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+        if (row[r] >= T) continue;
+        store_row<D, false>(out + ((size_t)b * T + row[r]) * C + h * D, o, r, row[r], 1.0f / l[r], nullptr);
+        if (tig == 0) lse[(size_t)bh * T + row[r]] = m[r] * scale + logf(l[r]);
+    }
+#elif defined(__CUDA_ARCH__)
+    __trap();  // launched only on sm_90 devices
+#endif
+}
+
 // ---- backward pre-pass: Dv[b,h,t] = dout[b,t,h,:] . out[b,t,h,:], one warp per row
 // in dout's order (contiguous reads).
 template <int D>
@@ -512,6 +624,7 @@ const float2* rope_table(int T, int hs, float theta) {
 }
 
 template <int D> constexpr size_t forward_smem() { return 3 * BLOCK * ROW_STRIDE<D> * sizeof(bf16); }
+template <int D> constexpr size_t forward_wgmma_smem() { return BLOCK * (ROW_STRIDE<D> + 2 * D) * sizeof(bf16); }
 template <int D> constexpr size_t dq_smem() { return (2 * BLOCK + 4 * INNER_BWD<D>) * ROW_STRIDE<D> * sizeof(bf16); }
 template <int D> constexpr size_t dkv_smem() { return dq_smem<D>() + 4 * INNER_BWD<D> * sizeof(float); }
 
@@ -575,15 +688,27 @@ void flash_inputs(HeadView (&qkv_v)[3], const bf16* qkv, int B, int T, int C, in
 }
 
 // The launch sequences, shared by cuda_backend and the emulated tests.
+// wgmma: the sm_90a forward (the caller checks the device); not with RoPE on load.
 void flash_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH, float rope_theta,
-                   bool rope_on_load) {
+                   bool rope_on_load, bool wgmma) {
     const int hs = check_flash("attention_flash_forward", B, T, C, NH, rope_theta, {out, qkv});
     const float scale = 1.0f / std::sqrt((float)hs);
-    const Rope mode = rope_mode(rope_theta, rope_on_load);
+    const Rope mode = rope_mode(rope_theta, rope_on_load && !wgmma);
     HeadView in[3];
     flash_inputs(in, qkv, B, T, C, NH, rope_theta, mode);
     const float2* rope = mode == Rope::on_load ? rope_table(T, hs, rope_theta) : nullptr;
     const dim3 grid(B * NH, ceil_div(T, BLOCK));
+    if (wgmma) {
+        dispatch(hs, Rope::none, [&](auto d, auto) {
+            constexpr int D = decltype(d)::value;
+            auto* fwd = flash_forward_wgmma_kernel<D>;
+            static bool once = (allow_smem(fwd, forward_wgmma_smem<D>()), true);
+            (void)once;
+            LNS_LAUNCH(fwd, grid, THREADS, forward_wgmma_smem<D>(), out, lse, in[0], in[1], in[2], T, NH, scale);
+        });
+        cudaCheckLaunch();
+        return;
+    }
     dispatch(hs, mode, [&](auto d, auto r) {
         constexpr int D = decltype(d)::value;
         auto* fwd = flash_forward_kernel<D, decltype(r)::value == Rope::on_load>;

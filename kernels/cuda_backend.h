@@ -69,9 +69,15 @@ struct cuda_backend {
                                         float rope_theta);
     static void attention_flash_backward(floatX* dqkv, const floatX* dout, const floatX* qkv, const floatX* out,
                                          const float* lse, int B, int T, int C, int NH, float rope_theta);
-    // CUDA only, for benchmarks: RoPE inside the flash kernels' tile loads instead of a
-    // rotated copy of q, k made before them (the default); same results either way.
-    static void attention_flash_rope_on_load(bool on);
+    // CUDA only, variants of the flash kernels for benchmarks and tests; the results
+    // agree within bf16 rounding. rope_on_load: RoPE inside the tile loads instead of a
+    // rotated copy of q, k made before the kernels. wgmma: on sm_90 devices, the forward
+    // on Hopper's warpgroup MMA (not yet run on a GPU, hence off by default).
+    struct FlashOptions {
+        bool rope_on_load = false;
+        bool wgmma = false;
+    };
+    static void attention_flash_options(FlashOptions options);
     static void attention_kv_forward(floatX* out, floatX* kcache, floatX* vcache, const floatX* qkv, int pos, int C,
                                      int NH, int Tmax, float rope_theta);
     static void gelu_forward(floatX* out, const floatX* inp, size_t n);

@@ -16,8 +16,8 @@ constexpr int PERMUTE_THREADS = 256;
 // and k by +angle; the partner channel of a rotation pair is read from the same head.
 template <bool ROPE>
 __global__ void __launch_bounds__(PERMUTE_THREADS)
-    qkv_permute_kernel(floatX* __restrict__ qkvr, const floatX* __restrict__ qkv, const __grid_constant__ RopeFreqs freqs,
-                       int T, int NH, int hs, size_t BTC, int parts) {
+    qkv_permute_kernel(floatX* __restrict__ qkvr, const floatX* __restrict__ qkv,
+                       const __grid_constant__ RopeFreqs freqs, int T, int NH, int hs, size_t BTC, int parts) {
     const int bt = blockIdx.x, t = bt % T, C = NH * hs, h2 = hs / 2;
     const size_t b = bt / T;
     const floatX* src = qkv + (size_t)bt * 3 * C;

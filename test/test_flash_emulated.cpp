@@ -39,14 +39,14 @@ struct Result {
     std::vector<float> lse;
 };
 Result run_emulated(const std::vector<bf16>& qkv, const std::vector<bf16>& dout, int B, int T, int NH, int hs,
-                    float theta, emu::Order order, bool rope_on_load = false) {
+                    float theta, emu::Order order, bool rope_on_load = false, bool wgmma = false) {
     const int C = NH * hs;
     Result r;
     r.out.assign((size_t)B * T * C, __float2bfloat16_rn(NAN));
     r.dqkv.assign(qkv.size(), __float2bfloat16_rn(NAN));
     r.lse.assign((size_t)B * NH * T, NAN);
     emu::set_order(order);
-    flash_forward(r.out.data(), r.lse.data(), qkv.data(), B, T, C, NH, theta, rope_on_load);
+    flash_forward(r.out.data(), r.lse.data(), qkv.data(), B, T, C, NH, theta, rope_on_load, wgmma);
     flash_backward(r.dqkv.data(), dout.data(), qkv.data(), r.out.data(), r.lse.data(), B, T, C, NH, theta,
                    rope_on_load);
     emu::set_order(emu::Order::forward);
@@ -64,11 +64,15 @@ TEST_CASE("the flash kernels, run on the CPU emulator, match the CPU twin", "[fl
     // the backward's 32-row inner tiles (T 130); T = 1024 is left to the GPU (minutes here)
     const Shape shapes[] = {{2, 1, 2, 64},  {2, 7, 3, 64},  {1, 64, 2, 64},  {1, 130, 2, 64}, {1, 257, 1, 64},
                             {2, 1, 2, 128}, {2, 7, 1, 128}, {1, 64, 2, 128}, {1, 130, 1, 128}, {1, 257, 1, 128}};
+    // RoPE none, rotated before the kernels, rotated on load; then the forward on wgmma
     for (const Shape& s : shapes)
-        for (int rope = 0; rope < 3; rope++) {  // none, rotated before the kernels, rotated on load
+        for (int variant = 0; variant < 5; variant++) {
+            const int rope = variant % 3;
+            const bool wgmma = variant >= 3;
             const float theta = rope ? 10000.0f : 0.0f;
             DYNAMIC_SECTION("B " << s.B << " T " << s.T << " NH " << s.NH << " hs " << s.hs << " rope "
-                                 << (const char*[]){"none", "prepass", "on_load"}[rope]) {
+                                 << (const char*[]){"none", "prepass", "on_load"}[rope]
+                                 << (wgmma ? " wgmma" : "")) {
                 const int C = s.NH * s.hs, BT = s.B * s.T;
                 const auto qkv = to_bf16(randn((size_t)BT * 3 * C, 600)), dout = to_bf16(randn((size_t)BT * C, 601));
                 const auto qkv_f = to_f32(qkv), dout_f = to_f32(dout);
@@ -77,7 +81,7 @@ TEST_CASE("the flash kernels, run on the CPU emulator, match the CPU twin", "[fl
                 cpu_backend::attention_flash_backward(dqkv.data(), dout_f.data(), qkv_f.data(), out.data(), lse.data(),
                                                       s.B, s.T, C, s.NH, theta);
                 const Result r =
-                    run_emulated(qkv, dout, s.B, s.T, s.NH, s.hs, theta, emu::Order::forward, rope == 2);
+                    run_emulated(qkv, dout, s.B, s.T, s.NH, s.hs, theta, emu::Order::forward, rope == 2, wgmma);
                 const double e_out = max_rel_err(to_f32(r.out), out), e_lse = max_rel_err(r.lse, lse);
                 INFO("out " << e_out << " lse " << e_lse);
                 CHECK(e_out < FLASH_OUT_TOL);
@@ -99,9 +103,10 @@ TEST_CASE("the flash kernels give the same bits whichever warp runs ahead", "[fl
     for (int hs : {64, 128}) {
         const int C = NH * hs;
         const auto qkv = to_bf16(randn((size_t)B * T * 3 * C, 610)), dout = to_bf16(randn((size_t)B * T * C, 611));
-        for (bool on_load : {false, true}) {
-            const Result a = run_emulated(qkv, dout, B, T, NH, hs, 10000.0f, emu::Order::forward, on_load);
-            const Result b = run_emulated(qkv, dout, B, T, NH, hs, 10000.0f, emu::Order::reverse, on_load);
+        for (int variant = 0; variant < 3; variant++) {  // RoPE rotated first, on load, forward on wgmma
+            const bool on_load = variant == 1, wgmma = variant == 2;
+            const Result a = run_emulated(qkv, dout, B, T, NH, hs, 10000.0f, emu::Order::forward, on_load, wgmma);
+            const Result b = run_emulated(qkv, dout, B, T, NH, hs, 10000.0f, emu::Order::reverse, on_load, wgmma);
             CHECK(std::memcmp(a.out.data(), b.out.data(), a.out.size() * 2) == 0);
             CHECK(std::memcmp(a.dqkv.data(), b.dqkv.data(), a.dqkv.size() * 2) == 0);
             CHECK(a.lse == b.lse);

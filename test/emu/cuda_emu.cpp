@@ -21,13 +21,19 @@ namespace {
 constexpr size_t STACK_BYTES = 256 * 1024;
 
 enum class State { ready, barrier, collective, done };
-enum class Op { none, shfl, ldmatrix, ldmatrix_trans, mma };
+enum class Op { none, shfl, ldmatrix, ldmatrix_trans, mma, wgmma };
 
 struct AsyncCopy {
     unsigned char* dst;
     const unsigned char* src;
     int bytes;  // read from src; the rest of the 16 is zero-filled
     long group; // -1 until committed
+};
+
+struct WgmmaResult {
+    float* dst;  // the thread's accumulator registers
+    std::vector<float> value;
+    long group;  // -1 until committed
 };
 
 struct Thread {
@@ -44,6 +50,14 @@ struct Thread {
     uint32_t out[4] = {};
     std::vector<AsyncCopy> copies;
     long groups = 0;  // committed so far
+    // wgmma operands: accumulators (as pending or in registers), B descriptor, shape
+    std::vector<float> wg_acc;
+    uint64_t desc = 0;
+    int nt = 0;
+    bool trans = false;
+    float* wg_dst = nullptr;
+    std::vector<WgmmaResult> wg_pending;
+    long wg_groups = 0;
 };
 
 struct Block {
@@ -158,7 +172,8 @@ void resolve(Thread* lanes) {
         break;
     }
     case Op::none:
-        fail("internal: a lane in no collective");
+    case Op::wgmma:  // resolved per warpgroup
+        fail("internal: a warp-level resolve of no collective or of a wgmma");
     }
     for (int l = 0; l < 32; l++) lanes[l].state = State::ready;
 }
@@ -177,6 +192,63 @@ void start_fiber(Thread& t, int i) {
     t.op = Op::none;
     t.copies.clear();
     t.groups = 0;
+    t.wg_pending.clear();
+    t.wg_groups = 0;
+}
+
+// Executes the wgmma all 128 threads of a warpgroup wait in: D (64 x N) += A B, warp w
+// giving rows 16w.. of A (mma.sync A fragments) and holding rows 16w.. of D.
+void resolve_wgmma(Thread* th) {
+    const int nt = th[0].nt, N = 8 * nt;
+    for (int i = 0; i < 128; i++)
+        if (th[i].op != Op::wgmma || th[i].nt != nt || th[i].desc != th[0].desc || th[i].trans != th[0].trans)
+            fail("threads of one warpgroup wait in different wgmma operations");
+    const uint64_t desc = th[0].desc;
+    if ((desc >> 62) != 0 || ((desc >> 49) & 7) != 0) fail("wgmma: only unswizzled descriptors are emulated");
+    const size_t start = (desc & 0x3FFF) << 4, lbo = ((desc >> 16) & 0x3FFF) << 4, sbo = ((desc >> 32) & 0x3FFF) << 4;
+    // B (16 x N) by the canonical layouts without swizzling (bytes, 2-byte elements):
+    // K-major (n%8)*16 + (n/8)*sbo + (k%8)*2 + (k/8)*lbo; N-major (n%8)*2 + (n/8)*sbo + (k%8)*16 + (k/8)*lbo
+    std::vector<float> Bm(16 * N);
+    for (int k = 0; k < 16; k++)
+        for (int n = 0; n < N; n++) {
+            const size_t off = th[0].trans ? start + (n % 8) * 2 + (n / 8) * sbo + (k % 8) * 16 + (k / 8) * lbo
+                                           : start + (n % 8) * 16 + (n / 8) * sbo + (k % 8) * 2 + (k / 8) * lbo;
+            check_smem(g.smem + (off & ~(size_t)15), 16, "wgmma B");
+            uint16_t u;
+            std::memcpy(&u, g.smem + off, 2);
+            Bm[k * N + n] = __bfloat162float(__ushort_as_bfloat16(u));
+        }
+    for (int w = 0; w < 4; w++) {
+        Thread* lanes = th + 32 * w;
+        float A[16][16];
+        for (int l = 0; l < 32; l++) {
+            const int gr = l / 4, t = l % 4;
+            const uint32_t* a = lanes[l].in;
+            for (int j = 0; j < 2; j++) {
+                auto half = [&](uint32_t r) { return j ? bf16_hi(r) : bf16_lo(r); };
+                A[gr][2 * t + j] = half(a[0]);
+                A[gr + 8][2 * t + j] = half(a[1]);
+                A[gr][2 * t + 8 + j] = half(a[2]);
+                A[gr + 8][2 * t + 8 + j] = half(a[3]);
+            }
+        }
+        for (int l = 0; l < 32; l++) {
+            const int gr = l / 4, t = l % 4;
+            std::vector<float>& acc = lanes[l].wg_acc;  // acc[4 nt' + e]: row gr + 8(e/2), column 8nt' + 2t + e%2
+            for (int q = 0; q < nt; q++)
+                for (int e = 0; e < 4; e++) {
+                    const int m = gr + 8 * (e / 2), n = 8 * q + 2 * t + e % 2;
+                    double sum = acc[4 * q + e];
+                    for (int k = 0; k < 16; k++) sum += (double)A[m][k] * Bm[k * N + n];
+                    acc[4 * q + e] = (float)sum;
+                }
+        }
+    }
+    for (int i = 0; i < 128; i++) {
+        Thread& t = th[i];
+        t.wg_pending.push_back({t.wg_dst, t.wg_acc, -1});
+        t.state = State::ready;
+    }
 }
 
 void run_block() {
@@ -205,7 +277,16 @@ void run_block() {
                 waiting += lanes[l].state == State::collective;
                 done += lanes[l].state == State::done;
             }
-            if (waiting == 32) {
+            if (waiting == 32 && lanes[0].op == Op::wgmma) {
+                Thread* group = &g.threads[128 * (w / 4)];
+                if (warps < 4 * (w / 4 + 1)) fail("wgmma in a block without a whole warpgroup");
+                int ready = 0;
+                for (int i = 0; i < 128; i++) ready += group[i].state == State::collective && group[i].op == Op::wgmma;
+                if (ready == 128) {
+                    resolve_wgmma(group);
+                    progressed = true;
+                }
+            } else if (waiting == 32) {
                 resolve(lanes);
                 progressed = true;
             } else if (waiting > 0 && waiting + done == 32) {
@@ -311,6 +392,43 @@ void cp_async_wait(int pending_groups) {
             keep.push_back(c);
         }
     t->copies.swap(keep);
+}
+
+uint32_t smem_offset(const void* p) {
+    const unsigned char* c = static_cast<const unsigned char*>(p);
+    if (!g.smem || c < g.smem || c >= g.smem + SMEM_CAPACITY) fail("shared-memory address outside shared memory");
+    return (uint32_t)(c - g.smem);
+}
+
+void wgmma(float* d, int nt, const uint32_t (&a)[4], uint64_t desc_b, bool trans_b) {
+    Thread* t = self("wgmma.mma_async");
+    t->op = Op::wgmma, t->nt = nt, t->desc = desc_b, t->trans = trans_b, t->wg_dst = d;
+    for (int i = 0; i < 4; i++) t->in[i] = a[i];
+    // the accumulator: the newest pending result for these registers, else the registers
+    t->wg_acc.assign(d, d + 4 * nt);
+    for (const WgmmaResult& r : t->wg_pending)
+        if (r.dst == d) t->wg_acc = r.value;
+    block_on(State::collective);
+    t->op = Op::none;
+}
+
+void wgmma_commit() {
+    Thread* t = self("wgmma.commit_group");
+    for (WgmmaResult& r : t->wg_pending)
+        if (r.group < 0) r.group = t->wg_groups;
+    t->wg_groups++;
+}
+
+void wgmma_wait(int pending_groups) {
+    Thread* t = self("wgmma.wait_group");
+    const long retire = t->wg_groups - pending_groups;
+    std::vector<WgmmaResult> keep;
+    for (const WgmmaResult& r : t->wg_pending)
+        if (r.group >= 0 && r.group < retire)
+            std::copy(r.value.begin(), r.value.end(), r.dst);
+        else
+            keep.push_back(r);
+    t->wg_pending.swap(keep);
 }
 
 }  // namespace emu

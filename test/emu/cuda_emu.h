@@ -12,6 +12,10 @@
 //     PTX ISA's definitions of their fragment layouts;
 //   - cp.async copies are deferred to the cp.async.wait_group that retires their group,
 //     so a tile read before its wait sees the 0xFF pattern;
+//   - wgmma (m64nNk16, bf16, A from registers, B from a no-swizzle descriptor) waits for
+//     the 128 threads of the warpgroup and decodes the descriptor by the PTX ISA's
+//     canonical layouts; its results reach the registers only at the wgmma.wait_group
+//     that retires them (later wgmmas into the same registers chain on the pending values);
 //   - scheduling is warp-serial: the first warp in the chosen order runs until it
 //     blocks on a barrier or exits before the next one runs, so a warp gets as far
 //     ahead of the others as the code allows and a missing barrier lets it overwrite
@@ -71,6 +75,11 @@ uint32_t shfl_xor(uint32_t v, int lane_mask);
 void ldmatrix_x4(uint32_t (&r)[4], const void* p, bool trans);
 void mma_m16n8k16_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
 void cp_async_16(void* dst, const void* src, int src_bytes);
+// wgmma.mma_async m64nNk16 bf16 -> f32, A from registers, B by descriptor (no swizzle)
+void wgmma(float* d, int nt, const uint32_t (&a)[4], uint64_t desc_b, bool trans_b);
+void wgmma_commit();
+void wgmma_wait(int pending_groups);
+uint32_t smem_offset(const void* p);
 void cp_async_commit();
 void cp_async_wait(int pending_groups);
 
@@ -114,7 +123,7 @@ inline T __ldcs(const T* p) {
 }
 using std::max;
 using std::min;
-inline uint32_t __cvta_generic_to_shared(const void* p) { return (uint32_t)(uintptr_t)p; }
+inline uint32_t __cvta_generic_to_shared(const void* p) { return emu::smem_offset(p); }
 
 // The runtime calls the kernel headers' host code makes, as no-ops.
 #define cudaFuncSetAttribute(kernel, attr, value) ((void)(kernel), (void)(value), cudaSuccess)
@@ -145,4 +154,15 @@ __device__ __forceinline__ void cp_async_commit() { emu::cp_async_commit(); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
     emu::cp_async_wait(N);
+}
+__device__ __forceinline__ void wgmma_fence() {}
+__device__ __forceinline__ void fence_proxy_async() {}
+__device__ __forceinline__ void wgmma_commit() { emu::wgmma_commit(); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+    emu::wgmma_wait(N);
+}
+template <int TRANS_B, int NT>
+__device__ __forceinline__ void wgmma_bf16(float (&d)[NT][4], const uint32_t (&a)[4], uint64_t desc_b) {
+    emu::wgmma(&d[0][0], NT, a, desc_b, TRANS_B != 0);
 }
