@@ -74,8 +74,8 @@ part "GPU tests fp32" 90 ./build-fp32/test_all "[gpu]"
 # the flash kernels' shared-memory barriers and bounds, which no CPU check covers
 sanitizer=$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")
 if [ -x "$sanitizer" ]; then
-    part "racecheck flash" 60 "$sanitizer" --tool racecheck --error-exitcode 1 ./build/test_all "[gpu][flash]"
-    part "memcheck flash" 60 "$sanitizer" --tool memcheck --error-exitcode 1 ./build/test_all "[gpu][flash]"
+    part "racecheck flash" 60 "$sanitizer" --tool racecheck --error-exitcode 1 ./build/test_all "[sanitize]"
+    part "memcheck flash" 60 "$sanitizer" --tool memcheck --error-exitcode 1 ./build/test_all "[sanitize]"
 fi
 
 # 3. throughput: train_gpt against PyTorch (torch.compile, bf16 autocast) on the same shapes
@@ -135,12 +135,13 @@ attn_table() {
         }
         function r(a, b) { return (a != "" && b > 0) ? sprintf("%.2f", a / b) : "n/a" }
         END {
-            print "| B x H x T x D | flash fwd | flash bwd | first version fwd | first version bwd | best torch fwd | best torch bwd | ratio fwd | ratio bwd |"
-            print "|---|---|---|---|---|---|---|---|---|"
+            print "| B x H x T x D | flash fwd | flash bwd | wgmma fwd | first version fwd | first version bwd | best torch fwd | best torch bwd | ratio fwd | ratio wgmma fwd | ratio bwd |"
+            print "|---|---|---|---|---|---|---|---|---|---|---|"
             for (k in shapes)
-                printf "| %s | %s | %s | %s | %s | %s (%s) | %s (%s) | %s | %s |\n", k, ours[k, "flash", "f"], ours[k, "flash", "b"],
-                    ours[k, "naive", "f"], ours[k, "naive", "b"], tf[k], tfn[k], tb[k], tbn[k],
-                    r(ours[k, "flash", "f"], tf[k]), r(ours[k, "flash", "b"], tb[k])
+                printf "| %s | %s | %s | %s | %s | %s | %s (%s) | %s (%s) | %s | %s | %s |\n", k, ours[k, "flash", "f"],
+                    ours[k, "flash", "b"], ours[k, "flash_wgmma", "f"], ours[k, "naive", "f"], ours[k, "naive", "b"],
+                    tf[k], tfn[k], tb[k], tbn[k], r(ours[k, "flash", "f"], tf[k]), r(ours[k, "flash_wgmma", "f"], tf[k]),
+                    r(ours[k, "flash", "b"], tb[k])
         }' "$attn_ours" "$attn_torch"
 }
 # | shape | flash with RoPE: q, k rotated first | rotated in the tile loads |
