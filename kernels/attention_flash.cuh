@@ -314,11 +314,15 @@ __global__ void __launch_bounds__(THREADS)
 // channels) is one contiguous 128-byte core matrix, core matrices run along the
 // channels, then along the rows: K-major for K in S = Q K^T (lbo 128, sbo 16D) and
 // N-major for V in O = P V (lbo 16D, sbo 128).
+// A warp copies 8 rows x 4 chunks at a time: 64 contiguous bytes of each row from global
+// memory, and four whole core matrices (512 bytes, the minimum of 4 wavefronts) to smem.
 template <int D, int ROWS>
 __device__ __forceinline__ void load_tile_cm(bf16* s, const bf16* src, size_t ld, int row0, int T) {
-    constexpr int CHUNKS = D / 8;
+    constexpr int CHUNKS = D / 8, QUADS = CHUNKS / 4;
+    static_assert(CHUNKS % 4 == 0 && ROWS % 8 == 0, "whole 8-row, 4-chunk pieces");
     for (int c = threadIdx.x; c < ROWS * CHUNKS; c += THREADS) {
-        const int r = c / CHUNKS, c8 = c % CHUNKS, t = row0 + r;
+        const int piece = c / 32, l = c % 32;
+        const int r = (piece / QUADS) * 8 + l % 8, c8 = (piece % QUADS) * 4 + l / 8, t = row0 + r;
         cp_async_16(s + (r / 8) * 8 * D + c8 * 64 + (r % 8) * 8, src + (size_t)(t < T ? t : 0) * ld + c8 * 8, t < T);
     }
 }
