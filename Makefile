@@ -76,7 +76,7 @@ $(BUILD)/%.o: %.cpp
 	$(CXX) $(CXXFLAGS) -c $< -o $@
 
 # kernel source compiled for the CPU emulator (test/emu): CUDA's pragmas mean nothing to g++
-$(BUILD)/test/test_flash_emulated.o $(BUILD)/test/emu/cuda_emu.o: CXXFLAGS += -Wno-unknown-pragmas
+$(BUILD)/test/test_flash_emulated.o $(BUILD)/test/test_ptx_probe.o $(BUILD)/test/emu/cuda_emu.o: CXXFLAGS += -Wno-unknown-pragmas
 
 $(BUILD)/kernels/%.o: kernels/%.cu
 	@mkdir -p $(dir $@)

@@ -327,6 +327,31 @@ __device__ __forceinline__ void load_tile_cm(bf16* s, const bf16* src, size_t ld
     }
 }
 
+// s (64 x BLOCK) = Q K^T over D channels, the warpgroup's product: qf, each warp's 16
+// query rows as A fragments; sK, BLOCK keys x D in the core-matrix layout (K-major:
+// lbo 128 bytes to the next 8 channels, sbo 16D to the next 8 keys). Complete on return.
+template <int D>
+__device__ __forceinline__ void wgmma_qk(float (&s)[BLOCK / 8][4], const uint32_t (&qf)[D / 16][4], const bf16* sK) {
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++)  // channels 16kk..: two core matrices along K
+        wgmma_bf16<0>(s, qf[kk], wgmma_desc(sK + kk * 2 * 64, 128, 16 * D));
+    wgmma_commit();
+    wgmma_wait<0>();
+}
+// o (64 x D) += P V over BLOCK keys: p, each warp's 16 rows as A fragments; sV, BLOCK
+// keys x D in the core-matrix layout, read N-major (lbo 16D bytes to the next 8 keys,
+// sbo 128 to the next 8 channels). Complete on return.
+template <int D>
+__device__ __forceinline__ void wgmma_pv(float (&o)[D / 8][4], const uint32_t (&p)[BLOCK / 16][4], const bf16* sV) {
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < BLOCK / 16; kk++)  // keys 16kk..: two 8-row groups along K
+        wgmma_bf16<1>(o, p[kk], wgmma_desc(sV + kk * 2 * 8 * D, 16 * D, 128));
+    wgmma_commit();
+    wgmma_wait<0>();
+}
+
 // ---- forward with Hopper's warpgroup MMA (sm_90a): the same algorithm, schedule and
 // roundings as flash_forward_kernel, the block's 4 warps being one warpgroup. S = Q K^T
 // and O += P V are wgmma.m64nNk16 with A (Q, then P) from registers in the mma.sync
@@ -340,7 +365,6 @@ __global__ void __launch_bounds__(THREADS)
                                const HeadView v, int T, int NH, float scale) {
 #if defined(LNS_CUDA_EMU) || LNS_SM90A
     constexpr int S = ROW_STRIDE<D>;
-    constexpr uint32_t CM = 128, ROWS8 = 16 * D;  // bytes: one core matrix; 8 rows of a core-matrix tile
     extern __shared__ __align__(16) unsigned char smem[];
     bf16* sQ = reinterpret_cast<bf16*>(smem);  // (BLOCK, D), padded rows (ldmatrix)
     bf16* sK = sQ + BLOCK * S;                 // (BLOCK, D), core matrices
@@ -368,12 +392,7 @@ __global__ void __launch_bounds__(THREADS)
 #pragma unroll
             for (int kk = 0; kk < D / 16; kk++) load_a(qf[kk], sQ + warp * 16 * S, S, kk);
         float s[BLOCK / 8][4] = {};
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < D / 16; kk++)  // channels 16kk..: two core matrices along K
-            wgmma_bf16<0>(s, qf[kk], wgmma_desc(sK + kk * 2 * 64, CM, ROWS8));
-        wgmma_commit();
-        wgmma_wait<0>();
+        wgmma_qk<D>(s, qf, sK);
         if (j == qb)
 #pragma unroll
             for (int nt = 0; nt < BLOCK / 8; nt++)
@@ -408,12 +427,7 @@ __global__ void __launch_bounds__(THREADS)
             load_tile_cm<D, BLOCK>(sK, kh, k.row, (j + 1) * BLOCK, T);
             cp_async_commit();
         }
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < BLOCK / 16; kk++)  // keys 16kk..: two 8-row groups along K
-            wgmma_bf16<1>(o, p[kk], wgmma_desc(sV + kk * 2 * 8 * D, ROWS8, CM));
-        wgmma_commit();
-        wgmma_wait<0>();
+        wgmma_pv<D>(o, p, sV);
     }
 #pragma unroll
     for (int r = 0; r < 2; r++) {

@@ -1,0 +1,59 @@
+// ptx_probe.h on the GPU: copies in, one launch of kernels/ptx_probe.cuh, copies out.
+#include "kernels/ptx_probe.h"
+
+#include <vector>
+
+#include "kernels/cuda_common.cuh"
+
+#ifndef ENABLE_FP32
+#include "kernels/ptx_probe.cuh"
+
+namespace {
+// n elements of T on the device, freed at scope exit
+template <class T>
+struct Dev {
+    T* p = nullptr;
+    explicit Dev(size_t n, const void* init = nullptr) {
+        cudaCheck(cudaMalloc(&p, n * sizeof(T)));
+        if (init) cudaCheck(cudaMemcpy(p, init, n * sizeof(T), cudaMemcpyHostToDevice));
+    }
+    ~Dev() { cudaFree(p); }
+    void get(T* dst, size_t n) const { cudaCheck(cudaMemcpy(dst, p, n * sizeof(T), cudaMemcpyDeviceToHost)); }
+};
+bool have_device(int major) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) return false;
+    cudaDeviceProp prop;
+    cudaCheck(cudaGetDeviceProperties(&prop, 0));
+    return major == 0 || prop.major == major;
+}
+}  // namespace
+
+bool ptx_probe::mma(float* c_nt, float* c_nn, const uint16_t* a, const uint16_t* b_nt, const uint16_t* b_nn,
+                    int a_rows) {
+    if (!have_device(0)) return false;
+    Dev<bf16> da(256, a), dbt(256, b_nt), dbn(256, b_nn);
+    Dev<float> dnt(256), dnn(256);
+    probe_mma(dnt.p, dnn.p, da.p, dbt.p, dbn.p, a_rows);
+    cudaCheck(cudaStreamSynchronize(g_stream));
+    dnt.get(c_nt, 256), dnn.get(c_nn, 256);
+    return true;
+}
+
+bool ptx_probe::wgmma(float* s, float* o, const uint16_t* q, const uint16_t* k, const uint16_t* v, int dv) {
+    if (!have_device(9) || (dv != 64 && dv != 128)) return false;
+    Dev<bf16> dq(64 * 64, q), dk(64 * 64, k), dvv((size_t)64 * dv, v);
+    Dev<float> ds(64 * 64), dout((size_t)64 * dv);
+    if (dv == 64) probe_wgmma<64>(ds.p, dout.p, dq.p, dk.p, dvv.p);
+    else probe_wgmma<128>(ds.p, dout.p, dq.p, dk.p, dvv.p);
+    cudaCheck(cudaStreamSynchronize(g_stream));
+    ds.get(s, 64 * 64), dout.get(o, (size_t)64 * dv);
+    return true;
+}
+
+#else  // ENABLE_FP32: no bf16 tensor-core kernels
+
+bool ptx_probe::mma(float*, float*, const uint16_t*, const uint16_t*, const uint16_t*, int) { return false; }
+bool ptx_probe::wgmma(float*, float*, const uint16_t*, const uint16_t*, const uint16_t*, int) { return false; }
+
+#endif
