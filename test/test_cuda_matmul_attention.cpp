@@ -344,24 +344,25 @@ TEST_CASE("CUDA flash attention matches the CPU twin, forward and backward", "[g
     // forward on wgmma (sm_90 devices; elsewhere the option is ignored)
     const char* variants[] = {"default", "rope_on_load", "wgmma"};
     for (const AttShape& s : FLASH_SHAPES)
-        for (float theta : THETAS)
-            for (int variant = 0; variant < 3; variant++) {
-                DYNAMIC_SECTION("B " << s.B << " T " << s.T << " NH " << s.NH << " hs " << s.hs << " rope " << theta
-                                     << " " << variants[variant]) {
+        for (float theta : THETAS) {
+            DYNAMIC_SECTION("B " << s.B << " T " << s.T << " NH " << s.NH << " hs " << s.hs << " rope " << theta) {
+                const int C = s.NH * s.hs, BT = s.B * s.T;
+                const size_t n3 = (size_t)BT * 3 * C, n1 = (size_t)BT * C, nL = (size_t)s.B * s.NH * s.T;
+                auto qkv = randn(n3, 600), dout = randn(n1, 601);
+                DevBuf d_qkv(n3), d_out(n1), d_dout(n1), d_dqkv(n3);
+                DevF32 d_lse(nL);
+                to_device(d_qkv, qkv), to_device(d_dout, dout);
+                std::vector<float> out(n1), lse(nL), dqkv(n3);
+                Cpu::attention_flash_forward(out.data(), lse.data(), qkv.data(), s.B, s.T, C, s.NH, theta);
+                Cpu::attention_flash_backward(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), s.B, s.T,
+                                              C, s.NH, theta);
+                for (int variant = 0; variant < 3; variant++) {
+                    INFO("variant " << variants[variant]);
                     Gpu::attention_flash_options({variant == 1, variant == 2});
-                    const int C = s.NH * s.hs, BT = s.B * s.T;
-                    const size_t n3 = (size_t)BT * 3 * C, n1 = (size_t)BT * C, nL = (size_t)s.B * s.NH * s.T;
-                    auto qkv = randn(n3, 600), dout = randn(n1, 601);
-                    DevBuf d_qkv(n3), d_out(n1), d_dout(n1), d_dqkv(n3);
-                    DevF32 d_lse(nL);
-                    to_device(d_qkv, qkv), to_device(d_dout, dout);
-                    std::vector<float> out(n1), lse(nL), dqkv(n3);
-                    Cpu::attention_flash_forward(out.data(), lse.data(), qkv.data(), s.B, s.T, C, s.NH, theta);
-                    Cpu::attention_flash_backward(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), s.B,
-                                                  s.T, C, s.NH, theta);
                     Gpu::attention_flash_forward(d_out.p, d_lse.p, d_qkv.p, s.B, s.T, C, s.NH, theta);
                     Gpu::attention_flash_backward(d_dqkv.p, d_dout.p, d_qkv.p, d_out.p, d_lse.p, s.B, s.T, C, s.NH,
                                                   theta);
+                    Gpu::attention_flash_options({});
                     const double e_out = max_rel_err(d_out.get(), out), e_lse = max_rel_err(d_lse.get(), lse);
                     INFO("out " << e_out << " lse " << e_lse);
                     CHECK(e_out < FLASH_OUT_TOL);
@@ -372,9 +373,9 @@ TEST_CASE("CUDA flash attention matches the CPU twin, forward and backward", "[g
                         INFO("d" << "qkv"[part] << " error " << err);
                         CHECK(err < FLASH_GRAD_TOL);
                     }
-                    Gpu::attention_flash_options({});
                 }
             }
+        }
 #endif
 }
 
