@@ -336,7 +336,7 @@ void bench_attention(Timer& tm) {
                     [&] { cuda_backend::attention_flash_backward(DQ, DO, Q, O, L, a.B, a.T, C, a.H, 10000.0f); });
                 report(on_load ? "flash_rope_on_load" : "flash_rope_first", fr, br);
             }
-            if (g_props.major == 9) {  // the forward on wgmma, the backward unchanged
+            if (cuda_backend::attention_flash_has_wgmma()) {  // the forward on wgmma, the backward unchanged
                 cuda_backend::attention_flash_options({false, true});
                 const double fw = tm.median_ms(
                     [&] { cuda_backend::attention_flash_forward(O, L, Q, a.B, a.T, C, a.H, 0.0f); });

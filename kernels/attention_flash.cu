@@ -13,12 +13,15 @@ cuda_backend::FlashOptions g_options;
 
 bool cuda_backend::attention_flash_supported(int head_dim) { return head_dim == 64 || head_dim == 128; }
 void cuda_backend::attention_flash_options(FlashOptions o) { g_options = o; }
+bool cuda_backend::attention_flash_has_wgmma() {
+    static const bool built = wgmma_built();
+    return built;
+}
 
 void cuda_backend::attention_flash_forward(floatX* out, float* lse, const floatX* qkv, int B, int T, int C, int NH,
                                            float rope_theta) {
     NVTX_RANGE("attention_flash_forward");
-    // the wgmma kernel exists for sm_90a only
-    const bool wgmma = g_options.wgmma && g_props.major == 9;
+        const bool wgmma = g_options.wgmma && attention_flash_has_wgmma();  // sm_90a images only
     flash_forward(out, lse, qkv, B, T, C, NH, rope_theta, g_options.rope_on_load, wgmma);
 }
 
@@ -32,6 +35,7 @@ void cuda_backend::attention_flash_backward(floatX* dqkv, const floatX* dout, co
 
 bool cuda_backend::attention_flash_supported(int) { return false; }
 void cuda_backend::attention_flash_options(FlashOptions) {}
+bool cuda_backend::attention_flash_has_wgmma() { return false; }
 
 void cuda_backend::attention_flash_forward(floatX*, float*, const floatX*, int, int, int, int, float) {
     LNS_CHECK(false, "attention_flash_forward: a PRECISION=FP32 build has no flash kernels; use --attention naive");

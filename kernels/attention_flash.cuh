@@ -332,24 +332,28 @@ __device__ __forceinline__ void load_tile_cm(bf16* s, const bf16* src, size_t ld
 // lbo 128 bytes to the next 8 channels, sbo 16D to the next 8 keys). Complete on return.
 template <int D>
 __device__ __forceinline__ void wgmma_qk(float (&s)[BLOCK / 8][4], const uint32_t (&qf)[D / 16][4], const bf16* sK) {
+    wgmma_fence_operands(s);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; kk++)  // channels 16kk..: two core matrices along K
         wgmma_bf16<0>(s, qf[kk], wgmma_desc(sK + kk * 2 * 64, 128, 16 * D));
     wgmma_commit();
     wgmma_wait<0>();
+    wgmma_fence_operands(s);
 }
 // o (64 x D) += P V over BLOCK keys: p, each warp's 16 rows as A fragments; sV, BLOCK
 // keys x D in the core-matrix layout, read N-major (lbo 16D bytes to the next 8 keys,
 // sbo 128 to the next 8 channels). Complete on return.
 template <int D>
 __device__ __forceinline__ void wgmma_pv(float (&o)[D / 8][4], const uint32_t (&p)[BLOCK / 16][4], const bf16* sV) {
+    wgmma_fence_operands(o);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < BLOCK / 16; kk++)  // keys 16kk..: two 8-row groups along K
         wgmma_bf16<1>(o, p[kk], wgmma_desc(sV + kk * 2 * 8 * D, 16 * D, 128));
     wgmma_commit();
     wgmma_wait<0>();
+    wgmma_fence_operands(o);
 }
 
 // ---- forward with Hopper's warpgroup MMA (sm_90a): the same algorithm, schedule and
@@ -690,6 +694,17 @@ HeadView head_rows(const bf16* x, int T, int C, int NH) {
     return {x, (size_t)NH * T * D, (size_t)T * D, D};
 }
 
+#ifndef LNS_CUDA_EMU
+// 1 in a device image built for sm_90a (the wgmma kernels are real there, __trap elsewhere)
+__device__ int flash_wgmma_built = LNS_SM90A;
+// Whether the image the runtime loaded for the current device has the wgmma kernels.
+bool wgmma_built() {
+    int built = 0;
+    cudaCheck(cudaMemcpyFromSymbol(&built, flash_wgmma_built, sizeof built));
+    return built == 1;
+}
+#endif
+
 Rope rope_mode(float theta, bool on_load) {
     return !(theta > 0) ? Rope::none : on_load ? Rope::on_load : Rope::prepass;
 }
@@ -706,7 +721,7 @@ void flash_inputs(HeadView (&qkv_v)[3], const bf16* qkv, int B, int T, int C, in
 }
 
 // The launch sequences, shared by cuda_backend and the emulated tests.
-// wgmma: the sm_90a forward (the caller checks the device); not with RoPE on load.
+// wgmma: the sm_90a forward (the caller checks wgmma_built()); not with RoPE on load.
 void flash_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH, float rope_theta,
                    bool rope_on_load, bool wgmma) {
     const int hs = check_flash("attention_flash_forward", B, T, C, NH, rope_theta, {out, qkv});

@@ -71,13 +71,15 @@ struct cuda_backend {
                                          const float* lse, int B, int T, int C, int NH, float rope_theta);
     // CUDA only, variants of the flash kernels for benchmarks and tests; the results
     // agree within bf16 rounding. rope_on_load: RoPE inside the tile loads instead of a
-    // rotated copy of q, k made before the kernels. wgmma: on sm_90 devices, the forward
-    // on Hopper's warpgroup MMA (not yet run on a GPU, hence off by default).
+    // rotated copy of q, k made before the kernels. wgmma: the forward on Hopper's
+    // warpgroup MMA where the device runs sm_90a code (not yet run on a GPU, hence off
+    // by default; ignored elsewhere).
     struct FlashOptions {
         bool rope_on_load = false;
         bool wgmma = false;
     };
     static void attention_flash_options(FlashOptions options);
+    static bool attention_flash_has_wgmma();  // the device runs this build's sm_90a kernels
     static void attention_kv_forward(floatX* out, floatX* kcache, floatX* vcache, const floatX* qkv, int pos, int C,
                                      int NH, int Tmax, float rope_theta);
     static void gelu_forward(floatX* out, const floatX* inp, size_t n);

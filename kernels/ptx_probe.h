@@ -1,7 +1,7 @@
 // The PTX probes of kernels/ptx_probe.cuh on the GPU, for test/test_ptx_probe.cpp: host
 // arrays in (bf16 bit patterns) and out (fp32). Each returns false, running nothing,
-// where there is no device for it (any CUDA device for mma; sm_90 for wgmma) or in a
-// PRECISION=FP32 build.
+// where there is no device for it (any CUDA device for mma; for wgmma an sm_90 device
+// and a build with sm_90a code) or in a PRECISION=FP32 build.
 #pragma once
 #include <cstdint>
 

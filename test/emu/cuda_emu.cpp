@@ -58,10 +58,17 @@ struct Thread {
     float* wg_dst = nullptr;
     std::vector<WgmmaResult> wg_pending;
     long wg_groups = 0;
+    bool wg_fenced = false;  // a wgmma.fence since the last wgmma.wait_group
 };
 
 struct Block {
     std::vector<Thread> threads;
+    // per 16-byte chunk of shared memory, filled by cp.async: the thread whose wait
+    // landed it while no barrier has published it since (-1: published or never copied),
+    // the thread that landed it last, and whether that thread has fenced it for the
+    // async proxy (wgmma) since
+    std::vector<int> unpublished, lander;
+    std::vector<char> proxy_fenced;
     ucontext_t scheduler;
     Thread* current = nullptr;
     const std::function<void()>* fn = nullptr;
@@ -75,6 +82,9 @@ Block g;
     throw Error("emulated block (" + std::to_string(block_idx.x) + "," + std::to_string(block_idx.y) +
                 ") thread " + std::to_string(g.current ? g.current->idx.x : 0) + ": " + what);
 }
+
+int tid_of(const Thread* t) { return (int)(t - g.threads.data()); }
+size_t chunk_of(const void* p) { return (size_t)(static_cast<const unsigned char*>(p) - g.smem) / 16; }
 
 void check_smem(const void* p, size_t bytes, const char* op) {
     const unsigned char* c = static_cast<const unsigned char*>(p);
@@ -124,7 +134,13 @@ void resolve(Thread* lanes) {
         // receives row l/4, columns 2(l%4) and 2(l%4)+1 (.trans: column l/4, rows 2(l%4), +1)
         for (int i = 0; i < 4; i++) {
             uint16_t m[8][8];
-            for (int r = 0; r < 8; r++) std::memcpy(m[r], lanes[8 * i + r].ptr, 16);
+            for (int r = 0; r < 8; r++) {
+                const int owner = g.unpublished[chunk_of(lanes[8 * i + r].ptr)];
+                if (owner >= 0 && owner != tid_of(&lanes[8 * i + r]))
+                    fail("ldmatrix reads shared memory thread " + std::to_string(owner) +
+                         "'s cp.async wait landed, with no barrier since");
+                std::memcpy(m[r], lanes[8 * i + r].ptr, 16);
+            }
             for (int l = 0; l < 32; l++) {
                 const int a = l / 4, b = 2 * (l % 4);
                 const uint16_t lo = op == Op::ldmatrix ? m[a][b] : m[b][a];
@@ -194,6 +210,7 @@ void start_fiber(Thread& t, int i) {
     t.groups = 0;
     t.wg_pending.clear();
     t.wg_groups = 0;
+    t.wg_fenced = false;
 }
 
 // Executes the wgmma all 128 threads of a warpgroup wait in: D (64 x N) += A B, warp w
@@ -214,6 +231,12 @@ void resolve_wgmma(Thread* th) {
             const size_t off = th[0].trans ? start + (n % 8) * 2 + (n / 8) * sbo + (k % 8) * 16 + (k / 8) * lbo
                                            : start + (n % 8) * 16 + (n / 8) * sbo + (k % 8) * 2 + (k / 8) * lbo;
             check_smem(g.smem + (off & ~(size_t)15), 16, "wgmma B");
+            const size_t ch = off / 16;
+            if (g.unpublished[ch] >= 0)
+                fail("wgmma B reads shared memory a cp.async landed (thread " + std::to_string(g.unpublished[ch]) +
+                     ") that no barrier has published since");
+            if (g.lander[ch] >= 0 && !g.proxy_fenced[ch])
+                fail("wgmma B reads cp.async data without a fence.proxy.async by the thread that waited for it");
             uint16_t u;
             std::memcpy(&u, g.smem + off, 2);
             Bm[k * N + n] = __bfloat162float(__ushort_as_bfloat16(u));
@@ -254,6 +277,9 @@ void resolve_wgmma(Thread* th) {
 void run_block() {
     const int n = (int)g.threads.size(), warps = n / 32;
     std::memset(g.smem, 0xff, g.smem_bytes);
+    g.unpublished.assign(g.smem_bytes / 16 + 1, -1);
+    g.lander.assign(g.smem_bytes / 16 + 1, -1);
+    g.proxy_fenced.assign(g.smem_bytes / 16 + 1, 0);
     for (int i = 0; i < n; i++) start_fiber(g.threads[i], i);
     for (;;) {
         bool progressed = false;
@@ -300,6 +326,7 @@ void run_block() {
         if (at_barrier + done < n) fail("deadlock: lanes wait in collectives their warps never complete");
         for (Thread& t : g.threads)
             if (t.state == State::barrier) t.state = State::ready;
+        std::fill(g.unpublished.begin(), g.unpublished.end(), -1);
     }
 }
 
@@ -371,6 +398,7 @@ void cp_async_16(void* dst, const void* src, int src_bytes) {
     check_smem(dst, 16, "cp.async");
     if (src_bytes > 0 && (uintptr_t)src % 16 != 0) fail("cp.async: global address not 16-byte aligned");
     t->copies.push_back({(unsigned char*)dst, (const unsigned char*)src, src_bytes, -1});
+    std::memset(dst, 0xff, 16);  // undefined until the wait: a read before it sees NaNs
 }
 
 void cp_async_commit() {
@@ -388,6 +416,9 @@ void cp_async_wait(int pending_groups) {
         if (c.group >= 0 && c.group < retire) {
             if (c.bytes > 0) std::memcpy(c.dst, c.src, c.bytes);
             std::memset(c.dst + c.bytes, 0, 16 - c.bytes);
+            const size_t ch = chunk_of(c.dst);
+            g.unpublished[ch] = g.lander[ch] = tid_of(t);
+            g.proxy_fenced[ch] = 0;
         } else {
             keep.push_back(c);
         }
@@ -400,14 +431,24 @@ uint32_t smem_offset(const void* p) {
     return (uint32_t)(c - g.smem);
 }
 
+void fence_proxy_async() {
+    const int tid = tid_of(self("fence.proxy.async"));
+    for (size_t ch = 0; ch < g.lander.size(); ch++)
+        if (g.lander[ch] == tid) g.proxy_fenced[ch] = 1;
+}
+
+void wgmma_fence() { self("wgmma.fence")->wg_fenced = true; }
+
 void wgmma(float* d, int nt, const uint32_t (&a)[4], uint64_t desc_b, bool trans_b) {
     Thread* t = self("wgmma.mma_async");
+    if (!t->wg_fenced) fail("wgmma.mma_async without a wgmma.fence since the last wgmma.wait_group");
     t->op = Op::wgmma, t->nt = nt, t->desc = desc_b, t->trans = trans_b, t->wg_dst = d;
     for (int i = 0; i < 4; i++) t->in[i] = a[i];
     // the accumulator: the newest pending result for these registers, else the registers
     t->wg_acc.assign(d, d + 4 * nt);
     for (const WgmmaResult& r : t->wg_pending)
         if (r.dst == d) t->wg_acc = r.value;
+    std::fill(d, d + 4 * nt, NAN);  // undefined until the wait
     block_on(State::collective);
     t->op = Op::none;
 }
@@ -421,6 +462,7 @@ void wgmma_commit() {
 
 void wgmma_wait(int pending_groups) {
     Thread* t = self("wgmma.wait_group");
+    t->wg_fenced = false;
     const long retire = t->wg_groups - pending_groups;
     std::vector<WgmmaResult> keep;
     for (const WgmmaResult& r : t->wg_pending)

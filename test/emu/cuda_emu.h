@@ -10,12 +10,15 @@
 //   - __syncthreads is a block barrier; warp collectives (__shfl_xor_sync, ldmatrix,
 //     mma.sync) wait until all 32 lanes of the warp arrive and are computed from the
 //     PTX ISA's definitions of their fragment layouts;
-//   - cp.async copies are deferred to the cp.async.wait_group that retires their group,
-//     so a tile read before its wait sees the 0xFF pattern;
+//   - cp.async fills its destination with 0xFF at issue and copies the data at the
+//     cp.async.wait_group that retires its group, so a read before the wait sees NaNs;
+//     until a barrier, only the waiting thread may read what landed (ldmatrix and wgmma
+//     fail otherwise), and wgmma also needs that thread's fence.proxy.async;
 //   - wgmma (m64nNk16, bf16, A from registers, B from a no-swizzle descriptor) waits for
 //     the 128 threads of the warpgroup and decodes the descriptor by the PTX ISA's
-//     canonical layouts; its results reach the registers only at the wgmma.wait_group
-//     that retires them (later wgmmas into the same registers chain on the pending values);
+//     canonical layouts; it needs a wgmma.fence since the thread's last wait, its
+//     registers read NaN until the wgmma.wait_group that retires it, and later wgmmas
+//     into the same registers chain on the pending values;
 //   - scheduling is warp-serial: the first warp in the chosen order runs until it
 //     blocks on a barrier or exits before the next one runs, so a warp gets as far
 //     ahead of the others as the code allows and a missing barrier lets it overwrite
@@ -79,6 +82,8 @@ void cp_async_16(void* dst, const void* src, int src_bytes);
 void wgmma(float* d, int nt, const uint32_t (&a)[4], uint64_t desc_b, bool trans_b);
 void wgmma_commit();
 void wgmma_wait(int pending_groups);
+void wgmma_fence();
+void fence_proxy_async();
 uint32_t smem_offset(const void* p);
 void cp_async_commit();
 void cp_async_wait(int pending_groups);
@@ -155,8 +160,10 @@ template <int N>
 __device__ __forceinline__ void cp_async_wait() {
     emu::cp_async_wait(N);
 }
-__device__ __forceinline__ void wgmma_fence() {}
-__device__ __forceinline__ void fence_proxy_async() {}
+__device__ __forceinline__ void wgmma_fence() { emu::wgmma_fence(); }
+__device__ __forceinline__ void fence_proxy_async() { emu::fence_proxy_async(); }
+template <int NT>
+__device__ __forceinline__ void wgmma_fence_operands(float (&)[NT][4]) {}
 __device__ __forceinline__ void wgmma_commit() { emu::wgmma_commit(); }
 template <int N>
 __device__ __forceinline__ void wgmma_wait() {
