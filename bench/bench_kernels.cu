@@ -336,11 +336,13 @@ void bench_attention(Timer& tm) {
                     [&] { cuda_backend::attention_flash_backward(DQ, DO, Q, O, L, a.B, a.T, C, a.H, 10000.0f); });
                 report(on_load ? "flash_rope_on_load" : "flash_rope_first", fr, br);
             }
-            if (cuda_backend::attention_flash_has_wgmma()) {  // the forward on wgmma, the backward unchanged
+            if (cuda_backend::attention_flash_has_wgmma()) {  // every product on wgmma
                 cuda_backend::attention_flash_options({false, true});
                 const double fw = tm.median_ms(
                     [&] { cuda_backend::attention_flash_forward(O, L, Q, a.B, a.T, C, a.H, 0.0f); });
-                report("flash_wgmma", fw, b);
+                const double bw = tm.median_ms(
+                    [&] { cuda_backend::attention_flash_backward(DQ, DO, Q, O, L, a.B, a.T, C, a.H, 0.0f); });
+                report("flash_wgmma", fw, bw);
             }
             cuda_backend::attention_flash_options({});
         }

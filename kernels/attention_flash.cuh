@@ -102,6 +102,14 @@ __device__ __forceinline__ void load_a(uint32_t (&a)[4], const bf16* A, int sa, 
     const int lane = threadIdx.x % 32;  // matrices: rows 0-7 / 8-15 x columns 0-7, then 8-15
     ldsm_x4(a, A + (lane % 16) * sa + kk * 16 + (lane / 16) * 8);
 }
+// The 16 rows of this warp of a padded tile as A fragments over D channels.
+template <int D>
+__device__ __forceinline__ void load_a_rows(uint32_t (&a)[D / 16][4], const bf16* tile) {
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++)
+        load_a(a[kk], tile + (threadIdx.x / 32) * 16 * ROW_STRIDE<D>, ROW_STRIDE<D>, kk);
+}
+
 // acc (16 x 8NT) += a (16 x 16, the step's A fragment) B^T, B (8NT x 16) in smem at
 // Bm (the step's first column), row stride sb.
 template <int NT>
@@ -257,9 +265,7 @@ __global__ void __launch_bounds__(THREADS)
         __syncthreads();  // K_j (and Q) in smem; every warp done with V_{j-1}
         load_tile<D, BLOCK, false>(sV, vh, v.row, j * BLOCK, T, rope);  // lands during S = Q K^T
         cp_async_commit();
-        if (j == 0)
-#pragma unroll
-            for (int kk = 0; kk < D / 16; kk++) load_a(qf[kk], sQ + warp * 16 * S, S, kk);
+        if (j == 0) load_a_rows<D>(qf, sQ);
         float s[BLOCK / 8][4] = {};
         mma_rs_nt<BLOCK / 8, D>(s, qf, sK, S);
         if (j == qb)
@@ -327,33 +333,33 @@ __device__ __forceinline__ void load_tile_cm(bf16* s, const bf16* src, size_t ld
     }
 }
 
-// s (64 x BLOCK) = Q K^T over D channels, the warpgroup's product: qf, each warp's 16
-// query rows as A fragments; sK, BLOCK keys x D in the core-matrix layout (K-major:
-// lbo 128 bytes to the next 8 channels, sbo 16D to the next 8 keys). Complete on return.
-template <int D>
-__device__ __forceinline__ void wgmma_qk(float (&s)[BLOCK / 8][4], const uint32_t (&qf)[D / 16][4], const bf16* sK) {
-    wgmma_fence_operands(s);
+// The warpgroup's products, complete on return; A as each warp's 16 rows of mma.sync A
+// fragments (a[kk] for columns 16kk..), B a tile in the core-matrix layout (load_tile_cm).
+// acc (64 x N) += A (64 x K) B^T, B N rows x K channels read K-major (lbo 128 bytes to the
+// next 8 channels, sbo 16K to the next 8 rows): S = Q K^T, dP = dout V^T, and transposed.
+template <int N, int K>
+__device__ __forceinline__ void wgmma_nt(float (&acc)[N / 8][4], const uint32_t (&a)[K / 16][4], const bf16* Bm) {
+    wgmma_fence_operands(acc);
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < D / 16; kk++)  // channels 16kk..: two core matrices along K
-        wgmma_bf16<0>(s, qf[kk], wgmma_desc(sK + kk * 2 * 64, 128, 16 * D));
+    for (int kk = 0; kk < K / 16; kk++)  // channels 16kk..: two core matrices along K
+        wgmma_bf16<0>(acc, a[kk], wgmma_desc(Bm + kk * 2 * 64, 128, 16 * K));
     wgmma_commit();
     wgmma_wait<0>();
-    wgmma_fence_operands(s);
+    wgmma_fence_operands(acc);
 }
-// o (64 x D) += P V over BLOCK keys: p, each warp's 16 rows as A fragments; sV, BLOCK
-// keys x D in the core-matrix layout, read N-major (lbo 16D bytes to the next 8 keys,
-// sbo 128 to the next 8 channels). Complete on return.
-template <int D>
-__device__ __forceinline__ void wgmma_pv(float (&o)[D / 8][4], const uint32_t (&p)[BLOCK / 16][4], const bf16* sV) {
-    wgmma_fence_operands(o);
+// acc (64 x N) += A (64 x K) B, B K rows x N channels read N-major (lbo 16N bytes to the
+// next 8 rows, sbo 128 to the next 8 channels): O += P V, dq += dS K, dv += P^T dout, ...
+template <int N, int K>
+__device__ __forceinline__ void wgmma_nn(float (&acc)[N / 8][4], const uint32_t (&a)[K / 16][4], const bf16* Bm) {
+    wgmma_fence_operands(acc);
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < BLOCK / 16; kk++)  // keys 16kk..: two 8-row groups along K
-        wgmma_bf16<1>(o, p[kk], wgmma_desc(sV + kk * 2 * 8 * D, 16 * D, 128));
+    for (int kk = 0; kk < K / 16; kk++)  // rows 16kk..: two 8-row groups along K
+        wgmma_bf16<1>(acc, a[kk], wgmma_desc(Bm + kk * 2 * 8 * N, 16 * N, 128));
     wgmma_commit();
     wgmma_wait<0>();
-    wgmma_fence_operands(o);
+    wgmma_fence_operands(acc);
 }
 
 // ---- forward with Hopper's warpgroup MMA (sm_90a): the same algorithm, schedule and
@@ -392,11 +398,9 @@ __global__ void __launch_bounds__(THREADS)
         __syncthreads();  // K_j (and Q) in smem; every warp done with V_{j-1}
         load_tile_cm<D, BLOCK>(sV, vh, v.row, j * BLOCK, T);
         cp_async_commit();
-        if (j == 0)
-#pragma unroll
-            for (int kk = 0; kk < D / 16; kk++) load_a(qf[kk], sQ + warp * 16 * S, S, kk);
+        if (j == 0) load_a_rows<D>(qf, sQ);
         float s[BLOCK / 8][4] = {};
-        wgmma_qk<D>(s, qf, sK);
+        wgmma_nt<BLOCK, D>(s, qf, sK);
         if (j == qb)
 #pragma unroll
             for (int nt = 0; nt < BLOCK / 8; nt++)
@@ -431,7 +435,7 @@ __global__ void __launch_bounds__(THREADS)
             load_tile_cm<D, BLOCK>(sK, kh, k.row, (j + 1) * BLOCK, T);
             cp_async_commit();
         }
-        wgmma_pv<D>(o, p, sV);
+        wgmma_nn<D, BLOCK>(o, p, sV);
     }
 #pragma unroll
     for (int r = 0; r < 2; r++) {
@@ -468,15 +472,28 @@ __global__ void __launch_bounds__(THREADS)
     if (lane == 0) Dv[((size_t)(bt / T) * NH + h) * T + bt % T] = acc;
 }
 
+// A backward kernel's inner (loop) tile: padded rows for ldmatrix, or (WG) the
+// core-matrix layout that wgmma reads.
+template <int D, int ROWS, bool ROPE, bool WG>
+__device__ __forceinline__ void load_inner(bf16* s, const bf16* src, size_t ld, int row0, int T,
+                                           const float2* __restrict__ rope) {
+    static_assert(!(WG && ROPE), "the wgmma path takes q, k rotated before the kernels");
+    if constexpr (WG) load_tile_cm<D, ROWS>(s, src, ld, row0, T);
+    else load_tile<D, ROWS, ROPE>(s, src, ld, row0, T, rope);
+}
 // ---- dq: grid (B*NH, query blocks), heaviest first; loops over key tiles 0..diagonal,
 // double-buffered. dS = P (dP - Dv), dP = dout V^T; dq = scale * dS K, then rotated back.
-template <int D, Rope R>
+// WG: the three products on wgmma (sm_90a), inner tiles in the core-matrix layout.
+template <int D, Rope R, bool WG>
 __global__ void __launch_bounds__(THREADS)
     flash_dq_kernel(bf16* __restrict__ dqkv, const HeadView q, const HeadView k, const HeadView v,
                     const HeadView dout, const float* __restrict__ lse, const float* __restrict__ Dv,
                     const float2* __restrict__ rope, int T, int NH, float scale) {
     constexpr int S = ROW_STRIDE<D>, KN = INNER_BWD<D>;
     constexpr bool RL = R == Rope::on_load;
+#if !defined(LNS_CUDA_EMU) && !LNS_SM90A && defined(__CUDA_ARCH__)
+    if constexpr (WG) __trap();  // launched only where the image has sm_90a code
+#endif
     extern __shared__ __align__(16) unsigned char smem[];
     bf16* sQ = reinterpret_cast<bf16*>(smem);  // (BLOCK, D)
     bf16* sdO = sQ + BLOCK * S;                // (BLOCK, D)
@@ -490,8 +507,8 @@ __global__ void __launch_bounds__(THREADS)
 
     load_tile<D, BLOCK, RL>(sQ, q.at(b, h), q.row, q0, T, rope);
     load_tile<D, BLOCK, false>(sdO, dout.at(b, h), dout.row, q0, T, rope);
-    load_tile<D, KN, RL>(sK, kh, k.row, 0, T, rope);
-    load_tile<D, KN, false>(sV, vh, v.row, 0, T, rope);
+    load_inner<D, KN, RL, WG>(sK, kh, k.row, 0, T, rope);
+    load_inner<D, KN, false, WG>(sV, vh, v.row, 0, T, rope);
     cp_async_commit();
     const int row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
     float lse2[2], dv[2];
@@ -506,17 +523,26 @@ __global__ void __launch_bounds__(THREADS)
         const int cur = (j & 1) * KN * S;
         if (j + 1 < tiles) {  // into the other buffer, which every warp left at the last barrier
             const int next = ((j + 1) & 1) * KN * S;
-            load_tile<D, KN, RL>(sK + next, kh, k.row, (j + 1) * KN, T, rope);
-            load_tile<D, KN, false>(sV + next, vh, v.row, (j + 1) * KN, T, rope);
+            load_inner<D, KN, RL, WG>(sK + next, kh, k.row, (j + 1) * KN, T, rope);
+            load_inner<D, KN, false, WG>(sV + next, vh, v.row, (j + 1) * KN, T, rope);
             cp_async_commit();
             cp_async_wait<1>();  // all but tile j+1
         } else {
             cp_async_wait<0>();
         }
+        if constexpr (WG) fence_proxy_async();  // the copies, for wgmma's reads
         __syncthreads();  // tile j in smem for every warp
         float s[KN / 8][4] = {}, dp[KN / 8][4] = {};
-        mma_ss_nt<KN / 8, D>(s, sQ + warp * 16 * S, S, sK + cur, S);
-        mma_ss_nt<KN / 8, D>(dp, sdO + warp * 16 * S, S, sV + cur, S);
+        if constexpr (WG) {  // A fragments reloaded each step: fewer live registers
+            uint32_t f[D / 16][4];
+            load_a_rows<D>(f, sQ);
+            wgmma_nt<KN, D>(s, f, sK + cur);
+            load_a_rows<D>(f, sdO);
+            wgmma_nt<KN, D>(dp, f, sV + cur);
+        } else {
+            mma_ss_nt<KN / 8, D>(s, sQ + warp * 16 * S, S, sK + cur, S);
+            mma_ss_nt<KN / 8, D>(dp, sdO + warp * 16 * S, S, sV + cur, S);
+        }
 #pragma unroll
         for (int nt = 0; nt < KN / 8; nt++)
 #pragma unroll
@@ -527,7 +553,8 @@ __global__ void __launch_bounds__(THREADS)
             }
         uint32_t a[KN / 16][4];
         acc_to_a<KN / 8>(a, s);
-        mma_rs_nn<D / 8, KN>(dq, a, sK + cur, S);
+        if constexpr (WG) wgmma_nn<D, KN>(dq, a, sK + cur);
+        else mma_rs_nn<D / 8, KN>(dq, a, sK + cur, S);
         __syncthreads();  // every warp done with tile j before it is overwritten by j+2
     }
 #pragma unroll
@@ -551,14 +578,17 @@ __device__ __forceinline__ void load_row_stats(float* sL, float* sD, const float
 // ---- dk, dv: grid (B*NH, key blocks), heaviest (first) key block first; loops over
 // query tiles from the diagonal to T, double-buffered. Transposed products, keys as
 // rows: S^T = K Q^T, dP^T = V dout^T, dv = P^T dout, dk = scale * dS^T Q, then
-// rotated back.
-template <int D, Rope R>
+// rotated back. WG: the four products on wgmma (sm_90a), as in flash_dq_kernel.
+template <int D, Rope R, bool WG>
 __global__ void __launch_bounds__(THREADS)
     flash_dkv_kernel(bf16* __restrict__ dqkv, const HeadView q, const HeadView k, const HeadView v,
                      const HeadView dout, const float* __restrict__ lse, const float* __restrict__ Dv,
                      const float2* __restrict__ rope, int T, int NH, float scale) {
     constexpr int S = ROW_STRIDE<D>, QN = INNER_BWD<D>;
     constexpr bool RL = R == Rope::on_load;
+#if !defined(LNS_CUDA_EMU) && !LNS_SM90A && defined(__CUDA_ARCH__)
+    if constexpr (WG) __trap();  // launched only where the image has sm_90a code
+#endif
     extern __shared__ __align__(16) unsigned char smem[];
     bf16* sK = reinterpret_cast<bf16*>(smem);  // (BLOCK, D)
     bf16* sV = sK + BLOCK * S;                 // (BLOCK, D)
@@ -576,8 +606,8 @@ __global__ void __launch_bounds__(THREADS)
     const int first = k0 / QN, tiles = (T + QN - 1) / QN;  // causal: no query tile before the diagonal
     load_tile<D, BLOCK, RL>(sK, k.at(b, h), k.row, k0, T, rope);
     load_tile<D, BLOCK, false>(sV, v.at(b, h), v.row, k0, T, rope);
-    load_tile<D, QN, RL>(sQ, qh, q.row, first * QN, T, rope);
-    load_tile<D, QN, false>(sdO, dh, dout.row, first * QN, T, rope);
+    load_inner<D, QN, RL, WG>(sQ, qh, q.row, first * QN, T, rope);
+    load_inner<D, QN, false, WG>(sdO, dh, dout.row, first * QN, T, rope);
     load_row_stats<QN>(sL, sD, lse_h, Dv_h, first * QN, T);
     cp_async_commit();
     const int key[2] = {k0 + warp * 16 + g, k0 + warp * 16 + g + 8};
@@ -586,20 +616,29 @@ __global__ void __launch_bounds__(THREADS)
         const int buf = (i - first) & 1;
         if (i + 1 < tiles) {  // into the other buffer, which every warp left at the last barrier
             const int nb = buf ^ 1;
-            load_tile<D, QN, RL>(sQ + nb * QN * S, qh, q.row, (i + 1) * QN, T, rope);
-            load_tile<D, QN, false>(sdO + nb * QN * S, dh, dout.row, (i + 1) * QN, T, rope);
+            load_inner<D, QN, RL, WG>(sQ + nb * QN * S, qh, q.row, (i + 1) * QN, T, rope);
+            load_inner<D, QN, false, WG>(sdO + nb * QN * S, dh, dout.row, (i + 1) * QN, T, rope);
             load_row_stats<QN>(sL + nb * QN, sD + nb * QN, lse_h, Dv_h, (i + 1) * QN, T);
             cp_async_commit();
             cp_async_wait<1>();  // all but tile i+1
         } else {
             cp_async_wait<0>();
         }
+        if constexpr (WG) fence_proxy_async();  // the copies, for wgmma's reads
         __syncthreads();  // tile i in smem for every warp
         const bf16 *cQ = sQ + buf * QN * S, *cdO = sdO + buf * QN * S;
         const float *cL = sL + buf * QN, *cD = sD + buf * QN;
         float s[QN / 8][4] = {}, dp[QN / 8][4] = {};
-        mma_ss_nt<QN / 8, D>(s, sK + warp * 16 * S, S, cQ, S);
-        mma_ss_nt<QN / 8, D>(dp, sV + warp * 16 * S, S, cdO, S);
+        if constexpr (WG) {  // A fragments reloaded each step: fewer live registers
+            uint32_t f[D / 16][4];
+            load_a_rows<D>(f, sK);
+            wgmma_nt<QN, D>(s, f, cQ);
+            load_a_rows<D>(f, sV);
+            wgmma_nt<QN, D>(dp, f, cdO);
+        } else {
+            mma_ss_nt<QN / 8, D>(s, sK + warp * 16 * S, S, cQ, S);
+            mma_ss_nt<QN / 8, D>(dp, sV + warp * 16 * S, S, cdO, S);
+        }
 #pragma unroll
         for (int nt = 0; nt < QN / 8; nt++)
 #pragma unroll
@@ -611,9 +650,11 @@ __global__ void __launch_bounds__(THREADS)
             }
         uint32_t a[QN / 16][4];
         acc_to_a<QN / 8>(a, s);
-        mma_rs_nn<D / 8, QN>(dv, a, cdO, S);
+        if constexpr (WG) wgmma_nn<D, QN>(dv, a, cdO);
+        else mma_rs_nn<D / 8, QN>(dv, a, cdO, S);
         acc_to_a<QN / 8>(a, dp);
-        mma_rs_nn<D / 8, QN>(dk, a, cQ, S);
+        if constexpr (WG) wgmma_nn<D, QN>(dk, a, cQ);
+        else mma_rs_nn<D / 8, QN>(dk, a, cQ, S);
         __syncthreads();  // every warp done with tile i before it is overwritten by i+2
     }
 #pragma unroll
@@ -670,7 +711,8 @@ void dispatch(int hs, Rope mode, Fn&& fn) {
     else with_d(std::integral_constant<int, 128>{});
 }
 
-int check_flash(const char* op, int B, int T, int C, int NH, float rope_theta, std::initializer_list<const void*> ptrs) {
+int check_flash(const char* op, int B, int T, int C, int NH, float rope_theta,
+                std::initializer_list<const void*> ptrs) {
     LNS_CHECK(B >= 1 && T >= 1 && NH >= 1 && C >= NH && C % NH == 0, "%s: bad shape B=%d T=%d C=%d NH=%d", op, B, T, C,
               NH);
     const int hs = C / NH;
@@ -753,10 +795,10 @@ void flash_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, 
 }
 
 void flash_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out, const float* lse, int B, int T,
-                    int C, int NH, float rope_theta, bool rope_on_load) {
+                    int C, int NH, float rope_theta, bool rope_on_load, bool wgmma) {
     const int hs = check_flash("attention_flash_backward", B, T, C, NH, rope_theta, {dqkv, dout, qkv, out});
     const float scale = 1.0f / std::sqrt((float)hs);
-    const Rope mode = rope_mode(rope_theta, rope_on_load);
+    const Rope mode = rope_mode(rope_theta, rope_on_load && !wgmma);
     HeadView in[3];
     flash_inputs(in, qkv, B, T, C, NH, rope_theta, mode);
     const HeadView dout_v = token_rows(dout, 0, T, C, NH, C);
@@ -768,16 +810,23 @@ void flash_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* o
         constexpr int D = decltype(d)::value;
         constexpr Rope R = decltype(r)::value;
         auto* dvec = flash_dvec_kernel<D>;
-        auto* dq = flash_dq_kernel<D, R>;
-        auto* dkv = flash_dkv_kernel<D, R>;
-        static bool once = (allow_smem(dq, dq_smem<D>()), allow_smem(dkv, dkv_smem<D>()), true);
-        (void)once;
         LNS_LAUNCH(dvec, ceil_div(rows, WARPS), THREADS, 0, Dv, dout, out, T, NH, rows);
         cudaCheckLaunch();
-        LNS_LAUNCH(dq, grid, THREADS, dq_smem<D>(), dqkv, in[0], in[1], in[2], dout_v, lse, Dv, rope, T, NH, scale);
-        cudaCheckLaunch();
-        LNS_LAUNCH(dkv, grid, THREADS, dkv_smem<D>(), dqkv, in[0], in[1], in[2], dout_v, lse, Dv, rope, T, NH,
-                   scale);
+        auto launch = [&](auto wg) {
+            constexpr bool WG = decltype(wg)::value;
+            auto* dq = flash_dq_kernel<D, R, WG>;
+            auto* dkv = flash_dkv_kernel<D, R, WG>;
+            static bool once = (allow_smem(dq, dq_smem<D>()), allow_smem(dkv, dkv_smem<D>()), true);
+            (void)once;
+            LNS_LAUNCH(dq, grid, THREADS, dq_smem<D>(), dqkv, in[0], in[1], in[2], dout_v, lse, Dv, rope, T, NH,
+                       scale);
+            cudaCheckLaunch();
+            LNS_LAUNCH(dkv, grid, THREADS, dkv_smem<D>(), dqkv, in[0], in[1], in[2], dout_v, lse, Dv, rope, T, NH,
+                       scale);
+        };
+        if constexpr (R == Rope::on_load) launch(std::false_type{});  // wgmma reads plain tiles only
+        else if (wgmma) launch(std::true_type{});
+        else launch(std::false_type{});
     });
     cudaCheckLaunch();
 }

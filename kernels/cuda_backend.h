@@ -71,9 +71,9 @@ struct cuda_backend {
                                          const float* lse, int B, int T, int C, int NH, float rope_theta);
     // CUDA only, variants of the flash kernels for benchmarks and tests; the results
     // agree within bf16 rounding. rope_on_load: RoPE inside the tile loads instead of a
-    // rotated copy of q, k made before the kernels. wgmma: the forward on Hopper's
-    // warpgroup MMA where the device runs sm_90a code (not yet run on a GPU, hence off
-    // by default; ignored elsewhere).
+    // rotated copy of q, k made before the kernels. wgmma: forward and backward on
+    // Hopper's warpgroup MMA where the device runs sm_90a code (not yet run on a GPU,
+    // hence off by default; ignored elsewhere).
     struct FlashOptions {
         bool rope_on_load = false;
         bool wgmma = false;

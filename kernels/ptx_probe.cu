@@ -37,20 +37,27 @@ bool ptx_probe::mma(float* c_nt, float* c_nn, const uint16_t* a, const uint16_t*
     return true;
 }
 
-bool ptx_probe::wgmma(float* s, float* o, const uint16_t* q, const uint16_t* k, const uint16_t* v, int dv) {
-    if (!have_device() || !wgmma_built() || (dv != 64 && dv != 128)) return false;
-    Dev<bf16> dq(64 * 64, q), dk(64 * 64, k), dvv((size_t)64 * dv, v);
-    Dev<float> ds(64 * 64), dout((size_t)64 * dv);
-    if (dv == 64) probe_wgmma<64>(ds.p, dout.p, dq.p, dk.p, dvv.p);
-    else probe_wgmma<128>(ds.p, dout.p, dq.p, dk.p, dvv.p);
+bool ptx_probe::wgmma(float* s, float* o, const uint16_t* a1, const uint16_t* b1, const uint16_t* a2,
+                      const uint16_t* b2, int n, int k, int dv) {
+    if (!have_device() || !wgmma_built()) return false;
+    Dev<bf16> da1((size_t)64 * k, a1), db1((size_t)n * k, b1), da2((size_t)64 * n, a2), db2((size_t)n * dv, b2);
+    Dev<float> ds((size_t)64 * n), dout((size_t)64 * dv);
+    const bool shape = probe_wgmma_shape(n, k, dv, [&](auto N, auto K, auto DV) {
+        probe_wgmma<decltype(N)::value, decltype(K)::value, decltype(DV)::value>(ds.p, dout.p, da1.p, db1.p, da2.p,
+                                                                                 db2.p);
+    });
+    if (!shape) return false;
     cudaCheck(cudaStreamSynchronize(g_stream));
-    ds.get(s, 64 * 64), dout.get(o, (size_t)64 * dv);
+    ds.get(s, (size_t)64 * n), dout.get(o, (size_t)64 * dv);
     return true;
 }
 
 #else  // ENABLE_FP32: no bf16 tensor-core kernels
 
 bool ptx_probe::mma(float*, float*, const uint16_t*, const uint16_t*, const uint16_t*, int) { return false; }
-bool ptx_probe::wgmma(float*, float*, const uint16_t*, const uint16_t*, const uint16_t*, int) { return false; }
+bool ptx_probe::wgmma(float*, float*, const uint16_t*, const uint16_t*, const uint16_t*, const uint16_t*, int, int,
+                      int) {
+    return false;
+}
 
 #endif

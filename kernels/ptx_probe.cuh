@@ -44,32 +44,35 @@ __global__ void __launch_bounds__(THREADS) probe_mma_kernel(float* c_nt, float* 
     store_acc<2>(c_nn, 16, nn, 0);
 }
 
-// The wgmma forward's two products as it issues them: s = Q K^T (64 x 64, over 64
-// channels) and o = Q V (64 x DV, Q standing in for P), Q and K 64 x 64, V 64 x DV.
-template <int DV>
-__global__ void __launch_bounds__(THREADS) probe_wgmma_kernel(float* s_out, float* o_out, const bf16* q, const bf16* k,
-                                                              const bf16* v) {
+// The flash kernels' two wgmma patterns as they issue them: s = A1 B1^T (64 x N over K
+// channels, wgmma_nt) and o = A2 B2 (64 x DV over N rows, wgmma_nn); A1 64 x K, B1 N x K,
+// A2 64 x N, B2 N x DV, all row-major. (N, K, DV): (64, 64, 64) the forward and backward
+// at D = 64, (64, 128, 128) the forward at D = 128, (32, 128, 128) the backward at D = 128.
+template <int N, int K, int DV>
+__global__ void __launch_bounds__(THREADS) probe_wgmma_kernel(float* s_out, float* o_out, const bf16* a1,
+                                                              const bf16* b1, const bf16* a2, const bf16* b2) {
 #if defined(LNS_CUDA_EMU) || LNS_SM90A
-    constexpr int S = ROW_STRIDE<64>;
     extern __shared__ __align__(16) unsigned char smem[];
-    bf16* sQ = reinterpret_cast<bf16*>(smem);
-    bf16* sK = sQ + 64 * S;
-    bf16* sV = sK + 64 * 64;
-    load_tile<64, 64, false>(sQ, q, 64, 0, 64, nullptr);
-    load_tile_cm<64, 64>(sK, k, 64, 0, 64);
-    load_tile_cm<DV, 64>(sV, v, DV, 0, 64);
+    bf16* sA1 = reinterpret_cast<bf16*>(smem);  // padded rows (ldmatrix)
+    bf16* sB1 = sA1 + 64 * ROW_STRIDE<K>;         // core matrices
+    bf16* sA2 = sB1 + N * K;                      // padded rows
+    bf16* sB2 = sA2 + 64 * ROW_STRIDE<N>;         // core matrices
+    load_tile<K, 64, false>(sA1, a1, K, 0, 64, nullptr);
+    load_tile_cm<K, N>(sB1, b1, K, 0, N);
+    load_tile<N, 64, false>(sA2, a2, N, 0, 64, nullptr);
+    load_tile_cm<DV, N>(sB2, b2, DV, 0, N);
     cp_async_commit();
     cp_async_wait<0>();
     fence_proxy_async();
     __syncthreads();
     const int warp = threadIdx.x / 32;
-    uint32_t qf[4][4];
-#pragma unroll
-    for (int kk = 0; kk < 4; kk++) load_a(qf[kk], sQ + warp * 16 * S, S, kk);
-    float s[BLOCK / 8][4] = {}, o[DV / 8][4] = {};
-    wgmma_qk<64>(s, qf, sK);
-    wgmma_pv<DV>(o, qf, sV);
-    store_acc<BLOCK / 8>(s_out, 64, s, warp * 16);
+    uint32_t f1[K / 16][4], f2[N / 16][4];
+    load_a_rows<K>(f1, sA1);
+    load_a_rows<N>(f2, sA2);
+    float s[N / 8][4] = {}, o[DV / 8][4] = {};
+    wgmma_nt<N, K>(s, f1, sB1);
+    wgmma_nn<DV, N>(o, f2, sB2);
+    store_acc<N / 8>(s_out, N, s, warp * 16);
     store_acc<DV / 8>(o_out, DV, o, warp * 16);
 #elif defined(__CUDA_ARCH__)
     __trap();  // launched only on sm_90 devices
@@ -82,11 +85,27 @@ void probe_mma(float* c_nt, float* c_nn, const bf16* a, const bf16* b_nt, const 
     cudaCheckLaunch();
 }
 
-template <int DV>
-void probe_wgmma(float* s, float* o, const bf16* q, const bf16* k, const bf16* v) {
-    auto* kernel = probe_wgmma_kernel<DV>;
-    LNS_LAUNCH(kernel, 1, THREADS, (64 * ROW_STRIDE<64> + 64 * 64 + 64 * DV) * sizeof(bf16), s, o, q, k, v);
+template <int N, int K, int DV>
+void probe_wgmma(float* s, float* o, const bf16* a1, const bf16* b1, const bf16* a2, const bf16* b2) {
+    auto* kernel = probe_wgmma_kernel<N, K, DV>;
+    const size_t bytes = (64 * ROW_STRIDE<K> + N * K + 64 * ROW_STRIDE<N> + N * DV) * sizeof(bf16);
+    LNS_LAUNCH(kernel, 1, THREADS, bytes, s, o, a1, b1, a2, b2);
     cudaCheckLaunch();
+}
+
+// Calls fn(integral_constant N, K, DV) for one of the probed shapes; false for others.
+template <class Fn>
+bool probe_wgmma_shape(int n, int k, int dv, Fn&& fn) {
+    using std::integral_constant;
+    if (n == 64 && k == 64 && dv == 64)
+        fn(integral_constant<int, 64>{}, integral_constant<int, 64>{}, integral_constant<int, 64>{});
+    else if (n == 64 && k == 128 && dv == 128)
+        fn(integral_constant<int, 64>{}, integral_constant<int, 128>{}, integral_constant<int, 128>{});
+    else if (n == 32 && k == 128 && dv == 128)
+        fn(integral_constant<int, 32>{}, integral_constant<int, 128>{}, integral_constant<int, 128>{});
+    else
+        return false;
+    return true;
 }
 
 }  // namespace

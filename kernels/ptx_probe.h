@@ -8,6 +8,8 @@
 namespace ptx_probe {
 // c_nt = a b_nt^T, c_nn = a b_nn; all 16 x 16 row-major; rows >= a_rows of a read as zeros
 bool mma(float* c_nt, float* c_nn, const uint16_t* a, const uint16_t* b_nt, const uint16_t* b_nn, int a_rows);
-// s = q k^T (64 x 64), o = q v (64 x dv); q, k 64 x 64, v 64 x dv, dv in {64, 128}
-bool wgmma(float* s, float* o, const uint16_t* q, const uint16_t* k, const uint16_t* v, int dv);
+// s = a1 b1^T (64 x n), o = a2 b2 (64 x dv); a1 64 x k, b1 n x k, a2 64 x n, b2 n x dv;
+// (n, k, dv) in {(64, 64, 64), (64, 128, 128), (32, 128, 128)}
+bool wgmma(float* s, float* o, const uint16_t* a1, const uint16_t* b1, const uint16_t* a2, const uint16_t* b2, int n,
+           int k, int dv);
 }  // namespace ptx_probe

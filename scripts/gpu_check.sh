@@ -135,13 +135,14 @@ attn_table() {
         }
         function r(a, b) { return (a != "" && b > 0) ? sprintf("%.2f", a / b) : "n/a" }
         END {
-            print "| B x H x T x D | flash fwd | flash bwd | wgmma fwd | first version fwd | first version bwd | best torch fwd | best torch bwd | ratio fwd | ratio wgmma fwd | ratio bwd |"
-            print "|---|---|---|---|---|---|---|---|---|---|---|"
+            print "| B x H x T x D | flash fwd | flash bwd | wgmma fwd | wgmma bwd | first version fwd | first version bwd | best torch fwd | best torch bwd | ratio fwd | ratio bwd | ratio wgmma fwd | ratio wgmma bwd |"
+            print "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
             for (k in shapes)
-                printf "| %s | %s | %s | %s | %s | %s | %s (%s) | %s (%s) | %s | %s | %s |\n", k, ours[k, "flash", "f"],
-                    ours[k, "flash", "b"], ours[k, "flash_wgmma", "f"], ours[k, "naive", "f"], ours[k, "naive", "b"],
-                    tf[k], tfn[k], tb[k], tbn[k], r(ours[k, "flash", "f"], tf[k]), r(ours[k, "flash_wgmma", "f"], tf[k]),
-                    r(ours[k, "flash", "b"], tb[k])
+                printf "| %s | %s | %s | %s | %s | %s | %s | %s (%s) | %s (%s) | %s | %s | %s | %s |\n", k,
+                    ours[k, "flash", "f"], ours[k, "flash", "b"], ours[k, "flash_wgmma", "f"], ours[k, "flash_wgmma", "b"],
+                    ours[k, "naive", "f"], ours[k, "naive", "b"], tf[k], tfn[k], tb[k], tbn[k],
+                    r(ours[k, "flash", "f"], tf[k]), r(ours[k, "flash", "b"], tb[k]),
+                    r(ours[k, "flash_wgmma", "f"], tf[k]), r(ours[k, "flash_wgmma", "b"], tb[k])
         }' "$attn_ours" "$attn_torch"
 }
 # | shape | flash with RoPE: q, k rotated first | rotated in the tile loads |

@@ -341,7 +341,7 @@ TEST_CASE("CUDA flash attention matches the CPU twin, forward and backward", "[g
     CHECK(Gpu::attention_flash_supported(128));
     CHECK_FALSE(Gpu::attention_flash_supported(48));
     // variants: RoPE rotated before the kernels (default), RoPE in the tile loads, the
-    // forward on wgmma (sm_90a builds on sm_90 devices; elsewhere the option is ignored)
+    // products on wgmma (sm_90a builds on sm_90 devices; elsewhere the option is ignored)
     const char* variants[] = {"default", "rope_on_load", "wgmma"};
     if (!Gpu::attention_flash_has_wgmma()) WARN("no sm_90a kernels for this device: the wgmma variant runs mma.sync");
     for (const AttShape& s : FLASH_SHAPES)
@@ -383,7 +383,7 @@ TEST_CASE("CUDA flash attention matches the CPU twin, forward and backward", "[g
 // Small enough for compute-sanitizer (scripts/gpu_check.sh runs racecheck and memcheck
 // on [sanitize]): partial tiles, both head sizes, every variant. RoPE rotated before the
 // kernels or in their loads rounds the same fp32 products once, so those two agree
-// bit for bit; the wgmma forward sums in another order, so it agrees within bf16.
+// bit for bit; wgmma sums in another order, so it agrees within bf16.
 TEST_CASE("CUDA flash attention variants agree on partial tiles", "[gpu][attention][flash][sanitize]") {
 #ifndef ENABLE_FP32
     const int B = 1, T = 130, NH = 2;

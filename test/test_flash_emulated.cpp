@@ -48,7 +48,7 @@ Result run_emulated(const std::vector<bf16>& qkv, const std::vector<bf16>& dout,
     emu::set_order(order);
     flash_forward(r.out.data(), r.lse.data(), qkv.data(), B, T, C, NH, theta, rope_on_load, wgmma);
     flash_backward(r.dqkv.data(), dout.data(), qkv.data(), r.out.data(), r.lse.data(), B, T, C, NH, theta,
-                   rope_on_load);
+                   rope_on_load, wgmma);
     emu::set_order(emu::Order::forward);
     return r;
 }
@@ -64,7 +64,7 @@ TEST_CASE("the flash kernels, run on the CPU emulator, match the CPU twin", "[fl
     // the backward's 32-row inner tiles (T 130); T = 1024 is left to the GPU (minutes here)
     const Shape shapes[] = {{2, 1, 2, 64},  {2, 7, 3, 64},  {1, 64, 2, 64},  {1, 130, 2, 64}, {1, 257, 1, 64},
                             {2, 1, 2, 128}, {2, 7, 1, 128}, {1, 64, 2, 128}, {1, 130, 1, 128}, {1, 257, 1, 128}};
-    // RoPE none, rotated before the kernels, rotated on load; then the forward on wgmma
+    // RoPE none, rotated before the kernels, rotated on load; then every product on wgmma
     for (const Shape& s : shapes)
         for (int variant = 0; variant < 5; variant++) {
             const int rope = variant % 3;
@@ -110,7 +110,7 @@ TEST_CASE("the flash kernels give the same bits whichever warp runs ahead", "[fl
         const int C = NH * hs;
         const auto qkv = to_bf16(randn((size_t)B * T * 3 * C, 610)), dout = to_bf16(randn((size_t)B * T * C, 611));
         Result first[3];
-        for (int variant = 0; variant < 3; variant++) {  // RoPE rotated first, on load, forward on wgmma
+        for (int variant = 0; variant < 3; variant++) {  // RoPE rotated first, on load, on wgmma
             const bool on_load = variant == 1, wgmma = variant == 2;
             first[variant] = run_emulated(qkv, dout, B, T, NH, hs, 10000.0f, emu::Order::forward, on_load, wgmma);
             const Result last = run_emulated(qkv, dout, B, T, NH, hs, 10000.0f, emu::Order::reverse, on_load, wgmma);
