@@ -18,7 +18,16 @@
 // (.trans for the operand whose rows are the reduction index), the forward's Q
 // fragments kept in registers across key tiles, probabilities and score gradients
 // re-packed from accumulator fragments to operand fragments in registers. mma.sync
-// runs on sm_80 and sm_90a alike; Hopper's wgmma/TMA are not used.
+// runs on sm_80 and sm_90a alike.
+//
+// Hopper (WG kernels, sm_90a, opt-in: cuda_backend::FlashOptions::wgmma). The same
+// kernels with every product on wgmma.mma_async m64nNk16: the block's 4 warps are one
+// warpgroup, A (the rows the block owns, or P / dS) comes from registers in the
+// mma.sync fragment layout, B (the loop's tiles) from shared memory by descriptor, in
+// the unswizzled core-matrix layout (load_tile_cm). The accumulators have the mma.sync
+// layout, so softmax, masks and stores are shared. cp.async writes through the generic
+// proxy and wgmma reads through the async proxy: fence.proxy.async after each wait,
+// before the barrier. TMA is not used.
 //
 // Pipelining. Tiles are cp.async copies (global -> smem, no register round trip),
 // issued one stage ahead: in forward V_j lands while S = Q K_j^T is computed and
@@ -237,83 +246,6 @@ __device__ __forceinline__ void store_row(bf16* dst, const float (&acc)[D / 8][4
     }
 }
 
-// ---- forward: grid (B*NH, query blocks), heaviest (last) query block first.
-template <int D, bool ROPE_ON_LOAD>
-__global__ void __launch_bounds__(THREADS)
-    flash_forward_kernel(bf16* __restrict__ out, float* __restrict__ lse, const HeadView q, const HeadView k,
-                         const HeadView v, const float2* __restrict__ rope, int T, int NH, float scale) {
-    constexpr int S = ROW_STRIDE<D>;
-    extern __shared__ __align__(16) unsigned char smem[];
-    bf16* sQ = reinterpret_cast<bf16*>(smem);  // (BLOCK, D) each
-    bf16* sK = sQ + BLOCK * S;
-    bf16* sV = sK + BLOCK * S;
-    const int bh = blockIdx.x, b = bh / NH, h = bh % NH, C = NH * D;
-    const int qb = gridDim.y - 1 - blockIdx.y, q0 = qb * BLOCK;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tig = lane % 4;
-    const bf16 *qh = q.at(b, h), *kh = k.at(b, h), *vh = v.at(b, h);
-    const float sl2 = scale * LOG2E;  // dot products to log2 units of the scaled scores
-
-    load_tile<D, BLOCK, ROPE_ON_LOAD>(sQ, qh, q.row, q0, T, rope);
-    load_tile<D, BLOCK, ROPE_ON_LOAD>(sK, kh, k.row, 0, T, rope);
-    cp_async_commit();
-    uint32_t qf[D / 16][4];  // this warp's 16 query rows as A fragments, loaded once
-    float o[D / 8][4] = {};
-    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // raw max dot, partial row sums
-    const int row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
-    for (int j = 0; j <= qb; j++) {  // causal: no key tile beyond the diagonal
-        cp_async_wait<0>();
-        __syncthreads();  // K_j (and Q) in smem; every warp done with V_{j-1}
-        load_tile<D, BLOCK, false>(sV, vh, v.row, j * BLOCK, T, rope);  // lands during S = Q K^T
-        cp_async_commit();
-        if (j == 0) load_a_rows<D>(qf, sQ);
-        float s[BLOCK / 8][4] = {};
-        mma_rs_nt<BLOCK / 8, D>(s, qf, sK, S);
-        if (j == qb)
-#pragma unroll
-            for (int nt = 0; nt < BLOCK / 8; nt++)
-#pragma unroll
-                for (int e = 0; e < 4; e++)
-                    if (j * BLOCK + nt * 8 + tig * 2 + e % 2 > row[e / 2]) s[nt][e] = -INFINITY;
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            float mx = m[r];
-#pragma unroll
-            for (int nt = 0; nt < BLOCK / 8; nt++) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            // finite: key j*BLOCK <= every row of this block, so no row is fully masked
-            const float corr = exp2f((m[r] - mx) * sl2);  // 0 on the first tile (m = -inf)
-            m[r] = mx, l[r] *= corr;
-#pragma unroll
-            for (int nt = 0; nt < D / 8; nt++) o[nt][2 * r] *= corr, o[nt][2 * r + 1] *= corr;
-#pragma unroll
-            for (int nt = 0; nt < BLOCK / 8; nt++)
-#pragma unroll
-                for (int e = 2 * r; e < 2 * r + 2; e++) {
-                    s[nt][e] = exp2f((s[nt][e] - mx) * sl2);
-                    l[r] += s[nt][e];
-                }
-        }
-        uint32_t p[BLOCK / 16][4];
-        acc_to_a<BLOCK / 8>(p, s);
-        cp_async_wait<0>();
-        __syncthreads();  // V_j in smem; every warp done with K_j
-        if (j < qb) {     // K_{j+1} lands during O += P V
-            load_tile<D, BLOCK, ROPE_ON_LOAD>(sK, kh, k.row, (j + 1) * BLOCK, T, rope);
-            cp_async_commit();
-        }
-        mma_rs_nn<D / 8, BLOCK>(o, p, sV, S);
-    }
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
-        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-        if (row[r] >= T) continue;
-        store_row<D, false>(out + ((size_t)b * T + row[r]) * C + h * D, o, r, row[r], 1.0f / l[r], rope);
-        if (tig == 0) lse[(size_t)bh * T + row[r]] = m[r] * scale + logf(l[r]);
-    }
-}
-
 // Rows [row0, row0 + ROWS) of one head (as load_tile, by cp.async, zeros at rows >= T)
 // in wgmma's core-matrix layout without swizzling: the 16 bytes of row r, channels
 // 8c..8c+7, at byte (r/8) * 16D + 128c + 16 (r%8). Each 8 x 8 block of (rows,
@@ -362,45 +294,59 @@ __device__ __forceinline__ void wgmma_nn(float (&acc)[N / 8][4], const uint32_t 
     wgmma_fence_operands(acc);
 }
 
-// ---- forward with Hopper's warpgroup MMA (sm_90a): the same algorithm, schedule and
-// roundings as flash_forward_kernel, the block's 4 warps being one warpgroup. S = Q K^T
-// and O += P V are wgmma.m64nNk16 with A (Q, then P) from registers in the mma.sync
-// fragment layout and B (K, V) from smem by descriptor; the accumulators have the
-// mma.sync layout too, so the online softmax is unchanged. RoPE, if any, is applied
-// before (Rope::prepass). Unlike mma.sync, wgmma reads smem through the async proxy:
-// fence_proxy_async after each cp.async wait, before the barrier.
-template <int D>
+// A loop tile (K, V; in backward also Q, dout): padded rows for ldmatrix, or (WG) the
+// core-matrix layout that wgmma reads.
+template <int D, int ROWS, bool ROPE, bool WG>
+__device__ __forceinline__ void load_inner(bf16* s, const bf16* src, size_t ld, int row0, int T,
+                                           const float2* __restrict__ rope) {
+    static_assert(!(WG && ROPE), "the wgmma path takes q, k rotated before the kernels");
+    if constexpr (WG) load_tile_cm<D, ROWS>(s, src, ld, row0, T);
+    else load_tile<D, ROWS, ROPE>(s, src, ld, row0, T, rope);
+}
+// The WG kernels are launched only where the device image has sm_90a code (wgmma_built).
+__device__ __forceinline__ void trap_without_sm90a() {
+#if !defined(LNS_CUDA_EMU) && !LNS_SM90A && defined(__CUDA_ARCH__)
+    __trap();
+#endif
+}
+
+// ---- forward: grid (B*NH, query blocks), heaviest (last) query block first.
+// WG: S = Q K^T and O += P V on wgmma (sm_90a), the block's 4 warps being one
+// warpgroup, K and V tiles in the core-matrix layout; the accumulators have the
+// mma.sync layout, so the online softmax is the same code.
+template <int D, bool ROPE_ON_LOAD, bool WG>
 __global__ void __launch_bounds__(THREADS)
-    flash_forward_wgmma_kernel(bf16* __restrict__ out, float* __restrict__ lse, const HeadView q, const HeadView k,
-                               const HeadView v, int T, int NH, float scale) {
-#if defined(LNS_CUDA_EMU) || LNS_SM90A
+    flash_forward_kernel(bf16* __restrict__ out, float* __restrict__ lse, const HeadView q, const HeadView k,
+                         const HeadView v, const float2* __restrict__ rope, int T, int NH, float scale) {
     constexpr int S = ROW_STRIDE<D>;
+    if constexpr (WG) trap_without_sm90a();
     extern __shared__ __align__(16) unsigned char smem[];
-    bf16* sQ = reinterpret_cast<bf16*>(smem);  // (BLOCK, D), padded rows (ldmatrix)
-    bf16* sK = sQ + BLOCK * S;                 // (BLOCK, D), core matrices
-    bf16* sV = sK + BLOCK * D;                 // (BLOCK, D), core matrices
+    bf16* sQ = reinterpret_cast<bf16*>(smem);  // (BLOCK, D) each
+    bf16* sK = sQ + BLOCK * S;
+    bf16* sV = sK + BLOCK * S;
     const int bh = blockIdx.x, b = bh / NH, h = bh % NH, C = NH * D;
     const int qb = gridDim.y - 1 - blockIdx.y, q0 = qb * BLOCK;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tig = lane % 4;
-    const bf16 *kh = k.at(b, h), *vh = v.at(b, h);
-    const float sl2 = scale * LOG2E;
+    const bf16 *qh = q.at(b, h), *kh = k.at(b, h), *vh = v.at(b, h);
+    const float sl2 = scale * LOG2E;  // dot products to log2 units of the scaled scores
 
-    load_tile<D, BLOCK, false>(sQ, q.at(b, h), q.row, q0, T, nullptr);
-    load_tile_cm<D, BLOCK>(sK, kh, k.row, 0, T);
+    load_tile<D, BLOCK, ROPE_ON_LOAD>(sQ, qh, q.row, q0, T, rope);
+    load_inner<D, BLOCK, ROPE_ON_LOAD, WG>(sK, kh, k.row, 0, T, rope);
     cp_async_commit();
-    uint32_t qf[D / 16][4];
+    uint32_t qf[D / 16][4];  // this warp's 16 query rows as A fragments, loaded once
     float o[D / 8][4] = {};
-    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // raw max dot, partial row sums
     const int row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
-    for (int j = 0; j <= qb; j++) {
+    for (int j = 0; j <= qb; j++) {  // causal: no key tile beyond the diagonal
         cp_async_wait<0>();
-        fence_proxy_async();
+        if constexpr (WG) fence_proxy_async();  // the copies, for wgmma's reads
         __syncthreads();  // K_j (and Q) in smem; every warp done with V_{j-1}
-        load_tile_cm<D, BLOCK>(sV, vh, v.row, j * BLOCK, T);
+        load_inner<D, BLOCK, false, WG>(sV, vh, v.row, j * BLOCK, T, rope);  // lands during S = Q K^T
         cp_async_commit();
         if (j == 0) load_a_rows<D>(qf, sQ);
         float s[BLOCK / 8][4] = {};
-        wgmma_nt<BLOCK, D>(s, qf, sK);
+        if constexpr (WG) wgmma_nt<BLOCK, D>(s, qf, sK);
+        else mma_rs_nt<BLOCK / 8, D>(s, qf, sK, S);
         if (j == qb)
 #pragma unroll
             for (int nt = 0; nt < BLOCK / 8; nt++)
@@ -414,7 +360,8 @@ __global__ void __launch_bounds__(THREADS)
             for (int nt = 0; nt < BLOCK / 8; nt++) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            const float corr = exp2f((m[r] - mx) * sl2);
+            // finite: key j*BLOCK <= every row of this block, so no row is fully masked
+            const float corr = exp2f((m[r] - mx) * sl2);  // 0 on the first tile (m = -inf)
             m[r] = mx, l[r] *= corr;
 #pragma unroll
             for (int nt = 0; nt < D / 8; nt++) o[nt][2 * r] *= corr, o[nt][2 * r + 1] *= corr;
@@ -429,25 +376,23 @@ __global__ void __launch_bounds__(THREADS)
         uint32_t p[BLOCK / 16][4];
         acc_to_a<BLOCK / 8>(p, s);
         cp_async_wait<0>();
-        fence_proxy_async();
-        __syncthreads();  // V_j in smem; every warp's wgmma done with K_j (waited above)
-        if (j < qb) {
-            load_tile_cm<D, BLOCK>(sK, kh, k.row, (j + 1) * BLOCK, T);
+        if constexpr (WG) fence_proxy_async();
+        __syncthreads();  // V_j in smem; every warp done with K_j
+        if (j < qb) {     // K_{j+1} lands during O += P V
+            load_inner<D, BLOCK, ROPE_ON_LOAD, WG>(sK, kh, k.row, (j + 1) * BLOCK, T, rope);
             cp_async_commit();
         }
-        wgmma_nn<D, BLOCK>(o, p, sV);
+        if constexpr (WG) wgmma_nn<D, BLOCK>(o, p, sV);
+        else mma_rs_nn<D / 8, BLOCK>(o, p, sV, S);
     }
 #pragma unroll
     for (int r = 0; r < 2; r++) {
         l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
         l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
         if (row[r] >= T) continue;
-        store_row<D, false>(out + ((size_t)b * T + row[r]) * C + h * D, o, r, row[r], 1.0f / l[r], nullptr);
+        store_row<D, false>(out + ((size_t)b * T + row[r]) * C + h * D, o, r, row[r], 1.0f / l[r], rope);
         if (tig == 0) lse[(size_t)bh * T + row[r]] = m[r] * scale + logf(l[r]);
     }
-#elif defined(__CUDA_ARCH__)
-    __trap();  // launched only on sm_90 devices
-#endif
 }
 
 // ---- backward pre-pass: Dv[b,h,t] = dout[b,t,h,:] . out[b,t,h,:], one warp per row
@@ -472,15 +417,6 @@ __global__ void __launch_bounds__(THREADS)
     if (lane == 0) Dv[((size_t)(bt / T) * NH + h) * T + bt % T] = acc;
 }
 
-// A backward kernel's inner (loop) tile: padded rows for ldmatrix, or (WG) the
-// core-matrix layout that wgmma reads.
-template <int D, int ROWS, bool ROPE, bool WG>
-__device__ __forceinline__ void load_inner(bf16* s, const bf16* src, size_t ld, int row0, int T,
-                                           const float2* __restrict__ rope) {
-    static_assert(!(WG && ROPE), "the wgmma path takes q, k rotated before the kernels");
-    if constexpr (WG) load_tile_cm<D, ROWS>(s, src, ld, row0, T);
-    else load_tile<D, ROWS, ROPE>(s, src, ld, row0, T, rope);
-}
 // ---- dq: grid (B*NH, query blocks), heaviest first; loops over key tiles 0..diagonal,
 // double-buffered. dS = P (dP - Dv), dP = dout V^T; dq = scale * dS K, then rotated back.
 // WG: the three products on wgmma (sm_90a), inner tiles in the core-matrix layout.
@@ -491,9 +427,7 @@ __global__ void __launch_bounds__(THREADS)
                     const float2* __restrict__ rope, int T, int NH, float scale) {
     constexpr int S = ROW_STRIDE<D>, KN = INNER_BWD<D>;
     constexpr bool RL = R == Rope::on_load;
-#if !defined(LNS_CUDA_EMU) && !LNS_SM90A && defined(__CUDA_ARCH__)
-    if constexpr (WG) __trap();  // launched only where the image has sm_90a code
-#endif
+    if constexpr (WG) trap_without_sm90a();
     extern __shared__ __align__(16) unsigned char smem[];
     bf16* sQ = reinterpret_cast<bf16*>(smem);  // (BLOCK, D)
     bf16* sdO = sQ + BLOCK * S;                // (BLOCK, D)
@@ -586,9 +520,7 @@ __global__ void __launch_bounds__(THREADS)
                      const float2* __restrict__ rope, int T, int NH, float scale) {
     constexpr int S = ROW_STRIDE<D>, QN = INNER_BWD<D>;
     constexpr bool RL = R == Rope::on_load;
-#if !defined(LNS_CUDA_EMU) && !LNS_SM90A && defined(__CUDA_ARCH__)
-    if constexpr (WG) __trap();  // launched only where the image has sm_90a code
-#endif
+    if constexpr (WG) trap_without_sm90a();
     extern __shared__ __align__(16) unsigned char smem[];
     bf16* sK = reinterpret_cast<bf16*>(smem);  // (BLOCK, D)
     bf16* sV = sK + BLOCK * S;                 // (BLOCK, D)
@@ -687,7 +619,6 @@ const float2* rope_table(int T, int hs, float theta) {
 }
 
 template <int D> constexpr size_t forward_smem() { return 3 * BLOCK * ROW_STRIDE<D> * sizeof(bf16); }
-template <int D> constexpr size_t forward_wgmma_smem() { return BLOCK * (ROW_STRIDE<D> + 2 * D) * sizeof(bf16); }
 template <int D> constexpr size_t dq_smem() { return (2 * BLOCK + 4 * INNER_BWD<D>) * ROW_STRIDE<D> * sizeof(bf16); }
 template <int D> constexpr size_t dkv_smem() { return dq_smem<D>() + 4 * INNER_BWD<D> * sizeof(float); }
 
@@ -763,7 +694,7 @@ void flash_inputs(HeadView (&qkv_v)[3], const bf16* qkv, int B, int T, int C, in
 }
 
 // The launch sequences, shared by cuda_backend and the emulated tests.
-// wgmma: the sm_90a forward (the caller checks wgmma_built()); not with RoPE on load.
+// wgmma: the WG kernels (the caller checks wgmma_built()); RoPE is then rotated first.
 void flash_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH, float rope_theta,
                    bool rope_on_load, bool wgmma) {
     const int hs = check_flash("attention_flash_forward", B, T, C, NH, rope_theta, {out, qkv});
@@ -773,23 +704,17 @@ void flash_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, 
     flash_inputs(in, qkv, B, T, C, NH, rope_theta, mode);
     const float2* rope = mode == Rope::on_load ? rope_table(T, hs, rope_theta) : nullptr;
     const dim3 grid(B * NH, ceil_div(T, BLOCK));
-    if (wgmma) {
-        dispatch(hs, Rope::none, [&](auto d, auto) {
-            constexpr int D = decltype(d)::value;
-            auto* fwd = flash_forward_wgmma_kernel<D>;
-            static bool once = (allow_smem(fwd, forward_wgmma_smem<D>()), true);
-            (void)once;
-            LNS_LAUNCH(fwd, grid, THREADS, forward_wgmma_smem<D>(), out, lse, in[0], in[1], in[2], T, NH, scale);
-        });
-        cudaCheckLaunch();
-        return;
-    }
     dispatch(hs, mode, [&](auto d, auto r) {
         constexpr int D = decltype(d)::value;
-        auto* fwd = flash_forward_kernel<D, decltype(r)::value == Rope::on_load>;
-        static bool once = (allow_smem(fwd, forward_smem<D>()), true);
-        (void)once;
-        LNS_LAUNCH(fwd, grid, THREADS, forward_smem<D>(), out, lse, in[0], in[1], in[2], rope, T, NH, scale);
+        auto launch = [&](auto wg) {
+            auto* fwd = flash_forward_kernel<D, decltype(r)::value == Rope::on_load, decltype(wg)::value>;
+            static bool once = (allow_smem(fwd, forward_smem<D>()), true);
+            (void)once;
+            LNS_LAUNCH(fwd, grid, THREADS, forward_smem<D>(), out, lse, in[0], in[1], in[2], rope, T, NH, scale);
+        };
+        if constexpr (decltype(r)::value == Rope::on_load) launch(std::false_type{});  // wgmma: plain tiles only
+        else if (wgmma) launch(std::true_type{});
+        else launch(std::false_type{});
     });
     cudaCheckLaunch();
 }

@@ -118,6 +118,23 @@ void fiber_main() {
 float bf16_lo(uint32_t r) { return __bfloat162float(__ushort_as_bfloat16((unsigned short)(r & 0xffff))); }
 float bf16_hi(uint32_t r) { return __bfloat162float(__ushort_as_bfloat16((unsigned short)(r >> 16))); }
 
+// The 16 x 16 A operand of a warp's m16n8k16 fragments (lanes[l].in[0..3]), g = lane/4,
+// t = lane%4: a0 (g, 2t..), a1 (g+8, 2t..), a2 (g, 2t+8..), a3 (g+8, 2t+8..); wgmma takes
+// each warp's 16 rows of A from registers in the same layout.
+void unpack_a(const Thread* lanes, float (&A)[16][16]) {
+    for (int l = 0; l < 32; l++) {
+        const int gr = l / 4, t = l % 4;
+        const uint32_t* a = lanes[l].in;
+        for (int j = 0; j < 2; j++) {
+            auto half = [&](uint32_t r) { return j ? bf16_hi(r) : bf16_lo(r); };
+            A[gr][2 * t + j] = half(a[0]);
+            A[gr + 8][2 * t + j] = half(a[1]);
+            A[gr][2 * t + 8 + j] = half(a[2]);
+            A[gr + 8][2 * t + 8 + j] = half(a[3]);
+        }
+    }
+}
+
 // Executes the collective all 32 lanes of warp w wait in.
 void resolve(Thread* lanes) {
     const Op op = lanes[0].op;
@@ -150,21 +167,15 @@ void resolve(Thread* lanes) {
         }
         break;
     case Op::mma: {
-        // m16n8k16, A row-major 16x16, B column-major 16x8, C/D 16x8; g = lane/4, t = lane%4:
-        // a0 (g, 2t..), a1 (g+8, 2t..), a2 (g, 2t+8..), a3 (g+8, 2t+8..);
-        // b0 (k 2t.., n g), b1 (k 2t+8.., n g); c0,c1 (g, 2t..), c2,c3 (g+8, 2t..)
+        // m16n8k16, A row-major 16x16 (unpack_a), B column-major 16x8, C/D 16x8; g = lane/4,
+        // t = lane%4: b0 (k 2t.., n g), b1 (k 2t+8.., n g); c0,c1 (g, 2t..), c2,c3 (g+8, 2t..)
         float A[16][16], B[16][8], C[16][8];
+        unpack_a(lanes, A);
         for (int l = 0; l < 32; l++) {
             const int gr = l / 4, t = l % 4;
-            const uint32_t* a = lanes[l].in;
             for (int j = 0; j < 2; j++) {
-                auto half = [&](uint32_t r) { return j ? bf16_hi(r) : bf16_lo(r); };
-                A[gr][2 * t + j] = half(a[0]);
-                A[gr + 8][2 * t + j] = half(a[1]);
-                A[gr][2 * t + 8 + j] = half(a[2]);
-                A[gr + 8][2 * t + 8 + j] = half(a[3]);
-                B[2 * t + j][gr] = half(a[4]);
-                B[2 * t + 8 + j][gr] = half(a[5]);
+                B[2 * t + j][gr] = j ? bf16_hi(lanes[l].in[4]) : bf16_lo(lanes[l].in[4]);
+                B[2 * t + 8 + j][gr] = j ? bf16_hi(lanes[l].in[5]) : bf16_lo(lanes[l].in[5]);
                 C[gr][2 * t + j] = lanes[l].acc[j];
                 C[gr + 8][2 * t + j] = lanes[l].acc[2 + j];
             }
@@ -244,17 +255,7 @@ void resolve_wgmma(Thread* th) {
     for (int w = 0; w < 4; w++) {
         Thread* lanes = th + 32 * w;
         float A[16][16];
-        for (int l = 0; l < 32; l++) {
-            const int gr = l / 4, t = l % 4;
-            const uint32_t* a = lanes[l].in;
-            for (int j = 0; j < 2; j++) {
-                auto half = [&](uint32_t r) { return j ? bf16_hi(r) : bf16_lo(r); };
-                A[gr][2 * t + j] = half(a[0]);
-                A[gr + 8][2 * t + j] = half(a[1]);
-                A[gr][2 * t + 8 + j] = half(a[2]);
-                A[gr + 8][2 * t + 8 + j] = half(a[3]);
-            }
-        }
+        unpack_a(lanes, A);
         for (int l = 0; l < 32; l++) {
             const int gr = l / 4, t = l % 4;
             std::vector<float>& acc = lanes[l].wg_acc;  // acc[4 nt' + e]: row gr + 8(e/2), column 8nt' + 2t + e%2
