@@ -100,6 +100,7 @@ void cuda_backend::init(int device) {
     // Default math: tensor cores for bf16, and no TF32 for fp32 (the FP32 build stays fp32).
     cublasCheck(cublasSetMathMode(g_cublas, CUBLAS_DEFAULT_MATH));
     g_device = device;
+    (void)attention_flash_has_wgmma();  // reads the device image's flag once, here, outside any stream work
 }
 
 void cuda_backend::describe(char* buf, size_t n) {

@@ -89,6 +89,7 @@ template <int N, int K, int DV>
 void probe_wgmma(float* s, float* o, const bf16* a1, const bf16* b1, const bf16* a2, const bf16* b2) {
     auto* kernel = probe_wgmma_kernel<N, K, DV>;
     const size_t bytes = (64 * ROW_STRIDE<K> + N * K + 64 * ROW_STRIDE<N> + N * DV) * sizeof(bf16);
+    allow_smem(kernel, bytes);  // 58 KiB at (64, 128, 128)
     LNS_LAUNCH(kernel, 1, THREADS, bytes, s, o, a1, b1, a2, b2);
     cudaCheckLaunch();
 }

@@ -224,13 +224,15 @@ void start_fiber(Thread& t, int i) {
     t.wg_fenced = false;
 }
 
-// Executes the wgmma all 128 threads of a warpgroup wait in: D (64 x N) += A B, warp w
-// giving rows 16w.. of A (mma.sync A fragments) and holding rows 16w.. of D.
+// Executes one warp's part of a wgmma: rows 16w..16w+15 of D (64 x N) += A B, the warp
+// giving those rows of A (mma.sync A fragments) and holding those rows of D. .sync waits
+// for the warp only, so each warp reads B when it gets there: a warp that runs ahead
+// and overwrites a tile another warp's wgmma has yet to read is caught.
 void resolve_wgmma(Thread* th) {
     const int nt = th[0].nt, N = 8 * nt;
-    for (int i = 0; i < 128; i++)
+    for (int i = 0; i < 32; i++)
         if (th[i].op != Op::wgmma || th[i].nt != nt || th[i].desc != th[0].desc || th[i].trans != th[0].trans)
-            fail("threads of one warpgroup wait in different wgmma operations");
+            fail("lanes of one warp wait in different wgmma operations");
     const uint64_t desc = th[0].desc;
     if ((desc >> 62) != 0 || ((desc >> 49) & 7) != 0) fail("wgmma: only unswizzled descriptors are emulated");
     const size_t start = (desc & 0x3FFF) << 4, lbo = ((desc >> 16) & 0x3FFF) << 4, sbo = ((desc >> 32) & 0x3FFF) << 4;
@@ -252,23 +254,20 @@ void resolve_wgmma(Thread* th) {
             std::memcpy(&u, g.smem + off, 2);
             Bm[k * N + n] = __bfloat162float(__ushort_as_bfloat16(u));
         }
-    for (int w = 0; w < 4; w++) {
-        Thread* lanes = th + 32 * w;
-        float A[16][16];
-        unpack_a(lanes, A);
-        for (int l = 0; l < 32; l++) {
-            const int gr = l / 4, t = l % 4;
-            std::vector<float>& acc = lanes[l].wg_acc;  // acc[4 nt' + e]: row gr + 8(e/2), column 8nt' + 2t + e%2
-            for (int q = 0; q < nt; q++)
-                for (int e = 0; e < 4; e++) {
-                    const int m = gr + 8 * (e / 2), n = 8 * q + 2 * t + e % 2;
-                    double sum = acc[4 * q + e];
-                    for (int k = 0; k < 16; k++) sum += (double)A[m][k] * Bm[k * N + n];
-                    acc[4 * q + e] = (float)sum;
-                }
-        }
+    float A[16][16];
+    unpack_a(th, A);
+    for (int l = 0; l < 32; l++) {
+        const int gr = l / 4, t = l % 4;
+        std::vector<float>& acc = th[l].wg_acc;  // acc[4 nt' + e]: row gr + 8(e/2), column 8nt' + 2t + e%2
+        for (int q = 0; q < nt; q++)
+            for (int e = 0; e < 4; e++) {
+                const int m = gr + 8 * (e / 2), n = 8 * q + 2 * t + e % 2;
+                double sum = acc[4 * q + e];
+                for (int k = 0; k < 16; k++) sum += (double)A[m][k] * Bm[k * N + n];
+                acc[4 * q + e] = (float)sum;
+            }
     }
-    for (int i = 0; i < 128; i++) {
+    for (int i = 0; i < 32; i++) {
         Thread& t = th[i];
         t.wg_pending.push_back({t.wg_dst, t.wg_acc, -1});
         t.state = State::ready;
@@ -305,14 +304,9 @@ void run_block() {
                 done += lanes[l].state == State::done;
             }
             if (waiting == 32 && lanes[0].op == Op::wgmma) {
-                Thread* group = &g.threads[128 * (w / 4)];
                 if (warps < 4 * (w / 4 + 1)) fail("wgmma in a block without a whole warpgroup");
-                int ready = 0;
-                for (int i = 0; i < 128; i++) ready += group[i].state == State::collective && group[i].op == Op::wgmma;
-                if (ready == 128) {
-                    resolve_wgmma(group);
-                    progressed = true;
-                }
+                resolve_wgmma(lanes);
+                progressed = true;
             } else if (waiting == 32) {
                 resolve(lanes);
                 progressed = true;
@@ -342,8 +336,29 @@ const Index& thread_idx() { return self("threadIdx")->idx; }
 
 void set_order(Order o) { g.order = o; }
 
-void launch(dim3 grid, dim3 block, size_t smem_bytes, unsigned char* smem, const std::function<void()>& fn) {
+namespace {
+std::vector<std::pair<const void*, size_t>> g_smem_optin;  // kernel, opted-in dynamic bytes
+}
+void set_max_dynamic_smem(const void* kernel, size_t bytes) {
+    for (auto& k : g_smem_optin)
+        if (k.first == kernel) {
+            k.second = bytes;
+            return;
+        }
+    g_smem_optin.push_back({kernel, bytes});
+}
+
+void launch(dim3 grid, dim3 block, size_t smem_bytes, unsigned char* smem, const std::function<void()>& fn,
+            const void* kernel) {
     const size_t n = (size_t)block.x * block.y * block.z;
+    if (smem_bytes > 48 * 1024) {  // CUDA refuses these without cudaFuncSetAttribute
+        size_t allowed = 48 * 1024;
+        for (const auto& k : g_smem_optin)
+            if (k.first == kernel) allowed = k.second;
+        if (smem_bytes > allowed)
+            throw Error("launch: " + std::to_string(smem_bytes) + " bytes of dynamic shared memory without "
+                        "cudaFuncAttributeMaxDynamicSharedMemorySize (CUDA fails such a launch)");
+    }
     if (n == 0 || n % 32 != 0 || n > 1024) throw Error("launch: block size must be a multiple of 32, at most 1024");
     if (smem_bytes > SMEM_CAPACITY) throw Error("launch: " + std::to_string(smem_bytes) + " bytes of shared memory");
     if (grid.x == 0 || grid.y == 0 || grid.z == 0) throw Error("launch: empty grid");

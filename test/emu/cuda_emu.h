@@ -14,8 +14,9 @@
 //     cp.async.wait_group that retires its group, so a read before the wait sees NaNs;
 //     until a barrier, only the waiting thread may read what landed (ldmatrix and wgmma
 //     fail otherwise), and wgmma also needs that thread's fence.proxy.async;
-//   - wgmma (m64nNk16, bf16, A from registers, B from a no-swizzle descriptor) waits for
-//     the 128 threads of the warpgroup and decodes the descriptor by the PTX ISA's
+//   - wgmma (m64nNk16, bf16, A from registers, B from a no-swizzle descriptor) runs per
+//     warp (.sync waits for the warp only: each warp reads B when it arrives, its 16 rows
+//     of A and D), and decodes the descriptor by the PTX ISA's
 //     canonical layouts; it needs a wgmma.fence since the thread's last wait, its
 //     registers read NaN until the wgmma.wait_group that retires it, and later wgmmas
 //     into the same registers chain on the pending values;
@@ -23,6 +24,9 @@
 //     blocks on a barrier or exits before the next one runs, so a warp gets as far
 //     ahead of the others as the code allows and a missing barrier lets it overwrite
 //     a tile another warp still reads. Order::reverse runs the last warp first.
+//
+//   - a launch over 48 KiB of dynamic shared memory fails unless cudaFuncSetAttribute
+//     raised the kernel's limit, as on a GPU.
 //
 // What is not: timing, the memory model beyond the above, bank conflicts, register
 // limits, and the compiler's code generation. The [gpu] tests cover those.
@@ -70,7 +74,11 @@ constexpr size_t SMEM_CAPACITY = 228 * 1024;  // an H100/H200 SM's shared memory
 
 // Runs fn once per thread of every block of the grid. smem is the translation unit's
 // shared-memory array; smem_bytes the launch's dynamic size (accesses beyond it fail).
-void launch(dim3 grid, dim3 block, size_t smem_bytes, unsigned char* smem, const std::function<void()>& fn);
+// Launches over 48 KiB of dynamic shared memory need set_max_dynamic_smem(kernel) first,
+// as cudaFuncSetAttribute on a GPU.
+void launch(dim3 grid, dim3 block, size_t smem_bytes, unsigned char* smem, const std::function<void()>& fn,
+            const void* kernel);
+void set_max_dynamic_smem(const void* kernel, size_t bytes);
 void set_order(Order o);
 
 void syncthreads();
@@ -131,13 +139,15 @@ using std::min;
 inline uint32_t __cvta_generic_to_shared(const void* p) { return emu::smem_offset(p); }
 
 // The runtime calls the kernel headers' host code makes, as no-ops.
-#define cudaFuncSetAttribute(kernel, attr, value) ((void)(kernel), (void)(value), cudaSuccess)
+#define cudaFuncSetAttribute(kernel, attr, value) \
+    (emu::set_max_dynamic_smem(reinterpret_cast<const void*>(kernel), (size_t)(value)), cudaSuccess)
 #define cudaGetLastError() cudaSuccess
 // Scratch buffers in host memory; see cuda_emu.cpp.
 #define cuda_scratch emu_cuda_scratch
 // kernel<<<grid, block, smem, stream>>>(args...) as a call per emulated thread
 #define LNS_LAUNCH(kernel, grid, block, smem_bytes, ...) \
-    emu::launch((grid), (block), (smem_bytes), emu_smem, [&] { (kernel)(__VA_ARGS__); })
+    emu::launch((grid), (block), (smem_bytes), emu_smem, [&] { (kernel)(__VA_ARGS__); }, \
+                reinterpret_cast<const void*>(kernel))
 
 // The shared memory of this translation unit's kernels: `extern __shared__ ... smem[]`
 // in a kernel names it.
