@@ -320,7 +320,7 @@ __global__ void __launch_bounds__(THREADS)
                          const HeadView v, const float2* __restrict__ rope, int T, int NH, float scale) {
     constexpr int S = ROW_STRIDE<D>;
     if constexpr (WG) trap_without_sm90a();
-    extern __shared__ __align__(16) unsigned char smem[];
+    unsigned char* smem = dynamic_smem();
     bf16* sQ = reinterpret_cast<bf16*>(smem);  // (BLOCK, D) each
     bf16* sK = sQ + BLOCK * S;
     bf16* sV = sK + BLOCK * S;
@@ -428,7 +428,7 @@ __global__ void __launch_bounds__(THREADS)
     constexpr int S = ROW_STRIDE<D>, KN = INNER_BWD<D>;
     constexpr bool RL = R == Rope::on_load;
     if constexpr (WG) trap_without_sm90a();
-    extern __shared__ __align__(16) unsigned char smem[];
+    unsigned char* smem = dynamic_smem();
     bf16* sQ = reinterpret_cast<bf16*>(smem);  // (BLOCK, D)
     bf16* sdO = sQ + BLOCK * S;                // (BLOCK, D)
     bf16* sK = sdO + BLOCK * S;                // 2 x (KN, D)
@@ -521,7 +521,7 @@ __global__ void __launch_bounds__(THREADS)
     constexpr int S = ROW_STRIDE<D>, QN = INNER_BWD<D>;
     constexpr bool RL = R == Rope::on_load;
     if constexpr (WG) trap_without_sm90a();
-    extern __shared__ __align__(16) unsigned char smem[];
+    unsigned char* smem = dynamic_smem();
     bf16* sK = reinterpret_cast<bf16*>(smem);  // (BLOCK, D)
     bf16* sV = sK + BLOCK * S;                 // (BLOCK, D)
     bf16* sQ = sV + BLOCK * S;                 // 2 x (QN, D)

@@ -149,6 +149,15 @@ __device__ __forceinline__ void stochastic_round(float in, float* out, uint32_t,
 
 inline int ceil_div(long a, long b) { return (int)((a + b - 1) / b); }
 
+// The block's dynamic shared memory (a launch's third parameter), 16-byte aligned.
+// test/emu/cuda_emu.h defines it first for the CPU emulator.
+#ifndef LNS_CUDA_EMU
+__device__ __forceinline__ unsigned char* dynamic_smem() {
+    extern __shared__ __align__(16) unsigned char lns_dynamic_smem[];
+    return lns_dynamic_smem;
+}
+#endif
+
 // kernel<<<grid, block, smem, g_stream>>>(args...); kernel is a name or a pointer.
 // test/emu/cuda_emu.h defines it first to run kernels on the CPU emulator.
 #ifndef LNS_LAUNCH

@@ -24,7 +24,7 @@ __device__ __forceinline__ void store_acc(float* dst, int ld, const float (&acc)
 __global__ void __launch_bounds__(THREADS) probe_mma_kernel(float* c_nt, float* c_nn, const bf16* a, const bf16* b_nt,
                                                             const bf16* b_nn, int a_rows) {
     constexpr int S = ROW_STRIDE<16>;
-    extern __shared__ __align__(16) unsigned char smem[];
+    unsigned char* smem = dynamic_smem();
     bf16* sA = reinterpret_cast<bf16*>(smem);
     bf16* sBt = sA + 16 * S;
     bf16* sBn = sBt + 16 * S;
@@ -52,7 +52,7 @@ template <int N, int K, int DV>
 __global__ void __launch_bounds__(THREADS) probe_wgmma_kernel(float* s_out, float* o_out, const bf16* a1,
                                                               const bf16* b1, const bf16* a2, const bf16* b2) {
 #if defined(LNS_CUDA_EMU) || LNS_SM90A
-    extern __shared__ __align__(16) unsigned char smem[];
+    unsigned char* smem = dynamic_smem();
     bf16* sA1 = reinterpret_cast<bf16*>(smem);  // padded rows (ldmatrix)
     bf16* sB1 = sA1 + 64 * ROW_STRIDE<K>;         // core matrices
     bf16* sA2 = sB1 + N * K;                      // padded rows

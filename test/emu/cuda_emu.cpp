@@ -348,8 +348,7 @@ void set_max_dynamic_smem(const void* kernel, size_t bytes) {
     g_smem_optin.push_back({kernel, bytes});
 }
 
-void launch(dim3 grid, dim3 block, size_t smem_bytes, unsigned char* smem, const std::function<void()>& fn,
-            const void* kernel) {
+void launch(dim3 grid, dim3 block, size_t smem_bytes, const std::function<void()>& fn, const void* kernel) {
     const size_t n = (size_t)block.x * block.y * block.z;
     if (smem_bytes > 48 * 1024) {  // CUDA refuses these without cudaFuncSetAttribute
         size_t allowed = 48 * 1024;
@@ -364,7 +363,8 @@ void launch(dim3 grid, dim3 block, size_t smem_bytes, unsigned char* smem, const
     if (grid.x == 0 || grid.y == 0 || grid.z == 0) throw Error("launch: empty grid");
     g.threads.resize(n);
     g.fn = &fn;
-    g.smem = smem;
+    alignas(128) static unsigned char memory[SMEM_CAPACITY];
+    g.smem = memory;
     g.smem_bytes = smem_bytes;
     grid_dim = Index{grid.x, grid.y, grid.z};
     block_dim = Index{block.x, block.y, block.z};
@@ -439,6 +439,11 @@ void cp_async_wait(int pending_groups) {
             keep.push_back(c);
         }
     t->copies.swap(keep);
+}
+
+unsigned char* dynamic_smem() {
+    self("dynamic shared memory");
+    return g.smem;
 }
 
 uint32_t smem_offset(const void* p) {

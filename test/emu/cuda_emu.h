@@ -31,6 +31,9 @@
 // What is not: timing, the memory model beyond the above, bank conflicts, register
 // limits, and the compiler's code generation. The [gpu] tests cover those.
 #pragma once
+#ifndef LNS_CUDA_EMU
+#define LNS_CUDA_EMU  // kernel headers included after this one compile for the emulator
+#endif
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -58,7 +61,9 @@
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
 #define __grid_constant__
-#define __shared__
+// static shared arrays are one per kernel instantiation, which serves every block as
+// blocks run one after another; dynamic shared memory is dynamic_smem()
+#define __shared__ static
 
 namespace emu {
 
@@ -76,8 +81,7 @@ constexpr size_t SMEM_CAPACITY = 228 * 1024;  // an H100/H200 SM's shared memory
 // shared-memory array; smem_bytes the launch's dynamic size (accesses beyond it fail).
 // Launches over 48 KiB of dynamic shared memory need set_max_dynamic_smem(kernel) first,
 // as cudaFuncSetAttribute on a GPU.
-void launch(dim3 grid, dim3 block, size_t smem_bytes, unsigned char* smem, const std::function<void()>& fn,
-            const void* kernel);
+void launch(dim3 grid, dim3 block, size_t smem_bytes, const std::function<void()>& fn, const void* kernel);
 void set_max_dynamic_smem(const void* kernel, size_t bytes);
 void set_order(Order o);
 
@@ -93,6 +97,7 @@ void wgmma_wait(int pending_groups);
 void wgmma_fence();
 void fence_proxy_async();
 uint32_t smem_offset(const void* p);
+unsigned char* dynamic_smem();
 void cp_async_commit();
 void cp_async_wait(int pending_groups);
 
@@ -146,15 +151,9 @@ inline uint32_t __cvta_generic_to_shared(const void* p) { return emu::smem_offse
 #define cuda_scratch emu_cuda_scratch
 // kernel<<<grid, block, smem, stream>>>(args...) as a call per emulated thread
 #define LNS_LAUNCH(kernel, grid, block, smem_bytes, ...) \
-    emu::launch((grid), (block), (smem_bytes), emu_smem, [&] { (kernel)(__VA_ARGS__); }, \
-                reinterpret_cast<const void*>(kernel))
+    emu::launch((grid), (block), (smem_bytes), [&] { (kernel)(__VA_ARGS__); }, reinterpret_cast<const void*>(kernel))
 
-// The shared memory of this translation unit's kernels: `extern __shared__ ... smem[]`
-// in a kernel names it.
-namespace {
-[[maybe_unused]] __attribute__((aligned(16))) unsigned char emu_smem[emu::SMEM_CAPACITY];
-}
-#define smem emu_smem
+inline unsigned char* dynamic_smem() { return emu::dynamic_smem(); }
 
 // The PTX wrappers of kernels/ptx.cuh, emulated.
 __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) { emu::ldmatrix_x4(r, p, false); }

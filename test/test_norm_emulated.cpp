@@ -1,0 +1,123 @@
+// The fused residual + norm + LayerNorm Scaling kernels' own source (kernels/norm.cuh)
+// on the CPU emulator of test/emu, against the CPU twin, with the bounds of the [gpu]
+// tests in test/test_cuda_ops.cpp: inputs in bf16, each output rounded once to bf16
+// (U = 2^-8 relative) after fp32 arithmetic (ACC = 1e-5 against the CPU's fp32 in a
+// different order). Covers both forward modes (a warp per row, C <= 1024, and a block
+// per row), the 128-bit and scalar paths, both backward row splits (one row group, and
+// several combined through shared memory), the fixed-order dw/db reduction, and that
+// no result depends on which warp runs ahead.
+#include <catch2/catch.hpp>
+
+#if defined(LNS_CUDA) && !defined(ENABLE_FP32)
+#include "test/emu/cuda_emu.h"
+// after the emulator
+#include "cpu/cpu_backend.h"
+#include "kernels/norm.cuh"
+#include "test/test_util.h"
+
+namespace {
+
+constexpr double U = 1.0 / 256, ACC = 1e-5, TOL = U + ACC;
+
+using bf16 = __nv_bfloat16;
+
+// bf16 values (as the device stores them) and the same values in fp32
+struct Bf16Vec {
+    std::vector<bf16> v;
+    std::vector<float> f;
+    explicit Bf16Vec(const std::vector<float>& x) {
+        for (float a : x) v.push_back(__float2bfloat16_rn(a)), f.push_back(__bfloat162float(v.back()));
+    }
+    explicit Bf16Vec(size_t n) : v(n, __float2bfloat16_rn(NAN)), f(n, NAN) {}
+    std::vector<float> get() const {
+        std::vector<float> r;
+        for (bf16 a : v) r.push_back(__bfloat162float(a));
+        return r;
+    }
+};
+std::vector<float> rand_v(size_t n, uint64_t seed, float std = 1.0f, float offset = 0.0f) {
+    auto v = randn(n, seed, std);
+    for (auto& x : v) x += offset;
+    return v;
+}
+const char* name(NormKind k) { return k == NormKind::layernorm ? "layernorm" : "rmsnorm"; }
+
+}  // namespace
+
+TEST_CASE("the fused norm + LNS kernels, run on the CPU emulator, match the CPU twin", "[norm][emulation]") {
+    for (NormKind kind : {NormKind::layernorm, NormKind::rmsnorm})
+        for (NormScheme scheme : {NormScheme::pre, NormScheme::lns})
+            for (int C : {32, 40, 771, 1032})  // 1032: a block per row; 771: the scalar path
+                for (int N : {1, 7}) {
+                    DYNAMIC_SECTION(name(kind) << " " << to_string(scheme) << " C " << C << " N " << N) {
+                        const bool ln = kind == NormKind::layernorm;
+                        const int layer = 3;
+                        const size_t NC = (size_t)N * C;
+                        const Bf16Vec x(rand_v(NC, 10 + C, 1.0f, 0.5f)), y(rand_v(NC, 11 + C));
+                        const Bf16Vec w(rand_v(C, 12, 0.3f, 1.0f)), b(rand_v(C, 13, 0.3f));
+                        Bf16Vec res(NC), out(NC);
+                        std::vector<float> mean(N, NAN), rstd(N, NAN);
+                        norm_forward(res.v.data(), out.v.data(), ln ? mean.data() : nullptr, rstd.data(), x.v.data(),
+                                     y.v.data(), 1.0f, w.v.data(), ln ? b.v.data() : nullptr, N, C, kind, 1e-5f,
+                                     scheme, layer);
+                        // the kernel normalises the residual as stored (rounded); so does the reference
+                        std::vector<float> r_res(NC), r_out(NC), r_mean(N), r_rstd(N);
+                        cpu_backend::residual_norm_forward(r_res.data(), r_out.data(), r_mean.data(), r_rstd.data(),
+                                                           x.f.data(), y.f.data(), 1.0f, w.f.data(),
+                                                           ln ? b.f.data() : nullptr, N, C, kind, 1e-5f, scheme, layer);
+                        CHECK(max_rel_err(res.get(), r_res) <= TOL);
+                        const auto stored = res.get();
+                        cpu_backend::residual_norm_forward(nullptr, r_out.data(), r_mean.data(), r_rstd.data(),
+                                                           stored.data(), nullptr, 1.0f, w.f.data(),
+                                                           ln ? b.f.data() : nullptr, N, C, kind, 1e-5f, scheme, layer);
+                        CHECK(max_rel_err(out.get(), r_out) <= TOL);
+                        CHECK(max_rel_err(rstd, r_rstd) <= ACC);
+                        if (ln) CHECK(max_rel_err(mean, r_mean) <= ACC);
+
+                        // backward (pre-type: dres given), against the CPU on the same inputs
+                        const Bf16Vec dout(rand_v(NC, 22)), dres(rand_v(NC, 23)), dw0(rand_v(C, 24)), db0(rand_v(C, 25));
+                        Bf16Vec dx(NC), dw = dw0, db = db0;
+                        norm_backward(dx.v.data(), nullptr, dw.v.data(), ln ? db.v.data() : nullptr, dout.v.data(),
+                                      dres.v.data(), res.v.data(), w.v.data(), ln ? mean.data() : nullptr, rstd.data(),
+                                      1.0f, N, C, kind, scheme, layer);
+                        std::vector<float> r_dx(NC), r_dw = dw0.f, r_db = db0.f;
+                        cpu_backend::residual_norm_backward(r_dx.data(), nullptr, r_dw.data(), ln ? r_db.data() : nullptr,
+                                                            dout.f.data(), dres.f.data(), stored.data(), w.f.data(),
+                                                            mean.data(), rstd.data(), 1.0f, N, C, kind, scheme, layer);
+                        CHECK(max_rel_err(dx.get(), r_dx) <= TOL);
+                        CHECK(max_rel_err(dw.get(), r_dw) <= TOL);
+                        if (ln) CHECK(max_rel_err(db.get(), r_db) <= TOL);
+                    }
+                }
+}
+
+TEST_CASE("the fused norm backward gives the same bits whichever warp runs ahead", "[norm][emulation]") {
+    // 70 rows of 40 channels: several row groups per block, combined through shared memory
+    const int N = 70, C = 40, layer = 5;
+    const size_t NC = (size_t)N * C;
+    const Bf16Vec res(rand_v(NC, 30, 1.0f, 0.3f)), w(rand_v(C, 31, 0.3f, 1.0f)), dout(rand_v(NC, 32));
+    const Bf16Vec dw0(rand_v(C, 33)), db0(rand_v(C, 34));
+    std::vector<float> mean(N), rstd(N), out(NC);
+    cpu_backend::residual_norm_forward(nullptr, out.data(), mean.data(), rstd.data(), res.f.data(), nullptr, 1.0f,
+                                       w.f.data(), nullptr, N, C, NormKind::layernorm, 1e-5f, NormScheme::lns, layer);
+    std::vector<float> got[2];
+    for (int o = 0; o < 2; o++) {
+        Bf16Vec dx(NC), dy(NC), dw = dw0, db = db0;
+        emu::set_order(o ? emu::Order::reverse : emu::Order::forward);
+        norm_backward(dx.v.data(), dy.v.data(), dw.v.data(), db.v.data(), dout.v.data(), nullptr, res.v.data(),
+                      w.v.data(), mean.data(), rstd.data(), 1.6f, N, C, NormKind::layernorm, NormScheme::lns, layer);
+        emu::set_order(emu::Order::forward);
+        for (const Bf16Vec* v : {&dx, &dy, &dw, &db})
+            for (float f : v->get()) got[o].push_back(f);
+    }
+    CHECK(std::memcmp(got[0].data(), got[1].data(), got[0].size() * 4) == 0);
+    std::vector<float> r_dx(NC), r_dy(NC), r_dw = dw0.f, r_db = db0.f;
+    cpu_backend::residual_norm_backward(r_dx.data(), r_dy.data(), r_dw.data(), r_db.data(), dout.f.data(), nullptr,
+                                        res.f.data(), w.f.data(), mean.data(), rstd.data(), 1.6f, N, C,
+                                        NormKind::layernorm, NormScheme::lns, layer);
+    std::vector<float> want;
+    for (const auto* v : {&r_dx, &r_dy, &r_dw, &r_db}) want.insert(want.end(), v->begin(), v->end());
+    CHECK(max_rel_err(got[0], want) <= TOL);
+}
+
+#endif
