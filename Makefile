@@ -77,7 +77,7 @@ $(BUILD)/%.o: %.cpp
 
 # kernel source compiled for the CPU emulator (test/emu): CUDA's pragmas mean nothing to g++, and
 # its guarded reads of arrays filled under the same guard look uninitialised to it
-$(BUILD)/test/test_flash_emulated.o $(BUILD)/test/test_ptx_probe.o $(BUILD)/test/test_norm_emulated.o \
+$(BUILD)/test/test_flash_emulated.o $(BUILD)/test/test_ptx_probe.o $(BUILD)/test/test_ops_emulated.o \
 	$(BUILD)/test/emu/cuda_emu.o: CXXFLAGS += -Wno-unknown-pragmas -Wno-maybe-uninitialized
 
 $(BUILD)/kernels/%.o: kernels/%.cu

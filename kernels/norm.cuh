@@ -15,7 +15,7 @@
 // The grid, the row split and every reduction order depend only on (N, C), never
 // on the device or on timing: the same inputs give the same bits.
 // The kernels and their launches, shared by norm.cu (cuda_backend) and the emulated
-// tests (test/test_norm_emulated.cpp).
+// tests (test/test_ops_emulated.cpp).
 #pragma once
 #include <algorithm>
 #include <cstdint>

@@ -21,7 +21,7 @@ namespace {
 constexpr size_t STACK_BYTES = 256 * 1024;
 
 enum class State { ready, barrier, collective, done };
-enum class Op { none, shfl, ldmatrix, ldmatrix_trans, mma, wgmma };
+enum class Op { none, shfl, shfl_down, ldmatrix, ldmatrix_trans, mma, wgmma };
 
 struct AsyncCopy {
     unsigned char* dst;
@@ -139,11 +139,14 @@ void unpack_a(const Thread* lanes, float (&A)[16][16]) {
 void resolve(Thread* lanes) {
     const Op op = lanes[0].op;
     for (int l = 0; l < 32; l++)
-        if (lanes[l].op != op || (op == Op::shfl && lanes[l].arg != lanes[0].arg))
+        if (lanes[l].op != op || ((op == Op::shfl || op == Op::shfl_down) && lanes[l].arg != lanes[0].arg))
             fail("lanes of one warp wait in different collectives");
     switch (op) {
     case Op::shfl:
         for (int l = 0; l < 32; l++) lanes[l].out[0] = lanes[l ^ lanes[0].arg].in[0];
+        break;
+    case Op::shfl_down:  // lanes past the end keep their own value
+        for (int l = 0; l < 32; l++) lanes[l].out[0] = lanes[l + lanes[0].arg < 32 ? l + lanes[0].arg : l].in[0];
         break;
     case Op::ldmatrix:
     case Op::ldmatrix_trans:
@@ -381,10 +384,10 @@ void syncthreads() {
     block_on(State::barrier);
 }
 
-uint32_t shfl_xor(uint32_t v, int lane_mask) {
-    Thread* t = self("__shfl_xor_sync");
-    if (lane_mask < 0 || lane_mask > 31) fail("__shfl_xor_sync: lane mask out of range");
-    t->op = Op::shfl, t->arg = lane_mask, t->in[0] = v;
+uint32_t shfl(uint32_t v, int arg, bool down) {
+    Thread* t = self("__shfl_sync");
+    if (arg < 0 || arg > 31) fail("__shfl_xor_sync / __shfl_down_sync: lane argument out of range");
+    t->op = down ? Op::shfl_down : Op::shfl, t->arg = arg, t->in[0] = v;
     block_on(State::collective);
     t->op = Op::none;
     return t->out[0];

@@ -7,7 +7,7 @@
 //   - every thread of a block is a fiber (ucontext) with its own stack; blocks run one
 //     after another, each starting with shared memory filled with 0xFF (NaN in bf16
 //     and fp32), so a read before a write poisons the result;
-//   - __syncthreads is a block barrier; warp collectives (__shfl_xor_sync, ldmatrix,
+//   - __syncthreads is a block barrier; warp collectives (__shfl_xor/down_sync, ldmatrix,
 //     mma.sync) wait until all 32 lanes of the warp arrive and are computed from the
 //     PTX ISA's definitions of their fragment layouts;
 //   - cp.async fills its destination with 0xFF at issue and copies the data at the
@@ -86,7 +86,7 @@ void set_max_dynamic_smem(const void* kernel, size_t bytes);
 void set_order(Order o);
 
 void syncthreads();
-uint32_t shfl_xor(uint32_t v, int lane_mask);
+uint32_t shfl(uint32_t v, int arg, bool down);  // xor with arg, or from lane + arg
 void ldmatrix_x4(uint32_t (&r)[4], const void* p, bool trans);
 void mma_m16n8k16_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
 void cp_async_16(void* dst, const void* src, int src_bytes);
@@ -116,14 +116,22 @@ struct Error : std::runtime_error {
 
 inline void __syncthreads() { emu::syncthreads(); }
 template <class T>
-inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask) {
+inline T emu_shfl(unsigned mask, T v, int arg, bool down) {
     static_assert(sizeof(T) == 4, "32-bit shuffles only");
-    if (mask != 0xffffffffu) throw emu::Error("__shfl_xor_sync: only full-warp masks are emulated");
+    if (mask != 0xffffffffu) throw emu::Error("warp shuffles: only full-warp masks are emulated");
     uint32_t u;
     std::memcpy(&u, &v, 4);
-    u = emu::shfl_xor(u, lane_mask);
+    u = emu::shfl(u, arg, down);
     std::memcpy(&v, &u, 4);
     return v;
+}
+template <class T>
+inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask) {
+    return emu_shfl(mask, v, lane_mask, false);
+}
+template <class T>
+inline T __shfl_down_sync(unsigned mask, T v, unsigned delta) {
+    return emu_shfl(mask, v, (int)delta, true);
 }
 // Explicit roundings: the host's fp32 arithmetic already rounds each operation (the
 // test build does not contract to FMA on x86-64 without -mfma).

@@ -1,17 +1,20 @@
-// The fused residual + norm + LayerNorm Scaling kernels' own source (kernels/norm.cuh)
-// on the CPU emulator of test/emu, against the CPU twin, with the bounds of the [gpu]
-// tests in test/test_cuda_ops.cpp: inputs in bf16, each output rounded once to bf16
-// (U = 2^-8 relative) after fp32 arithmetic (ACC = 1e-5 against the CPU's fp32 in a
-// different order). Covers both forward modes (a warp per row, C <= 1024, and a block
-// per row), the 128-bit and scalar paths, both backward row splits (one row group, and
-// several combined through shared memory), the fixed-order dw/db reduction, and that
-// no result depends on which warp runs ahead.
+// CUDA ops' own source on the CPU emulator of test/emu, against the CPU twin, with the
+// bounds of the [gpu] tests in test/test_cuda_ops.cpp: inputs in bf16, each output
+// rounded once to bf16 (U = 2^-8 relative) after fp32 arithmetic (ACC = 1e-5 against the
+// CPU's fp32 in a different order).
+//
+// The fused residual + norm + LayerNorm Scaling pair (kernels/norm.cuh): both forward
+// modes (a warp per row, C <= 1024, and a block per row), the 128-bit and scalar paths,
+// both backward row splits (one row group, and several combined through shared memory),
+// the fixed-order dw/db reduction, and that no result depends on which warp runs ahead.
+// Cross-entropy (kernels/crossentropy.cuh): padding columns, ignored targets, in place.
 #include <catch2/catch.hpp>
 
 #if defined(LNS_CUDA) && !defined(ENABLE_FP32)
 #include "test/emu/cuda_emu.h"
 // after the emulator
 #include "cpu/cpu_backend.h"
+#include "kernels/crossentropy.cuh"
 #include "kernels/norm.cuh"
 #include "test/test_util.h"
 
@@ -75,15 +78,17 @@ TEST_CASE("the fused norm + LNS kernels, run on the CPU emulator, match the CPU 
                         if (ln) CHECK(max_rel_err(mean, r_mean) <= ACC);
 
                         // backward (pre-type: dres given), against the CPU on the same inputs
-                        const Bf16Vec dout(rand_v(NC, 22)), dres(rand_v(NC, 23)), dw0(rand_v(C, 24)), db0(rand_v(C, 25));
+                        const Bf16Vec dout(rand_v(NC, 22)), dres(rand_v(NC, 23));
+                        const Bf16Vec dw0(rand_v(C, 24)), db0(rand_v(C, 25));
                         Bf16Vec dx(NC), dw = dw0, db = db0;
                         norm_backward(dx.v.data(), nullptr, dw.v.data(), ln ? db.v.data() : nullptr, dout.v.data(),
                                       dres.v.data(), res.v.data(), w.v.data(), ln ? mean.data() : nullptr, rstd.data(),
                                       1.0f, N, C, kind, scheme, layer);
                         std::vector<float> r_dx(NC), r_dw = dw0.f, r_db = db0.f;
-                        cpu_backend::residual_norm_backward(r_dx.data(), nullptr, r_dw.data(), ln ? r_db.data() : nullptr,
-                                                            dout.f.data(), dres.f.data(), stored.data(), w.f.data(),
-                                                            mean.data(), rstd.data(), 1.0f, N, C, kind, scheme, layer);
+                        cpu_backend::residual_norm_backward(r_dx.data(), nullptr, r_dw.data(),
+                                                            ln ? r_db.data() : nullptr, dout.f.data(), dres.f.data(),
+                                                            stored.data(), w.f.data(), mean.data(), rstd.data(), 1.0f,
+                                                            N, C, kind, scheme, layer);
                         CHECK(max_rel_err(dx.get(), r_dx) <= TOL);
                         CHECK(max_rel_err(dw.get(), r_dw) <= TOL);
                         if (ln) CHECK(max_rel_err(db.get(), r_db) <= TOL);
@@ -118,6 +123,60 @@ TEST_CASE("the fused norm backward gives the same bits whichever warp runs ahead
     std::vector<float> want;
     for (const auto* v : {&r_dx, &r_dy, &r_dw, &r_db}) want.insert(want.end(), v->begin(), v->end());
     CHECK(max_rel_err(got[0], want) <= TOL);
+}
+
+TEST_CASE("the cross-entropy kernels, run on the CPU emulator, match the CPU twin", "[emulation]") {
+    for (int V : {100, 771})
+        for (int N : {1, 7})
+            for (float scale : {1.0f, 10.0f}) {  // 10: a peaked softmax
+                const int Vp = (V + 127) / 128 * 128;
+                const size_t NV = (size_t)N * Vp;
+                DYNAMIC_SECTION("N " << N << " V " << V << " scale " << scale) {
+                    const Bf16Vec logits(rand_v(NV, 50 + V + N, scale));  // noise in the padding must not matter
+                    Rng rng(51 + N);
+                    std::vector<int> tgt(N);
+                    for (int i = 0; i < N; i++) tgt[i] = (i % 4 == 3) ? -1 : (int)(rng.next_u64() % V);
+                    const float dloss = 1.0f / N;
+                    std::vector<float> r_losses(N), r_dl(NV);
+                    cpu_backend::crossentropy_forward(r_losses.data(), logits.f.data(), tgt.data(), N, V, Vp);
+                    cpu_backend::crossentropy_backward(r_dl.data(), logits.f.data(), tgt.data(), dloss, N, V, Vp);
+                    double max_logit = 1.0;
+                    for (float f : logits.f) max_logit = std::max(max_logit, (double)std::fabs(f));
+
+                    std::vector<float> losses(N, NAN);
+                    ce_forward(losses.data(), logits.v.data(), tgt.data(), N, V, Vp);
+                    double err = 0;
+                    for (int n = 0; n < N; n++) err = std::max(err, std::fabs((double)losses[n] - r_losses[n]));
+                    CHECK(err <= ACC * max_logit);  // a log-sum-exp of values up to max_logit, in fp32
+                    Bf16Vec dl(NV);
+                    ce_backward(dl.v.data(), logits.v.data(), tgt.data(), dloss, N, V, Vp);
+                    const auto got = dl.get();
+                    err = 0;
+                    bool zeros = true;
+                    for (size_t i = 0; i < NV; i++) {
+                        err = std::max(err, std::fabs((double)got[i] - r_dl[i]));
+                        if ((tgt[i / Vp] < 0 || (int)(i % Vp) >= V) && got[i] != 0.0f) zeros = false;
+                    }
+                    CHECK(err <= TOL * dloss);
+                    CHECK(zeros);
+                    // in place, as the fused classifier runs it: the same bits
+                    Bf16Vec io = logits;
+                    ce_backward(io.v.data(), io.v.data(), tgt.data(), dloss, N, V, Vp);
+                    CHECK(std::memcmp(io.v.data(), dl.v.data(), NV * 2) == 0);
+                }
+            }
+    // a row width that is not a multiple of the vector width: the scalar path
+    const int N = 5, V = 37, Vp = 41;
+    const Bf16Vec logits(rand_v((size_t)N * Vp, 60, 2.0f));
+    const std::vector<int> tgt = {0, 36, -1, 5, 20};
+    std::vector<float> r_losses(N), r_dl((size_t)N * Vp), losses(N, NAN);
+    cpu_backend::crossentropy_forward(r_losses.data(), logits.f.data(), tgt.data(), N, V, Vp);
+    cpu_backend::crossentropy_backward(r_dl.data(), logits.f.data(), tgt.data(), 0.5f, N, V, Vp);
+    ce_forward(losses.data(), logits.v.data(), tgt.data(), N, V, Vp);
+    Bf16Vec dl((size_t)N * Vp);
+    ce_backward(dl.v.data(), logits.v.data(), tgt.data(), 0.5f, N, V, Vp);
+    CHECK(max_rel_err(losses, r_losses) <= ACC * 8);
+    CHECK(max_rel_err(dl.get(), r_dl) <= TOL);
 }
 
 #endif
