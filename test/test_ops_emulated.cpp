@@ -8,12 +8,15 @@
 // both backward row splits (one row group, and several combined through shared memory),
 // the fixed-order dw/db reduction, and that no result depends on which warp runs ahead.
 // Cross-entropy (kernels/crossentropy.cuh): padding columns, ignored targets, in place.
+// AdamW and the squared norm (kernels/adamw.cuh): the CPU's fp32 values to the bit,
+// stochastic rounding to a neighbouring bf16 by seed, the norm in a fixed order.
 #include <catch2/catch.hpp>
 
 #if defined(LNS_CUDA) && !defined(ENABLE_FP32)
 #include "test/emu/cuda_emu.h"
 // after the emulator
 #include "cpu/cpu_backend.h"
+#include "kernels/adamw.cuh"
 #include "kernels/crossentropy.cuh"
 #include "kernels/norm.cuh"
 #include "test/test_util.h"
@@ -177,6 +180,73 @@ TEST_CASE("the cross-entropy kernels, run on the CPU emulator, match the CPU twi
     ce_backward(dl.v.data(), logits.v.data(), tgt.data(), 0.5f, N, V, Vp);
     CHECK(max_rel_err(losses, r_losses) <= ACC * 8);
     CHECK(max_rel_err(dl.get(), r_dl) <= TOL);
+}
+
+TEST_CASE("the AdamW and norm_squared kernels, run on the CPU emulator, match the CPU twin", "[emulation]") {
+    const size_t n = 1003;
+    for (int t : {1, 7})
+        for (float wd : {0.0f, 0.1f}) {
+            INFO("t " << t << " weight decay " << wd);
+            const float lr = 1e-2f, b1 = 0.9f, b2 = 0.95f, eps = 1e-8f, gscale = 0.7f;
+            const auto master0 = randn(n, 70), m0 = randn(n, 72, 0.1f);
+            auto v0 = randn(n, 73, 0.1f);
+            for (auto& x : v0) x *= x;
+            const Bf16Vec grads(randn(n, 71));
+            std::vector<float> p = master0, m = m0, v = v0;
+            cpu_backend::adamw_update(p.data(), nullptr, grads.f.data(), m.data(), v.data(), n, lr, b1, b2, eps, wd,
+                                      t, gscale, 1234);
+            auto run = [&](uint32_t seed, std::vector<float>& master, std::vector<float>& mm, std::vector<float>& vv) {
+                master = master0, mm = m0, vv = v0;
+                Bf16Vec params(n);
+                adamw(params.v.data(), master.data(), grads.v.data(), mm.data(), vv.data(), n, lr, b1, b2, eps, wd, t,
+                      gscale, seed);
+                return params.get();
+            };
+            std::vector<float> master, mm, vv;
+            const auto params = run(1234, master, mm, vv);
+            // the same fp32 expressions without contraction: the CPU's values to the bit
+            CHECK(std::memcmp(master.data(), p.data(), n * 4) == 0);
+            CHECK(std::memcmp(mm.data(), m.data(), n * 4) == 0);
+            CHECK(std::memcmp(vv.data(), v.data(), n * 4) == 0);
+            bool neighbours = true;  // each param the master rounded down or up to a bf16
+            for (size_t i = 0; i < n; i++) {
+                uint32_t mb, pb;
+                std::memcpy(&mb, &master[i], 4);
+                std::memcpy(&pb, &params[i], 4);
+                if (pb != (mb & 0xffff0000u) && pb != (mb & 0xffff0000u) + 0x10000u) neighbours = false;
+            }
+            CHECK(neighbours);
+            CHECK(run(1235, master, mm, vv) != params);  // another seed rounds some differently
+            CHECK(run(1234, master, mm, vv) == params);
+        }
+    {
+        // stochastic rounding is unbiased: lr = 0 leaves master = 1 + 2^-9, a quarter of the
+        // way from bf16 1 to 1 + 2^-7, so a quarter of the params round up (binomial sd
+        // 0.0017 of n; bound 6 sd)
+        const size_t n1 = 1 << 16;
+        std::vector<float> master(n1, 1.0f + 1.0f / 512), m1(n1, 0.0f), v1(n1, 0.0f);
+        const Bf16Vec zeros(std::vector<float>(n1, 0.0f));
+        Bf16Vec params(n1);
+        adamw(params.v.data(), master.data(), zeros.v.data(), m1.data(), v1.data(), n1, 0.0f, 0.9f, 0.95f, 1e-8f, 0.0f,
+              1, 1.0f, 99);
+        size_t up = 0;
+        for (float x : params.get()) up += x > 1.0f;
+        CHECK(std::fabs((double)up / n1 - 0.25) < 0.01);
+    }
+    for (size_t n2 : {(size_t)1, (size_t)7, (size_t)1000, (size_t)70001}) {
+        const Bf16Vec x(randn(n2, 80 + n2));
+        const double ref = cpu_backend::norm_squared(x.f.data(), n2);
+        double got[2];
+        for (int o = 0; o < 2; o++) {
+            emu::set_order(o ? emu::Order::reverse : emu::Order::forward);
+            got[o] = *sumsq(x.v.data(), n2);
+        }
+        emu::set_order(emu::Order::forward);
+        INFO("n " << n2);
+        // squares of bf16 values are exact in double; only the order of the additions differs
+        CHECK(std::fabs(got[0] - ref) <= 1e-12 * ref);
+        CHECK(std::memcmp(&got[0], &got[1], sizeof(double)) == 0);
+    }
 }
 
 #endif

@@ -117,12 +117,12 @@ struct Error : std::runtime_error {
 inline void __syncthreads() { emu::syncthreads(); }
 template <class T>
 inline T emu_shfl(unsigned mask, T v, int arg, bool down) {
-    static_assert(sizeof(T) == 4, "32-bit shuffles only");
+    static_assert(sizeof(T) == 4 || sizeof(T) == 8, "32- and 64-bit shuffles");
     if (mask != 0xffffffffu) throw emu::Error("warp shuffles: only full-warp masks are emulated");
-    uint32_t u;
-    std::memcpy(&u, &v, 4);
-    u = emu::shfl(u, arg, down);
-    std::memcpy(&v, &u, 4);
+    uint32_t u[sizeof(T) / 4];  // a 64-bit value moves as two 32-bit shuffles, as on the GPU
+    std::memcpy(u, &v, sizeof(T));
+    for (uint32_t& w : u) w = emu::shfl(w, arg, down);
+    std::memcpy(&v, u, sizeof(T));
     return v;
 }
 template <class T>
@@ -138,6 +138,8 @@ inline T __shfl_down_sync(unsigned mask, T v, unsigned delta) {
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fadd_rn(float a, float b) { return a + b; }
 inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline float __fsqrt_rn(float a) { return std::sqrt(a); }
 inline unsigned __float_as_uint(float x) {
     unsigned u;
     std::memcpy(&u, &x, 4);
