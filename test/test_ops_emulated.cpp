@@ -10,12 +10,14 @@
 // Cross-entropy (kernels/crossentropy.cuh): padding columns, ignored targets, in place.
 // AdamW and the squared norm (kernels/adamw.cuh): the CPU's fp32 values to the bit,
 // stochastic rounding to a neighbouring bf16 by seed, the norm in a fixed order.
+// GELU and SwiGLU (kernels/activation.cuh): vector and scalar paths, tails.
 #include <catch2/catch.hpp>
 
 #if defined(LNS_CUDA) && !defined(ENABLE_FP32)
 #include "test/emu/cuda_emu.h"
 // after the emulator
 #include "cpu/cpu_backend.h"
+#include "kernels/activation.cuh"
 #include "kernels/adamw.cuh"
 #include "kernels/crossentropy.cuh"
 #include "kernels/norm.cuh"
@@ -247,6 +249,37 @@ TEST_CASE("the AdamW and norm_squared kernels, run on the CPU emulator, match th
         CHECK(std::fabs(got[0] - ref) <= 1e-12 * ref);
         CHECK(std::memcmp(&got[0], &got[1], sizeof(double)) == 0);
     }
+}
+
+TEST_CASE("the GELU and SwiGLU kernels, run on the CPU emulator, match the CPU twin", "[emulation]") {
+    for (size_t n : {(size_t)1, (size_t)7, (size_t)8, (size_t)1003})
+        for (size_t off : {(size_t)0, (size_t)1}) {  // 1: misaligned, the scalar path
+            INFO("n " << n << " offset " << off);
+            const Bf16Vec x(rand_v(n + off, 30 + n, 2.0f)), d(rand_v(n + off, 31));
+            std::vector<float> r_out(n), r_dinp(n);
+            cpu_backend::gelu_forward(r_out.data(), x.f.data() + off, n);
+            cpu_backend::gelu_backward(r_dinp.data(), x.f.data() + off, d.f.data() + off, n);
+            Bf16Vec out(n + off), dinp(n + off);
+            gelu_fwd(out.v.data() + off, x.v.data() + off, n);
+            gelu_bwd(dinp.v.data() + off, x.v.data() + off, d.v.data() + off, n);
+            const auto o = out.get(), di = dinp.get();
+            CHECK(max_rel_err(std::vector<float>(o.begin() + off, o.end()), r_out) <= TOL);
+            CHECK(max_rel_err(std::vector<float>(di.begin() + off, di.end()), r_dinp) <= TOL);
+        }
+    for (int F : {32, 40, 771})
+        for (int N : {1, 7}) {
+            INFO("N " << N << " F " << F);
+            const size_t NF = (size_t)N * F;
+            const Bf16Vec inp(rand_v(2 * NF, 40 + F, 2.0f)), d(rand_v(NF, 41));
+            std::vector<float> r_out(NF), r_dinp(2 * NF);
+            cpu_backend::swiglu_forward(r_out.data(), inp.f.data(), N, F);
+            cpu_backend::swiglu_backward(r_dinp.data(), inp.f.data(), d.f.data(), N, F);
+            Bf16Vec out(NF), dinp(2 * NF);
+            swiglu_fwd(out.v.data(), inp.v.data(), N, F);
+            swiglu_bwd(dinp.v.data(), inp.v.data(), d.v.data(), N, F);
+            CHECK(max_rel_err(out.get(), r_out) <= TOL);
+            CHECK(max_rel_err(dinp.get(), r_dinp) <= TOL);
+        }
 }
 
 #endif
