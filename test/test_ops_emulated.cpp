@@ -11,6 +11,7 @@
 // AdamW and the squared norm (kernels/adamw.cuh): the CPU's fp32 values to the bit,
 // stochastic rounding to a neighbouring bf16 by seed, the norm in a fixed order.
 // GELU and SwiGLU (kernels/activation.cuh): vector and scalar paths, tails.
+// Branch scaling (kernels/branch_scale.cuh): per channel, scalar, factor only, in place.
 #include <catch2/catch.hpp>
 
 #if defined(LNS_CUDA) && !defined(ENABLE_FP32)
@@ -19,6 +20,7 @@
 #include "cpu/cpu_backend.h"
 #include "kernels/activation.cuh"
 #include "kernels/adamw.cuh"
+#include "kernels/branch_scale.cuh"
 #include "kernels/crossentropy.cuh"
 #include "kernels/norm.cuh"
 #include "test/test_util.h"
@@ -280,6 +282,36 @@ TEST_CASE("the GELU and SwiGLU kernels, run on the CPU emulator, match the CPU t
             CHECK(max_rel_err(out.get(), r_out) <= TOL);
             CHECK(max_rel_err(dinp.get(), r_dinp) <= TOL);
         }
+}
+
+TEST_CASE("the branch_scale kernels, run on the CPU emulator, match the CPU twin", "[emulation]") {
+    const float factor = 0.7f;
+    for (int C : {32, 771})
+        for (int N : {1, 7, 100})
+            for (int channels : {C, 1, 0}) {  // LayerScale, SkipInit, the factor alone
+                INFO("N " << N << " C " << C << " channels " << channels);
+                const size_t NC = (size_t)N * C;
+                const Bf16Vec inp(rand_v(NC, 90 + C)), d(rand_v(NC, 91 + N));
+                const Bf16Vec g(rand_v(std::max(channels, 1), 92, 0.5f, 1.0f)), dg0(rand_v(std::max(channels, 1), 93));
+                const float* gp = channels ? g.f.data() : nullptr;
+                std::vector<float> r_out(NC), r_dinp(NC), r_dg = dg0.f;
+                cpu_backend::branch_scale_forward(r_out.data(), inp.f.data(), gp, factor, N, C, channels);
+                cpu_backend::branch_scale_backward(r_dinp.data(), r_dg.data(), d.f.data(), inp.f.data(), gp, factor,
+                                                   N, C, channels);
+                const bf16* ggp = channels ? g.v.data() : nullptr;
+                Bf16Vec out(NC), dinp(NC), dg = dg0;
+                bscale_forward(out.v.data(), inp.v.data(), ggp, factor, N, C, channels);
+                bscale_backward(dinp.v.data(), dg.v.data(), d.v.data(), inp.v.data(), ggp, factor, N, C, channels);
+                CHECK(max_rel_err(out.get(), r_out) <= TOL);
+                CHECK(max_rel_err(dinp.get(), r_dinp) <= TOL);
+                if (channels) CHECK(max_rel_err(dg.get(), r_dg) <= TOL);
+                else CHECK(dg.get() == dg0.f);  // no multiplier, no gradient
+                // dinp aliasing dout: the same dinp, the same dg increment, bit for bit
+                Bf16Vec io = d, dg2 = dg0;
+                bscale_backward(io.v.data(), dg2.v.data(), io.v.data(), inp.v.data(), ggp, factor, N, C, channels);
+                CHECK(std::memcmp(io.v.data(), dinp.v.data(), NC * 2) == 0);
+                CHECK(dg2.get() == dg.get());
+            }
 }
 
 #endif
