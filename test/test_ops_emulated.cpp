@@ -12,6 +12,7 @@
 // stochastic rounding to a neighbouring bf16 by seed, the norm in a fixed order.
 // GELU and SwiGLU (kernels/activation.cuh): vector and scalar paths, tails.
 // Branch scaling (kernels/branch_scale.cuh): per channel, scalar, factor only, in place.
+// Embeddings (kernels/encoder.cuh): repeated and unseen tokens, with and without wpe.
 #include <catch2/catch.hpp>
 
 #if defined(LNS_CUDA) && !defined(ENABLE_FP32)
@@ -22,6 +23,7 @@
 #include "kernels/adamw.cuh"
 #include "kernels/branch_scale.cuh"
 #include "kernels/crossentropy.cuh"
+#include "kernels/encoder.cuh"
 #include "kernels/norm.cuh"
 #include "test/test_util.h"
 
@@ -311,6 +313,42 @@ TEST_CASE("the branch_scale kernels, run on the CPU emulator, match the CPU twin
                 bscale_backward(io.v.data(), dg2.v.data(), io.v.data(), inp.v.data(), ggp, factor, N, C, channels);
                 CHECK(std::memcmp(io.v.data(), dinp.v.data(), NC * 2) == 0);
                 CHECK(dg2.get() == dg.get());
+            }
+}
+
+TEST_CASE("the encoder kernels, run on the CPU emulator, match the CPU twin", "[emulation]") {
+    const int V = 13;  // tokens 5..11 never appear
+    const std::pair<int, int> batches[] = {{1, 1}, {1, 7}, {4, 16}};  // (B, T)
+    for (int C : {32, 40, 771})
+        for (const auto& bt : batches)
+            for (bool learned : {true, false}) {
+                const int B = bt.first, T = bt.second, N = B * T;
+                INFO("C " << C << " B " << B << " T " << T << (learned ? " with wpe" : " without wpe"));
+                Rng rng(100 + C + N);
+                std::vector<int> inp(N);
+                for (int i = 0; i < N; i++) inp[i] = i % 3 == 0 ? 12 : (int)(rng.next_u64() % 5);  // many repeats
+                const Bf16Vec wte(rand_v((size_t)V * C, 1)), wpe(rand_v((size_t)T * C, 2));
+                std::vector<float> r_out((size_t)N * C);
+                cpu_backend::encoder_forward(r_out.data(), inp.data(), wte.f.data(), learned ? wpe.f.data() : nullptr,
+                                             B, T, C);
+                Bf16Vec out((size_t)N * C);
+                enc_forward(out.v.data(), inp.data(), wte.v.data(), learned ? wpe.v.data() : nullptr, B, T, C);
+                CHECK(max_rel_err(out.get(), r_out) <= TOL);
+
+                const Bf16Vec dout(rand_v((size_t)N * C, 3)), dwte0(rand_v((size_t)V * C, 4, 0.1f));
+                const Bf16Vec dwpe0(rand_v((size_t)T * C, 5, 0.1f));
+                std::vector<float> r_dwte = dwte0.f, r_dwpe = dwpe0.f;
+                cpu_backend::encoder_backward(r_dwte.data(), learned ? r_dwpe.data() : nullptr, dout.f.data(),
+                                              inp.data(), B, T, C);
+                Bf16Vec dwte = dwte0, dwpe = dwpe0;
+                enc_backward(dwte.v.data(), learned ? dwpe.v.data() : nullptr, dout.v.data(), inp.data(), B, T, C);
+                const auto got = dwte.get();
+                CHECK(max_rel_err(got, r_dwte) <= TOL);
+                if (learned) CHECK(max_rel_err(dwpe.get(), r_dwpe) <= TOL);
+                else CHECK(dwpe.get() == dwpe0.f);
+                bool untouched = true;  // rows of tokens never seen
+                for (size_t i = 5 * (size_t)C; i < 12 * (size_t)C; i++) untouched &= got[i] == dwte0.f[i];
+                CHECK(untouched);
             }
 }
 

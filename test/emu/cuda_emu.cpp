@@ -499,6 +499,10 @@ void wgmma_wait(int pending_groups) {
 
 }  // namespace emu
 
+// cuda_backend's copies, renamed by cuda_emu.h: all memory is host memory
+void emu_backend::copy_to_host(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
+void emu_backend::copy_from_host(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
+
 // cuda_scratch, renamed by cuda_emu.h: one growing host buffer per slot
 void* emu_cuda_scratch(ScratchSlot slot, size_t bytes) {
     static std::vector<unsigned char> buffers[NUM_SCRATCH];

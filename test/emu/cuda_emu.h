@@ -159,6 +159,9 @@ inline uint32_t __cvta_generic_to_shared(const void* p) { return emu::smem_offse
 #define cudaGetLastError() cudaSuccess
 // Scratch buffers in host memory; see cuda_emu.cpp.
 #define cuda_scratch emu_cuda_scratch
+// The backend class as kernel headers see it: its host helpers (copies) work on host
+// memory here (cuda_emu.cpp), and the name keeps it apart from the real cuda_backend.
+#define cuda_backend emu_backend
 // kernel<<<grid, block, smem, stream>>>(args...) as a call per emulated thread
 #define LNS_LAUNCH(kernel, grid, block, smem_bytes, ...) \
     emu::launch((grid), (block), (smem_bytes), [&] { (kernel)(__VA_ARGS__); }, reinterpret_cast<const void*>(kernel))
