@@ -13,6 +13,7 @@
 // GELU and SwiGLU (kernels/activation.cuh): vector and scalar paths, tails.
 // Branch scaling (kernels/branch_scale.cuh): per channel, scalar, factor only, in place.
 // Embeddings (kernels/encoder.cuh): repeated and unseen tokens, with and without wpe.
+// KV-cache attention (kernels/attention_kv.cuh): decoding step by step, with RoPE.
 #include <catch2/catch.hpp>
 
 #if defined(LNS_CUDA) && !defined(ENABLE_FP32)
@@ -21,10 +22,12 @@
 #include "cpu/cpu_backend.h"
 #include "kernels/activation.cuh"
 #include "kernels/adamw.cuh"
+#include "kernels/attention_kv.cuh"
 #include "kernels/branch_scale.cuh"
 #include "kernels/crossentropy.cuh"
 #include "kernels/encoder.cuh"
 #include "kernels/norm.cuh"
+#include "test/flash_bounds.h"
 #include "test/test_util.h"
 
 namespace {
@@ -350,6 +353,31 @@ TEST_CASE("the encoder kernels, run on the CPU emulator, match the CPU twin", "[
                 for (size_t i = 5 * (size_t)C; i < 12 * (size_t)C; i++) untouched &= got[i] == dwte0.f[i];
                 CHECK(untouched);
             }
+}
+
+TEST_CASE("the KV-cache attention kernel, run on the CPU emulator, matches the CPU twin", "[emulation]") {
+    // Decoding T positions one by one, with and without RoPE. The kernel caches k in
+    // bf16 (the CPU in fp32) and rounds out once: fewer roundings than the flash kernels,
+    // whose bound (test/flash_bounds.h) applies.
+    const int T = 40, Tmax = 48;
+    for (int hs : {8, 64})
+        for (float theta : {0.0f, 10000.0f}) {
+            INFO("hs " << hs << " rope " << theta);
+            const int NH = 2, C = NH * hs;
+            const Bf16Vec qkv(rand_v((size_t)T * 3 * C, 120 + hs));
+            std::vector<float> r_k((size_t)NH * Tmax * hs), r_v(r_k.size()), r_out(C);
+            Bf16Vec k(r_k.size()), v(r_k.size()), out(C);
+            double worst = 0;
+            for (int t = 0; t < T; t++) {
+                cpu_backend::attention_kv_forward(r_out.data(), r_k.data(), r_v.data(),
+                                                  qkv.f.data() + (size_t)t * 3 * C, t, C, NH, Tmax, theta);
+                kv_forward(out.v.data(), k.v.data(), v.v.data(), qkv.v.data() + (size_t)t * 3 * C, t, C, NH, Tmax,
+                           theta);
+                worst = std::max(worst, max_rel_err(out.get(), r_out));
+            }
+            INFO("worst out error " << worst);
+            CHECK(worst < FLASH_OUT_TOL);
+        }
 }
 
 #endif
