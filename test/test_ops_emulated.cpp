@@ -14,6 +14,8 @@
 // Branch scaling (kernels/branch_scale.cuh): per channel, scalar, factor only, in place.
 // Embeddings (kernels/encoder.cuh): repeated and unseen tokens, with and without wpe.
 // KV-cache attention (kernels/attention_kv.cuh): decoding step by step, with RoPE.
+// The first attention (kernels/attention.cuh): its permutation and causal softmax
+// kernels around host-emulated cuBLAS GEMMs, with and without RoPE.
 #include <catch2/catch.hpp>
 
 #if defined(LNS_CUDA) && !defined(ENABLE_FP32)
@@ -22,6 +24,7 @@
 #include "cpu/cpu_backend.h"
 #include "kernels/activation.cuh"
 #include "kernels/adamw.cuh"
+#include "kernels/attention.cuh"
 #include "kernels/attention_kv.cuh"
 #include "kernels/branch_scale.cuh"
 #include "kernels/crossentropy.cuh"
@@ -377,6 +380,48 @@ TEST_CASE("the KV-cache attention kernel, run on the CPU emulator, matches the C
             }
             INFO("worst out error " << worst);
             CHECK(worst < FLASH_OUT_TOL);
+        }
+}
+
+TEST_CASE("the first attention's kernels, run on the CPU emulator, match the CPU twin", "[emulation]") {
+    // bounds of the [gpu] test (test/test_cuda_matmul_attention.cpp, bf16): probabilities
+    // and out 1.5e-2, gradients 2.5e-2
+    struct Shape {
+        int B, T, NH, hs;
+    };
+    for (const Shape& s : {Shape{2, 1, 2, 8}, Shape{2, 7, 3, 48}, Shape{1, 37, 2, 64}})
+        for (float theta : {0.0f, 10000.0f}) {
+            INFO("B " << s.B << " T " << s.T << " NH " << s.NH << " hs " << s.hs << " rope " << theta);
+            const int C = s.NH * s.hs, BT = s.B * s.T;
+            const size_t n3 = (size_t)BT * 3 * C, nA = (size_t)s.B * s.NH * s.T * s.T, n1 = (size_t)BT * C;
+            const Bf16Vec qkv(rand_v(n3, 300)), dout(rand_v(n1, 401));
+            std::vector<float> r_qkvr(n3), r_att(nA), r_out(n1), r_dqkv(n3), r_dqkvr(n3), r_datt(nA);
+            cpu_backend::attention_forward(r_out.data(), r_qkvr.data(), r_att.data(), qkv.f.data(), s.B, s.T, C, s.NH,
+                                           theta);
+            cpu_backend::attention_backward(r_dqkv.data(), r_dqkvr.data(), r_datt.data(), dout.f.data(),
+                                            r_qkvr.data(), r_att.data(), s.B, s.T, C, s.NH, theta);
+            Bf16Vec qkvr(n3), att(nA), out(n1), dqkv(n3), dqkvr(n3), datt(nA);
+            naive_attention_forward(out.v.data(), qkvr.v.data(), att.v.data(), qkv.v.data(), s.B, s.T, C, s.NH, theta);
+            naive_attention_backward(dqkv.v.data(), dqkvr.v.data(), datt.v.data(), dout.v.data(), qkvr.v.data(),
+                                     att.v.data(), s.B, s.T, C, s.NH, theta);
+            const auto a = att.get();
+            CHECK(max_rel_err(a, r_att) < 1.5e-2);
+            CHECK(max_rel_err(out.get(), r_out) < 1.5e-2);
+            const auto g = dqkv.get();
+            for (int p = 0; p < 3; p++) {  // dq, dk, dv each against its own scale
+                std::vector<float> got_p, want_p;
+                for (int r = 0; r < BT; r++)
+                    for (int c = 0; c < C; c++) {
+                        got_p.push_back(g[(size_t)r * 3 * C + p * C + c]);
+                        want_p.push_back(r_dqkv[(size_t)r * 3 * C + p * C + c]);
+                    }
+                INFO("d" << "qkv"[p]);
+                CHECK(max_rel_err(got_p, want_p) < 2.5e-2);
+            }
+            size_t above = 0;  // causal: nothing above the diagonal, exactly
+            for (size_t r = 0; r < (size_t)s.B * s.NH * s.T; r++)
+                for (int j = (int)(r % s.T) + 1; j < s.T; j++) above += a[r * s.T + j] != 0.0f;
+            CHECK(above == 0);
         }
 }
 

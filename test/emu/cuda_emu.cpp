@@ -497,6 +497,42 @@ void wgmma_wait(int pending_groups) {
     t->wg_pending.swap(keep);
 }
 
+namespace {
+float load_elem(const void* p, cudaDataType t, size_t i) {
+    if (t == CUDA_R_32F) return static_cast<const float*>(p)[i];
+    if (t == CUDA_R_16BF) return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+    throw Error("gemm_strided_batched: only fp32 and bf16 operands are emulated");
+}
+void store_elem(void* p, cudaDataType t, size_t i, float v) {
+    if (t == CUDA_R_32F) static_cast<float*>(p)[i] = v;
+    else if (t == CUDA_R_16BF) static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(v);
+    else throw Error("gemm_strided_batched: only fp32 and bf16 results are emulated");
+}
+}  // namespace
+
+// C (m x n) = alpha op(A) op(B) + beta C per batch, column-major: op(A)(i, p) is
+// A[i + p lda] (N) or A[p + i lda] (T), op(B)(p, j) is B[p + j ldb] (N) or B[j + p ldb] (T).
+cublasStatus_t gemm_strided_batched(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                                    const void* alpha, const void* A, cudaDataType at, int lda, long long sa,
+                                    const void* B, cudaDataType bt, int ldb, long long sb, const void* beta, void* C,
+                                    cudaDataType ct, int ldc, long long sc, int batch, cublasComputeType_t,
+                                    cublasGemmAlgo_t) {
+    const float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
+    for (int b = 0; b < batch; b++)
+        for (int j = 0; j < n; j++)
+            for (int i = 0; i < m; i++) {
+                double acc = 0.0;
+                for (int p = 0; p < k; p++) {
+                    const size_t ia = b * sa + (ta == CUBLAS_OP_N ? i + (size_t)p * lda : p + (size_t)i * lda);
+                    const size_t ib = b * sb + (tb == CUBLAS_OP_N ? p + (size_t)j * ldb : j + (size_t)p * ldb);
+                    acc += (double)load_elem(A, at, ia) * load_elem(B, bt, ib);
+                }
+                const size_t ic = b * sc + i + (size_t)j * ldc;
+                store_elem(C, ct, ic, (float)(al * acc + (be != 0.0f ? be * load_elem(C, ct, ic) : 0.0)));
+            }
+    return CUBLAS_STATUS_SUCCESS;
+}
+
 }  // namespace emu
 
 // cuda_backend's copies, renamed by cuda_emu.h: all memory is host memory

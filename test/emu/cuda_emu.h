@@ -34,6 +34,7 @@
 #ifndef LNS_CUDA_EMU
 #define LNS_CUDA_EMU  // kernel headers included after this one compile for the emulator
 #endif
+#include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -158,6 +159,18 @@ inline uint32_t __cvta_generic_to_shared(const void* p) { return emu::smem_offse
 #define cudaFuncSetAttribute(kernel, attr, value) \
     (emu::set_max_dynamic_smem(reinterpret_cast<const void*>(kernel), (size_t)(value)), cudaSuccess)
 #define cudaGetLastError() cudaSuccess
+// cuBLAS's strided batched GEMM on the host (column-major, fp32 accumulation, bf16 or
+// fp32 storage), so code around the GEMMs can be emulated; it tests the callers'
+// operands, not cuBLAS.
+namespace emu {
+cublasStatus_t gemm_strided_batched(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                                    const void* alpha, const void* A, cudaDataType at, int lda, long long sa,
+                                    const void* B, cudaDataType bt, int ldb, long long sb, const void* beta, void* C,
+                                    cudaDataType ct, int ldc, long long sc, int batch, cublasComputeType_t,
+                                    cublasGemmAlgo_t);
+}
+#define cublasGemmStridedBatchedEx emu::gemm_strided_batched
+
 // Scratch buffers in host memory; see cuda_emu.cpp.
 #define cuda_scratch emu_cuda_scratch
 // The backend class as kernel headers see it: its host helpers (copies) work on host
