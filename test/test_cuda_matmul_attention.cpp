@@ -79,14 +79,6 @@ void to_device(DevBuf& d, std::vector<float>& h) {
     h = d.get();
 }
 
-// Part `part` (0 q, 1 k, 2 v) of a (B*T, 3C) tensor, as (B*T, C).
-std::vector<float> qkv_part(const std::vector<float>& x, int BT, int C, int part) {
-    std::vector<float> r((size_t)BT * C);
-    for (int n = 0; n < BT; n++)
-        std::copy_n(x.begin() + (size_t)n * 3 * C + (size_t)part * C, C, r.begin() + (size_t)n * C);
-    return r;
-}
-
 struct MatShape {
     int N, C, OC;
 };

@@ -12,42 +12,23 @@
 // after the emulator
 #include "cpu/cpu_backend.h"
 #include "kernels/attention_flash.cuh"
+#include "test/emu/bf16_vec.h"
 #include "test/flash_bounds.h"
 #include "test/test_util.h"
 
 namespace {
 
-std::vector<bf16> to_bf16(const std::vector<float>& x) {
-    std::vector<bf16> r(x.size());
-    for (size_t i = 0; i < x.size(); i++) r[i] = __float2bfloat16_rn(x[i]);
-    return r;
-}
-std::vector<float> to_f32(const std::vector<bf16>& x) {
-    std::vector<float> r(x.size());
-    for (size_t i = 0; i < x.size(); i++) r[i] = __bfloat162float(x[i]);
-    return r;
-}
-std::vector<float> part(const std::vector<float>& x, int BT, int C, int p) {  // q, k or v of (BT, 3C)
-    std::vector<float> r((size_t)BT * C);
-    for (int n = 0; n < BT; n++)
-        std::copy_n(x.begin() + (size_t)n * 3 * C + (size_t)p * C, C, r.begin() + (size_t)n * C);
-    return r;
-}
-
 struct Result {
-    std::vector<bf16> out, dqkv;
+    Bf16Vec out, dqkv;
     std::vector<float> lse;
 };
-Result run_emulated(const std::vector<bf16>& qkv, const std::vector<bf16>& dout, int B, int T, int NH, int hs,
-                    float theta, emu::Order order, bool rope_on_load = false, bool wgmma = false) {
+Result run_emulated(const Bf16Vec& qkv, const Bf16Vec& dout, int B, int T, int NH, int hs, float theta,
+                    emu::Order order, bool rope_on_load = false, bool wgmma = false) {
     const int C = NH * hs;
-    Result r;
-    r.out.assign((size_t)B * T * C, __float2bfloat16_rn(NAN));
-    r.dqkv.assign(qkv.size(), __float2bfloat16_rn(NAN));
-    r.lse.assign((size_t)B * NH * T, NAN);
+    Result r{Bf16Vec((size_t)B * T * C), Bf16Vec(qkv.v.size()), std::vector<float>((size_t)B * NH * T, NAN)};
     emu::set_order(order);
-    flash_forward(r.out.data(), r.lse.data(), qkv.data(), B, T, C, NH, theta, rope_on_load, wgmma);
-    flash_backward(r.dqkv.data(), dout.data(), qkv.data(), r.out.data(), r.lse.data(), B, T, C, NH, theta,
+    flash_forward(r.out.v.data(), r.lse.data(), qkv.v.data(), B, T, C, NH, theta, rope_on_load, wgmma);
+    flash_backward(r.dqkv.v.data(), dout.v.data(), qkv.v.data(), r.out.v.data(), r.lse.data(), B, T, C, NH, theta,
                    rope_on_load, wgmma);
     emu::set_order(emu::Order::forward);
     return r;
@@ -74,21 +55,21 @@ TEST_CASE("the flash kernels, run on the CPU emulator, match the CPU twin", "[fl
                                  << (const char*[]){"none", "prepass", "on_load"}[rope]
                                  << (wgmma ? " wgmma" : "")) {
                 const int C = s.NH * s.hs, BT = s.B * s.T;
-                const auto qkv = to_bf16(randn((size_t)BT * 3 * C, 600)), dout = to_bf16(randn((size_t)BT * C, 601));
-                const auto qkv_f = to_f32(qkv), dout_f = to_f32(dout);
+                const Bf16Vec qkv(randn((size_t)BT * 3 * C, 600)), dout(randn((size_t)BT * C, 601));
+                const auto &qkv_f = qkv.f, &dout_f = dout.f;
                 std::vector<float> out((size_t)BT * C), lse((size_t)s.B * s.NH * s.T), dqkv(qkv_f.size());
                 cpu_backend::attention_flash_forward(out.data(), lse.data(), qkv_f.data(), s.B, s.T, C, s.NH, theta);
                 cpu_backend::attention_flash_backward(dqkv.data(), dout_f.data(), qkv_f.data(), out.data(), lse.data(),
                                                       s.B, s.T, C, s.NH, theta);
                 const Result r =
                     run_emulated(qkv, dout, s.B, s.T, s.NH, s.hs, theta, emu::Order::forward, rope == 2, wgmma);
-                const double e_out = max_rel_err(to_f32(r.out), out), e_lse = max_rel_err(r.lse, lse);
+                const double e_out = max_rel_err(r.out.get(), out), e_lse = max_rel_err(r.lse, lse);
                 INFO("out " << e_out << " lse " << e_lse);
                 CHECK(e_out < FLASH_OUT_TOL);
                 CHECK(e_lse < FLASH_LSE_TOL);
-                const auto g = to_f32(r.dqkv);
+                const auto g = r.dqkv.get();
                 for (int p = 0; p < 3; p++) {
-                    const double err = max_rel_err(part(g, BT, C, p), part(dqkv, BT, C, p));
+                    const double err = max_rel_err(qkv_part(g, BT, C, p), qkv_part(dqkv, BT, C, p));
                     INFO("d" << "qkv"[p] << " error " << err);
                     CHECK(err < FLASH_GRAD_TOL);
                 }
@@ -103,16 +84,16 @@ TEST_CASE("the flash kernels give the same bits whichever warp runs ahead", "[fl
     // once, so those two agree bit for bit as well (the [gpu] tests check it on hardware).
     const int B = 1, T = 150, NH = 1;
     auto same = [](const Result& a, const Result& b) {
-        return std::memcmp(a.out.data(), b.out.data(), a.out.size() * 2) == 0 &&
-               std::memcmp(a.dqkv.data(), b.dqkv.data(), a.dqkv.size() * 2) == 0 && a.lse == b.lse;
+        return std::memcmp(a.out.v.data(), b.out.v.data(), a.out.v.size() * 2) == 0 &&
+               std::memcmp(a.dqkv.v.data(), b.dqkv.v.data(), a.dqkv.v.size() * 2) == 0 && a.lse == b.lse;
     };
     for (int hs : {64, 128}) {
         const int C = NH * hs;
-        const auto qkv = to_bf16(randn((size_t)B * T * 3 * C, 610)), dout = to_bf16(randn((size_t)B * T * C, 611));
-        Result first[3];
+        const Bf16Vec qkv(randn((size_t)B * T * 3 * C, 610)), dout(randn((size_t)B * T * C, 611));
+        std::vector<Result> first;
         for (int variant = 0; variant < 3; variant++) {  // RoPE rotated first, on load, on wgmma
             const bool on_load = variant == 1, wgmma = variant == 2;
-            first[variant] = run_emulated(qkv, dout, B, T, NH, hs, 10000.0f, emu::Order::forward, on_load, wgmma);
+            first.push_back(run_emulated(qkv, dout, B, T, NH, hs, 10000.0f, emu::Order::forward, on_load, wgmma));
             const Result last = run_emulated(qkv, dout, B, T, NH, hs, 10000.0f, emu::Order::reverse, on_load, wgmma);
             CHECK(same(first[variant], last));
         }

@@ -30,6 +30,7 @@
 #include "kernels/crossentropy.cuh"
 #include "kernels/encoder.cuh"
 #include "kernels/norm.cuh"
+#include "test/emu/bf16_vec.h"
 #include "test/flash_bounds.h"
 #include "test/test_util.h"
 
@@ -39,20 +40,6 @@ constexpr double U = 1.0 / 256, ACC = 1e-5, TOL = U + ACC;
 
 using bf16 = __nv_bfloat16;
 
-// bf16 values (as the device stores them) and the same values in fp32
-struct Bf16Vec {
-    std::vector<bf16> v;
-    std::vector<float> f;
-    explicit Bf16Vec(const std::vector<float>& x) {
-        for (float a : x) v.push_back(__float2bfloat16_rn(a)), f.push_back(__bfloat162float(v.back()));
-    }
-    explicit Bf16Vec(size_t n) : v(n, __float2bfloat16_rn(NAN)), f(n, NAN) {}
-    std::vector<float> get() const {
-        std::vector<float> r;
-        for (bf16 a : v) r.push_back(__bfloat162float(a));
-        return r;
-    }
-};
 std::vector<float> rand_v(size_t n, uint64_t seed, float std = 1.0f, float offset = 0.0f) {
     auto v = randn(n, seed, std);
     for (auto& x : v) x += offset;
@@ -409,14 +396,8 @@ TEST_CASE("the first attention's kernels, run on the CPU emulator, match the CPU
             CHECK(max_rel_err(out.get(), r_out) < 1.5e-2);
             const auto g = dqkv.get();
             for (int p = 0; p < 3; p++) {  // dq, dk, dv each against its own scale
-                std::vector<float> got_p, want_p;
-                for (int r = 0; r < BT; r++)
-                    for (int c = 0; c < C; c++) {
-                        got_p.push_back(g[(size_t)r * 3 * C + p * C + c]);
-                        want_p.push_back(r_dqkv[(size_t)r * 3 * C + p * C + c]);
-                    }
                 INFO("d" << "qkv"[p]);
-                CHECK(max_rel_err(got_p, want_p) < 2.5e-2);
+                CHECK(max_rel_err(qkv_part(g, BT, C, p), qkv_part(r_dqkv, BT, C, p)) < 2.5e-2);
             }
             size_t above = 0;  // causal: nothing above the diagonal, exactly
             for (size_t r = 0; r < (size_t)s.B * s.NH * s.T; r++)

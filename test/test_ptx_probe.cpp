@@ -17,23 +17,14 @@
 // after the emulator
 #include "kernels/ptx_probe.cuh"
 #include "kernels/ptx_probe.h"
+#include "test/emu/bf16_vec.h"
 #include "test/test_util.h"
 
 namespace {
 
 const double PROBE_TOL = 1e-4;
 
-struct Bf16Matrix {
-    std::vector<bf16> v;
-    std::vector<float> f;  // the same values in fp32
-    Bf16Matrix(int rows, int cols, uint64_t seed) {
-        for (float x : randn((size_t)rows * cols, seed)) {
-            v.push_back(__float2bfloat16_rn(x));
-            f.push_back(__bfloat162float(v.back()));
-        }
-    }
-    const uint16_t* bits() const { return reinterpret_cast<const uint16_t*>(v.data()); }
-};
+Bf16Vec rand_matrix(int rows, int cols, uint64_t seed) { return Bf16Vec(randn((size_t)rows * cols, seed)); }
 
 // C (M x N) = A (M x K) times B, B given as N x K (transposed) or K x N
 std::vector<float> gemm(const std::vector<float>& A, const std::vector<float>& B, int M, int N, int K, bool b_nk) {
@@ -48,7 +39,7 @@ std::vector<float> gemm(const std::vector<float>& A, const std::vector<float>& B
 }
 
 struct MmaCase {
-    Bf16Matrix a{16, 16, 700}, bt{16, 16, 701}, bn{16, 16, 702};
+    Bf16Vec a = rand_matrix(16, 16, 700), bt = rand_matrix(16, 16, 701), bn = rand_matrix(16, 16, 702);
     static constexpr int a_rows = 13;  // rows 13..15 of A arrive as zeros
     std::vector<float> want_nt, want_nn;
     MmaCase() {
@@ -60,10 +51,11 @@ struct MmaCase {
 
 struct WgmmaCase {
     int n, k, dv;
-    Bf16Matrix a1, b1, a2, b2;
+    Bf16Vec a1, b1, a2, b2;
     std::vector<float> want_s, want_o;
     WgmmaCase(int n_, int k_, int dv_)
-        : n(n_), k(k_), dv(dv_), a1(64, k_, 710), b1(n_, k_, 711), a2(64, n_, 712), b2(n_, dv_, 713) {
+        : n(n_), k(k_), dv(dv_), a1(rand_matrix(64, k_, 710)), b1(rand_matrix(n_, k_, 711)),
+          a2(rand_matrix(64, n_, 712)), b2(rand_matrix(n_, dv_, 713)) {
         want_s = gemm(a1.f, b1.f, 64, n, k, true), want_o = gemm(a2.f, b2.f, 64, dv, n, false);
     }
 };

@@ -2,6 +2,7 @@
 #pragma once
 #include <stdlib.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
@@ -52,6 +53,14 @@ inline double max_rel_err(const float* a, const float* b, size_t n) {
 }
 inline double max_rel_err(const std::vector<float>& a, const std::vector<float>& b) {
     return a.size() == b.size() ? max_rel_err(a.data(), b.data(), a.size()) : INFINITY;
+}
+
+// Part `part` (0 q, 1 k, 2 v) of a (B*T, 3C) tensor, as (B*T, C).
+inline std::vector<float> qkv_part(const std::vector<float>& x, int BT, int C, int part) {
+    std::vector<float> r((size_t)BT * C);
+    for (int n = 0; n < BT; n++)
+        std::copy_n(x.begin() + (size_t)n * 3 * C + (size_t)part * C, C, r.begin() + (size_t)n * C);
+    return r;
 }
 
 // Norm weights of exactly 1 and biases of 0 would hide a misplaced weight or bias:

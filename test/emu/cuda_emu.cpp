@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/cuda_common.cuh"
@@ -27,13 +28,36 @@ struct AsyncCopy {
     unsigned char* dst;
     const unsigned char* src;
     int bytes;  // read from src; the rest of the 16 is zero-filled
-    long group; // -1 until committed
 };
 
 struct WgmmaResult {
     float* dst;  // the thread's accumulator registers
     std::vector<float> value;
-    long group;  // -1 until committed
+};
+
+// A thread's asynchronous operations of one kind (cp.async, wgmma) in commit groups:
+// commit closes the open group; retire(n, complete) completes, in issue order, every
+// operation of all but the newest n committed groups.
+template <class Operation>
+struct AsyncGroups {
+    std::vector<std::pair<Operation, long>> ops;  // with its group, -1 while open
+    long committed = 0;
+    void issue(Operation op) { ops.push_back({std::move(op), -1}); }
+    void commit() {
+        for (auto& o : ops)
+            if (o.second < 0) o.second = committed;
+        committed++;
+    }
+    template <class Complete>
+    void retire(int pending_groups, Complete&& complete) {
+        const long retire_below = committed - pending_groups;
+        std::vector<std::pair<Operation, long>> keep;
+        for (auto& o : ops)
+            if (o.second >= 0 && o.second < retire_below) complete(o.first);
+            else keep.push_back(std::move(o));
+        ops.swap(keep);
+    }
+    void clear() { ops.clear(), committed = 0; }
 };
 
 struct Thread {
@@ -48,16 +72,14 @@ struct Thread {
     uint32_t in[6] = {};
     float acc[4] = {};
     uint32_t out[4] = {};
-    std::vector<AsyncCopy> copies;
-    long groups = 0;  // committed so far
+    AsyncGroups<AsyncCopy> copies;
     // wgmma operands: accumulators (as pending or in registers), B descriptor, shape
     std::vector<float> wg_acc;
     uint64_t desc = 0;
     int nt = 0;
     bool trans = false;
     float* wg_dst = nullptr;
-    std::vector<WgmmaResult> wg_pending;
-    long wg_groups = 0;
+    AsyncGroups<WgmmaResult> wg_pending;
     bool wg_fenced = false;  // a wgmma.fence since the last wgmma.wait_group
 };
 
@@ -221,9 +243,7 @@ void start_fiber(Thread& t, int i) {
     t.state = State::ready;
     t.op = Op::none;
     t.copies.clear();
-    t.groups = 0;
     t.wg_pending.clear();
-    t.wg_groups = 0;
     t.wg_fenced = false;
 }
 
@@ -272,7 +292,7 @@ void resolve_wgmma(Thread* th) {
     }
     for (int i = 0; i < 32; i++) {
         Thread& t = th[i];
-        t.wg_pending.push_back({t.wg_dst, t.wg_acc, -1});
+        t.wg_pending.issue({t.wg_dst, t.wg_acc});
         t.state = State::ready;
     }
 }
@@ -416,32 +436,23 @@ void cp_async_16(void* dst, const void* src, int src_bytes) {
     Thread* t = self("cp.async");
     check_smem(dst, 16, "cp.async");
     if (src_bytes > 0 && (uintptr_t)src % 16 != 0) fail("cp.async: global address not 16-byte aligned");
-    t->copies.push_back({(unsigned char*)dst, (const unsigned char*)src, src_bytes, -1});
+    t->copies.issue({(unsigned char*)dst, (const unsigned char*)src, src_bytes});
     std::memset(dst, 0xff, 16);  // undefined until the wait: a read before it sees NaNs
 }
 
 void cp_async_commit() {
-    Thread* t = self("cp.async.commit_group");
-    for (AsyncCopy& c : t->copies)
-        if (c.group < 0) c.group = t->groups;
-    t->groups++;
+    self("cp.async.commit_group")->copies.commit();
 }
 
 void cp_async_wait(int pending_groups) {
     Thread* t = self("cp.async.wait_group");
-    const long retire = t->groups - pending_groups;  // groups [0, retire) complete
-    std::vector<AsyncCopy> keep;
-    for (const AsyncCopy& c : t->copies)
-        if (c.group >= 0 && c.group < retire) {
-            if (c.bytes > 0) std::memcpy(c.dst, c.src, c.bytes);
-            std::memset(c.dst + c.bytes, 0, 16 - c.bytes);
-            const size_t ch = chunk_of(c.dst);
-            g.unpublished[ch] = g.lander[ch] = tid_of(t);
-            g.proxy_fenced[ch] = 0;
-        } else {
-            keep.push_back(c);
-        }
-    t->copies.swap(keep);
+    t->copies.retire(pending_groups, [t](const AsyncCopy& c) {
+        if (c.bytes > 0) std::memcpy(c.dst, c.src, c.bytes);
+        std::memset(c.dst + c.bytes, 0, 16 - c.bytes);
+        const size_t ch = chunk_of(c.dst);
+        g.unpublished[ch] = g.lander[ch] = tid_of(t);
+        g.proxy_fenced[ch] = 0;
+    });
 }
 
 unsigned char* dynamic_smem() {
@@ -470,31 +481,22 @@ void wgmma(float* d, int nt, const uint32_t (&a)[4], uint64_t desc_b, bool trans
     for (int i = 0; i < 4; i++) t->in[i] = a[i];
     // the accumulator: the newest pending result for these registers, else the registers
     t->wg_acc.assign(d, d + 4 * nt);
-    for (const WgmmaResult& r : t->wg_pending)
-        if (r.dst == d) t->wg_acc = r.value;
+    for (const auto& r : t->wg_pending.ops)
+        if (r.first.dst == d) t->wg_acc = r.first.value;
     std::fill(d, d + 4 * nt, NAN);  // undefined until the wait
     block_on(State::collective);
     t->op = Op::none;
 }
 
 void wgmma_commit() {
-    Thread* t = self("wgmma.commit_group");
-    for (WgmmaResult& r : t->wg_pending)
-        if (r.group < 0) r.group = t->wg_groups;
-    t->wg_groups++;
+    self("wgmma.commit_group")->wg_pending.commit();
 }
 
 void wgmma_wait(int pending_groups) {
     Thread* t = self("wgmma.wait_group");
     t->wg_fenced = false;
-    const long retire = t->wg_groups - pending_groups;
-    std::vector<WgmmaResult> keep;
-    for (const WgmmaResult& r : t->wg_pending)
-        if (r.group >= 0 && r.group < retire)
-            std::copy(r.value.begin(), r.value.end(), r.dst);
-        else
-            keep.push_back(r);
-    t->wg_pending.swap(keep);
+    t->wg_pending.retire(pending_groups,
+                         [](const WgmmaResult& r) { std::copy(r.value.begin(), r.value.end(), r.dst); });
 }
 
 namespace {
