@@ -44,6 +44,11 @@ ifeq ($(HAVE_NVCC),1)
 # The CUDA backend: kernels built by nvcc, linked into train_gpt and the tests;
 # host code that calls it sees LNS_CUDA.
 KERNEL_OBJ := $(KERNEL_SRC:%.cu=$(BUILD)/%.o)
+# The same backend source compiled by g++ for the CPU emulator (test/emu): emu_backend,
+# which the tests run where no GPU is. ptx_probe.cu is a GPU-only test harness.
+EMU_OBJ := $(patsubst kernels/%.cu,$(BUILD)/emu/kernels/%.o,$(filter-out kernels/ptx_probe.cu,$(wildcard kernels/*.cu)))
+# and the [gpu] tests compiled against it, so they run on every machine (test_util.h: GPU_TEST_CASE)
+EMU_OBJ += $(patsubst %.cpp,$(BUILD)/emu/%.o,$(wildcard test/test_cuda_*.cpp))
 CXXFLAGS += -DLNS_CUDA -isystem $(CUDA_HOME)/include
 NVCCFLAGS += -DLNS_CUDA
 CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublasLt -lcublas -lnccl
@@ -78,8 +83,15 @@ $(BUILD)/%.o: %.cpp
 # kernel source compiled for the CPU emulator (test/emu): CUDA's pragmas mean nothing to g++, its
 # guarded reads of arrays filled under the same guard look uninitialised to it, and its 128-bit
 # type punning is the CUDA idiom
-$(BUILD)/test/test_flash_emulated.o $(BUILD)/test/test_ptx_probe.o $(BUILD)/test/test_ops_emulated.o \
-	$(BUILD)/test/emu/cuda_emu.o: CXXFLAGS += -Wno-unknown-pragmas -Wno-maybe-uninitialized -Wno-strict-aliasing
+EMU_CXXFLAGS := -Wno-unknown-pragmas -Wno-maybe-uninitialized -Wno-strict-aliasing
+$(BUILD)/test/test_ptx_probe.o \
+	$(BUILD)/test/test_emulator.o $(BUILD)/test/emu/cuda_emu.o: CXXFLAGS += $(EMU_CXXFLAGS)
+$(BUILD)/emu/kernels/%.o: kernels/%.cu
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS) $(EMU_CXXFLAGS) -x c++ -include test/emu/cuda_emu.h -c $< -o $@
+$(BUILD)/emu/test/%.o: test/%.cpp
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS) $(EMU_CXXFLAGS) -include test/emu/cuda_emu.h -c $< -o $@
 
 $(BUILD)/kernels/%.o: kernels/%.cu
 	@mkdir -p $(dir $@)
@@ -96,7 +108,7 @@ train_gpt: train_gpt.cu $(LIB_OBJ)
 	$(CXX) $(CXXFLAGS) -x c++ $< -x none $(LIB_OBJ) -o $@ $(LDLIBS)
 endif
 
-$(BUILD)/test_all: $(TEST_OBJ) $(LIB_OBJ) $(KERNEL_OBJ) $(if $(HAVE_MPI),$(BUILD)/test_comm_mpi)
+$(BUILD)/test_all: $(TEST_OBJ) $(LIB_OBJ) $(KERNEL_OBJ) $(EMU_OBJ) $(if $(HAVE_MPI),$(BUILD)/test_comm_mpi)
 	$(CXX) $(filter %.o,$^) -o $@ $(LDLIBS) $(CUDA_LIBS)
 
 # run under mpirun by test/test_comm.cpp
@@ -140,4 +152,4 @@ repro-tiny: train_gpt
 clean:
 	rm -rf $(BUILD) train_gpt
 
--include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(KERNEL_OBJ:.o=.d)
+-include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(KERNEL_OBJ:.o=.d) $(EMU_OBJ:.o=.d)

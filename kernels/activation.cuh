@@ -2,7 +2,7 @@
 // fp32 math with the CPU twin's formulas. Each thread takes VEC consecutive
 // elements: one 128-bit access when the pointers are 16-byte aligned (and, for
 // SwiGLU, F is a multiple of the vector width), elementwise otherwise.
-// The kernels and their launches, shared by activation.cu and the emulated tests.
+// The kernels and their launches, used by activation.cu.
 #pragma once
 #include <cstdint>
 
@@ -96,7 +96,7 @@ __global__ void swiglu_backward_kernel(floatX* dinp, const floatX* inp, const fl
     store_f<VEC>(dgp + F, du);
 }
 
-// The launches, shared by activation.cu (cuda_backend) and the emulated tests.
+// The launches, used by activation.cu.
 void gelu_fwd(floatX* out, const floatX* inp, size_t n) {
     if (n == 0) return;
     constexpr int V8 = x128::size;

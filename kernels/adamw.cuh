@@ -9,7 +9,7 @@
 // norm_squared: a grid fixed by n alone; each block sums its grid-stride share in
 // double and writes one partial to SCRATCH_REDUCE, then one warp adds the partials
 // in a fixed order. Same inputs, same bits, on any device.
-// The kernels and their launches, shared by adamw.cu and the emulated tests.
+// The kernels and their launches, used by adamw.cu.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -91,7 +91,7 @@ __global__ void sumsq_final_kernel(double* partials, int G) {
     if (threadIdx.x == 0) partials[G] = acc;
 }
 
-// The launches, shared by adamw.cu (cuda_backend) and the emulated tests.
+// The launches, used by adamw.cu.
 void adamw(floatX* params, float* master, const floatX* grads, float* m, float* v, size_t n, float lr, float beta1,
            float beta2, float eps, float weight_decay, int t, float grad_scale, uint32_t seed) {
     if (n == 0) return;

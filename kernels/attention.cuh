@@ -26,8 +26,7 @@
 //
 // Determinism: no atomics; reductions run in a fixed order within one warp; cuBLAS
 // GEMMs are deterministic for fixed shapes on one device and stream.
-// The kernels and the launch sequences, shared by attention.cu (cuda_backend) and the
-// emulated tests (test/emu runs the cuBLAS GEMMs on the host).
+// The kernels and the launch sequences, used by attention.cu.
 #pragma once
 #include <cmath>
 

@@ -34,8 +34,8 @@
 // K_{j+1} while O += P V_j is (FlashAttention-2's order, one K and one V buffer); the
 // backward kernels double-buffer their inner tiles and copy tile j+1 while tile j is
 // used. The waits (cp_async_wait) and the two barriers per step are what makes a
-// buffer safe to read and to overwrite; test/test_flash_emulated.cpp runs this source on
-// the CPU emulator, which lands copies only at their wait and lets a warp run ahead.
+// buffer safe to read and to overwrite; the tests run this source on the
+// CPU emulator (test/emu), which lands copies only at their wait and lets a warp run ahead.
 //
 // RoPE (enum Rope below): by default q and k are rotated once into a head-major copy
 // before the kernels (qkv_permute), so every tile is a plain copy; Rope::on_load
@@ -676,6 +676,8 @@ bool wgmma_built() {
     cudaCheck(cudaMemcpyFromSymbol(&built, flash_wgmma_built, sizeof built));
     return built == 1;
 }
+#else
+bool wgmma_built() { return true; }  // the emulator runs the WG kernels
 #endif
 
 Rope rope_mode(float theta, bool on_load) {
@@ -693,7 +695,7 @@ void flash_inputs(HeadView (&qkv_v)[3], const bf16* qkv, int B, int T, int C, in
     qkv_v[0] = head_rows(qk, T, C, NH), qkv_v[1] = head_rows(qk + BTC, T, C, NH);
 }
 
-// The launch sequences, shared by cuda_backend and the emulated tests.
+// The launch sequences, used by cuda_backend.
 // wgmma: the WG kernels (the caller checks wgmma_built()); RoPE is then rotated first.
 void flash_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH, float rope_theta,
                    bool rope_on_load, bool wgmma) {

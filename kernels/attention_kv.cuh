@@ -2,7 +2,7 @@
 // cpu/cpu_backend.h: attention_kv_forward). One block per head: rotate q and k,
 // append k and v to the cache, then scores, softmax and the weighted sum of V over
 // rows [0, pos], all in fp32 with fixed-order block reductions (deterministic).
-// The kernel and its launch, shared by attention_kv.cu and the emulated tests.
+// The kernel and its launch, used by attention_kv.cu.
 #pragma once
 #include <cmath>
 
@@ -70,7 +70,7 @@ __global__ void attention_kv_kernel(floatX* out, floatX* kcache, floatX* vcache,
     }
 }
 
-// The launch, shared by attention_kv.cu (cuda_backend) and the emulated tests.
+// The launch, used by attention_kv.cu.
 void kv_forward(floatX* out, floatX* kcache, floatX* vcache, const floatX* qkv, int pos, int C, int NH, int Tmax,
                 float rope_theta) {
     LNS_CHECK(pos >= 0 && pos < Tmax, "position %d outside the cache of %d rows", pos, Tmax);

@@ -6,7 +6,7 @@
 // to SCRATCH_REDUCE. Then branch_scale_param_grad_kernel sums each channel's partials
 // in block order; a scalar g adds those channel sums through the fixed-order
 // block_sum. Every order depends only on (N, C).
-// The kernels and their launches, shared by branch_scale.cu and the emulated tests.
+// The kernels and their launches, used by branch_scale.cu.
 #pragma once
 #include <algorithm>
 
@@ -63,7 +63,7 @@ __global__ void branch_scale_param_grad_kernel(floatX* dg, const float* partials
     }
 }
 
-// The launches, shared by branch_scale.cu (cuda_backend) and the emulated tests.
+// The launches, used by branch_scale.cu.
 void bscale_forward(floatX* out, const floatX* inp, const floatX* g, float factor, int N, int C, int channels) {
     LNS_CHECK(g == nullptr || channels == 1 || channels == C, "branch scale: channels must be 1 or C");
     const size_t n = (size_t)N * C;

@@ -6,7 +6,7 @@
 // crossentropy_backward may run in place (dlogits == logits): every read of the
 // row for the statistics happens before the block's barrier, and afterwards each
 // thread reads a logit and then writes its gradient, the same element.
-// The kernels and their launches, shared by crossentropy.cu and the emulated tests.
+// The kernels and their launches, used by crossentropy.cu.
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -119,7 +119,7 @@ __global__ void crossentropy_backward_kernel(floatX* dlogits, const floatX* logi
 
 int ce_threads(int chunks) { return std::min(CE_MAX_THREADS, std::max(32, (chunks + 31) / 32 * 32)); }
 
-// The launches, shared by crossentropy.cu (cuda_backend) and the emulated tests.
+// The launches, used by crossentropy.cu.
 void ce_forward(float* losses, const floatX* logits, const int* targets, int N, int V, int Vp) {
     if (N <= 0) return;
     constexpr int V8 = x128::size;

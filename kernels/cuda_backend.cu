@@ -160,7 +160,7 @@ void cuda_backend::upload_f32(floatX* dst, const float* src, size_t n) {
     for (size_t off = 0; off < n; off += CONVERT_CHUNK) {
         const size_t k = std::min(CONVERT_CHUNK, n - off);
         cudaCheck(cudaMemcpyAsync(stage, src + off, k * sizeof(float), cudaMemcpyHostToDevice, g_stream));
-        f32_to_floatX_kernel<<<ceil_div((long)k, CONVERT_THREADS), CONVERT_THREADS, 0, g_stream>>>(dst + off, stage, k);
+        LNS_LAUNCH(f32_to_floatX_kernel, ceil_div((long)k, CONVERT_THREADS), CONVERT_THREADS, 0, dst + off, stage, k);
         cudaCheckLaunch();
     }
     cudaCheck(cudaStreamSynchronize(g_stream));
@@ -175,7 +175,7 @@ void cuda_backend::download_f32(float* dst, const floatX* src, size_t n) {
     float* stage = (float*)cuda_scratch(SCRATCH_CONVERT, std::min(n, CONVERT_CHUNK) * sizeof(float));
     for (size_t off = 0; off < n; off += CONVERT_CHUNK) {
         const size_t k = std::min(CONVERT_CHUNK, n - off);
-        floatX_to_f32_kernel<<<ceil_div((long)k, CONVERT_THREADS), CONVERT_THREADS, 0, g_stream>>>(stage, src + off, k);
+        LNS_LAUNCH(floatX_to_f32_kernel, ceil_div((long)k, CONVERT_THREADS), CONVERT_THREADS, 0, stage, src + off, k);
         cudaCheckLaunch();
         cudaCheck(cudaMemcpyAsync(dst + off, stage, k * sizeof(float), cudaMemcpyDeviceToHost, g_stream));
     }

@@ -4,7 +4,7 @@
 // token id on the host in ascending position order, and one thread owns each
 // (token, channel chunk) and sums that bucket's rows in order, starting from the
 // gradient already there, exactly as the CPU twin does.
-// The kernels and their launches, shared by encoder.cu and the emulated tests.
+// The kernels and their launches, used by encoder.cu.
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -81,7 +81,7 @@ __global__ void encoder_backward_wpe_kernel(floatX* dwpe, const floatX* dout, in
     store_f<VEC>(dst, acc);
 }
 
-// The launches, shared by encoder.cu (cuda_backend) and the emulated tests.
+// The launches, used by encoder.cu.
 void enc_forward(floatX* out, const int* inp, const floatX* wte, const floatX* wpe, int B, int T, int C) {
     const int N = B * T;
     if (N <= 0 || C <= 0) return;

@@ -127,10 +127,10 @@ __global__ void dbias_finish_kernel(floatX* dbias, const float* __restrict__ par
 void dbias_accumulate(floatX* dbias, const floatX* dout, int N, int OC) {
     const int slabs = ceil_div(N, DBIAS_ROWS);
     float* partial = (float*)cuda_scratch(SCRATCH_MATMUL_DBIAS, (size_t)slabs * OC * sizeof(float));
-    dbias_partial_kernel<<<dim3(slabs, ceil_div(OC, DBIAS_COLS)), dim3(DBIAS_LANES, DBIAS_ROW_LANES), 0, g_stream>>>(
-        partial, dout, N, OC);
+    LNS_LAUNCH(dbias_partial_kernel, dim3(slabs, ceil_div(OC, DBIAS_COLS)), dim3(DBIAS_LANES, DBIAS_ROW_LANES), 0,
+               partial, dout, N, OC);
     cudaCheckLaunch();
-    dbias_finish_kernel<<<ceil_div(OC, 256), 256, 0, g_stream>>>(dbias, partial, slabs, OC);
+    LNS_LAUNCH(dbias_finish_kernel, ceil_div(OC, 256), 256, 0, dbias, partial, slabs, OC);
     cudaCheckLaunch();
 }
 
@@ -332,7 +332,7 @@ void cuda_backend::matmul_forward(floatX* out, const floatX* inp, const floatX* 
     lt_matmul_or_die(op, "out = inp @ w^T + bias", g, N, C, OC);
     if (pre_gelu) {
         const size_t n = (size_t)N * OC;
-        gelu_forward_kernel<<<elementwise_blocks(n), 256, 0, g_stream>>>(out, pre_gelu, n);
+        LNS_LAUNCH(gelu_forward_kernel, elementwise_blocks(n), 256, 0, out, pre_gelu, n);
         cudaCheckLaunch();
     }
 }
@@ -379,7 +379,7 @@ void cuda_backend::matmul_backward(floatX* dinp, floatX* dw, floatX* dbias, cons
         lt_matmul_or_die(op, "dinp = dout @ w", g, N, C, OC);
         if (pre_gelu) {
             const size_t n = (size_t)N * C;
-            gelu_backward_inplace_kernel<<<elementwise_blocks(n), 256, 0, g_stream>>>(dinp, pre_gelu, n);
+            LNS_LAUNCH(gelu_backward_inplace_kernel, elementwise_blocks(n), 256, 0, dinp, pre_gelu, n);
             cudaCheckLaunch();
         }
     }

@@ -14,8 +14,7 @@
 //     added into dw/db.
 // The grid, the row split and every reduction order depend only on (N, C), never
 // on the device or on timing: the same inputs give the same bits.
-// The kernels and their launches, shared by norm.cu (cuda_backend) and the emulated
-// tests (test/test_ops_emulated.cpp).
+// The kernels and their launches, used by norm.cu.
 #pragma once
 #include <algorithm>
 #include <cstdint>

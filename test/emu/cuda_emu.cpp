@@ -3,7 +3,9 @@
 #ifdef LNS_CUDA
 #include "test/emu/cuda_emu.h"
 
+#if !defined(__x86_64__)
 #include <ucontext.h>
+#endif
 
 #include <algorithm>
 #include <memory>
@@ -18,6 +20,75 @@ namespace emu {
 Index block_idx, grid_dim, block_dim;
 
 namespace {
+
+// ---- fibers: a saved context per emulated thread and one for the scheduler.
+// On x86-64 a switch saves the callee-saved registers and the stack pointer (and the
+// SSE/x87 control words) in a few instructions; ucontext's swapcontext would also make
+// a signal-mask system call on every switch, most of the emulator's time. Elsewhere,
+// ucontext.
+#if defined(__x86_64__)
+extern "C" void lns_emu_switch(void** save_sp, void* load_sp);
+asm(R"(
+    .text
+    .p2align 4
+    .globl lns_emu_switch
+    .type lns_emu_switch, @function
+lns_emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $16, %rsp
+    stmxcsr (%rsp)
+    fnstcw 8(%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr (%rsp)
+    fldcw 8(%rsp)
+    addq $16, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size lns_emu_switch, .-lns_emu_switch
+)");
+
+struct Context {
+    void* sp = nullptr;
+};
+// A context that enters entry() (which must never return) on the given stack: the
+// frame lns_emu_switch pops, with entry() as its return address.
+void context_make(Context& c, char* stack, size_t bytes, void (*entry)()) {
+    uintptr_t top = ((uintptr_t)stack + bytes) & ~(uintptr_t)15;
+    uint64_t* f = reinterpret_cast<uint64_t*>(top - 128);  // 16-aligned: entry() starts as if called
+    uint32_t mxcsr = 0;
+    uint16_t fpucw = 0;
+    asm volatile("stmxcsr %0" : "=m"(mxcsr));
+    asm volatile("fnstcw %0" : "=m"(fpucw));
+    std::memset(f, 0, 128);
+    f[0] = mxcsr, f[1] = fpucw;  // then r15, r14, r13, r12, rbx, rbp: zero
+    f[8] = (uint64_t)(uintptr_t)entry;
+    c.sp = f;
+}
+void context_switch(Context& from, Context& to) { lns_emu_switch(&from.sp, to.sp); }
+#else
+struct Context {
+    ucontext_t uc;
+};
+void context_make(Context& c, char* stack, size_t bytes, void (*entry)()) {
+    getcontext(&c.uc);
+    c.uc.uc_stack.ss_sp = stack;
+    c.uc.uc_stack.ss_size = bytes;
+    c.uc.uc_link = nullptr;
+    makecontext(&c.uc, entry, 0);
+}
+void context_switch(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
+#endif
 
 constexpr size_t STACK_BYTES = 256 * 1024;
 
@@ -61,8 +132,11 @@ struct AsyncGroups {
 };
 
 struct Thread {
-    ucontext_t ctx;
+    // Its fiber runs one emulated thread after another (fiber_loop); `parked` while it
+    // waits between them, so starting the next needs no new context.
+    Context ctx;
     std::unique_ptr<char[]> stack;
+    bool parked = false;
     Index idx;
     State state = State::done;
     // the collective this lane waits in: its operands and, once the warp is complete, its results
@@ -91,7 +165,7 @@ struct Block {
     // async proxy (wgmma) since
     std::vector<int> unpublished, lander;
     std::vector<char> proxy_fenced;
-    ucontext_t scheduler;
+    Context scheduler;
     Thread* current = nullptr;
     const std::function<void()>* fn = nullptr;
     unsigned char* smem = nullptr;
@@ -120,21 +194,26 @@ void check_smem(const void* p, size_t bytes, const char* op) {
 void block_on(State s) {
     Thread* t = g.current;
     t->state = s;
-    swapcontext(&t->ctx, &g.scheduler);
+    context_switch(t->ctx, g.scheduler);
 }
 
-// Errors inside a fiber cannot unwind through swapcontext; they are carried out to
-// the scheduler and rethrown there.
+// Errors inside a fiber cannot unwind through a context switch; they are carried out
+// to the scheduler and rethrown there.
 std::string g_error;
 
-void fiber_main() {
-    try {
-        (*g.fn)();
-    } catch (const std::exception& e) {
-        g_error = e.what();
+// A fiber's whole life: the emulated threads the scheduler starts on it, one by one.
+[[noreturn]] void fiber_loop() {
+    for (;;) {
+        g.current->parked = false;
+        try {
+            (*g.fn)();
+        } catch (const std::exception& e) {
+            g_error = e.what();
+        }
+        g.current->state = State::done;
+        g.current->parked = true;
+        context_switch(g.current->ctx, g.scheduler);
     }
-    g.current->state = State::done;
-    swapcontext(&g.current->ctx, &g.scheduler);
 }
 
 float bf16_lo(uint32_t r) { return __bfloat162float(__ushort_as_bfloat16((unsigned short)(r & 0xffff))); }
@@ -231,13 +310,11 @@ void resolve(Thread* lanes) {
 }
 
 // Thread i of the block, at the start of the kernel.
+// A fiber that a failed launch left inside a kernel starts afresh (its frames are
+// abandoned, not unwound).
 void start_fiber(Thread& t, int i) {
     if (!t.stack) t.stack.reset(new char[STACK_BYTES]);
-    getcontext(&t.ctx);
-    t.ctx.uc_stack.ss_sp = t.stack.get();
-    t.ctx.uc_stack.ss_size = STACK_BYTES;
-    t.ctx.uc_link = nullptr;
-    makecontext(&t.ctx, fiber_main, 0);
+    if (!t.parked) context_make(t.ctx, t.stack.get(), STACK_BYTES, fiber_loop);
     t.idx = Index{(unsigned)(i % block_dim.x), (unsigned)(i / block_dim.x % block_dim.y),
                   (unsigned)(i / (block_dim.x * block_dim.y))};
     t.state = State::ready;
@@ -312,7 +389,7 @@ void run_block() {
             for (int l = 0; l < 32; l++)
                 if (lanes[l].state == State::ready) {
                     g.current = &lanes[l];
-                    swapcontext(&g.scheduler, &lanes[l].ctx);
+                    context_switch(g.scheduler, lanes[l].ctx);
                     g.current = nullptr;
                     if (!g_error.empty()) {
                         const std::string e = g_error;
@@ -499,54 +576,6 @@ void wgmma_wait(int pending_groups) {
                          [](const WgmmaResult& r) { std::copy(r.value.begin(), r.value.end(), r.dst); });
 }
 
-namespace {
-float load_elem(const void* p, cudaDataType t, size_t i) {
-    if (t == CUDA_R_32F) return static_cast<const float*>(p)[i];
-    if (t == CUDA_R_16BF) return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
-    throw Error("gemm_strided_batched: only fp32 and bf16 operands are emulated");
-}
-void store_elem(void* p, cudaDataType t, size_t i, float v) {
-    if (t == CUDA_R_32F) static_cast<float*>(p)[i] = v;
-    else if (t == CUDA_R_16BF) static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(v);
-    else throw Error("gemm_strided_batched: only fp32 and bf16 results are emulated");
-}
-}  // namespace
-
-// C (m x n) = alpha op(A) op(B) + beta C per batch, column-major: op(A)(i, p) is
-// A[i + p lda] (N) or A[p + i lda] (T), op(B)(p, j) is B[p + j ldb] (N) or B[j + p ldb] (T).
-cublasStatus_t gemm_strided_batched(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
-                                    const void* alpha, const void* A, cudaDataType at, int lda, long long sa,
-                                    const void* B, cudaDataType bt, int ldb, long long sb, const void* beta, void* C,
-                                    cudaDataType ct, int ldc, long long sc, int batch, cublasComputeType_t,
-                                    cublasGemmAlgo_t) {
-    const float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
-    for (int b = 0; b < batch; b++)
-        for (int j = 0; j < n; j++)
-            for (int i = 0; i < m; i++) {
-                double acc = 0.0;
-                for (int p = 0; p < k; p++) {
-                    const size_t ia = b * sa + (ta == CUBLAS_OP_N ? i + (size_t)p * lda : p + (size_t)i * lda);
-                    const size_t ib = b * sb + (tb == CUBLAS_OP_N ? p + (size_t)j * ldb : j + (size_t)p * ldb);
-                    acc += (double)load_elem(A, at, ia) * load_elem(B, bt, ib);
-                }
-                const size_t ic = b * sc + i + (size_t)j * ldc;
-                store_elem(C, ct, ic, (float)(al * acc + (be != 0.0f ? be * load_elem(C, ct, ic) : 0.0)));
-            }
-    return CUBLAS_STATUS_SUCCESS;
-}
-
 }  // namespace emu
-
-// cuda_backend's copies, renamed by cuda_emu.h: all memory is host memory
-void emu_backend::copy_to_host(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
-void emu_backend::copy_from_host(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
-
-// cuda_scratch, renamed by cuda_emu.h: one growing host buffer per slot
-void* emu_cuda_scratch(ScratchSlot slot, size_t bytes) {
-    static std::vector<unsigned char> buffers[NUM_SCRATCH];
-    std::vector<unsigned char>& b = buffers[slot];
-    if (b.size() < bytes) b.assign(bytes + 16, 0xff);
-    return (void*)(((uintptr_t)b.data() + 15) & ~(uintptr_t)15);
-}
 
 #endif  // LNS_CUDA

@@ -155,27 +155,9 @@ using std::max;
 using std::min;
 inline uint32_t __cvta_generic_to_shared(const void* p) { return emu::smem_offset(p); }
 
-// The runtime calls the kernel headers' host code makes, as no-ops.
-#define cudaFuncSetAttribute(kernel, attr, value) \
-    (emu::set_max_dynamic_smem(reinterpret_cast<const void*>(kernel), (size_t)(value)), cudaSuccess)
-#define cudaGetLastError() cudaSuccess
-// cuBLAS's strided batched GEMM on the host (column-major, fp32 accumulation, bf16 or
-// fp32 storage), so code around the GEMMs can be emulated; it tests the callers'
-// operands, not cuBLAS.
-namespace emu {
-cublasStatus_t gemm_strided_batched(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
-                                    const void* alpha, const void* A, cudaDataType at, int lda, long long sa,
-                                    const void* B, cudaDataType bt, int ldb, long long sb, const void* beta, void* C,
-                                    cudaDataType ct, int ldc, long long sc, int batch, cublasComputeType_t,
-                                    cublasGemmAlgo_t);
-}
-#define cublasGemmStridedBatchedEx emu::gemm_strided_batched
+// The runtime and libraries: kernels/*.cu compile for the emulator as well.
+#include "test/emu/runtime_emu.h"
 
-// Scratch buffers in host memory; see cuda_emu.cpp.
-#define cuda_scratch emu_cuda_scratch
-// The backend class as kernel headers see it: its host helpers (copies) work on host
-// memory here (cuda_emu.cpp), and the name keeps it apart from the real cuda_backend.
-#define cuda_backend emu_backend
 // kernel<<<grid, block, smem, stream>>>(args...) as a call per emulated thread
 #define LNS_LAUNCH(kernel, grid, block, smem_bytes, ...) \
     emu::launch((grid), (block), (smem_bytes), [&] { (kernel)(__VA_ARGS__); }, reinterpret_cast<const void*>(kernel))

@@ -1,0 +1,120 @@
+// The emulated CUDA runtime: one device whose memory is host memory; see runtime_emu.h.
+#ifdef LNS_CUDA
+#include "test/emu/cuda_emu.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <string>
+
+namespace emu {
+
+namespace {
+// base address -> size of every live cudaMalloc allocation
+std::map<uintptr_t, size_t>& allocations() {
+    static std::map<uintptr_t, size_t> a;
+    return a;
+}
+size_t g_in_use = 0;
+int g_stream_token = 0;  // streams are its address: never null, never dereferenced
+
+std::string hex(const void* p) {
+    char b[32];
+    snprintf(b, sizeof b, "%p", p);
+    return b;
+}
+
+// A device range [p, p + bytes) that starts inside an allocation must end inside it.
+// Memory outside every allocation is the caller's host memory (tests hand host buffers
+// to kernels as device memory), so only overruns of device buffers are caught.
+void check_range(const void* p, size_t bytes, const char* what) {
+    if (bytes == 0) return;
+    const uintptr_t a = (uintptr_t)p;
+    auto& m = allocations();
+    auto it = m.upper_bound(a);
+    if (it == m.begin()) return;
+    --it;
+    if (a >= it->first + it->second) return;  // not in this (the nearest lower) allocation
+    if (a + bytes > it->first + it->second)
+        throw Error(std::string(what) + ": " + std::to_string(bytes) + " bytes at " + hex(p) + " run " +
+                    std::to_string(a + bytes - (it->first + it->second)) + " bytes past the end of a " +
+                    std::to_string(it->second) + "-byte cudaMalloc allocation");
+}
+}  // namespace
+
+cudaError_t get_device_count(int* n) {
+    *n = 1;
+    return cudaSuccess;
+}
+
+cudaError_t set_device(int device) { return device == 0 ? cudaSuccess : cudaErrorInvalidDevice; }
+
+cudaError_t get_device_properties(cudaDeviceProp* p, int device) {
+    if (device != 0) return cudaErrorInvalidDevice;
+    *p = cudaDeviceProp{};
+    snprintf(p->name, sizeof p->name, "CPU emulator");
+    p->totalGlobalMem = DEVICE_BYTES;
+    p->major = 9, p->minor = 0;  // it runs the sm_90a kernels (wgmma)
+    p->multiProcessorCount = 132;
+    p->warpSize = 32;
+    p->maxThreadsPerBlock = 1024;
+    p->sharedMemPerBlockOptin = SMEM_CAPACITY - 1024;
+    p->sharedMemPerMultiprocessor = SMEM_CAPACITY;
+    return cudaSuccess;
+}
+
+cudaError_t stream_create(cudaStream_t* s) {
+    *s = reinterpret_cast<cudaStream_t>(&g_stream_token);
+    return cudaSuccess;
+}
+
+cudaError_t stream_synchronize(cudaStream_t) { return cudaSuccess; }
+
+cudaError_t device_malloc(void** p, size_t bytes) {
+    const size_t rounded = (bytes + 255) / 256 * 256;  // cudaMalloc's alignment
+    if (rounded == 0 || rounded > DEVICE_BYTES - g_in_use) return cudaErrorMemoryAllocation;
+    void* q = std::aligned_alloc(256, rounded);
+    if (q == nullptr) return cudaErrorMemoryAllocation;
+    std::memset(q, 0xff, rounded);  // NaN: undefined until written
+    allocations()[(uintptr_t)q] = bytes;
+    g_in_use += rounded;
+    *p = q;
+    return cudaSuccess;
+}
+
+cudaError_t device_free(void* p) {
+    if (p == nullptr) return cudaSuccess;
+    auto it = allocations().find((uintptr_t)p);
+    if (it == allocations().end()) throw Error("cudaFree(" + hex(p) + "): not a pointer cudaMalloc returned");
+    g_in_use -= (it->second + 255) / 256 * 256;
+    allocations().erase(it);
+    std::free(p);
+    return cudaSuccess;
+}
+
+size_t device_bytes_in_use() { return g_in_use; }
+
+cudaError_t mem_get_info(size_t* free_bytes, size_t* total_bytes) {
+    *free_bytes = DEVICE_BYTES - g_in_use;
+    *total_bytes = DEVICE_BYTES;
+    return cudaSuccess;
+}
+
+cudaError_t memset_async(void* p, int value, size_t bytes, cudaStream_t) {
+    check_range(p, bytes, "cudaMemsetAsync");
+    std::memset(p, value, bytes);
+    return cudaSuccess;
+}
+
+cudaError_t memcpy_async(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t) {
+    if (kind != cudaMemcpyHostToHost) {
+        if (kind != cudaMemcpyHostToDevice) check_range(src, bytes, "cudaMemcpy source");
+        if (kind != cudaMemcpyDeviceToHost) check_range(dst, bytes, "cudaMemcpy destination");
+    }
+    std::memmove(dst, src, bytes);
+    return cudaSuccess;
+}
+
+}  // namespace emu
+
+#endif  // LNS_CUDA
