@@ -74,8 +74,8 @@ part "GPU tests fp32" 90 ./build-fp32/test_all "[gpu]"
 # the flash kernels' shared-memory barriers and bounds, which no CPU check covers
 sanitizer=$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")
 if [ -x "$sanitizer" ]; then
-    part "racecheck flash" 60 "$sanitizer" --tool racecheck --error-exitcode 1 ./build/test_all "[sanitize]"
-    part "memcheck flash" 60 "$sanitizer" --tool memcheck --error-exitcode 1 ./build/test_all "[sanitize]"
+    part "racecheck flash" 60 "$sanitizer" --tool racecheck --error-exitcode 1 ./build/test_all "[gpu][sanitize]"
+    part "memcheck flash" 60 "$sanitizer" --tool memcheck --error-exitcode 1 ./build/test_all "[gpu][sanitize]"
 fi
 
 # 3. throughput: train_gpt against PyTorch (torch.compile, bf16 autocast) on the same shapes

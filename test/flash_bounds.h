@@ -1,5 +1,5 @@
 // Error bounds of the flash attention kernels against their CPU twin, shared by the
-// [gpu] tests and the emulated ones (test/test_flash_emulated.cpp).
+// [gpu] tests, which also run on the CPU emulator (test/emu).
 #pragma once
 
 // Inputs are rounded to bf16 first. Tolerances (bf16; not yet measured on a GPU): the

@@ -40,6 +40,9 @@ constexpr double ACC = 1e-5;          // fp32 vs double arithmetic, see the file
 constexpr double TOL = U + ACC;       // outputs rounded once to storage
 constexpr double TOL_SR = 2 * U + ACC;  // stochastic rounding: less than one ulp (2U) away
 
+#ifdef LNS_CUDA_EMU
+#define REQUIRE_GPU() Gpu::init(0)
+#else
 #define REQUIRE_GPU()                           \
     do {                                        \
         if (!gpu_available()) {                 \
@@ -47,6 +50,7 @@ constexpr double TOL_SR = 2 * U + ACC;  // stochastic rounding: less than one ul
             return;                             \
         }                                       \
     } while (0)
+#endif
 
 // Round to nearest even bf16 (what the device's __float2bfloat16_rn does);
 // identity in the FP32 build.
@@ -137,13 +141,15 @@ using DevI = DevR<int>;
 const char* kind_name(NormKind k) { return k == NormKind::layernorm ? "layernorm" : "rmsnorm"; }
 }  // namespace
 
+#ifndef LNS_CUDA_EMU  // host-side checks, the same on the emulator
 TEST_CASE("cuda device_count never fails, with or without a driver", "[cuda]") {
     const int n = Gpu::device_count();
     CHECK(n >= 0);
     CHECK((n > 0) == gpu_available());
 }
+#endif
 
-TEST_CASE("cuda memory: transfers round to nearest, copies are exact, out of memory is a UserError", "[gpu][cuda]") {
+GPU_TEST_CASE("cuda memory: transfers round to nearest, copies are exact, out of memory is a UserError", "[cuda]") {
     REQUIRE_GPU();
     char desc[256];
     Gpu::describe(desc, sizeof desc);
@@ -183,7 +189,7 @@ TEST_CASE("cuda memory: transfers round to nearest, copies are exact, out of mem
     CHECK(after.get().size() == 5);
 }
 
-TEST_CASE("cuda encoder forward and backward match the CPU; backward is deterministic", "[gpu][cuda]") {
+GPU_TEST_CASE("cuda encoder forward and backward match the CPU; backward is deterministic", "[cuda]") {
     REQUIRE_GPU();
     const int V = 13;  // tokens 5..11 never appear
     const std::pair<int, int> batches[] = {{1, 1}, {1, 7}, {4, 16}, {8, 64}};  // (B, T)
@@ -224,7 +230,7 @@ TEST_CASE("cuda encoder forward and backward match the CPU; backward is determin
             }
 }
 
-TEST_CASE("cuda residual_norm forward matches the CPU", "[gpu][cuda][norm]") {
+GPU_TEST_CASE("cuda residual_norm forward matches the CPU", "[cuda][norm]") {
     REQUIRE_GPU();
     for (NormKind kind : {NormKind::layernorm, NormKind::rmsnorm})
         for (NormScheme scheme : {NormScheme::pre, NormScheme::lns})
@@ -269,7 +275,7 @@ TEST_CASE("cuda residual_norm forward matches the CPU", "[gpu][cuda][norm]") {
                     }
 }
 
-TEST_CASE("cuda residual_norm backward matches the CPU, in place and deterministically", "[gpu][cuda][norm]") {
+GPU_TEST_CASE("cuda residual_norm backward matches the CPU, in place and deterministically", "[cuda][norm]") {
     REQUIRE_GPU();
     struct Shape {
         int N, C;
@@ -333,7 +339,7 @@ TEST_CASE("cuda residual_norm backward matches the CPU, in place and determinist
                 }
 }
 
-TEST_CASE("cuda gelu forward and backward match the CPU, with tails and misaligned pointers", "[gpu][cuda]") {
+GPU_TEST_CASE("cuda gelu forward and backward match the CPU, with tails and misaligned pointers", "[cuda]") {
     REQUIRE_GPU();
     for (size_t n : {(size_t)1, (size_t)7, (size_t)8, (size_t)1003, (size_t)64 * 771})
         for (size_t off : {(size_t)0, (size_t)1}) {
@@ -350,7 +356,7 @@ TEST_CASE("cuda gelu forward and backward match the CPU, with tails and misalign
         }
 }
 
-TEST_CASE("cuda swiglu forward and backward match the CPU", "[gpu][cuda]") {
+GPU_TEST_CASE("cuda swiglu forward and backward match the CPU", "[cuda]") {
     REQUIRE_GPU();
     for (int F : {32, 40, 771})
         for (int N : {1, 7, 64}) {
@@ -372,7 +378,7 @@ TEST_CASE("cuda swiglu forward and backward match the CPU", "[gpu][cuda]") {
 // quantities of the logits' scale that fp32 holds to ~1e-7 of it: ACC * max|logit|.
 // Every gradient entry is dloss * (p - onehot), |.| <= dloss: TOL * dloss (a row
 // whose target has p ~ 1 has only tiny entries, so a relative bound would not do).
-TEST_CASE("cuda crossentropy matches the CPU, ignores padding and targets < 0, runs in place", "[gpu][cuda]") {
+GPU_TEST_CASE("cuda crossentropy matches the CPU, ignores padding and targets < 0, runs in place", "[cuda]") {
     REQUIRE_GPU();
     for (int V : {100, 771, 1000})
         for (int N : {1, 7, 64})
@@ -425,7 +431,7 @@ TEST_CASE("cuda crossentropy matches the CPU, ignores padding and targets < 0, r
     CHECK(max_abs_err(g_dl.get(), dl) <= TOL * 0.5);
 }
 
-TEST_CASE("cuda adamw matches the CPU's AdamW; bf16 params are the stochastically rounded master", "[gpu][cuda]") {
+GPU_TEST_CASE("cuda adamw matches the CPU's AdamW; bf16 params are the stochastically rounded master", "[cuda]") {
     REQUIRE_GPU();
     const size_t n = 1003;
     for (int t : {1, 7})
@@ -479,7 +485,7 @@ TEST_CASE("cuda adamw matches the CPU's AdamW; bf16 params are the stochasticall
 }
 
 #ifndef ENABLE_FP32
-TEST_CASE("cuda adamw's stochastic rounding is unbiased", "[gpu][cuda]") {
+GPU_TEST_CASE("cuda adamw's stochastic rounding is unbiased", "[cuda]") {
     REQUIRE_GPU();
     // lr = 0 leaves master = 1 + 2^-9, a quarter of the way from bf16 1 to 1 + 2^-7:
     // a quarter of the params must round up.
@@ -499,7 +505,7 @@ TEST_CASE("cuda adamw's stochastic rounding is unbiased", "[gpu][cuda]") {
 }
 #endif
 
-TEST_CASE("cuda norm_squared matches the CPU and is deterministic", "[gpu][cuda]") {
+GPU_TEST_CASE("cuda norm_squared matches the CPU and is deterministic", "[cuda]") {
     REQUIRE_GPU();
     for (size_t n : {(size_t)1, (size_t)7, (size_t)1000, ((size_t)1 << 21) + 3})
         for (size_t off : {(size_t)0, (size_t)1}) {
@@ -514,9 +520,10 @@ TEST_CASE("cuda norm_squared matches the CPU and is deterministic", "[gpu][cuda]
         }
 }
 // dg sums N (or N*C) products in fp32 on the GPU (double on the CPU): ~sqrt(N) * 6e-8
-// of the sum's scale at these sizes, far below ACC; then one rounding to storage.
-TEST_CASE("cuda branch_scale matches the CPU: per channel, scalar, factor only; in place, deterministic",
-          "[gpu][cuda][branch_scale]") {
+// of the sum's scale at these sizes, far below ACC; then one rounding to storage. The
+// scale of a sum of random-sign terms is sqrt(sum of squares) (see the scalar case).
+GPU_TEST_CASE("cuda branch_scale matches the CPU: per channel, scalar, factor only; in place, deterministic",
+          "[cuda][branch_scale]") {
     REQUIRE_GPU();
     const float factor = 0.7f;
     for (int C : {32, 771})
@@ -537,8 +544,21 @@ TEST_CASE("cuda branch_scale matches the CPU: per channel, scalar, factor only; 
                 CHECK(max_rel_err(g_out.get(), out) <= TOL);
                 CHECK(max_rel_err(g_dinp.get(), dinp) <= TOL);
                 const auto dg1 = g_dg.get();
-                if (channels) CHECK(max_rel_err(dg1, dg_ref) <= TOL);
-                else CHECK(same_bits(dg1, dg));  // no multiplier, no gradient
+                if (channels == C) {
+                    CHECK(max_rel_err(dg1, dg_ref) <= TOL);
+                } else if (channels == 1) {
+                    // One sum of N*C products of random sign: its rounding errors scale with the
+                    // sum's natural size sqrt(sum of squares), not with the result, which
+                    // cancellation can make small (N 1000, C 771: a sum of -4.2 out of 771000
+                    // unit terms, the fp32 sum 1.5e-4 away, 4e-5 of the result).
+                    double ss = 0.0;
+                    for (size_t i = 0; i < NC; i++) ss += ((double)d[i] * inp[i]) * ((double)d[i] * inp[i]);
+                    const double scale = std::max(std::fabs((double)dg_ref[0]), factor * std::sqrt(ss));
+                    INFO("dg " << dg1[0] << " reference " << dg_ref[0] << " scale " << scale);
+                    CHECK(std::fabs((double)dg1[0] - dg_ref[0]) <= TOL * scale);
+                } else {
+                    CHECK(same_bits(dg1, dg));  // no multiplier, no gradient
+                }
 
                 // dinp aliasing dout: the same dinp; the same dg increment, bit for bit
                 DevX g_io(d), g_dg2(dg);

@@ -18,6 +18,16 @@ bool gpu_available();
 // CUDA devices this machine has (0 in a CPU-only build).
 int gpu_count();
 
+// A test that needs a CUDA device: tagged [gpu], run only where one exists. The
+// files holding such tests are compiled a second time for the CPU emulator (test/emu,
+// the Makefile's EMU_TEST_OBJ), where each runs on every machine as "emulated: NAME",
+// tagged [emulation], with cuda_backend standing for the emulated backend.
+#ifdef LNS_CUDA_EMU
+#define GPU_TEST_CASE(name, tags) TEST_CASE("emulated: " name, "[emulation]" tags)
+#else
+#define GPU_TEST_CASE(name, tags) TEST_CASE(name, "[gpu]" tags)
+#endif
+
 // A fresh directory under /tmp, removed with everything in it at scope exit.
 struct TmpDir {
     std::string path;

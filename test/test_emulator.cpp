@@ -1,0 +1,299 @@
+// What only the emulated backend can show, beside the [gpu] tests it runs as
+// "emulated: ..." (test_util.h: GPU_TEST_CASE): that no result depends on which warp
+// runs ahead, that the model frees what it allocates, and that the emulated runtime and
+// cuBLASLt catch the misuse they are there to catch (so a green emulated test means
+// something).
+#include <catch2/catch.hpp>
+
+#ifdef LNS_CUDA
+#include "test/emu/cuda_emu.h"
+// after the emulator: cuda_backend is the emulated backend here
+#include "kernels/cuda_backend.h"
+#include "test/model_compare.h"
+
+using namespace model_compare;
+
+namespace {
+
+// The emulator's warp order for a scope.
+struct WarpOrder {
+    explicit WarpOrder(emu::Order o) { emu::set_order(o); }
+    ~WarpOrder() { emu::set_order(emu::Order::forward); }
+};
+
+struct Outcome {
+    float loss;
+    std::vector<float> grads, params, decoded;
+};
+
+// A training step, an AdamW update and three decoding steps with the KV cache.
+Outcome run(const ModelConfig& cfg, AttentionKind attention, emu::Order order) {
+    WarpOrder w(order);
+    GPT<cuda_backend> m(cfg, B, T, false, attention);
+    std::vector<float> p;
+    init_params(p, m.layout, 21);
+    round_to_device_precision(p);
+    const auto x = tokens(B * T, cfg.vocab_size, 22), y = tokens(B * T, cfg.vocab_size, 23);
+    Outcome o;
+    o.loss = step(m, p, x, y, &o.grads);
+    AdamWConfig opt;
+    opt.weight_decay = 0.1f;
+    optimizer_step(m, opt, 1e-3f, 1, 24);
+    o.params = m.get_params();
+    const int Vp = cfg.padded_vocab();
+    for (int t = 0; t < 3; t++) {
+        m.forward_decode(x[t], t);
+        o.decoded.resize((size_t)(t + 1) * Vp);
+        m.download_logits_row(o.decoded.data() + (size_t)t * Vp, 0);
+    }
+    return o;
+}
+
+}  // namespace
+
+TEST_CASE("emulated backend: no result depends on which warp runs ahead", "[emulation][model]") {
+    struct Case {
+        const char* what;
+        ModelConfig cfg;
+        AttentionKind attention;
+        cuda_backend::FlashOptions flash;
+    };
+    const Case cases[] = {
+        {"gpt2-tiny lns", small("gpt2-tiny", NormScheme::lns), AttentionKind::naive, {}},
+        {"llama-tiny LayerScale", baseline_variant("llama-tiny", 0), AttentionKind::naive, {}},
+        {"gpt2-tiny post", small("gpt2-tiny", NormScheme::post), AttentionKind::naive, {}},
+#ifndef ENABLE_FP32
+        {"gpt2 flash", small_flash("gpt2-tiny"), AttentionKind::flash, {}},
+        {"llama flash", small_flash("llama-tiny"), AttentionKind::flash, {}},
+        {"llama flash, RoPE on load", small_flash("llama-tiny"), AttentionKind::flash, {true, false}},
+        {"llama flash, wgmma", small_flash("llama-tiny"), AttentionKind::flash, {false, true}},
+#endif
+    };
+    for (const Case& c : cases) {
+        DYNAMIC_SECTION(c.what) {
+            cuda_backend::attention_flash_options(c.flash);
+            const Outcome first = run(c.cfg, c.attention, emu::Order::forward);
+            const Outcome last = run(c.cfg, c.attention, emu::Order::reverse);
+            cuda_backend::attention_flash_options({});
+            CHECK(first.loss == last.loss);
+            const bool grads = first.grads == last.grads, params = first.params == last.params,
+                       decoded = first.decoded == last.decoded;
+            CHECK(grads);
+            CHECK(params);
+            CHECK(decoded);
+        }
+    }
+}
+
+// Device buffers through the backend's own transfers.
+struct Buf {
+    void* p;
+    size_t bytes;
+    explicit Buf(size_t b) : p(cuda_backend::alloc(b, "test")), bytes(b) {}
+    ~Buf() { cuda_backend::release(p); }
+    Buf(const Buf&) = delete;
+    Buf& operator=(const Buf&) = delete;
+    cuda_backend::floatX* x() const { return static_cast<cuda_backend::floatX*>(p); }
+    float* f() const { return static_cast<float*>(p); }
+    std::vector<unsigned char> bits() const {
+        std::vector<unsigned char> h(bytes);
+        cuda_backend::copy_to_host(h.data(), p, bytes);
+        return h;
+    }
+};
+using floatX = cuda_backend::floatX;
+
+// Ops at shapes past the model's: several key tiles in the flash pipelines, several row
+// groups per block combined through shared memory in the norm backward.
+TEST_CASE("emulated backend: multi-tile flash and norm backward give the same bits whichever warp runs ahead",
+          "[emulation][flash][norm]") {
+#ifndef ENABLE_FP32
+    for (int hs : {64, 128})
+        for (int variant = 0; variant < 3; variant++) {  // RoPE rotated first, on load, on wgmma
+            DYNAMIC_SECTION("flash hs " << hs << " variant " << variant) {
+                const int B = 1, T = 150, NH = 1, C = NH * hs;
+                const size_t n3 = (size_t)B * T * 3 * C, n1 = (size_t)B * T * C;
+                Buf qkv(n3 * sizeof(floatX)), dout(n1 * sizeof(floatX));
+                cuda_backend::upload_f32(qkv.x(), randn(n3, 610).data(), n3);
+                cuda_backend::upload_f32(dout.x(), randn(n1, 611).data(), n1);
+                std::vector<unsigned char> got[2];
+                for (int o = 0; o < 2; o++) {
+                    WarpOrder w(o ? emu::Order::reverse : emu::Order::forward);
+                    Buf out(n1 * sizeof(floatX)), lse((size_t)B * NH * T * 4), dqkv(n3 * sizeof(floatX));
+                    cuda_backend::attention_flash_options({variant == 1, variant == 2});
+                    cuda_backend::attention_flash_forward(out.x(), lse.f(), qkv.x(), B, T, C, NH, 10000.0f);
+                    cuda_backend::attention_flash_backward(dqkv.x(), dout.x(), qkv.x(), out.x(), lse.f(), B, T, C, NH,
+                                                           10000.0f);
+                    cuda_backend::attention_flash_options({});
+                    for (const Buf* b : {&out, &lse, &dqkv}) {
+                        const auto h = b->bits();
+                        got[o].insert(got[o].end(), h.begin(), h.end());
+                    }
+                }
+                CHECK(got[0] == got[1]);
+            }
+        }
+#endif
+    SECTION("norm backward, 70 rows of 40") {
+        const int N = 70, C = 40, layer = 5;
+        const size_t NC = (size_t)N * C;
+        Buf res(NC * sizeof(floatX)), w(C * sizeof(floatX)), dout(NC * sizeof(floatX)), mean(N * 4), rstd(N * 4);
+        std::vector<float> h_res = randn(NC, 30), h_w = randn(C, 31, 0.3f), h_mean(N), h_rstd(N), h_out(NC);
+        for (float& v : h_w) v += 1.0f;
+        cuda_backend::upload_f32(res.x(), h_res.data(), NC);
+        cuda_backend::upload_f32(w.x(), h_w.data(), C);
+        cuda_backend::upload_f32(dout.x(), randn(NC, 32).data(), NC);
+        cpu_backend::residual_norm_forward(nullptr, h_out.data(), h_mean.data(), h_rstd.data(), h_res.data(), nullptr,
+                                           1.0f, h_w.data(), nullptr, N, C, NormKind::layernorm, 1e-5f,
+                                           NormScheme::lns, layer);
+        cuda_backend::copy_from_host(mean.p, h_mean.data(), N * 4);
+        cuda_backend::copy_from_host(rstd.p, h_rstd.data(), N * 4);
+        std::vector<unsigned char> got[2];
+        for (int o = 0; o < 2; o++) {
+            WarpOrder order(o ? emu::Order::reverse : emu::Order::forward);
+            Buf dx(NC * sizeof(floatX)), dy(NC * sizeof(floatX)), dw(C * sizeof(floatX)), db(C * sizeof(floatX));
+            cuda_backend::zero(dw.p, dw.bytes), cuda_backend::zero(db.p, db.bytes);
+            cuda_backend::residual_norm_backward(dx.x(), dy.x(), dw.x(), db.x(), dout.x(), nullptr, res.x(), w.x(),
+                                                 mean.f(), rstd.f(), 1.6f, N, C, NormKind::layernorm, NormScheme::lns,
+                                                 layer);
+            for (const Buf* b : {&dx, &dy, &dw, &db}) {
+                const auto h = b->bits();
+                got[o].insert(got[o].end(), h.begin(), h.end());
+            }
+        }
+        CHECK(got[0] == got[1]);
+    }
+}
+
+TEST_CASE("emulated backend: a model returns all the device memory it allocates", "[emulation][model]") {
+    const ModelConfig cfg = small("llama-tiny", NormScheme::lns);
+    (void)run(cfg, AttentionKind::naive, emu::Order::forward);  // scratch buffers grow once and stay
+    const size_t before = emu::device_bytes_in_use();
+    {
+        GPT<cuda_backend> m(cfg, B, T, true);
+        CHECK(emu::device_bytes_in_use() > before);
+    }
+    CHECK(emu::device_bytes_in_use() == before);
+}
+
+TEST_CASE("the emulated runtime catches what a GPU would fault on or leave undefined", "[emulation]") {
+    void* p = nullptr;
+    REQUIRE(cudaMalloc(&p, 100) == cudaSuccess);
+    float f;
+    std::memcpy(&f, p, 4);
+    CHECK(std::isnan(f));  // fresh device memory is NaN, so reading it before writing shows
+    std::vector<char> host(200, 1);
+    CHECK(cudaMemcpyAsync(p, host.data(), 100, cudaMemcpyHostToDevice, nullptr) == cudaSuccess);
+    CHECK_THROWS_WITH(cudaMemcpyAsync(p, host.data(), 101, cudaMemcpyHostToDevice, nullptr),
+                      Catch::Contains("past the end"));
+    CHECK_THROWS_WITH(cudaMemcpyAsync(host.data(), (char*)p + 60, 41, cudaMemcpyDeviceToHost, nullptr),
+                      Catch::Contains("past the end"));
+    CHECK_THROWS_WITH(cudaMemsetAsync((char*)p + 1, 0, 100, nullptr), Catch::Contains("past the end"));
+    CHECK_THROWS_WITH(cudaFree((char*)p + 16), Catch::Contains("not a pointer cudaMalloc returned"));
+    CHECK(cudaFree(p) == cudaSuccess);
+    CHECK_THROWS(cudaFree(p));  // twice
+}
+
+// D (m,n) = A^T B with A stored (k,m), B (k,n), all column-major bf16, through the
+// calls kernels/matmul.cu makes.
+struct LtCall {
+    static constexpr int m = 16, n = 8, k = 32;
+    int a_rows = k, a_cols = m;
+    int64_t lda = k;
+    cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_DEFAULT;
+    const void* aux = nullptr;
+    int64_t aux_ld = 0;
+    uint32_t promise_a = 16;                       // the alignment of A the heuristic is told (B, D: 16)
+    size_t a_offset = 0;                           // elements: A less aligned than promised
+    const cublasLtMatmulAlgo_t* algo = nullptr;    // instead of the heuristic's
+    cublasLtMatmulAlgo_t* found_algo = nullptr;    // the heuristic's, out
+
+    std::vector<__nv_bfloat16> A = std::vector<__nv_bfloat16>((size_t)k * m + 8, __float2bfloat16(1.0f));
+    std::vector<__nv_bfloat16> B = std::vector<__nv_bfloat16>((size_t)k * n, __float2bfloat16(2.0f));
+    std::vector<__nv_bfloat16> D = std::vector<__nv_bfloat16>((size_t)m * n, __float2bfloat16(NAN));
+
+    // The heuristic's status; the matmul runs when it succeeds.
+    cublasStatus_t run() {
+        cublasLtMatmulDesc_t op;
+        cublasLtMatrixLayout_t a, b, d;
+        cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+        const cublasOperation_t t = CUBLAS_OP_T;
+        cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &t, sizeof t);
+        const uint32_t e = epilogue;
+        cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &e, sizeof e);
+        if (aux) {
+            cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof aux);
+            cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &aux_ld, sizeof aux_ld);
+        }
+        cublasLtMatrixLayoutCreate(&a, CUDA_R_16BF, a_rows, a_cols, lda);
+        cublasLtMatrixLayoutCreate(&b, CUDA_R_16BF, k, n, k);
+        cublasLtMatrixLayoutCreate(&d, CUDA_R_16BF, m, n, m);
+        cublasLtMatmulPreference_t pref;
+        cublasLtMatmulPreferenceCreate(&pref);
+        const uint32_t al16 = 16;  // what malloc gives the vectors
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &promise_a,
+                                             sizeof promise_a);
+        for (auto attr : {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                          CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES})
+            cublasLtMatmulPreferenceSetAttribute(pref, attr, &al16, sizeof al16);
+        cublasLtMatmulHeuristicResult_t r;
+        int found = 0;
+        const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(nullptr, op, a, b, d, d, pref, 1, &r, &found);
+        cublasLtMatmulPreferenceDestroy(pref);
+        std::exception_ptr failure;
+        if (st == CUBLAS_STATUS_SUCCESS) {
+            if (found_algo) *found_algo = r.algo;
+            const float one = 1.0f, zero = 0.0f;
+            try {
+                cublasLtMatmul(nullptr, op, &one, A.data() + a_offset, a, B.data(), b, &zero, D.data(), d, D.data(),
+                               d, algo ? algo : &r.algo, nullptr, 0, nullptr);
+            } catch (...) {
+                failure = std::current_exception();
+            }
+        }
+        cublasLtMatrixLayoutDestroy(d), cublasLtMatrixLayoutDestroy(b), cublasLtMatrixLayoutDestroy(a);
+        cublasLtMatmulDescDestroy(op);
+        if (failure) std::rethrow_exception(failure);
+        return st;
+    }
+};
+
+TEST_CASE("the emulated cuBLASLt refuses inconsistent descriptors and misused algorithms", "[emulation][matmul]") {
+    const int m = LtCall::m, n = LtCall::n, k = LtCall::k;
+    {
+        LtCall c;
+        REQUIRE(c.run() == CUBLAS_STATUS_SUCCESS);
+        CHECK(__bfloat162float(c.D[0]) == 2.0f * k);  // C (NaN here) is not read with beta 0
+        CHECK(__bfloat162float(c.D[(size_t)m * n - 1]) == 2.0f * k);
+    }
+    LtCall not_op_a, short_ld, no_bias, aux_ld, aux_ok;
+    not_op_a.a_rows = m, not_op_a.a_cols = k, not_op_a.lda = m;  // stored as if not transposed
+    CHECK(not_op_a.run() == CUBLAS_STATUS_INVALID_VALUE);
+    short_ld.lda = k - 1;
+    CHECK(short_ld.run() == CUBLAS_STATUS_INVALID_VALUE);
+    no_bias.epilogue = CUBLASLT_EPILOGUE_BIAS;
+    CHECK(no_bias.run() == CUBLAS_STATUS_INVALID_VALUE);
+    std::vector<__nv_bfloat16> aux((size_t)24 * n);
+    aux_ld.epilogue = aux_ok.epilogue = CUBLASLT_EPILOGUE_GELU_AUX;
+    aux_ld.aux = aux_ok.aux = aux.data();
+    aux_ld.aux_ld = 20;  // not a multiple of 8
+    aux_ok.aux_ld = 24;
+    CHECK(aux_ld.run() == CUBLAS_STATUS_INVALID_VALUE);
+    CHECK(aux_ok.run() == CUBLAS_STATUS_SUCCESS);
+
+    // an algorithm the heuristic chose for another problem (no GELU epilogue)
+    cublasLtMatmulAlgo_t plain;
+    LtCall first, second;
+    first.found_algo = &plain;
+    REQUIRE(first.run() == CUBLAS_STATUS_SUCCESS);
+    second.epilogue = CUBLASLT_EPILOGUE_GELU_AUX, second.aux = aux.data(), second.aux_ld = 24;
+    second.algo = &plain;
+    CHECK_THROWS_WITH(second.run(), Catch::Contains("chosen for another problem"));
+    // A less aligned than the heuristic was told
+    LtCall misaligned;
+    misaligned.a_offset = 1;
+    CHECK_THROWS_WITH(misaligned.run(), Catch::Contains("less aligned"));
+    misaligned.promise_a = 2;
+    CHECK(misaligned.run() == CUBLAS_STATUS_SUCCESS);
+}
+#endif
