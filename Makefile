@@ -46,9 +46,12 @@ ifeq ($(HAVE_NVCC),1)
 KERNEL_OBJ := $(KERNEL_SRC:%.cu=$(BUILD)/%.o)
 # The same backend source compiled by g++ for the CPU emulator (test/emu): emu_backend,
 # which the tests run where no GPU is. ptx_probe.cu is a GPU-only test harness.
-EMU_OBJ := $(patsubst kernels/%.cu,$(BUILD)/emu/kernels/%.o,$(filter-out kernels/ptx_probe.cu,$(wildcard kernels/*.cu)))
+EMU_KERNEL_OBJ := $(patsubst kernels/%.cu,$(BUILD)/emu/kernels/%.o,$(filter-out kernels/ptx_probe.cu,$(wildcard kernels/*.cu)))
+EMU_RUNTIME_OBJ := $(patsubst %.cpp,$(BUILD)/%.o,$(wildcard test/emu/*.cpp))
 # and the [gpu] tests compiled against it, so they run on every machine (test_util.h: GPU_TEST_CASE)
-EMU_OBJ += $(patsubst %.cpp,$(BUILD)/emu/%.o,$(wildcard test/test_cuda_*.cpp))
+EMU_OBJ := $(EMU_KERNEL_OBJ) $(patsubst %.cpp,$(BUILD)/emu/%.o,$(wildcard test/test_cuda_*.cpp))
+# train_gpt on the emulated backend: --device cuda runs the CUDA backend's source (tests)
+EMU_TRAIN := $(BUILD)/train_gpt_emu
 CXXFLAGS += -DLNS_CUDA -isystem $(CUDA_HOME)/include
 NVCCFLAGS += -DLNS_CUDA
 CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublasLt -lcublas -lnccl
@@ -108,8 +111,13 @@ train_gpt: train_gpt.cu $(LIB_OBJ)
 	$(CXX) $(CXXFLAGS) -x c++ $< -x none $(LIB_OBJ) -o $@ $(LDLIBS)
 endif
 
-$(BUILD)/test_all: $(TEST_OBJ) $(LIB_OBJ) $(KERNEL_OBJ) $(EMU_OBJ) $(if $(HAVE_MPI),$(BUILD)/test_comm_mpi)
+$(BUILD)/test_all: $(TEST_OBJ) $(LIB_OBJ) $(KERNEL_OBJ) $(EMU_OBJ) $(if $(HAVE_MPI),$(BUILD)/test_comm_mpi) $(EMU_TRAIN)
 	$(CXX) $(filter %.o,$^) -o $@ $(LDLIBS) $(CUDA_LIBS)
+
+# the real kernels come along for comm/nccl_comm.cu, which has no emulated twin
+$(BUILD)/train_gpt_emu: train_gpt.cu $(LIB_OBJ) $(KERNEL_OBJ) $(EMU_KERNEL_OBJ) $(EMU_RUNTIME_OBJ)
+	$(CXX) $(CXXFLAGS) $(EMU_CXXFLAGS) -include test/emu/cuda_emu.h -x c++ $< -x none $(filter %.o,$^) -o $@ \
+		$(LDLIBS) $(CUDA_LIBS)
 
 # run under mpirun by test/test_comm.cpp
 $(BUILD)/test_comm_mpi: $(BUILD)/test/mpi/test_comm_mpi.o $(BUILD)/comm/comm.o $(BUILD)/common/safetensors.o

@@ -21,35 +21,6 @@ namespace {
 
 using Shards = TextShards;
 
-// Starts sh -c cmd with stdout+stderr on a pipe; kill_at_step > 0 sends `sig` once
-// the line of that step appears. Returns the exit status (128 + signal if killed).
-int run_until(const std::string& cmd, int kill_at_step, int sig, std::string* out) {
-    int fds[2];
-    REQUIRE(pipe(fds) == 0);
-    pid_t pid = fork();
-    if (pid == 0) {
-        dup2(fds[1], 1), dup2(fds[1], 2);
-        close(fds[0]), close(fds[1]);
-        execl("/bin/sh", "sh", "-c", ("exec " + cmd).c_str(), (char*)nullptr);
-        _exit(127);
-    }
-    close(fds[1]);
-    std::string buf, line;
-    char c;
-    bool sent = false;
-    const std::string marker = strfmt("step %5d/", kill_at_step);
-    while (read(fds[0], &c, 1) == 1) {
-        buf += c;
-        if (c != '\n') continue;
-        if (!sent && kill_at_step > 0 && buf.find(marker) != std::string::npos) kill(pid, sig), sent = true;
-    }
-    close(fds[0]);
-    int status = 0;
-    waitpid(pid, &status, 0);
-    if (out) *out = buf;
-    return WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status);
-}
-
 std::string base_cmd(const Shards& d, const std::string& dir, int steps, const std::string& lr = "3e-3",
                      const std::string& norm = "lns") {
     return repo_root() + "/train_gpt --device cpu --model llama-tiny -b 4 -t 32 --warmup 3 --shuffle --threads 2 "

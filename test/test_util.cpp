@@ -1,6 +1,8 @@
 #include "test/test_util.h"
 
+#include <signal.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <catch2/catch.hpp>
 #include <cstdio>
@@ -33,6 +35,41 @@ int gpu_count() {
     return cuda_backend::device_count();
 #else
     return 0;
+#endif
+}
+
+int run_until(const std::string& cmd, int kill_at_step, int sig, std::string* out) {
+    int fds[2];
+    if (pipe(fds) != 0) return -1;
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(fds[1], 1), dup2(fds[1], 2);
+        close(fds[0]), close(fds[1]);
+        execl("/bin/sh", "sh", "-c", ("exec " + cmd).c_str(), (char*)nullptr);
+        _exit(127);
+    }
+    close(fds[1]);
+    std::string buf, line;
+    char c;
+    bool sent = false;
+    const std::string marker = strfmt("step %5d/", kill_at_step);
+    while (read(fds[0], &c, 1) == 1) {
+        buf += c;
+        if (c != '\n') continue;
+        if (!sent && kill_at_step > 0 && buf.find(marker) != std::string::npos) kill(pid, sig), sent = true;
+    }
+    close(fds[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    if (out) *out = buf;
+    return WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status);
+}
+
+std::string emulated_train_gpt() {
+#ifdef LNS_CUDA
+    return (std::filesystem::canonical("/proc/self/exe").parent_path() / "train_gpt_emu").string();
+#else
+    return "";
 #endif
 }
 

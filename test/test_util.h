@@ -81,6 +81,13 @@ void make_batch(std::vector<int>& x, std::vector<int>& y, int n, int V, uint64_t
 
 // Runs a shell command, returns its exit status and captures stdout+stderr.
 int run_command(const std::string& cmd, std::string* output);
+// Runs sh -c cmd, capturing stdout+stderr in *out (when given); kill_at_step > 0 sends
+// `sig` once the line of that step appears. The exit status, 128 + signal if killed.
+int run_until(const std::string& cmd, int kill_at_step, int sig, std::string* out);
+
+// train_gpt built on the emulated CUDA backend (the Makefile's EMU_TRAIN), beside this
+// test binary; empty in builds without CUDA.
+std::string emulated_train_gpt();
 
 // Every number printed after `key` (a regex) in a program's output, in order.
 std::vector<double> values_after(const std::string& out, const std::string& key);
