@@ -46,7 +46,8 @@ ifeq ($(HAVE_NVCC),1)
 KERNEL_OBJ := $(KERNEL_SRC:%.cu=$(BUILD)/%.o)
 # The same backend source compiled by g++ for the CPU emulator (test/emu): emu_backend,
 # which the tests run where no GPU is. ptx_probe.cu is a GPU-only test harness.
-EMU_KERNEL_OBJ := $(patsubst kernels/%.cu,$(BUILD)/emu/kernels/%.o,$(filter-out kernels/ptx_probe.cu,$(wildcard kernels/*.cu)))
+EMU_KERNEL_OBJ := $(patsubst kernels/%.cu,$(BUILD)/emu/kernels/%.o,$(filter-out kernels/ptx_probe.cu,$(wildcard kernels/*.cu))) \
+	$(BUILD)/emu/comm/nccl_comm.o
 EMU_RUNTIME_OBJ := $(patsubst %.cpp,$(BUILD)/%.o,$(wildcard test/emu/*.cpp))
 # and the [gpu] tests compiled against it, so they run on every machine (test_util.h: GPU_TEST_CASE)
 EMU_OBJ := $(EMU_KERNEL_OBJ) $(patsubst %.cpp,$(BUILD)/emu/%.o,$(wildcard test/test_cuda_*.cpp))
@@ -89,7 +90,7 @@ $(BUILD)/%.o: %.cpp
 EMU_CXXFLAGS := -Wno-unknown-pragmas -Wno-maybe-uninitialized -Wno-strict-aliasing
 $(BUILD)/test/test_ptx_probe.o \
 	$(BUILD)/test/test_emulator.o $(BUILD)/test/emu/cuda_emu.o: CXXFLAGS += $(EMU_CXXFLAGS)
-$(BUILD)/emu/kernels/%.o: kernels/%.cu
+$(BUILD)/emu/%.o: %.cu
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS) $(EMU_CXXFLAGS) -x c++ -include test/emu/cuda_emu.h -c $< -o $@
 $(BUILD)/emu/test/%.o: test/%.cpp
@@ -114,8 +115,7 @@ endif
 $(BUILD)/test_all: $(TEST_OBJ) $(LIB_OBJ) $(KERNEL_OBJ) $(EMU_OBJ) $(if $(HAVE_MPI),$(BUILD)/test_comm_mpi) $(EMU_TRAIN)
 	$(CXX) $(filter %.o,$^) -o $@ $(LDLIBS) $(CUDA_LIBS)
 
-# the real kernels come along for comm/nccl_comm.cu, which has no emulated twin
-$(BUILD)/train_gpt_emu: train_gpt.cu $(LIB_OBJ) $(KERNEL_OBJ) $(EMU_KERNEL_OBJ) $(EMU_RUNTIME_OBJ)
+$(BUILD)/train_gpt_emu: train_gpt.cu $(LIB_OBJ) $(EMU_KERNEL_OBJ) $(EMU_RUNTIME_OBJ)
 	$(CXX) $(CXXFLAGS) $(EMU_CXXFLAGS) -include test/emu/cuda_emu.h -x c++ $< -x none $(filter %.o,$^) -o $@ \
 		$(LDLIBS) $(CUDA_LIBS)
 

@@ -73,6 +73,10 @@ std::string emulated_train_gpt() {
 #endif
 }
 
+std::string mpirun(int ranks) {
+    return "mpirun --allow-run-as-root --oversubscribe -np " + std::to_string(ranks) + " ";
+}
+
 int run_command(const std::string& cmd, std::string* output) {
     FILE* p = popen((cmd + " 2>&1").c_str(), "r");
     if (!p) return -1;
@@ -116,7 +120,7 @@ void make_batch(std::vector<int>& x, std::vector<int>& y, int n, int V, uint64_t
     for (int i = 0; i < n; i++) x[i] = (int)(rng.next_u64() % V), y[i] = (int)(rng.next_u64() % V);
 }
 
-std::map<int, double> logged_losses(const std::string& dir) {
+std::map<int, double> logged_values(const std::string& dir, const std::string& field) {
     std::ifstream f(dir + "/log.jsonl");
     std::map<int, double> m;
     std::string line;
@@ -125,10 +129,12 @@ std::map<int, double> logged_losses(const std::string& dir) {
         if (j["type"] != "step") continue;
         const int s = j["step"].get<int>();
         CHECK(m.count(s) == 0);
-        m[s] = j["loss"].get<double>();
+        m[s] = j[field].get<double>();
     }
     return m;
 }
+
+std::map<int, double> logged_losses(const std::string& dir) { return logged_values(dir, "loss"); }
 
 std::vector<double> values_after(const std::string& out, const std::string& key) {
     std::vector<double> v;

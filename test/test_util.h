@@ -22,10 +22,13 @@ int gpu_count();
 // files holding such tests are compiled a second time for the CPU emulator (test/emu,
 // the Makefile's EMU_TEST_OBJ), where each runs on every machine as "emulated: NAME",
 // tagged [emulation], with cuda_backend standing for the emulated backend.
+// MULTIGPU_TAG marks a test that needs two GPUs; the emulator has as many as mpirun starts.
 #ifdef LNS_CUDA_EMU
 #define GPU_TEST_CASE(name, tags) TEST_CASE("emulated: " name, "[emulation]" tags)
+#define MULTIGPU_TAG ""
 #else
 #define GPU_TEST_CASE(name, tags) TEST_CASE(name, "[gpu]" tags)
+#define MULTIGPU_TAG "[multigpu]"
 #endif
 
 // A fresh directory under /tmp, removed with everything in it at scope exit.
@@ -88,15 +91,28 @@ int run_until(const std::string& cmd, int kill_at_step, int sig, std::string* ou
 // train_gpt built on the emulated CUDA backend (the Makefile's EMU_TRAIN), beside this
 // test binary; empty in builds without CUDA.
 std::string emulated_train_gpt();
+// "mpirun -np N " with the flags the tests need (root in containers, more ranks than cores)
+std::string mpirun(int ranks);
 
 // Every number printed after `key` (a regex) in a program's output, in order.
 std::vector<double> values_after(const std::string& out, const std::string& key);
 
 // step -> loss of the 'step' records in RUN/log.jsonl (a CHECK fails on a repeated step)
 std::map<int, double> logged_losses(const std::string& run_dir);
+// step -> another field of those records ("grad_norm", "lr", ...)
+std::map<int, double> logged_values(const std::string& run_dir, const std::string& field);
 
 // Directory the tests run from (the repository root); LNS_ROOT overrides.
 std::string repo_root();
+// The train_gpt whose --device cuda a [gpu] test runs: the real one, or on the emulator
+// the emulated one (static: the two compilations of a test file differ here).
+static inline std::string cuda_train_gpt() {
+#ifdef LNS_CUDA_EMU
+    return emulated_train_gpt();
+#else
+    return repo_root() + "/train_gpt";
+#endif
+}
 
 // Byte-level shards of the Shakespeare excerpt in test/data (64 KiB of real text):
 // the first 90% as train.bin, the rest as val.bin, in a fresh directory.

@@ -24,10 +24,12 @@ std::string hex(const void* p) {
     return b;
 }
 
+}  // namespace
+
 // A device range [p, p + bytes) that starts inside an allocation must end inside it.
 // Memory outside every allocation is the caller's host memory (tests hand host buffers
 // to kernels as device memory), so only overruns of device buffers are caught.
-void check_range(const void* p, size_t bytes, const char* what) {
+void check_device_range(const void* p, size_t bytes, const char* what) {
     if (bytes == 0) return;
     const uintptr_t a = (uintptr_t)p;
     auto& m = allocations();
@@ -40,8 +42,6 @@ void check_range(const void* p, size_t bytes, const char* what) {
                     std::to_string(a + bytes - (it->first + it->second)) + " bytes past the end of a " +
                     std::to_string(it->second) + "-byte cudaMalloc allocation");
 }
-}  // namespace
-
 cudaError_t get_device_count(int* n) {
     *n = 1;
     return cudaSuccess;
@@ -101,15 +101,15 @@ cudaError_t mem_get_info(size_t* free_bytes, size_t* total_bytes) {
 }
 
 cudaError_t memset_async(void* p, int value, size_t bytes, cudaStream_t) {
-    check_range(p, bytes, "cudaMemsetAsync");
+    check_device_range(p, bytes, "cudaMemsetAsync");
     std::memset(p, value, bytes);
     return cudaSuccess;
 }
 
 cudaError_t memcpy_async(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t) {
     if (kind != cudaMemcpyHostToHost) {
-        if (kind != cudaMemcpyHostToDevice) check_range(src, bytes, "cudaMemcpy source");
-        if (kind != cudaMemcpyDeviceToHost) check_range(dst, bytes, "cudaMemcpy destination");
+        if (kind != cudaMemcpyHostToDevice) check_device_range(src, bytes, "cudaMemcpy source");
+        if (kind != cudaMemcpyDeviceToHost) check_device_range(dst, bytes, "cudaMemcpy destination");
     }
     std::memmove(dst, src, bytes);
     return cudaSuccess;

@@ -11,11 +11,16 @@
 //     leading dimension as documented in cublasLt.h, and an algorithm is used only for
 //     the problem and alignments the heuristic was asked about;
 //   - C is not read when beta is 0 (cuBLAS's contract), so a NaN there does not leak.
-// Streams are a formality: every launch and copy completes before it returns.
+//   - NCCL: the collectives of comm/nccl_comm.cu over MPI between the emulated ranks'
+//     host memory (under mpirun), or as copies for one rank; buffers must hold the
+//     counts asked for (an overrun of a cudaMalloc allocation is caught).
+// Streams and events are a formality: every launch, copy and collective completes
+// before it returns.
 #pragma once
 #include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
+#include <nccl.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -36,6 +41,9 @@ cudaError_t mem_get_info(size_t* free_bytes, size_t* total_bytes);
 cudaError_t memset_async(void* p, int value, size_t bytes, cudaStream_t s);
 cudaError_t memcpy_async(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t s);
 size_t device_bytes_in_use();
+// Throws when [p, p + bytes) starts inside a cudaMalloc allocation and runs past its end
+// (memory outside every allocation is the caller's host memory).
+void check_device_range(const void* p, size_t bytes, const char* what);
 
 // cuBLAS: the strided batched GEMM (column-major, fp32 accumulation, bf16 or fp32 storage)
 cublasStatus_t gemm_strided_batched(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
@@ -66,6 +74,20 @@ cublasStatus_t lt_matmul(cublasLtHandle_t, cublasLtMatmulDesc_t op, const void* 
                          const void* C, cublasLtMatrixLayout_t c, void* D, cublasLtMatrixLayout_t d,
                          const cublasLtMatmulAlgo_t* algo, void* workspace, size_t workspace_bytes, cudaStream_t);
 
+// NCCL (comm/nccl_comm.cu's calls): sum reductions of fp32 and bf16 (summed in fp32,
+// rounded to bf16 once), all-gather, and byte broadcast
+ncclResult_t nccl_get_unique_id(ncclUniqueId* id);
+ncclResult_t nccl_comm_init_rank(ncclComm_t* comm, int nranks, ncclUniqueId id, int rank);
+ncclResult_t nccl_comm_destroy(ncclComm_t comm);
+ncclResult_t nccl_all_reduce(const void* send, void* recv, size_t count, ncclDataType_t t, ncclRedOp_t op,
+                             ncclComm_t comm, cudaStream_t);
+ncclResult_t nccl_reduce_scatter(const void* send, void* recv, size_t count, ncclDataType_t t, ncclRedOp_t op,
+                                 ncclComm_t comm, cudaStream_t);
+ncclResult_t nccl_all_gather(const void* send, void* recv, size_t count, ncclDataType_t t, ncclComm_t comm,
+                             cudaStream_t);
+ncclResult_t nccl_broadcast(const void* send, void* recv, size_t count, ncclDataType_t t, int root, ncclComm_t comm,
+                            cudaStream_t);
+
 }  // namespace emu
 
 // ---- the runtime
@@ -85,6 +107,24 @@ cublasStatus_t lt_matmul(cublasLtHandle_t, cublasLtMatmulDesc_t op, const void* 
 #define cudaFuncSetAttribute(kernel, attr, value) \
     (emu::set_max_dynamic_smem(reinterpret_cast<const void*>(kernel), (size_t)(value)), cudaSuccess)
 #define cudaGetLastError() cudaSuccess
+#define cudaStreamCreateWithFlags(s, flags) ((void)(flags), emu::stream_create(s))
+#define cudaStreamDestroy(s) ((void)(s), cudaSuccess)
+#define cudaStreamQuery(s) ((void)(s), cudaSuccess)
+#define cudaEventCreateWithFlags(e, flags) (*(e) = nullptr, (void)(flags), cudaSuccess)
+#define cudaEventDestroy(e) ((void)(e), cudaSuccess)
+#define cudaEventRecord(e, s) ((void)(e), (void)(s), cudaSuccess)
+#define cudaStreamWaitEvent(s, e, flags) ((void)(s), (void)(e), (void)(flags), cudaSuccess)
+
+// ---- NCCL
+#define ncclGetUniqueId emu::nccl_get_unique_id
+#define ncclCommInitRank emu::nccl_comm_init_rank
+#define ncclCommDestroy emu::nccl_comm_destroy
+#define ncclCommAbort emu::nccl_comm_destroy
+#define ncclCommGetAsyncError(comm, err) ((void)(comm), *(err) = ncclSuccess, ncclSuccess)
+#define ncclAllReduce emu::nccl_all_reduce
+#define ncclReduceScatter emu::nccl_reduce_scatter
+#define ncclAllGather emu::nccl_all_gather
+#define ncclBroadcast emu::nccl_broadcast
 
 // ---- cuBLAS and cuBLASLt (cublas_v2.h maps some names to their _v2 functions)
 #undef cublasCreate
@@ -112,3 +152,4 @@ cublasStatus_t lt_matmul(cublasLtHandle_t, cublasLtMatmulDesc_t op, const void* 
 #define g_cublaslt emu_g_cublaslt
 #define g_cublas emu_g_cublas
 #define g_props emu_g_props
+#define make_nccl_comm emu_make_nccl_comm
