@@ -165,6 +165,61 @@ TEST_CASE("emulated backend: multi-tile flash and norm backward give the same bi
     }
 }
 
+// Shared-memory bank conflicts (emu::smem_stats): an ldmatrix.x4 needs 4 wavefronts when
+// each matrix's 8 rows fall in distinct 16-byte bank groups, a warp's cp.async 4.
+__global__ void ldmatrix_rows_kernel(int row_stride_bytes) {
+    unsigned char* smem = dynamic_smem();
+    const int lane = threadIdx.x % 32;
+    uint32_t r[4];
+    ldsm_x4(r, smem + (lane % 8) * row_stride_bytes + (lane / 8) * 16);
+}
+
+TEST_CASE("the emulator counts the shared-memory wavefronts of a conflicting ldmatrix", "[emulation]") {
+    for (int stride : {16, 144, 128}) {  // contiguous, padded rows, rows in one bank group
+        emu::reset_smem_stats();
+        LNS_LAUNCH(ldmatrix_rows_kernel, 1, 32, 8 * 256, stride);
+        const emu::SmemStats s = emu::smem_stats();
+        INFO("row stride " << stride);
+        CHECK(s.ldmatrix == 1);
+        CHECK(s.ldmatrix_wavefronts == (stride == 128 ? 32 : 4));
+    }
+}
+
+// The padded tiles (attention_flash.cuh: ROW_STRIDE) and the core-matrix tiles of the
+// wgmma path are laid out so that no ldmatrix or cp.async waits on a bank conflict.
+TEST_CASE("emulated backend: the flash kernels' ldmatrix and cp.async are free of bank conflicts",
+          "[emulation][flash]") {
+#ifndef ENABLE_FP32
+    for (int hs : {64, 128})
+        for (int variant = 0; variant < 3; variant++) {  // RoPE rotated first, on load, on wgmma
+            DYNAMIC_SECTION("hs " << hs << " variant " << variant) {
+                const int B = 1, T = 150, NH = 1, C = NH * hs;
+                const size_t n3 = (size_t)B * T * 3 * C, n1 = (size_t)B * T * C;
+                Buf qkv(n3 * sizeof(floatX)), out(n1 * sizeof(floatX)), dout(n1 * sizeof(floatX)),
+                    dqkv(n3 * sizeof(floatX)), lse((size_t)T * 4);
+                cuda_backend::upload_f32(qkv.x(), randn(n3, 612).data(), n3);
+                cuda_backend::upload_f32(dout.x(), randn(n1, 613).data(), n1);
+                cuda_backend::attention_flash_options({variant == 1, variant == 2});
+                for (int pass = 0; pass < 2; pass++) {
+                    INFO((pass ? "backward" : "forward"));
+                    emu::reset_smem_stats();
+                    if (pass == 0)
+                        cuda_backend::attention_flash_forward(out.x(), lse.f(), qkv.x(), B, T, C, NH, 10000.0f);
+                    else
+                        cuda_backend::attention_flash_backward(dqkv.x(), dout.x(), qkv.x(), out.x(), lse.f(), B, T,
+                                                               C, NH, 10000.0f);
+                    const emu::SmemStats s = emu::smem_stats();
+                    CHECK(s.ldmatrix > 0);
+                    CHECK(s.cp_async > 0);
+                    CHECK(s.ldmatrix_wavefronts == 4 * s.ldmatrix);
+                    CHECK(s.cp_async_wavefronts == 4 * s.cp_async);
+                }
+                cuda_backend::attention_flash_options({});
+            }
+        }
+#endif
+}
+
 TEST_CASE("emulated backend: a model returns all the device memory it allocates", "[emulation][model]") {
     const ModelConfig cfg = small("llama-tiny", NormScheme::lns);
     (void)run(cfg, AttentionKind::naive, emu::Order::forward);  // scratch buffers grow once and stay

@@ -8,6 +8,7 @@
 #endif
 
 #include <algorithm>
+#include <array>
 #include <memory>
 #include <string>
 #include <utility>
@@ -147,6 +148,7 @@ struct Thread {
     float acc[4] = {};
     uint32_t out[4] = {};
     AsyncGroups<AsyncCopy> copies;
+    long cp_issued = 0;  // cp.async calls so far: the k-th of each lane is the warp's k-th instruction
     // wgmma operands: accumulators (as pending or in registers), B descriptor, shape
     std::vector<float> wg_acc;
     uint64_t desc = 0;
@@ -159,6 +161,8 @@ struct Thread {
 
 struct Block {
     std::vector<Thread> threads;
+    // per warp, per cp.async instruction: each lane's shared-memory destination (or null)
+    std::vector<std::vector<std::array<const unsigned char*, 32>>> cp_dst;
     // per 16-byte chunk of shared memory, filled by cp.async: the thread whose wait
     // landed it while no barrier has published it since (-1: published or never copied),
     // the thread that landed it last, and whether that thread has fenced it for the
@@ -173,6 +177,23 @@ struct Block {
     Order order = Order::forward;
 };
 Block g;
+
+SmemStats g_stats;
+
+// Shared-memory wavefronts of 8 accesses of 16 bytes (an ldmatrix matrix, or one phase of
+// a warp's 128-bit accesses): 32 banks of 4 bytes are 8 groups of 16 bytes, and a
+// wavefront serves one 16-byte chunk per group; the same chunk twice is one access.
+int wavefronts8(const unsigned char* const (&chunk)[8], int n = 8) {
+    int per_group[8] = {0};
+    for (int i = 0; i < n; i++) {
+        bool seen = false;
+        for (int j = 0; j < i; j++) seen = seen || chunk[j] == chunk[i];
+        if (!seen) per_group[((uintptr_t)chunk[i] / 16) % 8]++;
+    }
+    int w = 1;
+    for (int n : per_group) w = std::max(w, n);
+    return w;
+}
 
 [[noreturn]] void fail(const std::string& what) {
     throw Error("emulated block (" + std::to_string(block_idx.x) + "," + std::to_string(block_idx.y) +
@@ -253,7 +274,11 @@ void resolve(Thread* lanes) {
     case Op::ldmatrix_trans:
         // matrix i has its 8 rows (8 b16 each) at the addresses of lanes 8i..8i+7; lane l
         // receives row l/4, columns 2(l%4) and 2(l%4)+1 (.trans: column l/4, rows 2(l%4), +1)
+        g_stats.ldmatrix++;
         for (int i = 0; i < 4; i++) {
+            const unsigned char* rows[8];
+            for (int r = 0; r < 8; r++) rows[r] = static_cast<const unsigned char*>(lanes[8 * i + r].ptr);
+            g_stats.ldmatrix_wavefronts += wavefronts8(rows);
             uint16_t m[8][8];
             for (int r = 0; r < 8; r++) {
                 const int owner = g.unpublished[chunk_of(lanes[8 * i + r].ptr)];
@@ -320,6 +345,7 @@ void start_fiber(Thread& t, int i) {
     t.state = State::ready;
     t.op = Op::none;
     t.copies.clear();
+    t.cp_issued = 0;
     t.wg_pending.clear();
     t.wg_fenced = false;
 }
@@ -374,6 +400,21 @@ void resolve_wgmma(Thread* th) {
     }
 }
 
+// A warp's 128-bit accesses are served a quarter-warp (8 lanes) at a time.
+void count_cp_async_wavefronts() {
+    for (const auto& warp : g.cp_dst)
+        for (const auto& instr : warp) {
+            g_stats.cp_async++;
+            for (int phase = 0; phase < 4; phase++) {
+                const unsigned char* p[8];
+                int k = 0;
+                for (int l = 8 * phase; l < 8 * phase + 8; l++)
+                    if (instr[l]) p[k++] = instr[l];
+                if (k) g_stats.cp_async_wavefronts += wavefronts8(p, k);
+            }
+        }
+}
+
 void run_block() {
     const int n = (int)g.threads.size(), warps = n / 32;
     std::memset(g.smem, 0xff, g.smem_bytes);
@@ -381,6 +422,7 @@ void run_block() {
     g.lander.assign(g.smem_bytes / 16 + 1, -1);
     g.proxy_fenced.assign(g.smem_bytes / 16 + 1, 0);
     for (int i = 0; i < n; i++) start_fiber(g.threads[i], i);
+    g.cp_dst.assign(warps, {});
     for (;;) {
         bool progressed = false;
         for (int k = 0; k < warps && !progressed; k++) {
@@ -417,7 +459,10 @@ void run_block() {
         if (progressed) continue;
         int at_barrier = 0, done = 0;
         for (Thread& t : g.threads) at_barrier += t.state == State::barrier, done += t.state == State::done;
-        if (done == n) return;
+        if (done == n) {
+            count_cp_async_wavefronts();
+            return;
+        }
         if (at_barrier + done < n) fail("deadlock: lanes wait in collectives their warps never complete");
         for (Thread& t : g.threads)
             if (t.state == State::barrier) t.state = State::ready;
@@ -435,6 +480,9 @@ Thread* self(const char* what) {
 const Index& thread_idx() { return self("threadIdx")->idx; }
 
 void set_order(Order o) { g.order = o; }
+
+SmemStats smem_stats() { return g_stats; }
+void reset_smem_stats() { g_stats = SmemStats{}; }
 
 namespace {
 std::vector<std::pair<const void*, size_t>> g_smem_optin;  // kernel, opted-in dynamic bytes
@@ -514,6 +562,10 @@ void cp_async_16(void* dst, const void* src, int src_bytes) {
     check_smem(dst, 16, "cp.async");
     if (src_bytes > 0 && (uintptr_t)src % 16 != 0) fail("cp.async: global address not 16-byte aligned");
     t->copies.issue({(unsigned char*)dst, (const unsigned char*)src, src_bytes});
+    const int tid = tid_of(t);
+    auto& warp = g.cp_dst[tid / 32];
+    if ((long)warp.size() <= t->cp_issued) warp.resize(t->cp_issued + 1, std::array<const unsigned char*, 32>{});
+    warp[t->cp_issued++][tid % 32] = static_cast<const unsigned char*>(dst);
     std::memset(dst, 0xff, 16);  // undefined until the wait: a read before it sees NaNs
 }
 

@@ -26,7 +26,9 @@
 //     a tile another warp still reads. Order::reverse runs the last warp first.
 //
 //   - a launch over 48 KiB of dynamic shared memory fails unless cudaFuncSetAttribute
-//     raised the kernel's limit, as on a GPU.
+//     raised the kernel's limit, as on a GPU;
+//   - ldmatrix and cp.async count the shared-memory wavefronts their addresses need
+//     (smem_stats), so a bank conflict shows without a GPU.
 //
 // What is not: timing, the memory model beyond the above, bank conflicts, register
 // limits, and the compiler's code generation. The [gpu] tests cover those.
@@ -85,6 +87,16 @@ constexpr size_t SMEM_CAPACITY = 228 * 1024;  // an H100/H200 SM's shared memory
 void launch(dim3 grid, dim3 block, size_t smem_bytes, const std::function<void()>& fn, const void* kernel);
 void set_max_dynamic_smem(const void* kernel, size_t bytes);
 void set_order(Order o);
+
+// Shared-memory wavefronts of the 16-byte accesses the emulator sees as warp instructions:
+// ldmatrix (ideal: 4 per .x4, one per matrix) and cp.async (ideal: 4 per warp instruction,
+// a quarter-warp each). More means bank conflicts. Plain loads and stores, and wgmma's
+// reads through descriptors, are not counted.
+struct SmemStats {
+    long ldmatrix = 0, ldmatrix_wavefronts = 0, cp_async = 0, cp_async_wavefronts = 0;
+};
+SmemStats smem_stats();
+void reset_smem_stats();
 
 void syncthreads();
 uint32_t shfl(uint32_t v, int arg, bool down);  // xor with arg, or from lane + arg
