@@ -165,7 +165,7 @@ TEST_CASE("emulated backend: multi-tile flash and norm backward give the same bi
     }
 }
 
-// Shared-memory bank conflicts (emu::smem_stats): an ldmatrix.x4 needs 4 wavefronts when
+// Shared-memory bank conflicts (emu::mem_stats): an ldmatrix.x4 needs 4 wavefronts when
 // each matrix's 8 rows fall in distinct 16-byte bank groups, a warp's cp.async 4.
 __global__ void ldmatrix_rows_kernel(int row_stride_bytes) {
     unsigned char* smem = dynamic_smem();
@@ -174,20 +174,40 @@ __global__ void ldmatrix_rows_kernel(int row_stride_bytes) {
     ldsm_x4(r, smem + (lane % 8) * row_stride_bytes + (lane / 8) * 16);
 }
 
-TEST_CASE("the emulator counts the shared-memory wavefronts of a conflicting ldmatrix", "[emulation]") {
+__global__ void cp_async_rows_kernel(const unsigned char* src, int src_stride_bytes, int dst_stride_bytes) {
+    unsigned char* smem = dynamic_smem();
+    const int lane = threadIdx.x % 32;
+    cp_async_16(smem + lane * dst_stride_bytes, src + lane * src_stride_bytes, true);
+    cp_async_commit();
+    cp_async_wait<0>();
+}
+
+TEST_CASE("the emulator counts shared-memory wavefronts and global sectors", "[emulation]") {
     for (int stride : {16, 144, 128}) {  // contiguous, padded rows, rows in one bank group
-        emu::reset_smem_stats();
+        emu::reset_mem_stats();
         LNS_LAUNCH(ldmatrix_rows_kernel, 1, 32, 8 * 256, stride);
-        const emu::SmemStats s = emu::smem_stats();
-        INFO("row stride " << stride);
+        const emu::MemStats s = emu::mem_stats();
+        INFO("ldmatrix row stride " << stride);
         CHECK(s.ldmatrix == 1);
         CHECK(s.ldmatrix_wavefronts == (stride == 128 ? 32 : 4));
+    }
+    alignas(32) static unsigned char global[32 * 64];
+    for (int stride : {16, 64}) {  // coalesced, or one 16-byte piece per 64 bytes
+        emu::reset_mem_stats();
+        LNS_LAUNCH(cp_async_rows_kernel, 1, 32, 32 * 128, global, stride, stride == 16 ? 16 : 128);
+        const emu::MemStats s = emu::mem_stats();
+        INFO("cp.async stride " << stride);
+        CHECK(s.cp_async == 1);
+        CHECK(s.cp_async_sectors_min == 16);
+        CHECK(s.cp_async_sectors == (stride == 16 ? 16 : 32));
+        CHECK(s.cp_async_wavefronts == (stride == 16 ? 4 : 32));  // 128-byte destination rows: 8-way
     }
 }
 
 // The padded tiles (attention_flash.cuh: ROW_STRIDE) and the core-matrix tiles of the
-// wgmma path are laid out so that no ldmatrix or cp.async waits on a bank conflict.
-TEST_CASE("emulated backend: the flash kernels' ldmatrix and cp.async are free of bank conflicts",
+// wgmma path are laid out so that no ldmatrix or cp.async waits on a bank conflict, and
+// the tile loads read whole 32-byte sectors (head rows of 128 or 256 contiguous bytes).
+TEST_CASE("emulated backend: the flash kernels' ldmatrix and cp.async are conflict-free and coalesced",
           "[emulation][flash]") {
 #ifndef ENABLE_FP32
     for (int hs : {64, 128})
@@ -202,17 +222,18 @@ TEST_CASE("emulated backend: the flash kernels' ldmatrix and cp.async are free o
                 cuda_backend::attention_flash_options({variant == 1, variant == 2});
                 for (int pass = 0; pass < 2; pass++) {
                     INFO((pass ? "backward" : "forward"));
-                    emu::reset_smem_stats();
+                    emu::reset_mem_stats();
                     if (pass == 0)
                         cuda_backend::attention_flash_forward(out.x(), lse.f(), qkv.x(), B, T, C, NH, 10000.0f);
                     else
                         cuda_backend::attention_flash_backward(dqkv.x(), dout.x(), qkv.x(), out.x(), lse.f(), B, T,
                                                                C, NH, 10000.0f);
-                    const emu::SmemStats s = emu::smem_stats();
+                    const emu::MemStats s = emu::mem_stats();
                     CHECK(s.ldmatrix > 0);
                     CHECK(s.cp_async > 0);
                     CHECK(s.ldmatrix_wavefronts == 4 * s.ldmatrix);
                     CHECK(s.cp_async_wavefronts == 4 * s.cp_async);
+                    CHECK(s.cp_async_sectors == s.cp_async_sectors_min);  // whole sectors only
                 }
                 cuda_backend::attention_flash_options({});
             }

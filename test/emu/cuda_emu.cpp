@@ -162,7 +162,11 @@ struct Thread {
 struct Block {
     std::vector<Thread> threads;
     // per warp, per cp.async instruction: each lane's shared-memory destination (or null)
-    std::vector<std::vector<std::array<const unsigned char*, 32>>> cp_dst;
+    // and global source (null when it copies nothing)
+    struct CpLanes {
+        std::array<const unsigned char*, 32> dst{}, src{};
+    };
+    std::vector<std::vector<CpLanes>> cp_lanes;
     // per 16-byte chunk of shared memory, filled by cp.async: the thread whose wait
     // landed it while no barrier has published it since (-1: published or never copied),
     // the thread that landed it last, and whether that thread has fenced it for the
@@ -178,7 +182,7 @@ struct Block {
 };
 Block g;
 
-SmemStats g_stats;
+MemStats g_stats;
 
 // Shared-memory wavefronts of 8 accesses of 16 bytes (an ldmatrix matrix, or one phase of
 // a warp's 128-bit accesses): 32 banks of 4 bytes are 8 groups of 16 bytes, and a
@@ -400,18 +404,25 @@ void resolve_wgmma(Thread* th) {
     }
 }
 
-// A warp's 128-bit accesses are served a quarter-warp (8 lanes) at a time.
-void count_cp_async_wavefronts() {
-    for (const auto& warp : g.cp_dst)
+// A warp's 128-bit accesses are served a quarter-warp (8 lanes) at a time. Its global
+// reads touch 32-byte sectors: at best its bytes / 32 of them.
+void count_cp_async_accesses() {
+    for (const auto& warp : g.cp_lanes)
         for (const auto& instr : warp) {
             g_stats.cp_async++;
             for (int phase = 0; phase < 4; phase++) {
                 const unsigned char* p[8];
                 int k = 0;
                 for (int l = 8 * phase; l < 8 * phase + 8; l++)
-                    if (instr[l]) p[k++] = instr[l];
+                    if (instr.dst[l]) p[k++] = instr.dst[l];
                 if (k) g_stats.cp_async_wavefronts += wavefronts8(p, k);
             }
+            std::vector<uintptr_t> sectors;
+            for (const unsigned char* q : instr.src)
+                if (q) sectors.push_back((uintptr_t)q / 32);
+            std::sort(sectors.begin(), sectors.end());
+            g_stats.cp_async_sectors += std::unique(sectors.begin(), sectors.end()) - sectors.begin();
+            g_stats.cp_async_sectors_min += (16 * sectors.size() + 31) / 32;
         }
 }
 
@@ -422,7 +433,7 @@ void run_block() {
     g.lander.assign(g.smem_bytes / 16 + 1, -1);
     g.proxy_fenced.assign(g.smem_bytes / 16 + 1, 0);
     for (int i = 0; i < n; i++) start_fiber(g.threads[i], i);
-    g.cp_dst.assign(warps, {});
+    g.cp_lanes.assign(warps, {});
     for (;;) {
         bool progressed = false;
         for (int k = 0; k < warps && !progressed; k++) {
@@ -460,7 +471,7 @@ void run_block() {
         int at_barrier = 0, done = 0;
         for (Thread& t : g.threads) at_barrier += t.state == State::barrier, done += t.state == State::done;
         if (done == n) {
-            count_cp_async_wavefronts();
+            count_cp_async_accesses();
             return;
         }
         if (at_barrier + done < n) fail("deadlock: lanes wait in collectives their warps never complete");
@@ -481,8 +492,8 @@ const Index& thread_idx() { return self("threadIdx")->idx; }
 
 void set_order(Order o) { g.order = o; }
 
-SmemStats smem_stats() { return g_stats; }
-void reset_smem_stats() { g_stats = SmemStats{}; }
+MemStats mem_stats() { return g_stats; }
+void reset_mem_stats() { g_stats = MemStats{}; }
 
 namespace {
 std::vector<std::pair<const void*, size_t>> g_smem_optin;  // kernel, opted-in dynamic bytes
@@ -563,9 +574,11 @@ void cp_async_16(void* dst, const void* src, int src_bytes) {
     if (src_bytes > 0 && (uintptr_t)src % 16 != 0) fail("cp.async: global address not 16-byte aligned");
     t->copies.issue({(unsigned char*)dst, (const unsigned char*)src, src_bytes});
     const int tid = tid_of(t);
-    auto& warp = g.cp_dst[tid / 32];
-    if ((long)warp.size() <= t->cp_issued) warp.resize(t->cp_issued + 1, std::array<const unsigned char*, 32>{});
-    warp[t->cp_issued++][tid % 32] = static_cast<const unsigned char*>(dst);
+    auto& warp = g.cp_lanes[tid / 32];
+    if ((long)warp.size() <= t->cp_issued) warp.resize(t->cp_issued + 1);
+    Block::CpLanes& instr = warp[t->cp_issued++];
+    instr.dst[tid % 32] = static_cast<const unsigned char*>(dst);
+    instr.src[tid % 32] = src_bytes > 0 ? static_cast<const unsigned char*>(src) : nullptr;
     std::memset(dst, 0xff, 16);  // undefined until the wait: a read before it sees NaNs
 }
 

@@ -27,8 +27,8 @@
 //
 //   - a launch over 48 KiB of dynamic shared memory fails unless cudaFuncSetAttribute
 //     raised the kernel's limit, as on a GPU;
-//   - ldmatrix and cp.async count the shared-memory wavefronts their addresses need
-//     (smem_stats), so a bank conflict shows without a GPU.
+//   - ldmatrix and cp.async count the shared-memory wavefronts and global sectors their
+//     addresses need (mem_stats), so bank conflicts and uncoalesced loads show without a GPU.
 //
 // What is not: timing, the memory model beyond the above, bank conflicts, register
 // limits, and the compiler's code generation. The [gpu] tests cover those.
@@ -88,15 +88,17 @@ void launch(dim3 grid, dim3 block, size_t smem_bytes, const std::function<void()
 void set_max_dynamic_smem(const void* kernel, size_t bytes);
 void set_order(Order o);
 
-// Shared-memory wavefronts of the 16-byte accesses the emulator sees as warp instructions:
-// ldmatrix (ideal: 4 per .x4, one per matrix) and cp.async (ideal: 4 per warp instruction,
-// a quarter-warp each). More means bank conflicts. Plain loads and stores, and wgmma's
-// reads through descriptors, are not counted.
-struct SmemStats {
+// The memory accesses the emulator sees as warp instructions: shared-memory wavefronts of
+// ldmatrix (ideal: 4 per .x4, one per matrix) and of cp.async's writes (ideal: 4 per warp
+// instruction, a quarter-warp each), more meaning bank conflicts; and the 32-byte global
+// sectors cp.async reads (ideal: its bytes / 32), more meaning uncoalesced loads. Plain
+// loads and stores, and wgmma's reads through descriptors, are not counted.
+struct MemStats {
     long ldmatrix = 0, ldmatrix_wavefronts = 0, cp_async = 0, cp_async_wavefronts = 0;
+    long cp_async_sectors = 0, cp_async_sectors_min = 0;
 };
-SmemStats smem_stats();
-void reset_smem_stats();
+MemStats mem_stats();
+void reset_mem_stats();
 
 void syncthreads();
 uint32_t shfl(uint32_t v, int arg, bool down);  // xor with arg, or from lane + arg
