@@ -161,3 +161,5 @@ clean:
 	rm -rf $(BUILD) train_gpt
 
 -include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(KERNEL_OBJ:.o=.d) $(EMU_OBJ:.o=.d)
+# the programs compiled and linked in one step (header changes rebuild them too)
+-include train_gpt.d $(BUILD)/train_gpt_emu.d $(BUILD)/bench_kernels.d
