@@ -1,8 +1,8 @@
 // The whole model on a device backend (Dev: cuda_backend on a GPU, emu_backend on the
 // CPU emulator) against the CPU oracle: one training step (loss and every gradient),
 // AdamW steps, KV-cache decoding, flash attention in the model and --recompute. The
-// [gpu] tests (test_cuda_model.cpp) and the emulated ones (test_model_emulated.cpp)
-// share these bodies.
+// [gpu] tests (test_cuda_model.cpp, which also runs on the emulator) and the
+// emulator's own (test_emulator.cpp) share these bodies.
 //
 // Tolerances. PRECISION=FP32: the two backends differ only in summation order, as
 // the CPU does against PyTorch, so the same 1e-4 (max-relative) bound applies.
@@ -226,9 +226,7 @@ void recompute_matches(const ModelConfig& cfg) {
     const float la = step(a, p, x, y, &ga), lb = step(b, p, x, y, &gb);
     CHECK(la == lb);
 #ifndef ENABLE_FP32
-    if (cfg.arch == Arch::gpt2) {
-        const bool same_bits = ga == gb;
-        CHECK_FALSE(same_bits);  // else the bound below is not what is tested
+    if (cfg.arch == Arch::gpt2) {  // (the same bits where cuBLASLt declines to fuse: no matter)
         check_step(a.layout, lb, gb, la, ga, "recomputed");
         return;
     }

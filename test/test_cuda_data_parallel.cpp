@@ -19,9 +19,9 @@ std::string train_cuda(const TextShards& d, int B, const std::string& extra) {
 
 GPU_TEST_CASE("NCCL as one rank: the data parallel path on one GPU changes no bit", "[dp]") {
     // Every bucket's all-reduce, the scalar sums and the in-place all-gather run through
-    // NCCL on their own stream. With one rank each is an identity, so any difference
-    // (a reduction started before its gradients were written, a gather from the wrong
-    // place) shows as a changed loss.
+    // NCCL, the reductions on a stream of their own. With one rank each is an identity, so
+    // a gather from the wrong place, or (on a GPU) a reduction stream that reads gradients
+    // before they are written, shows as a changed loss.
     TextShards d;
     TmpDir plain, nccl;
     std::string out;
@@ -49,7 +49,7 @@ GPU_TEST_CASE("NCCL over 2 GPUs trains like one GPU with the same global batch",
 #else
     // bf16 gradients: each rank's half is rounded to bf16 (2^-9 relative per element)
     // before NCCL sums them, where one GPU rounds the whole sum once. That noise is
-    // independent across the 28816 parameters: it moves the first step's gradient norm
+    // independent across the 57632 parameters: it moves the first step's gradient norm
     // (same weights, same batch) and the losses of ten steps by far less than 2^-9
     // (measured on the emulator: 8e-5 and 3e-5). Reducing only half of each gradient
     // bucket moves them by 2.3e-3 and 4.2e-3, so the bound is 1e-3.

@@ -2,7 +2,7 @@
 // every architecture x norm scheme (loss and every gradient), twenty steps of
 // training, bitwise determinism, KV-cache decoding, flash attention and --recompute.
 // Runs only where a GPU exists; test/model_compare.h has the bodies and tolerances,
-// which test_model_emulated.cpp runs on the CPU emulator too.
+// which every machine also runs on the CPU emulator (test_util.h: GPU_TEST_CASE).
 #ifdef LNS_CUDA
 #include "kernels/cuda_backend.h"
 #include "test/model_compare.h"

@@ -5,6 +5,8 @@
 // something).
 #include <catch2/catch.hpp>
 
+#include <cfenv>
+
 #ifdef LNS_CUDA
 #include "test/emu/cuda_emu.h"
 // after the emulator: cuda_backend is the emulated backend here
@@ -103,6 +105,35 @@ struct Buf {
 };
 using floatX = cuda_backend::floatX;
 
+// One head of T = 150 (three key tiles, the last partial) through the flash pair with
+// RoPE, in variant 0 (RoPE rotated first), 1 (in the loads) or 2 (wgmma), on fresh buffers.
+struct FlashRun {
+    static constexpr int B = 1, T = 150, NH = 1;
+    const int C;
+    const size_t n3, n1;
+    Buf qkv, dout, out, lse, dqkv;
+    FlashRun(int hs, int variant)
+        : C(NH * hs), n3((size_t)B * T * 3 * C), n1((size_t)B * T * C), qkv(n3 * sizeof(floatX)),
+          dout(n1 * sizeof(floatX)), out(n1 * sizeof(floatX)), lse((size_t)B * NH * T * 4), dqkv(n3 * sizeof(floatX)) {
+        cuda_backend::upload_f32(qkv.x(), randn(n3, 610).data(), n3);
+        cuda_backend::upload_f32(dout.x(), randn(n1, 611).data(), n1);
+        cuda_backend::attention_flash_options({variant == 1, variant == 2});
+    }
+    ~FlashRun() { cuda_backend::attention_flash_options({}); }
+    void forward() { cuda_backend::attention_flash_forward(out.x(), lse.f(), qkv.x(), B, T, C, NH, 10000.0f); }
+    void backward() {
+        cuda_backend::attention_flash_backward(dqkv.x(), dout.x(), qkv.x(), out.x(), lse.f(), B, T, C, NH, 10000.0f);
+    }
+    std::vector<unsigned char> results() const {
+        std::vector<unsigned char> r;
+        for (const Buf* b : {&out, &lse, &dqkv}) {
+            const auto h = b->bits();
+            r.insert(r.end(), h.begin(), h.end());
+        }
+        return r;
+    }
+};
+
 // Ops at shapes past the model's: several key tiles in the flash pipelines, several row
 // groups per block combined through shared memory in the norm backward.
 TEST_CASE("emulated backend: multi-tile flash and norm backward give the same bits whichever warp runs ahead",
@@ -111,24 +142,13 @@ TEST_CASE("emulated backend: multi-tile flash and norm backward give the same bi
     for (int hs : {64, 128})
         for (int variant = 0; variant < 3; variant++) {  // RoPE rotated first, on load, on wgmma
             DYNAMIC_SECTION("flash hs " << hs << " variant " << variant) {
-                const int B = 1, T = 150, NH = 1, C = NH * hs;
-                const size_t n3 = (size_t)B * T * 3 * C, n1 = (size_t)B * T * C;
-                Buf qkv(n3 * sizeof(floatX)), dout(n1 * sizeof(floatX));
-                cuda_backend::upload_f32(qkv.x(), randn(n3, 610).data(), n3);
-                cuda_backend::upload_f32(dout.x(), randn(n1, 611).data(), n1);
                 std::vector<unsigned char> got[2];
                 for (int o = 0; o < 2; o++) {
                     WarpOrder w(o ? emu::Order::reverse : emu::Order::forward);
-                    Buf out(n1 * sizeof(floatX)), lse((size_t)B * NH * T * 4), dqkv(n3 * sizeof(floatX));
-                    cuda_backend::attention_flash_options({variant == 1, variant == 2});
-                    cuda_backend::attention_flash_forward(out.x(), lse.f(), qkv.x(), B, T, C, NH, 10000.0f);
-                    cuda_backend::attention_flash_backward(dqkv.x(), dout.x(), qkv.x(), out.x(), lse.f(), B, T, C, NH,
-                                                           10000.0f);
-                    cuda_backend::attention_flash_options({});
-                    for (const Buf* b : {&out, &lse, &dqkv}) {
-                        const auto h = b->bits();
-                        got[o].insert(got[o].end(), h.begin(), h.end());
-                    }
+                    FlashRun run(hs, variant);
+                    run.forward();
+                    run.backward();
+                    got[o] = run.results();
                 }
                 CHECK(got[0] == got[1]);
             }
@@ -213,21 +233,12 @@ TEST_CASE("emulated backend: the flash kernels' ldmatrix and cp.async are confli
     for (int hs : {64, 128})
         for (int variant = 0; variant < 3; variant++) {  // RoPE rotated first, on load, on wgmma
             DYNAMIC_SECTION("hs " << hs << " variant " << variant) {
-                const int B = 1, T = 150, NH = 1, C = NH * hs;
-                const size_t n3 = (size_t)B * T * 3 * C, n1 = (size_t)B * T * C;
-                Buf qkv(n3 * sizeof(floatX)), out(n1 * sizeof(floatX)), dout(n1 * sizeof(floatX)),
-                    dqkv(n3 * sizeof(floatX)), lse((size_t)T * 4);
-                cuda_backend::upload_f32(qkv.x(), randn(n3, 612).data(), n3);
-                cuda_backend::upload_f32(dout.x(), randn(n1, 613).data(), n1);
-                cuda_backend::attention_flash_options({variant == 1, variant == 2});
+                FlashRun run(hs, variant);
                 for (int pass = 0; pass < 2; pass++) {
                     INFO((pass ? "backward" : "forward"));
                     emu::reset_mem_stats();
-                    if (pass == 0)
-                        cuda_backend::attention_flash_forward(out.x(), lse.f(), qkv.x(), B, T, C, NH, 10000.0f);
-                    else
-                        cuda_backend::attention_flash_backward(dqkv.x(), dout.x(), qkv.x(), out.x(), lse.f(), B, T,
-                                                               C, NH, 10000.0f);
+                    if (pass == 0) run.forward();
+                    else run.backward();
                     const emu::MemStats s = emu::mem_stats();
                     CHECK(s.ldmatrix > 0);
                     CHECK(s.cp_async > 0);
@@ -235,7 +246,6 @@ TEST_CASE("emulated backend: the flash kernels' ldmatrix and cp.async are confli
                     CHECK(s.cp_async_wavefronts == 4 * s.cp_async);
                     CHECK(s.cp_async_sectors == s.cp_async_sectors_min);  // whole sectors only
                 }
-                cuda_backend::attention_flash_options({});
             }
         }
 #endif
@@ -252,6 +262,10 @@ TEST_CASE("emulated backend: a model returns all the device memory it allocates"
     CHECK(emu::device_bytes_in_use() == before);
 }
 
+__global__ void fill_kernel(float* p, int n) {
+    for (int i = threadIdx.x; i < n; i += blockDim.x) p[i] = 1.0f;
+}
+
 TEST_CASE("the emulated runtime catches what a GPU would fault on or leave undefined", "[emulation]") {
     void* p = nullptr;
     REQUIRE(cudaMalloc(&p, 100) == cudaSuccess);
@@ -266,8 +280,42 @@ TEST_CASE("the emulated runtime catches what a GPU would fault on or leave undef
                       Catch::Contains("past the end"));
     CHECK_THROWS_WITH(cudaMemsetAsync((char*)p + 1, 0, 100, nullptr), Catch::Contains("past the end"));
     CHECK_THROWS_WITH(cudaFree((char*)p + 16), Catch::Contains("not a pointer cudaMalloc returned"));
+    // a copy whose kind contradicts its pointers (here: arguments swapped)
+    CHECK_THROWS_WITH(cudaMemcpyAsync(host.data(), p, 100, cudaMemcpyHostToDevice, nullptr),
+                      Catch::Contains("not what cudaMemcpyKind"));
+    // a kernel writing one element past the end of a buffer is named after its launch
+    float* buf = static_cast<float*>(p);
+    LNS_LAUNCH(fill_kernel, 1, 32, 0, buf, 25);  // 100 bytes: 25 floats
+    CHECK_THROWS_WITH(LNS_LAUNCH(fill_kernel, 1, 32, 0, buf, 26), Catch::Contains("kernel fill_kernel wrote past the end"));
     CHECK(cudaFree(p) == cudaSuccess);
     CHECK_THROWS(cudaFree(p));  // twice
+    // cuBLAS refuses a leading dimension below the rows it stores
+    const float one = 1.0f, zero = 0.0f;
+    std::vector<float> a(64), b(64), c(64);
+    CHECK(cublasGemmStridedBatchedEx(nullptr, CUBLAS_OP_N, CUBLAS_OP_N, 8, 8, 8, &one, a.data(), CUDA_R_32F, 7, 0,
+                                     b.data(), CUDA_R_32F, 8, 0, &zero, c.data(), CUDA_R_32F, 8, 0, 1,
+                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_INVALID_VALUE);
+}
+
+// 1/3 in each thread's rounding mode: the host's, also on fibers reused from an earlier launch
+// (a volatile global: the compiler may fold a constant argument even into a volatile parameter)
+volatile float g_three = 3.0f;
+__global__ void third_kernel(float* out) { out[threadIdx.x] = 1.0f / g_three; }
+
+TEST_CASE("emulated threads run in the host's floating-point rounding mode", "[emulation]") {
+    std::vector<float> out(64);
+    LNS_LAUNCH(third_kernel, 1, 32, 0, out.data());  // fibers now parked
+    const int mode = std::fegetround();
+    std::fesetround(FE_DOWNWARD);
+    const float down = 1.0f / g_three;
+    LNS_LAUNCH(third_kernel, 1, 64, 0, out.data());  // 32 reused fibers, 32 new
+    std::fesetround(mode);
+    const float nearest = 1.0f / g_three;
+    REQUIRE(down != nearest);
+    for (int i = 0; i < 64; i++) {
+        INFO("thread " << i);
+        CHECK(out[i] == down);
+    }
 }
 
 // D (m,n) = A^T B with A stored (k,m), B (k,n), all column-major bf16, through the
@@ -365,10 +413,19 @@ TEST_CASE("the emulated cuBLASLt refuses inconsistent descriptors and misused al
     second.epilogue = CUBLASLT_EPILOGUE_GELU_AUX, second.aux = aux.data(), second.aux_ld = 24;
     second.algo = &plain;
     CHECK_THROWS_WITH(second.run(), Catch::Contains("chosen for another problem"));
+    // an aux matrix less aligned than when the algorithm was chosen (the heuristic reads its address)
+    cublasLtMatmulAlgo_t aligned_aux;
+    LtCall third, fourth;
+    third.epilogue = fourth.epilogue = CUBLASLT_EPILOGUE_GELU_AUX, third.aux_ld = fourth.aux_ld = 24;
+    third.aux = aux.data(), fourth.aux = aux.data() + 1;
+    third.found_algo = &aligned_aux;
+    REQUIRE(third.run() == CUBLAS_STATUS_SUCCESS);
+    fourth.algo = &aligned_aux;
+    CHECK_THROWS_WITH(fourth.run(), Catch::Contains("the aux matrix is less aligned"));
     // A less aligned than the heuristic was told
     LtCall misaligned;
     misaligned.a_offset = 1;
-    CHECK_THROWS_WITH(misaligned.run(), Catch::Contains("less aligned"));
+    CHECK_THROWS_WITH(misaligned.run(), Catch::Contains("less aligned than the algorithm"));
     misaligned.promise_a = 2;
     CHECK(misaligned.run() == CUBLAS_STATUS_SUCCESS);
 }

@@ -32,7 +32,7 @@ TEST_CASE("train_gpt --device cuda on the emulator tracks the CPU run and resume
     TextShards data;
     TmpDir cpu_dir, dev_dir, dir;
     std::string out;
-    REQUIRE(run_until(cmd(repo_root() + "/train_gpt", "cpu", data, cpu_dir.path), 0, 0, nullptr) == 0);
+    REQUIRE(run_until(cmd(bin, "cpu", data, cpu_dir.path), 0, 0, nullptr) == 0);  // the same binary's CPU backend
     REQUIRE(run_until(cmd(bin, "cuda", data, dev_dir.path), 0, 0, &out) == 0);
     INFO(out);
     CHECK(out.find("backend cuda | CPU emulator") != std::string::npos);

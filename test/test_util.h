@@ -20,7 +20,7 @@ int gpu_count();
 
 // A test that needs a CUDA device: tagged [gpu], run only where one exists. The
 // files holding such tests are compiled a second time for the CPU emulator (test/emu,
-// the Makefile's EMU_TEST_OBJ), where each runs on every machine as "emulated: NAME",
+// the Makefile's EMU_OBJ), where each runs on every machine as "emulated: NAME",
 // tagged [emulation], with cuda_backend standing for the emulated backend.
 // MULTIGPU_TAG marks a test that needs two GPUs; the emulator has as many as mpirun starts.
 #ifdef LNS_CUDA_EMU

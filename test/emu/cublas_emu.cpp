@@ -30,6 +30,10 @@ cublasStatus_t gemm_strided_batched(cublasHandle_t, cublasOperation_t ta, cublas
                                     const void* B, cudaDataType bt, int ldb, long long sb, const void* beta, void* C,
                                     cudaDataType ct, int ldc, long long sc, int batch, cublasComputeType_t,
                                     cublasGemmAlgo_t) {
+    // as cuBLAS: leading dimensions at least the stored rows
+    if (m < 0 || n < 0 || k < 0 || batch < 0 || lda < std::max(1, ta == CUBLAS_OP_N ? m : k) ||
+        ldb < std::max(1, tb == CUBLAS_OP_N ? k : n) || ldc < std::max(1, m))
+        return CUBLAS_STATUS_INVALID_VALUE;
     const float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
     for (int b = 0; b < batch; b++)
         for (int j = 0; j < n; j++)
@@ -83,12 +87,16 @@ cublasStatus_t read_attr(T& out, const void* buf, size_t size) {
 bool has_bias(cublasLtEpilogue_t e) { return e == CUBLASLT_EPILOGUE_BIAS || e == CUBLASLT_EPILOGUE_GELU_AUX_BIAS; }
 bool gelu_aux(cublasLtEpilogue_t e) { return e == CUBLASLT_EPILOGUE_GELU_AUX || e == CUBLASLT_EPILOGUE_GELU_AUX_BIAS; }
 
-// The problem an algorithm was chosen for: its shapes, operations, epilogue and the
-// alignments the caller promised. An algorithm carries it (cublasLtMatmulAlgo_t's
-// 8 words), and the matmul refuses another problem.
+// The problem an algorithm was chosen for: its shapes, operations, data type, epilogue and
+// the alignments it may assume (A, B, C, D as the caller promised in the preference; the
+// bias and aux pointers' own, which the heuristic reads from the descriptor, cublasLt.h).
+// An algorithm carries it (cublasLtMatmulAlgo_t's 8 words), and the matmul refuses
+// another problem or less aligned pointers.
 struct Problem {
-    uint64_t m, n, k, ops, lda, ldb, ldd, align;
+    uint64_t m, n, k, ops, lda, ldb, ldd;
+    uint64_t align;  // log2 of each of the 6 alignments, a byte each: A, B, C, D, bias, aux
 };
+const char* const ALIGNED_NAMES[6] = {"A", "B", "C", "D", "the bias", "the aux matrix"};
 static_assert(sizeof(Problem) <= sizeof(cublasLtMatmulAlgo_t), "a Problem fits in an algorithm");
 
 // The problem the descriptors describe, or why they are inconsistent.
@@ -124,7 +132,8 @@ std::string describe(const MatmulDesc& op, const Layout& a, const Layout& b, con
             return "the aux leading dimension " + std::to_string(op.aux_ld) +
                    " is not a multiple of 8 at least D's rows (cublasLt.h)";
     }
-    *pr = {m, n, k, (uint64_t)ta | (uint64_t)tb << 1 | (uint64_t)op.epilogue << 8, (uint64_t)a.ld, (uint64_t)b.ld,
+    *pr = {m, n, k, (uint64_t)ta | (uint64_t)tb << 1 | (uint64_t)op.epilogue << 8 | (uint64_t)d.type << 40,
+           (uint64_t)a.ld, (uint64_t)b.ld,
            (uint64_t)d.ld, 0};
     return "";
 }
@@ -133,6 +142,11 @@ uint32_t alignment_of(const void* p) {
     uint32_t al = 256;
     while (al > 1 && (uintptr_t)p % al != 0) al >>= 1;
     return al;
+}
+uint64_t log2_of(uint32_t al) {
+    uint64_t l = 0;
+    while ((1u << (l + 1)) <= al) l++;
+    return l;
 }
 
 float gelu(float x) {
@@ -223,7 +237,10 @@ cublasStatus_t lt_heuristic(cublasLtHandle_t, cublasLtMatmulDesc_t op, cublasLtM
     Problem pr;
     if (!describe(*get(op), *get(a), *get(b), *get(c), *get(d), &pr).empty()) return CUBLAS_STATUS_INVALID_VALUE;
     const Preference& q = *get(pref);
-    for (int i = 0; i < 4; i++) pr.align |= (uint64_t)(q.align[i] & 0xFFFF) << (16 * i);
+    const MatmulDesc& o = *get(op);
+    const uint32_t al[6] = {q.align[0], q.align[1], q.align[2], q.align[3], o.bias ? alignment_of(o.bias) : 1u,
+                            o.aux ? alignment_of(o.aux) : 1u};
+    for (int i = 0; i < 6; i++) pr.align |= log2_of(al[i]) << (8 * i);
     results[0] = cublasLtMatmulHeuristicResult_t{};
     std::memcpy(&results[0].algo, &pr, sizeof pr);
     results[0].workspaceSize = 0;
@@ -249,12 +266,13 @@ cublasStatus_t lt_matmul(cublasLtHandle_t, cublasLtMatmulDesc_t opd, const void*
     std::memcpy(&chosen, algo, sizeof chosen);
     pr.align = chosen.align;
     if (std::memcmp(&chosen, &pr, sizeof pr) != 0)
-        throw Error("cublasLtMatmul: the algorithm was chosen for another problem (m, n, k, operations, epilogue or "
-                    "leading dimensions differ)");
-    const void* ptrs[4] = {A, B, C, D};
-    for (int i = 0; i < 4; i++)
-        if (alignment_of(ptrs[i]) < ((chosen.align >> (16 * i)) & 0xFFFF))
-            throw Error(std::string("cublasLtMatmul: ") + "ABCD"[i] + " is less aligned than the heuristic was told");
+        throw Error("cublasLtMatmul: the algorithm was chosen for another problem (m, n, k, operations, type, "
+                    "epilogue or leading dimensions differ)");
+    const void* ptrs[6] = {A, B, C, D, op.bias, op.aux};
+    for (int i = 0; i < 6; i++)
+        if (ptrs[i] && alignment_of(ptrs[i]) < (1u << ((chosen.align >> (8 * i)) & 0xFF)))
+            throw Error(std::string("cublasLtMatmul: ") + ALIGNED_NAMES[i] +
+                        " is less aligned than the algorithm was chosen for");
     const float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
     if (be != 0.0f && op.epilogue != CUBLASLT_EPILOGUE_DEFAULT)
         throw Error("cublasLtMatmul: beta with an epilogue is not emulated");

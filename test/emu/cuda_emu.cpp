@@ -77,6 +77,16 @@ void context_make(Context& c, char* stack, size_t bytes, void (*entry)()) {
     c.sp = f;
 }
 void context_switch(Context& from, Context& to) { lns_emu_switch(&from.sp, to.sp); }
+// A parked context resumes with the SSE and x87 control words it saved; give it the
+// caller's (a rounding mode set between launches reaches every emulated thread).
+void context_refresh_fp(Context& c) {
+    uint64_t* f = static_cast<uint64_t*>(c.sp);
+    uint32_t mxcsr = 0;
+    uint16_t fpucw = 0;
+    asm volatile("stmxcsr %0" : "=m"(mxcsr));
+    asm volatile("fnstcw %0" : "=m"(fpucw));
+    f[0] = mxcsr, f[1] = fpucw;
+}
 #else
 struct Context {
     ucontext_t uc;
@@ -89,6 +99,7 @@ void context_make(Context& c, char* stack, size_t bytes, void (*entry)()) {
     makecontext(&c.uc, entry, 0);
 }
 void context_switch(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
+void context_refresh_fp(Context&) {}  // ucontext keeps each context's own FP environment
 #endif
 
 constexpr size_t STACK_BYTES = 256 * 1024;
@@ -344,6 +355,7 @@ void resolve(Thread* lanes) {
 void start_fiber(Thread& t, int i) {
     if (!t.stack) t.stack.reset(new char[STACK_BYTES]);
     if (!t.parked) context_make(t.ctx, t.stack.get(), STACK_BYTES, fiber_loop);
+    else context_refresh_fp(t.ctx);
     t.idx = Index{(unsigned)(i % block_dim.x), (unsigned)(i / block_dim.x % block_dim.y),
                   (unsigned)(i / (block_dim.x * block_dim.y))};
     t.state = State::ready;
@@ -507,7 +519,8 @@ void set_max_dynamic_smem(const void* kernel, size_t bytes) {
     g_smem_optin.push_back({kernel, bytes});
 }
 
-void launch(dim3 grid, dim3 block, size_t smem_bytes, const std::function<void()>& fn, const void* kernel) {
+void launch(dim3 grid, dim3 block, size_t smem_bytes, const std::function<void()>& fn, const void* kernel,
+            const char* name) {
     const size_t n = (size_t)block.x * block.y * block.z;
     if (smem_bytes > 48 * 1024) {  // CUDA refuses these without cudaFuncSetAttribute
         size_t allowed = 48 * 1024;
@@ -518,7 +531,10 @@ void launch(dim3 grid, dim3 block, size_t smem_bytes, const std::function<void()
                         "cudaFuncAttributeMaxDynamicSharedMemorySize (CUDA fails such a launch)");
     }
     if (n == 0 || n % 32 != 0 || n > 1024) throw Error("launch: block size must be a multiple of 32, at most 1024");
-    if (smem_bytes > SMEM_CAPACITY) throw Error("launch: " + std::to_string(smem_bytes) + " bytes of shared memory");
+    if (block.z > 64) throw Error("launch: blockDim.z above 64");
+    if (grid.y > 65535 || grid.z > 65535) throw Error("launch: gridDim.y or .z above 65535");
+    if (smem_bytes > SMEM_CAPACITY - 1024)
+        throw Error("launch: " + std::to_string(smem_bytes) + " bytes of shared memory, above the 227 KiB a block may have");
     if (grid.x == 0 || grid.y == 0 || grid.z == 0) throw Error("launch: empty grid");
     g.threads.resize(n);
     g.fn = &fn;
@@ -533,6 +549,7 @@ void launch(dim3 grid, dim3 block, size_t smem_bytes, const std::function<void()
                 block_idx = Index{x, y, z};
                 run_block();
             }
+    check_red_zones((std::string("kernel ") + name).c_str());
 }
 
 void syncthreads() {

@@ -4,7 +4,7 @@
 // plain C++.
 //
 // What is emulated:
-//   - every thread of a block is a fiber (ucontext) with its own stack; blocks run one
+//   - every thread of a block is a fiber with its own stack (cuda_emu.cpp); blocks run one
 //     after another, each starting with shared memory filled with 0xFF (NaN in bf16
 //     and fp32), so a read before a write poisons the result;
 //   - __syncthreads is a block barrier; warp collectives (__shfl_xor/down_sync, ldmatrix,
@@ -84,7 +84,8 @@ constexpr size_t SMEM_CAPACITY = 228 * 1024;  // an H100/H200 SM's shared memory
 // shared-memory array; smem_bytes the launch's dynamic size (accesses beyond it fail).
 // Launches over 48 KiB of dynamic shared memory need set_max_dynamic_smem(kernel) first,
 // as cudaFuncSetAttribute on a GPU.
-void launch(dim3 grid, dim3 block, size_t smem_bytes, const std::function<void()>& fn, const void* kernel);
+void launch(dim3 grid, dim3 block, size_t smem_bytes, const std::function<void()>& fn, const void* kernel,
+            const char* name);
 void set_max_dynamic_smem(const void* kernel, size_t bytes);
 void set_order(Order o);
 
@@ -174,7 +175,8 @@ inline uint32_t __cvta_generic_to_shared(const void* p) { return emu::smem_offse
 
 // kernel<<<grid, block, smem, stream>>>(args...) as a call per emulated thread
 #define LNS_LAUNCH(kernel, grid, block, smem_bytes, ...) \
-    emu::launch((grid), (block), (smem_bytes), [&] { (kernel)(__VA_ARGS__); }, reinterpret_cast<const void*>(kernel))
+    emu::launch((grid), (block), (smem_bytes), [&] { (kernel)(__VA_ARGS__); }, reinterpret_cast<const void*>(kernel), \
+                #kernel)
 
 inline unsigned char* dynamic_smem() { return emu::dynamic_smem(); }
 

@@ -1,7 +1,8 @@
 // NCCL for the emulated backend (see runtime_emu.h): the emulated ranks are processes
 // under mpirun and their device memory is host memory, so each collective is the MPI
 // collective on it. bf16 sums are computed in fp32 and rounded once, which for two
-// ranks is what NCCL's bf16 addition gives. One rank needs no MPI: copies.
+// ranks is what NCCL's bf16 addition gives; with more, NCCL rounds at every hop of its
+// ring and the emulation is more exact than it. One rank needs no MPI: copies.
 #ifdef LNS_CUDA
 #include "test/emu/cuda_emu.h"
 
@@ -145,6 +146,7 @@ ncclResult_t nccl_all_gather(const void* send, void* recv, size_t count, ncclDat
 ncclResult_t nccl_broadcast(const void* send, void* recv, size_t count, ncclDataType_t t, int root, ncclComm_t comm,
                             cudaStream_t) {
     const size_t bytes = count * elem_bytes(t);
+    if (comm->rank == root) check_device_range(send, bytes, "ncclBroadcast send buffer");
     check_device_range(recv, bytes, "ncclBroadcast receive buffer");
     if (comm->rank == root && send != recv) std::memmove(recv, send, bytes);
 #ifdef LNS_MPI

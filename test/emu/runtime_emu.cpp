@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <iterator>
 #include <map>
 #include <string>
 
@@ -16,6 +17,12 @@ std::map<uintptr_t, size_t>& allocations() {
     return a;
 }
 size_t g_in_use = 0;
+// Behind every allocation, from its requested size to the next 256 bytes and 256 more: a
+// red zone of this byte, checked after every launch, so a kernel writing past the end of
+// a buffer is caught where it did it.
+constexpr unsigned char RED = 0xA5;
+constexpr size_t RED_EXTRA = 256;
+size_t footprint(size_t bytes) { return (bytes + 255) / 256 * 256 + RED_EXTRA; }
 int g_stream_token = 0;  // streams are its address: never null, never dereferenced
 
 std::string hex(const void* p) {
@@ -25,6 +32,24 @@ std::string hex(const void* p) {
 }
 
 }  // namespace
+
+bool in_allocation(const void* p) {
+    const uintptr_t a = (uintptr_t)p;
+    auto& m = allocations();
+    auto it = m.upper_bound(a);
+    return it != m.begin() && a < std::prev(it)->first + std::prev(it)->second;
+}
+
+void check_red_zones(const char* after) {
+    for (const auto& [base, bytes] : allocations()) {
+        const unsigned char* z = reinterpret_cast<const unsigned char*>(base) + bytes;
+        const size_t n = footprint(bytes) - bytes;
+        for (size_t i = 0; i < n; i++)
+            if (z[i] != RED)
+                throw Error(std::string(after) + " wrote past the end of a " + std::to_string(bytes) +
+                            "-byte cudaMalloc allocation (first at byte " + std::to_string(bytes + i) + ")");
+    }
+}
 
 // A device range [p, p + bytes) that starts inside an allocation must end inside it.
 // Memory outside every allocation is the caller's host memory (tests hand host buffers
@@ -71,11 +96,12 @@ cudaError_t stream_create(cudaStream_t* s) {
 cudaError_t stream_synchronize(cudaStream_t) { return cudaSuccess; }
 
 cudaError_t device_malloc(void** p, size_t bytes) {
-    const size_t rounded = (bytes + 255) / 256 * 256;  // cudaMalloc's alignment
-    if (rounded == 0 || rounded > DEVICE_BYTES - g_in_use) return cudaErrorMemoryAllocation;
-    void* q = std::aligned_alloc(256, rounded);
+    const size_t rounded = footprint(bytes);  // cudaMalloc's 256-byte alignment, and the red zone
+    if (bytes == 0 || rounded > DEVICE_BYTES - g_in_use) return cudaErrorMemoryAllocation;
+    unsigned char* q = static_cast<unsigned char*>(std::aligned_alloc(256, rounded));
     if (q == nullptr) return cudaErrorMemoryAllocation;
-    std::memset(q, 0xff, rounded);  // NaN: undefined until written
+    std::memset(q, 0xff, bytes);  // NaN: undefined until written
+    std::memset(q + bytes, RED, rounded - bytes);
     allocations()[(uintptr_t)q] = bytes;
     g_in_use += rounded;
     *p = q;
@@ -86,7 +112,7 @@ cudaError_t device_free(void* p) {
     if (p == nullptr) return cudaSuccess;
     auto it = allocations().find((uintptr_t)p);
     if (it == allocations().end()) throw Error("cudaFree(" + hex(p) + "): not a pointer cudaMalloc returned");
-    g_in_use -= (it->second + 255) / 256 * 256;
+    g_in_use -= footprint(it->second);
     allocations().erase(it);
     std::free(p);
     return cudaSuccess;
@@ -106,11 +132,20 @@ cudaError_t memset_async(void* p, int value, size_t bytes, cudaStream_t) {
     return cudaSuccess;
 }
 
+// The direction must be the pointers' (the CUDA documentation calls a wrong one undefined):
+// device pointers lie in a cudaMalloc allocation, host pointers outside every one.
 cudaError_t memcpy_async(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t) {
-    if (kind != cudaMemcpyHostToHost) {
-        if (kind != cudaMemcpyHostToDevice) check_device_range(src, bytes, "cudaMemcpy source");
-        if (kind != cudaMemcpyDeviceToHost) check_device_range(dst, bytes, "cudaMemcpy destination");
+    if (bytes == 0) return cudaSuccess;
+    const bool src_dev = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
+    const bool dst_dev = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
+    if (kind != cudaMemcpyDefault) {
+        if (in_allocation(src) != src_dev || in_allocation(dst) != dst_dev)
+            throw Error(std::string("cudaMemcpy: the source is ") + (in_allocation(src) ? "device" : "host") +
+                        " memory and the destination " + (in_allocation(dst) ? "device" : "host") +
+                        " memory, not what cudaMemcpyKind " + std::to_string((int)kind) + " says");
     }
+    check_device_range(src, bytes, "cudaMemcpy source");
+    check_device_range(dst, bytes, "cudaMemcpy destination");
     std::memmove(dst, src, bytes);
     return cudaSuccess;
 }

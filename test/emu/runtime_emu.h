@@ -5,7 +5,9 @@
 // emulator. What they check, where a GPU would fail or misbehave:
 //   - device memory: cudaMalloc fills new memory with 0xFF (NaN in bf16 and fp32), so a
 //     read before any write poisons the result; copies and memsets may not run past the
-//     end of an allocation; cudaFree takes only what cudaMalloc returned;
+//     end of an allocation, and a kernel that writes past one (into the red zone behind
+//     it) is named after its launch; copies must go the direction their kind says;
+//     cudaFree takes only what cudaMalloc returned;
 //   - cuBLASLt: the descriptors must describe one consistent problem (D's layout gives
 //     m and n, A's gives k, B must agree, ld >= rows), the epilogue's pointers and aux
 //     leading dimension as documented in cublasLt.h, and an algorithm is used only for
@@ -44,6 +46,10 @@ size_t device_bytes_in_use();
 // Throws when [p, p + bytes) starts inside a cudaMalloc allocation and runs past its end
 // (memory outside every allocation is the caller's host memory).
 void check_device_range(const void* p, size_t bytes, const char* what);
+bool in_allocation(const void* p);
+// Throws when anything wrote into the red zone behind an allocation; `after` names the
+// culprit (launch checks after every kernel).
+void check_red_zones(const char* after);
 
 // cuBLAS: the strided batched GEMM (column-major, fp32 accumulation, bf16 or fp32 storage)
 cublasStatus_t gemm_strided_batched(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
