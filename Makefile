@@ -88,6 +88,11 @@ $(BUILD)/%.o: %.cpp
 # guarded reads of arrays filled under the same guard look uninitialised to it, and its 128-bit
 # type punning is the CUDA idiom
 EMU_CXXFLAGS := -Wno-unknown-pragmas -Wno-maybe-uninitialized -Wno-strict-aliasing
+# EMU_FMA=1 (x86-64 with FMA; use its own BUILD): the emulated code contracts a*b+c to FMA as
+# nvcc does by default, so bitwise tests meet a compiler that fuses (doc/cuda.md)
+ifeq ($(EMU_FMA),1)
+EMU_CXXFLAGS += -mfma -ffp-contract=fast
+endif
 $(BUILD)/test/test_ptx_probe.o \
 	$(BUILD)/test/test_emulator.o $(BUILD)/test/emu/cuda_emu.o: CXXFLAGS += $(EMU_CXXFLAGS)
 $(BUILD)/emu/%.o: %.cu

@@ -149,11 +149,19 @@ template <class T>
 inline T __shfl_down_sync(unsigned mask, T v, unsigned delta) {
     return emu_shfl(mask, v, (int)delta, true);
 }
-// Explicit roundings: the host's fp32 arithmetic already rounds each operation (the
-// test build does not contract to FMA on x86-64 without -mfma).
-inline float __fmul_rn(float a, float b) { return a * b; }
-inline float __fadd_rn(float a, float b) { return a + b; }
-inline float __fsub_rn(float a, float b) { return a - b; }
+// Explicit roundings: each a separate fp32 rounding, as on the GPU. The empty asm makes the
+// result opaque, so a build that contracts to FMA (EMU_FMA=1) cannot fuse them.
+inline float emu_rounded(float r) {
+#if defined(__x86_64__)
+    asm("" : "+x"(r));
+#else
+    asm("" : "+w"(r));
+#endif
+    return r;
+}
+inline float __fmul_rn(float a, float b) { return emu_rounded(a * b); }
+inline float __fadd_rn(float a, float b) { return emu_rounded(a + b); }
+inline float __fsub_rn(float a, float b) { return emu_rounded(a - b); }
 inline float __fdiv_rn(float a, float b) { return a / b; }
 inline float __fsqrt_rn(float a) { return std::sqrt(a); }
 inline float rsqrtf(float a) { return 1.0f / std::sqrt(a); }
