@@ -4,7 +4,6 @@
 
 #include <cstdio>
 #include <cstdlib>
-#include <iterator>
 #include <map>
 #include <string>
 
@@ -31,14 +30,17 @@ std::string hex(const void* p) {
     return b;
 }
 
-}  // namespace
-
-bool in_allocation(const void* p) {
+// The allocation holding address p: its (base, size), or null for host memory.
+const std::pair<const uintptr_t, size_t>* containing(const void* p) {
     const uintptr_t a = (uintptr_t)p;
-    auto& m = allocations();
-    auto it = m.upper_bound(a);
-    return it != m.begin() && a < std::prev(it)->first + std::prev(it)->second;
+    auto it = allocations().upper_bound(a);
+    if (it == allocations().begin()) return nullptr;
+    --it;
+    return a < it->first + it->second ? &*it : nullptr;
 }
+bool in_allocation(const void* p) { return containing(p) != nullptr; }
+
+}  // namespace
 
 void check_red_zones(const char* after) {
     for (const auto& [base, bytes] : allocations()) {
@@ -55,17 +57,13 @@ void check_red_zones(const char* after) {
 // Memory outside every allocation is the caller's host memory (tests hand host buffers
 // to kernels as device memory), so only overruns of device buffers are caught.
 void check_device_range(const void* p, size_t bytes, const char* what) {
-    if (bytes == 0) return;
-    const uintptr_t a = (uintptr_t)p;
-    auto& m = allocations();
-    auto it = m.upper_bound(a);
-    if (it == m.begin()) return;
-    --it;
-    if (a >= it->first + it->second) return;  // not in this (the nearest lower) allocation
-    if (a + bytes > it->first + it->second)
+    const auto* alloc = bytes ? containing(p) : nullptr;
+    if (!alloc) return;
+    const uintptr_t end = alloc->first + alloc->second;
+    if ((uintptr_t)p + bytes > end)
         throw Error(std::string(what) + ": " + std::to_string(bytes) + " bytes at " + hex(p) + " run " +
-                    std::to_string(a + bytes - (it->first + it->second)) + " bytes past the end of a " +
-                    std::to_string(it->second) + "-byte cudaMalloc allocation");
+                    std::to_string((uintptr_t)p + bytes - end) + " bytes past the end of a " +
+                    std::to_string(alloc->second) + "-byte cudaMalloc allocation");
 }
 cudaError_t get_device_count(int* n) {
     *n = 1;
@@ -138,10 +136,11 @@ cudaError_t memcpy_async(void* dst, const void* src, size_t bytes, cudaMemcpyKin
     if (bytes == 0) return cudaSuccess;
     const bool src_dev = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
     const bool dst_dev = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
+    const bool src_in = in_allocation(src), dst_in = in_allocation(dst);
     if (kind != cudaMemcpyDefault) {
-        if (in_allocation(src) != src_dev || in_allocation(dst) != dst_dev)
-            throw Error(std::string("cudaMemcpy: the source is ") + (in_allocation(src) ? "device" : "host") +
-                        " memory and the destination " + (in_allocation(dst) ? "device" : "host") +
+        if (src_in != src_dev || dst_in != dst_dev)
+            throw Error(std::string("cudaMemcpy: the source is ") + (src_in ? "device" : "host") +
+                        " memory and the destination " + (dst_in ? "device" : "host") +
                         " memory, not what cudaMemcpyKind " + std::to_string((int)kind) + " says");
     }
     check_device_range(src, bytes, "cudaMemcpy source");

@@ -46,7 +46,6 @@ size_t device_bytes_in_use();
 // Throws when [p, p + bytes) starts inside a cudaMalloc allocation and runs past its end
 // (memory outside every allocation is the caller's host memory).
 void check_device_range(const void* p, size_t bytes, const char* what);
-bool in_allocation(const void* p);
 // Throws when anything wrote into the red zone behind an allocation; `after` names the
 // culprit (launch checks after every kernel).
 void check_red_zones(const char* after);
