@@ -301,7 +301,7 @@ std::vector<Row> bench_model(const std::string& name, int B, int T, Timer& tm) {
 
 // Causal attention alone, flash against the first version, no RoPE (as PyTorch's
 // scaled_dot_product_attention, which bench/bench_torch.py --attention times on the same
-// shapes); then flash with RoPE in its two placements. FLOPs, FlashAttention's convention: forward 4*B*H*T*T*D / 2 (the causal
+// shapes); then flash with RoPE in its two placements, on wgmma, and with 8-warp forward blocks. FLOPs, FlashAttention's convention: forward 4*B*H*T*T*D / 2 (the causal
 // half of QK^T and PV), backward 2.5x the forward (five products of the same size
 // against two). One line per (shape, kernel): attn_tflops B H T D kernel fwd X bwd Y.
 void bench_attention(Timer& tm) {
@@ -343,6 +343,16 @@ void bench_attention(Timer& tm) {
                 const double bw = tm.median_ms(
                     [&] { cuda_backend::attention_flash_backward(DQ, DO, Q, O, L, a.B, a.T, C, a.H, 0.0f); });
                 report("flash_wgmma", fw, bw);
+            }
+            // forward blocks of 8 warps (128 query rows); the backward is the same kernels as above
+            for (bool wg : {false, true}) {
+                if (wg && !cuda_backend::attention_flash_has_wgmma()) continue;
+                cuda_backend::attention_flash_options({false, wg, 8});
+                const double f8 = tm.median_ms(
+                    [&] { cuda_backend::attention_flash_forward(O, L, Q, a.B, a.T, C, a.H, 0.0f); });
+                printf("attn_tflops %d %d %d %d %s fwd %.1f bwd -\n", a.B, a.H, a.T, a.D,
+                       wg ? "flash_wgmma_8warps" : "flash_8warps", fwd_flops / (f8 * 1e9));
+                fflush(stdout);
             }
             cuda_backend::attention_flash_options({});
         }

@@ -12,7 +12,11 @@ cuda_backend::FlashOptions g_options;
 }
 
 bool cuda_backend::attention_flash_supported(int head_dim) { return head_dim == 64 || head_dim == 128; }
-void cuda_backend::attention_flash_options(FlashOptions o) { g_options = o; }
+void cuda_backend::attention_flash_options(FlashOptions o) {
+    LNS_CHECK(o.forward_warps == 4 || o.forward_warps == 8, "attention_flash_options: forward_warps %d (4 or 8)",
+              o.forward_warps);
+    g_options = o;
+}
 bool cuda_backend::attention_flash_has_wgmma() {
     static const bool built = wgmma_built();
     return built;
@@ -21,8 +25,8 @@ bool cuda_backend::attention_flash_has_wgmma() {
 void cuda_backend::attention_flash_forward(floatX* out, float* lse, const floatX* qkv, int B, int T, int C, int NH,
                                            float rope_theta) {
     NVTX_RANGE("attention_flash_forward");
-        const bool wgmma = g_options.wgmma && attention_flash_has_wgmma();  // sm_90a images only
-    flash_forward(out, lse, qkv, B, T, C, NH, rope_theta, g_options.rope_on_load, wgmma);
+    const bool wgmma = g_options.wgmma && attention_flash_has_wgmma();  // sm_90a images only
+    flash_forward(out, lse, qkv, B, T, C, NH, rope_theta, g_options.rope_on_load, wgmma, g_options.forward_warps);
 }
 
 void cuda_backend::attention_flash_backward(floatX* dqkv, const floatX* dout, const floatX* qkv, const floatX* out,

@@ -10,7 +10,8 @@
 //
 // Tiles. A block of 4 warps owns 64 rows of one head (queries in forward and in the
 // dq kernel, keys in the dk/dv kernel), 16 per warp, and loops over tiles of the
-// other side: 64 keys in forward; in backward 64 (D = 64) or 32 (D = 128) keys or
+// other side (the forward can also run blocks of 8 warps and 128 query rows, which
+// share each key tile: FlashOptions::forward_warps): 64 keys in forward; in backward 64 (D = 64) or 32 (D = 128) keys or
 // queries, which bounds the fp32 accumulators a thread holds (dk and dv: 2 x D/2
 // registers). Tiles live in shared memory, rows padded by 8 bf16 (16 bytes) so that
 // the 8 row addresses of one ldmatrix fall in distinct banks. Products are
@@ -184,19 +185,19 @@ __device__ __forceinline__ void acc_to_a(uint32_t (&a)[NT / 2][4], const float (
 // that land at the cp_async_wait retiring the caller's next commit. ROPE rotates the
 // pairs (i, i + D/2) of row t by +angle(t), as qkv_permute_kernel does, with
 // rope[t][i] = (cos, sin), through registers: the tile is complete when this returns.
-template <int D, int ROWS, bool ROPE>
+template <int D, int ROWS, bool ROPE, int NTH = THREADS>
 __device__ __forceinline__ void load_tile(bf16* s, const bf16* src, size_t ld, int row0, int T,
                                           const float2* __restrict__ rope) {
     if constexpr (!ROPE) {
         constexpr int CHUNKS = D / 8;  // 16 bytes each
-        for (int c = threadIdx.x; c < ROWS * CHUNKS; c += THREADS) {
+        for (int c = threadIdx.x; c < ROWS * CHUNKS; c += NTH) {
             const int r = c / CHUNKS, i0 = (c % CHUNKS) * 8, t = row0 + r;
             cp_async_16(s + r * ROW_STRIDE<D> + i0, src + (size_t)(t < T ? t : 0) * ld + i0, t < T);
         }
         return;
     }
     constexpr int H = D / 2, CHUNKS = H / 8;  // 8 pairs per chunk: two 16-byte loads
-    for (int c = threadIdx.x; c < ROWS * CHUNKS; c += THREADS) {
+    for (int c = threadIdx.x; c < ROWS * CHUNKS; c += NTH) {
         const int r = c / CHUNKS, i0 = (c % CHUNKS) * 8, t = row0 + r;
         b128 lo, hi;
         if (t < T) {
@@ -254,11 +255,11 @@ __device__ __forceinline__ void store_row(bf16* dst, const float (&acc)[D / 8][4
 // N-major for V in O = P V (lbo 16D, sbo 128).
 // A warp copies 8 rows x 4 chunks at a time: 64 contiguous bytes of each row from global
 // memory, and four whole core matrices (512 bytes, the minimum of 4 wavefronts) to smem.
-template <int D, int ROWS>
+template <int D, int ROWS, int NTH = THREADS>
 __device__ __forceinline__ void load_tile_cm(bf16* s, const bf16* src, size_t ld, int row0, int T) {
     constexpr int CHUNKS = D / 8, QUADS = CHUNKS / 4;
     static_assert(CHUNKS % 4 == 0 && ROWS % 8 == 0, "whole 8-row, 4-chunk pieces");
-    for (int c = threadIdx.x; c < ROWS * CHUNKS; c += THREADS) {
+    for (int c = threadIdx.x; c < ROWS * CHUNKS; c += NTH) {
         const int piece = c / 32, l = c % 32;
         const int r = (piece / QUADS) * 8 + l % 8, c8 = (piece % QUADS) * 4 + l / 8, t = row0 + r;
         cp_async_16(s + (r / 8) * 8 * D + c8 * 64 + (r % 8) * 8, src + (size_t)(t < T ? t : 0) * ld + c8 * 8, t < T);
@@ -296,12 +297,12 @@ __device__ __forceinline__ void wgmma_nn(float (&acc)[N / 8][4], const uint32_t 
 
 // A loop tile (K, V; in backward also Q, dout): padded rows for ldmatrix, or (WG) the
 // core-matrix layout that wgmma reads.
-template <int D, int ROWS, bool ROPE, bool WG>
+template <int D, int ROWS, bool ROPE, bool WG, int NTH = THREADS>
 __device__ __forceinline__ void load_inner(bf16* s, const bf16* src, size_t ld, int row0, int T,
                                            const float2* __restrict__ rope) {
     static_assert(!(WG && ROPE), "the wgmma path takes q, k rotated before the kernels");
-    if constexpr (WG) load_tile_cm<D, ROWS>(s, src, ld, row0, T);
-    else load_tile<D, ROWS, ROPE>(s, src, ld, row0, T, rope);
+    if constexpr (WG) load_tile_cm<D, ROWS, NTH>(s, src, ld, row0, T);
+    else load_tile<D, ROWS, ROPE, NTH>(s, src, ld, row0, T, rope);
 }
 // The WG kernels are launched only where the device image has sm_90a code (wgmma_built).
 __device__ __forceinline__ void trap_without_sm90a() {
@@ -310,80 +311,95 @@ __device__ __forceinline__ void trap_without_sm90a() {
 #endif
 }
 
-// ---- forward: grid (B*NH, query blocks), heaviest (last) query block first.
-// WG: S = Q K^T and O += P V on wgmma (sm_90a), the block's 4 warps being one
-// warpgroup, K and V tiles in the core-matrix layout; the accumulators have the
-// mma.sync layout, so the online softmax is the same code.
-template <int D, bool ROPE_ON_LOAD, bool WG>
-__global__ void __launch_bounds__(THREADS)
+// ---- forward: grid (B*NH, query blocks), heaviest (last) query block first. A block
+// of QW warps owns BQ = 16 QW query rows (QW 4: one 64-row tile; QW 8: two warpgroups
+// sharing each key tile, half the key and value traffic per row) and loops over key
+// tiles of BLOCK: every row sees the same tiles in the same order either way, so the
+// two give the same bits. A warp (WG: a warpgroup) skips the products of a tile whose
+// keys all lie above its rows.
+// WG: S = Q K^T and O += P V on wgmma (sm_90a), each 4 warps being one warpgroup, K
+// and V tiles in the core-matrix layout; the accumulators have the mma.sync layout, so
+// the online softmax is the same code.
+template <int D, int QW, bool ROPE_ON_LOAD, bool WG>
+__global__ void __launch_bounds__(32 * QW)
     flash_forward_kernel(bf16* __restrict__ out, float* __restrict__ lse, const HeadView q, const HeadView k,
                          const HeadView v, const float2* __restrict__ rope, int T, int NH, float scale) {
-    constexpr int S = ROW_STRIDE<D>;
+    constexpr int S = ROW_STRIDE<D>, NTH = 32 * QW, BQ = 16 * QW;
+    static_assert(QW % 4 == 0, "whole warpgroups");
     if constexpr (WG) trap_without_sm90a();
     unsigned char* smem = dynamic_smem();
-    bf16* sQ = reinterpret_cast<bf16*>(smem);  // (BLOCK, D) each
-    bf16* sK = sQ + BLOCK * S;
-    bf16* sV = sK + BLOCK * S;
+    bf16* sQ = reinterpret_cast<bf16*>(smem);  // (BQ, D)
+    bf16* sK = sQ + BQ * S;                    // (BLOCK, D)
+    bf16* sV = sK + BLOCK * S;                 // (BLOCK, D)
     const int bh = blockIdx.x, b = bh / NH, h = bh % NH, C = NH * D;
-    const int qb = gridDim.y - 1 - blockIdx.y, q0 = qb * BLOCK;
+    const int q0 = (gridDim.y - 1 - blockIdx.y) * BQ;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tig = lane % 4;
     const bf16 *qh = q.at(b, h), *kh = k.at(b, h), *vh = v.at(b, h);
     const float sl2 = scale * LOG2E;  // dot products to log2 units of the scaled scores
+    // the rows whose products this warp computes: its own, or its warpgroup's (wgmma)
+    const int first = q0 + (WG ? warp / 4 * 64 : warp * 16), last = first + (WG ? 63 : 15);
+    const int tiles = (min(q0 + BQ, T) + BLOCK - 1) / BLOCK;  // causal: keys up to the last valid row
 
-    load_tile<D, BLOCK, ROPE_ON_LOAD>(sQ, qh, q.row, q0, T, rope);
-    load_inner<D, BLOCK, ROPE_ON_LOAD, WG>(sK, kh, k.row, 0, T, rope);
+    load_tile<D, BQ, ROPE_ON_LOAD, NTH>(sQ, qh, q.row, q0, T, rope);
+    load_inner<D, BLOCK, ROPE_ON_LOAD, WG, NTH>(sK, kh, k.row, 0, T, rope);
     cp_async_commit();
     uint32_t qf[D / 16][4];  // this warp's 16 query rows as A fragments, loaded once
     float o[D / 8][4] = {};
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // raw max dot, partial row sums
     const int row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
-    for (int j = 0; j <= qb; j++) {  // causal: no key tile beyond the diagonal
+    for (int j = 0; j < tiles; j++) {
         cp_async_wait<0>();
         if constexpr (WG) fence_proxy_async();  // the copies, for wgmma's reads
         __syncthreads();  // K_j (and Q) in smem; every warp done with V_{j-1}
-        load_inner<D, BLOCK, false, WG>(sV, vh, v.row, j * BLOCK, T, rope);  // lands during S = Q K^T
+        load_inner<D, BLOCK, false, WG, NTH>(sV, vh, v.row, j * BLOCK, T, rope);  // lands during S = Q K^T
         cp_async_commit();
         if (j == 0) load_a_rows<D>(qf, sQ);
-        float s[BLOCK / 8][4] = {};
-        if constexpr (WG) wgmma_nt<BLOCK, D>(s, qf, sK);
-        else mma_rs_nt<BLOCK / 8, D>(s, qf, sK, S);
-        if (j == qb)
-#pragma unroll
-            for (int nt = 0; nt < BLOCK / 8; nt++)
-#pragma unroll
-                for (int e = 0; e < 4; e++)
-                    if (j * BLOCK + nt * 8 + tig * 2 + e % 2 > row[e / 2]) s[nt][e] = -INFINITY;
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            float mx = m[r];
-#pragma unroll
-            for (int nt = 0; nt < BLOCK / 8; nt++) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            // finite: key j*BLOCK <= every row of this block, so no row is fully masked
-            const float corr = exp2f((m[r] - mx) * sl2);  // 0 on the first tile (m = -inf)
-            m[r] = mx, l[r] *= corr;
-#pragma unroll
-            for (int nt = 0; nt < D / 8; nt++) o[nt][2 * r] *= corr, o[nt][2 * r + 1] *= corr;
-#pragma unroll
-            for (int nt = 0; nt < BLOCK / 8; nt++)
-#pragma unroll
-                for (int e = 2 * r; e < 2 * r + 2; e++) {
-                    s[nt][e] = exp2f((s[nt][e] - mx) * sl2);
-                    l[r] += s[nt][e];
-                }
-        }
+        const bool active = QW == 4 || j * BLOCK <= last;  // some key of the tile at or below a row
         uint32_t p[BLOCK / 16][4];
-        acc_to_a<BLOCK / 8>(p, s);
+        if (active) {
+            float s[BLOCK / 8][4] = {};
+            if constexpr (WG) wgmma_nt<BLOCK, D>(s, qf, sK);
+            else mma_rs_nt<BLOCK / 8, D>(s, qf, sK, S);
+            if (j * BLOCK + BLOCK - 1 > first)  // some key above a row
+#pragma unroll
+                for (int nt = 0; nt < BLOCK / 8; nt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++)
+                        if (j * BLOCK + nt * 8 + tig * 2 + e % 2 > row[e / 2]) s[nt][e] = -INFINITY;
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                float mx = m[r];
+#pragma unroll
+                for (int nt = 0; nt < BLOCK / 8; nt++) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                // finite: rows start at multiples of 16 (WG: 64), so an active tile's first
+                // key is at or below every row of the warp
+                const float corr = exp2f((m[r] - mx) * sl2);  // 0 on the first tile (m = -inf)
+                m[r] = mx, l[r] *= corr;
+#pragma unroll
+                for (int nt = 0; nt < D / 8; nt++) o[nt][2 * r] *= corr, o[nt][2 * r + 1] *= corr;
+#pragma unroll
+                for (int nt = 0; nt < BLOCK / 8; nt++)
+#pragma unroll
+                    for (int e = 2 * r; e < 2 * r + 2; e++) {
+                        s[nt][e] = exp2f((s[nt][e] - mx) * sl2);
+                        l[r] += s[nt][e];
+                    }
+            }
+            acc_to_a<BLOCK / 8>(p, s);
+        }
         cp_async_wait<0>();
         if constexpr (WG) fence_proxy_async();
         __syncthreads();  // V_j in smem; every warp done with K_j
-        if (j < qb) {     // K_{j+1} lands during O += P V
-            load_inner<D, BLOCK, ROPE_ON_LOAD, WG>(sK, kh, k.row, (j + 1) * BLOCK, T, rope);
+        if (j + 1 < tiles) {  // K_{j+1} lands during O += P V
+            load_inner<D, BLOCK, ROPE_ON_LOAD, WG, NTH>(sK, kh, k.row, (j + 1) * BLOCK, T, rope);
             cp_async_commit();
         }
-        if constexpr (WG) wgmma_nn<D, BLOCK>(o, p, sV);
-        else mma_rs_nn<D / 8, BLOCK>(o, p, sV, S);
+        if (active) {
+            if constexpr (WG) wgmma_nn<D, BLOCK>(o, p, sV);
+            else mma_rs_nn<D / 8, BLOCK>(o, p, sV, S);
+        }
     }
 #pragma unroll
     for (int r = 0; r < 2; r++) {
@@ -618,7 +634,7 @@ const float2* rope_table(int T, int hs, float theta) {
     return tab;
 }
 
-template <int D> constexpr size_t forward_smem() { return 3 * BLOCK * ROW_STRIDE<D> * sizeof(bf16); }
+template <int D, int QW> constexpr size_t forward_smem() { return (16 * QW + 2 * BLOCK) * ROW_STRIDE<D> * sizeof(bf16); }
 template <int D> constexpr size_t dq_smem() { return (2 * BLOCK + 4 * INNER_BWD<D>) * ROW_STRIDE<D> * sizeof(bf16); }
 template <int D> constexpr size_t dkv_smem() { return dq_smem<D>() + 4 * INNER_BWD<D> * sizeof(float); }
 
@@ -697,26 +713,34 @@ void flash_inputs(HeadView (&qkv_v)[3], const bf16* qkv, int B, int T, int C, in
 
 // The launch sequences, used by cuda_backend.
 // wgmma: the WG kernels (the caller checks wgmma_built()); RoPE is then rotated first.
+// warps: 4 or 8 per forward block (64 or 128 query rows).
 void flash_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH, float rope_theta,
-                   bool rope_on_load, bool wgmma) {
+                   bool rope_on_load, bool wgmma, int warps) {
     const int hs = check_flash("attention_flash_forward", B, T, C, NH, rope_theta, {out, qkv});
     const float scale = 1.0f / std::sqrt((float)hs);
     const Rope mode = rope_mode(rope_theta, rope_on_load && !wgmma);
     HeadView in[3];
     flash_inputs(in, qkv, B, T, C, NH, rope_theta, mode);
     const float2* rope = mode == Rope::on_load ? rope_table(T, hs, rope_theta) : nullptr;
-    const dim3 grid(B * NH, ceil_div(T, BLOCK));
+    LNS_CHECK(warps == 4 || warps == 8, "attention_flash_forward: %d warps per block (4 or 8)", warps);
     dispatch(hs, mode, [&](auto d, auto r) {
         constexpr int D = decltype(d)::value;
-        auto launch = [&](auto wg) {
-            auto* fwd = flash_forward_kernel<D, decltype(r)::value == Rope::on_load, decltype(wg)::value>;
-            static bool once = (allow_smem(fwd, forward_smem<D>()), true);
+        auto launch = [&](auto wg, auto qw) {
+            constexpr int QW = decltype(qw)::value;
+            auto* fwd = flash_forward_kernel<D, QW, decltype(r)::value == Rope::on_load, decltype(wg)::value>;
+            constexpr size_t smem = forward_smem<D, QW>();
+            static bool once = (allow_smem(fwd, smem), true);
             (void)once;
-            LNS_LAUNCH(fwd, grid, THREADS, forward_smem<D>(), out, lse, in[0], in[1], in[2], rope, T, NH, scale);
+            const dim3 grid(B * NH, ceil_div(T, 16 * QW));
+            LNS_LAUNCH(fwd, grid, 32 * QW, smem, out, lse, in[0], in[1], in[2], rope, T, NH, scale);
         };
-        if constexpr (decltype(r)::value == Rope::on_load) launch(std::false_type{});  // wgmma: plain tiles only
-        else if (wgmma) launch(std::true_type{});
-        else launch(std::false_type{});
+        auto with_warps = [&](auto wg) {
+            if (warps == 8) launch(wg, std::integral_constant<int, 8>{});
+            else launch(wg, std::integral_constant<int, 4>{});
+        };
+        if constexpr (decltype(r)::value == Rope::on_load) with_warps(std::false_type{});  // wgmma: plain tiles only
+        else if (wgmma) with_warps(std::true_type{});
+        else with_warps(std::false_type{});
     });
     cudaCheckLaunch();
 }

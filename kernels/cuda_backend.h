@@ -73,10 +73,12 @@ struct cuda_backend {
     // agree within bf16 rounding. rope_on_load: RoPE inside the tile loads instead of a
     // rotated copy of q, k made before the kernels. wgmma: forward and backward on
     // Hopper's warpgroup MMA where the device runs sm_90a code (not yet run on a GPU,
-    // hence off by default; ignored elsewhere).
+    // hence off by default; ignored elsewhere). forward_warps: 4 or 8 warps (64 or 128
+    // query rows) per forward block; 8 halves the key and value reads and gives the same bits.
     struct FlashOptions {
         bool rope_on_load = false;
         bool wgmma = false;
+        int forward_warps = 4;
     };
     static void attention_flash_options(FlashOptions options);
     static bool attention_flash_has_wgmma();  // the device runs this build's sm_90a kernels

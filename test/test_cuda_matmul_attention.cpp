@@ -310,6 +310,20 @@ const AttShape FLASH_SHAPES[] = {{2, 1, 2, 64}, {2, 7, 3, 64}, {1, 64, 2, 64}, {
                                  {2, 1, 2, 128}, {2, 7, 1, 128}, {1, 64, 2, 128}, {1, 257, 2, 128},
                                  {1, 1024, 1, 128}};
 
+// The kernel variants (cuda_backend::FlashOptions): RoPE rotated before the kernels
+// (default) or in the tile loads; the products on wgmma (sm_90a builds on sm_90
+// devices; elsewhere the option is ignored); forward blocks of 4 or 8 warps.
+struct FlashVariant {
+    const char* name;
+    Gpu::FlashOptions options;
+};
+const FlashVariant FLASH_VARIANTS[] = {{"default", {}},
+                                       {"rope_on_load", {true, false, 4}},
+                                       {"wgmma", {false, true, 4}},
+                                       {"8 warps", {false, false, 8}},
+                                       {"rope_on_load, 8 warps", {true, false, 8}},
+                                       {"wgmma, 8 warps", {false, true, 8}}};
+
 // n floats on the device (lse), released at scope exit.
 struct DevF32 {
     float* p = nullptr;
@@ -318,6 +332,11 @@ struct DevF32 {
     ~DevF32() { Gpu::release(p); }
     DevF32(const DevF32&) = delete;
     DevF32& operator=(const DevF32&) = delete;
+    void set(const std::vector<float>& h) {
+        REQUIRE(h.size() == n);
+        Gpu::copy_from_host(p, h.data(), n * 4);
+        Gpu::synchronize();
+    }
     std::vector<float> get() const {
         Gpu::synchronize();
         std::vector<float> h(n);
@@ -334,9 +353,6 @@ GPU_TEST_CASE("CUDA flash attention matches the CPU twin, forward and backward",
     CHECK(Gpu::attention_flash_supported(64));
     CHECK(Gpu::attention_flash_supported(128));
     CHECK_FALSE(Gpu::attention_flash_supported(48));
-    // variants: RoPE rotated before the kernels (default), RoPE in the tile loads, the
-    // products on wgmma (sm_90a builds on sm_90 devices; elsewhere the option is ignored)
-    const char* variants[] = {"default", "rope_on_load", "wgmma"};
     if (!Gpu::attention_flash_has_wgmma()) WARN("no sm_90a kernels for this device: the wgmma variant runs mma.sync");
     for (const AttShape& s : FLASH_SHAPES)
         for (float theta : THETAS) {
@@ -351,9 +367,9 @@ GPU_TEST_CASE("CUDA flash attention matches the CPU twin, forward and backward",
                 Cpu::attention_flash_forward(out.data(), lse.data(), qkv.data(), s.B, s.T, C, s.NH, theta);
                 Cpu::attention_flash_backward(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), s.B, s.T,
                                               C, s.NH, theta);
-                for (int variant = 0; variant < 3; variant++) {
-                    INFO("variant " << variants[variant]);
-                    Gpu::attention_flash_options({variant == 1, variant == 2});
+                for (const FlashVariant& variant : FLASH_VARIANTS) {
+                    INFO("variant " << variant.name);
+                    Gpu::attention_flash_options(variant.options);
                     Gpu::attention_flash_forward(d_out.p, d_lse.p, d_qkv.p, s.B, s.T, C, s.NH, theta);
                     Gpu::attention_flash_backward(d_dqkv.p, d_dout.p, d_qkv.p, d_out.p, d_lse.p, s.B, s.T, C, s.NH,
                                                   theta);
@@ -377,7 +393,10 @@ GPU_TEST_CASE("CUDA flash attention matches the CPU twin, forward and backward",
 // Small enough for compute-sanitizer (scripts/gpu_check.sh runs racecheck and memcheck
 // on [sanitize]): partial tiles, both head sizes, every variant. RoPE rotated before the
 // kernels or in their loads rounds the same fp32 products once, so those two agree
-// bit for bit; wgmma sums in another order, so it agrees within bf16.
+// bit for bit; wgmma sums in another order, so it agrees within bf16. A forward block
+// of 8 warps gives every row the key tiles of a 4-warp block in the same order: the
+// same bits. T = 130: 8-warp blocks whose first warps skip a key tile, a block with 2
+// valid rows of 128.
 GPU_TEST_CASE("CUDA flash attention variants agree on partial tiles", "[attention][flash][sanitize]") {
 #ifndef ENABLE_FP32
     const int B = 1, T = 130, NH = 2;
@@ -388,12 +407,15 @@ GPU_TEST_CASE("CUDA flash attention variants agree on partial tiles", "[attentio
             DevBuf d_qkv(n3), d_out(n1), d_dout(n1), d_dqkv(n3);
             DevF32 d_lse((size_t)B * NH * T);
             d_qkv.set(randn(n3, 620)), d_dout.set(randn(n1, 621));
-            std::vector<float> out[3], lse[3], dqkv[3];
-            for (int variant = 0; variant < 3; variant++) {
-                Gpu::attention_flash_options({variant == 1, variant == 2});
+            constexpr int NV = std::size(FLASH_VARIANTS);
+            std::vector<float> out[NV], lse[NV], dqkv[NV];
+            for (int i = 0; i < NV; i++) {
+                Gpu::attention_flash_options(FLASH_VARIANTS[i].options);
+                d_out.set(std::vector<float>(n1, NAN)), d_lse.set(std::vector<float>(d_lse.n, NAN));
+                d_dqkv.set(std::vector<float>(n3, NAN));  // nothing left over from the last variant
                 Gpu::attention_flash_forward(d_out.p, d_lse.p, d_qkv.p, B, T, C, NH, 10000.0f);
                 Gpu::attention_flash_backward(d_dqkv.p, d_dout.p, d_qkv.p, d_out.p, d_lse.p, B, T, C, NH, 10000.0f);
-                out[variant] = d_out.get(), lse[variant] = d_lse.get(), dqkv[variant] = d_dqkv.get();
+                out[i] = d_out.get(), lse[i] = d_lse.get(), dqkv[i] = d_dqkv.get();
             }
             Gpu::attention_flash_options({});
             CHECK(out[1] == out[0]);
@@ -402,6 +424,12 @@ GPU_TEST_CASE("CUDA flash attention variants agree on partial tiles", "[attentio
             CHECK(max_rel_err(out[2], out[0]) < FLASH_OUT_TOL);
             CHECK(max_rel_err(lse[2], lse[0]) < FLASH_LSE_TOL);
             CHECK(max_rel_err(dqkv[2], dqkv[0]) < FLASH_GRAD_TOL);
+            for (int i = 3; i < NV; i++) {  // 8 warps against 4, in the same variant
+                INFO("variant " << FLASH_VARIANTS[i].name);
+                CHECK(out[i] == out[i - 3]);
+                CHECK(lse[i] == lse[i - 3]);
+                CHECK(dqkv[i] == dqkv[i - 3]);
+            }
         }
     }
 #endif

@@ -69,6 +69,7 @@ TEST_CASE("emulated backend: no result depends on which warp runs ahead", "[emul
         {"llama flash", small_flash("llama-tiny"), AttentionKind::flash, {}},
         {"llama flash, RoPE on load", small_flash("llama-tiny"), AttentionKind::flash, {true, false}},
         {"llama flash, wgmma", small_flash("llama-tiny"), AttentionKind::flash, {false, true}},
+        {"llama flash, wgmma, 8-warp forward", small_flash("llama-tiny"), AttentionKind::flash, {false, true, 8}},
 #endif
     };
     for (const Case& c : cases) {
@@ -105,19 +106,27 @@ struct Buf {
 };
 using floatX = cuda_backend::floatX;
 
+// The flash variants: RoPE rotated first, in the loads, on wgmma; 8-warp forward blocks.
+const std::pair<const char*, cuda_backend::FlashOptions> FLASH_VARIANTS[] = {
+    {"default", {}},
+    {"rope_on_load", {true, false, 4}},
+    {"wgmma", {false, true, 4}},
+    {"8 warps", {false, false, 8}},
+    {"wgmma, 8 warps", {false, true, 8}}};
+
 // One head of T = 150 (three key tiles, the last partial) through the flash pair with
-// RoPE, in variant 0 (RoPE rotated first), 1 (in the loads) or 2 (wgmma), on fresh buffers.
+// RoPE, in one of the variants, on fresh buffers.
 struct FlashRun {
     static constexpr int B = 1, T = 150, NH = 1;
     const int C;
     const size_t n3, n1;
     Buf qkv, dout, out, lse, dqkv;
-    FlashRun(int hs, int variant)
+    FlashRun(int hs, cuda_backend::FlashOptions options)
         : C(NH * hs), n3((size_t)B * T * 3 * C), n1((size_t)B * T * C), qkv(n3 * sizeof(floatX)),
           dout(n1 * sizeof(floatX)), out(n1 * sizeof(floatX)), lse((size_t)B * NH * T * 4), dqkv(n3 * sizeof(floatX)) {
         cuda_backend::upload_f32(qkv.x(), randn(n3, 610).data(), n3);
         cuda_backend::upload_f32(dout.x(), randn(n1, 611).data(), n1);
-        cuda_backend::attention_flash_options({variant == 1, variant == 2});
+        cuda_backend::attention_flash_options(options);
     }
     ~FlashRun() { cuda_backend::attention_flash_options({}); }
     void forward() { cuda_backend::attention_flash_forward(out.x(), lse.f(), qkv.x(), B, T, C, NH, 10000.0f); }
@@ -140,12 +149,12 @@ TEST_CASE("emulated backend: multi-tile flash and norm backward give the same bi
           "[emulation][flash][norm]") {
 #ifndef ENABLE_FP32
     for (int hs : {64, 128})
-        for (int variant = 0; variant < 3; variant++) {  // RoPE rotated first, on load, on wgmma
-            DYNAMIC_SECTION("flash hs " << hs << " variant " << variant) {
+        for (const auto& [name, options] : FLASH_VARIANTS) {
+            DYNAMIC_SECTION("flash hs " << hs << " variant " << name) {
                 std::vector<unsigned char> got[2];
                 for (int o = 0; o < 2; o++) {
                     WarpOrder w(o ? emu::Order::reverse : emu::Order::forward);
-                    FlashRun run(hs, variant);
+                    FlashRun run(hs, options);
                     run.forward();
                     run.backward();
                     got[o] = run.results();
@@ -231,9 +240,9 @@ TEST_CASE("emulated backend: the flash kernels' ldmatrix and cp.async are confli
           "[emulation][flash]") {
 #ifndef ENABLE_FP32
     for (int hs : {64, 128})
-        for (int variant = 0; variant < 3; variant++) {  // RoPE rotated first, on load, on wgmma
-            DYNAMIC_SECTION("hs " << hs << " variant " << variant) {
-                FlashRun run(hs, variant);
+        for (const auto& [name, options] : FLASH_VARIANTS) {
+            DYNAMIC_SECTION("hs " << hs << " variant " << name) {
+                FlashRun run(hs, options);
                 for (int pass = 0; pass < 2; pass++) {
                     INFO((pass ? "backward" : "forward"));
                     emu::reset_mem_stats();
