@@ -153,6 +153,7 @@ data: data/tinyshakespeare_train.bin
 
 quickstart: deps
 	@$(MAKE) --no-print-directory train_gpt data
+	rm -rf $(QS_DIR)  # a fresh run each time (train_gpt refuses a directory holding a run)
 	./train_gpt $(QS_FLAGS) --train-data data/tinyshakespeare_train.bin --val-data data/tinyshakespeare_val.bin \
 	  --out-dir $(QS_DIR) --save-to $(QS_DIR)/model
 	$(PYTHON) scripts/plot_loss.py $(QS_DIR) -o $(QS_DIR)/loss.png

@@ -10,6 +10,7 @@
 #include <omp.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -39,6 +40,7 @@
 #include "train/data_parallel.h"
 #include "train/guards.h"
 #include "train/optimizer.h"
+#include "train/run_dir.h"
 #include "train/schedule.h"
 
 using json = nlohmann::json;
@@ -71,7 +73,7 @@ struct Options {
     std::string out_dir, init_from, save_to;
     int eval_every = 0, val_batches = 8, val_tokens = 0, threads = 0;
     int ckpt_every = 0, ckpt_keep = 2, ckpt_keep_every = 0;
-    bool resume = false, eval_only = false, recompute = false;
+    bool resume = false, resume_changes = false, eval_only = false, recompute = false;
     std::string attention = "auto";
     int sample_every = 0, sample_tokens = 0, top_k = 0;
     int diag_every = 0;
@@ -84,6 +86,7 @@ struct Options {
 
 static void add_options(CLI::App& app, Options& o) {
     app.set_config("--config", "", "read options from a TOML file (flags given on the command line win)");
+    app.allow_config_extras(false);  // a misspelt key in the file is an error, not a default silently kept
     const char* M = "Model";
     app.add_option("--model", o.model, "preset: " + [] {
         std::string s;
@@ -151,11 +154,17 @@ static void add_options(CLI::App& app, Options& o) {
     app.add_option("--attention", o.attention, "flash (stores only each row's log-sum-exp), naive (the first version, "
                    "stores the (T,T) probabilities) or auto (flash where the backend supports the head size)")->group(R);
     app.add_option("--out-dir", o.out_dir, "run directory: log.jsonl, config.toml, checkpoints")->group(R);
-    app.add_option("--ckpt-every", o.ckpt_every, "checkpoint every N steps (0 = only on SIGINT/SIGTERM)")->group(R);
+    app.add_option("--ckpt-every", o.ckpt_every, "checkpoint every N steps (0 = only when stopped by a signal)")
+        ->group(R);
     app.add_option("--ckpt-keep", o.ckpt_keep, "keep the newest K checkpoints (2)")->group(R);
     app.add_option("--ckpt-keep-every", o.ckpt_keep_every, "also keep every checkpoint whose step is a multiple of M")
         ->group(R);
     app.add_flag("--resume", o.resume, "continue from the newest complete checkpoint in --out-dir")
+        ->group(R)
+        ->configurable(false);
+    app.add_flag("--resume-changes", o.resume_changes, "with --resume: let --steps, the learning-rate schedule, "
+                 "--grad-clip, --weight-decay and the spike guard differ from the checkpoint's (e.g. a lower --lr "
+                 "after a divergence, or more --steps); the model, data, batch and seed must still match")
         ->group(R)
         ->configurable(false);
     app.add_option("--eval-every", o.eval_every, "validation every N steps (0 = only at the end)")->group(R);
@@ -202,6 +211,11 @@ static ModelConfig model_config(const Options& o, const CLI::App& app) {
     if (given("--layerscale")) c.layerscale = o.layerscale;
     if (given("--skipinit")) c.skipinit = o.skipinit;
     if (given("--lns-placement")) c.lns_placement = parse_lns_placement(o.lns_placement);
+    // flags that would otherwise be silently ignored
+    REQUIRE_INPUT(!given("--rope-theta") || c.rope(), "--rope-theta: a %s model has no RoPE (learned positions)",
+                  to_string(c.arch));
+    REQUIRE_INPUT(!given("--mix-alpha") || c.norm == NormScheme::mix, "--mix-alpha: only with --norm mix (got %s)",
+                  to_string(c.norm));
     c.validate();
     return c;
 }
@@ -246,6 +260,7 @@ static void validate_options(const Options& o, const ModelConfig& c) {
     REQUIRE_INPUT(o.ckpt_keep >= 1, "--ckpt-keep: expected >= 1, got %d", o.ckpt_keep);
     REQUIRE_INPUT(o.ckpt_keep_every >= 0, "--ckpt-keep-every: expected >= 0, got %d", o.ckpt_keep_every);
     REQUIRE_INPUT(!o.resume || !o.out_dir.empty(), "--resume: needs --out-dir (the run directory to resume)");
+    REQUIRE_INPUT(!o.resume_changes || o.resume, "--resume-changes: only with --resume");
     REQUIRE_INPUT(o.ckpt_every == 0 || !o.out_dir.empty(), "--ckpt-every: needs --out-dir to write checkpoints into");
     REQUIRE_INPUT(o.eval_only || o.steps == 0 || !o.train_data.empty(),
                   "--train-data: required to train (a shard file or glob)");
@@ -279,6 +294,16 @@ static RowLayout row_layout(const Options& o, const ModelConfig& cfg) {
     REQUIRE_INPUT(eot >= 0 && eot < cfg.vocab_size, "--data-layout documents: --tokenizer %s has no end-of-text token "
                   "in the vocabulary; give --doc-token", spec.c_str());
     return {true, eot};
+}
+
+// Fields of run_config that --resume-changes lets a resumed run change: they shape the
+// updates still to come, not the state a checkpoint holds or the order of the data.
+static bool changeable_on_resume(const std::string& difference) {  // "field: old -> new"
+    const std::string field = difference.substr(0, difference.find(':'));
+    for (const char* f : {"steps", "lr", "warmup", "schedule", "lr_min_frac", "wsd_decay_frac", "adamw.grad_clip",
+                          "adamw.weight_decay", "spike.z", "spike.window"})
+        if (field == f) return true;
+    return false;
 }
 
 // The part of the configuration a checkpoint must agree with to resume exactly.
@@ -440,7 +465,8 @@ static std::string hms(double seconds) {
     return s >= 3600 ? strfmt("%ldh%02ldm", s / 3600, s / 60 % 60) : strfmt("%ldm%02lds", s / 60, s % 60);
 }
 
-// SIGINT/SIGTERM ask for a checkpoint at the end of the current step, then exit.
+// SIGINT, SIGTERM, SIGHUP (the terminal closed) and SIGPIPE (the reader of stdout gone)
+// ask for a checkpoint at the end of the current step, then exit.
 static std::atomic<int> g_stop_signal{0};
 static void on_signal(int sig) { g_stop_signal = sig; }
 
@@ -479,6 +505,11 @@ static int run(const Options& o, const ModelConfig& cfg, const CLI::App& app, do
     const int accum = o.total_batch_size > 0 ? o.total_batch_size / (B * T * world) : 1;
     const RowLayout rows = row_layout(o, cfg);
     const json rcfg = run_config(o, cfg, rows);
+    // the directories this run writes, claimed before anything is read or trained
+    if (lead && !o.eval_only) {
+        if (!o.out_dir.empty()) claim_run_dir(o.out_dir, o.resume);
+        if (!o.save_to.empty()) require_writable_dir(o.save_to, "--save-to");
+    }
 
     // a checkpoint to resume from, refused if its configuration differs
     std::unique_ptr<Checkpoint> ck;
@@ -490,11 +521,21 @@ static int run(const Options& o, const ModelConfig& cfg, const CLI::App& app, do
             // evaluation needs only the same model; training needs the same run
             const auto diffs = o.eval_only ? config_differences(ck->config.at("model"), rcfg.at("model"), "model")
                                            : config_differences(ck->config, rcfg);
-            if (!diffs.empty()) {
+            std::string list;
+            for (auto& d : diffs) list += "\n  " + d;
+            const bool changeable = std::all_of(diffs.begin(), diffs.end(), changeable_on_resume);
+            if (!diffs.empty() && !(o.resume_changes && changeable)) {
                 std::string msg = all.back().second + ": checkpoint of a different configuration; differing fields:";
-                for (auto& d : diffs) msg += "\n  " + d;
+                msg += list;
+                if (changeable) msg += "\n(a resumed run may change these with --resume-changes)";
+                else if (o.resume_changes)
+                    msg += "\n(--resume-changes covers only steps, lr, warmup, schedule, lr_min_frac, "
+                           "wsd_decay_frac, grad_clip, weight_decay and the spike guard)";
                 throw UserError(msg);
             }
+            if (!diffs.empty())
+                printf("--resume-changes: continuing with these settings changed from the checkpoint's "
+                       "(the schedule follows the new ones from here):%s\n", list.c_str());
             // this rank's optimizer slice, from the files of the ranks that wrote it
             const ZeroShard sh = zero_shard(build_param_layout(cfg).total, rank, world);
             ck_rank_state = load_optimizer_shard(*ck, all.back().second, sh.begin, sh.begin + sh.n, rank, world);
@@ -505,6 +546,7 @@ static int run(const Options& o, const ModelConfig& cfg, const CLI::App& app, do
                        "exactly; the data order continues from rank 0's position (not bit-identical to an "
                        "uninterrupted run)\n", saved_world, world);
         } else {
+            REQUIRE_INPUT(!o.eval_only, "--eval-only --resume: no checkpoint in %s to evaluate", o.out_dir.c_str());
             printf("--resume: no checkpoint in %s yet, starting fresh\n", o.out_dir.c_str());
         }
     }
@@ -671,8 +713,7 @@ static int run(const Options& o, const ModelConfig& cfg, const CLI::App& app, do
     };
     if (o.diag_every > 0 && start_step == 0 && o.steps > 0 && lead) write_diag(0);
 
-    std::signal(SIGINT, on_signal);
-    std::signal(SIGTERM, on_signal);
+    for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGPIPE}) std::signal(sig, on_signal);
     const int nan_step = injected_nan_step();
     std::vector<int> x((size_t)B * T), y((size_t)B * T), x0, y0;
     const auto run_start = std::chrono::steady_clock::now();
@@ -747,7 +788,9 @@ static int run(const Options& o, const ModelConfig& cfg, const CLI::App& app, do
             save(step + 1, train->state());
         if (stop) {
             const int sig = g_stop_signal ? (int)g_stop_signal : SIGTERM;  // a rank that saw none stops with its peers
-            printf("stopped by signal %d after step %d\n", sig, step + 1);
+            // on stderr: stdout may be the closed pipe that stopped the run
+            fprintf(stderr, "stopped by signal %d after step %d%s\n", sig, step + 1,
+                    o.out_dir.empty() ? "; nothing was saved (no --out-dir to checkpoint into)" : "");
             return 128 + sig;
         }
     }
@@ -791,7 +834,21 @@ int main(int argc, char** argv) {
     CLI::App app{"train_gpt: GPT-2 / LLaMA pre-training with LayerNorm Scaling and the norm schemes it is compared to"};
     Options o;
     add_options(app, o);
-    CLI11_PARSE(app, argc, argv);
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ConfigError& e) {  // CLI11 names the key but not the file
+        std::string file = "(the file)";
+        for (int i = 1; i < argc; i++) {
+            const std::string a = argv[i];
+            if (a == "--config" && i + 1 < argc) file = argv[i + 1];
+            else if (a.rfind("--config=", 0) == 0) file = a.substr(9);
+        }
+        fprintf(stderr, "error: --config %s: %s (expected lines 'flag-name = value', the flags of --help)\n",
+                file.c_str(), e.what());
+        return 1;
+    } catch (const CLI::ParseError& e) {
+        return app.exit(e);
+    }
     Ranks ranks;
     try {
         if (o.threads > 0) omp_set_num_threads(o.threads);

@@ -137,6 +137,9 @@ void ModelConfig::validate() const {
     REQUIRE_INPUT(vocab_size >= 2, "--vocab-size: expected >= 2, got %d", vocab_size);
     REQUIRE_INPUT(max_seq_len >= 1, "--max-seq-len: expected >= 1, got %d", max_seq_len);
     REQUIRE_INPUT(norm_eps > 0, "--norm-eps: expected > 0, got %g", norm_eps);
+    // rope_theta <= 0 would switch RoPE off in the kernels: a LLaMA with no positions at all
+    REQUIRE_INPUT(!rope() || (std::isfinite(rope_theta) && rope_theta > 0),
+                  "--rope-theta: expected a finite value > 0, got %g", rope_theta);
     REQUIRE_INPUT(mix_alpha >= 0 && mix_alpha <= 1, "--mix-alpha: expected in [0, 1], got %g", mix_alpha);
     REQUIRE_INPUT(init_std > 0, "--init-std: expected > 0, got %g", init_std);
     REQUIRE_INPUT(std::isfinite(layerscale) && layerscale >= 0,

@@ -292,6 +292,8 @@ def main():
         if not args.dry_run:
             os.makedirs(run_dir, exist_ok=True)
         cmd = with_overrides(sflags + flags, args.overrides)
+        if "--resume" not in cmd:  # a rerun of the grid continues or redoes each run in its own directory
+            cmd.append("--resume")
         do(launch + [args.train_gpt] + cmd + ["--out-dir", run_dir], os.path.join(run_dir, "train.log"))
     do([PY, here("scripts", "plot_runs.py")] + dirs + ["--out", os.path.join(base, "plots")])
 

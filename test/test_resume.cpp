@@ -78,21 +78,27 @@ TEST_CASE("a kill during a checkpoint write leaves the previous checkpoint loada
     CHECK(logged_losses(dir.path) == logged_losses(ref_dir.path));
 }
 
-TEST_CASE("SIGTERM checkpoints the step it ends and exits; resuming continues exactly", "[resume]") {
+TEST_CASE("SIGTERM or SIGHUP checkpoints the step it ends and exits; resuming continues exactly", "[resume]") {
     Shards data;
-    TmpDir ref_dir, dir;
+    TmpDir ref_dir;
     const int S = 12;
     REQUIRE(run_until(base_cmd(data, ref_dir.path, S), 0, 0, nullptr) == 0);
-    const std::string cmd = base_cmd(data, dir.path, S) + " --resume";  // no periodic checkpoints
-    std::string out;
-    const int rc = run_until(cmd, 5, SIGTERM, &out);
-    INFO(out);
-    CHECK(rc == 128 + SIGTERM);
-    auto cks = list_checkpoints(dir.path);
-    REQUIRE(cks.size() == 1);
-    CHECK(cks[0].first >= 5);
-    REQUIRE(run_until(cmd, 0, 0, nullptr) == 0);
-    CHECK(logged_losses(dir.path) == logged_losses(ref_dir.path));
+    for (int sig : {SIGTERM, SIGHUP}) {  // SIGHUP: the terminal of an interactive run closed
+        DYNAMIC_SECTION("signal " << sig) {
+            TmpDir dir;
+            const std::string cmd = base_cmd(data, dir.path, S) + " --resume";  // no periodic checkpoints
+            std::string out;
+            const int rc = run_until(cmd, 5, sig, &out);
+            INFO(out);
+            CHECK(rc == 128 + sig);
+            CHECK(out.find("stopped by signal " + std::to_string(sig)) != std::string::npos);
+            auto cks = list_checkpoints(dir.path);
+            REQUIRE(cks.size() == 1);
+            CHECK(cks[0].first >= 5);
+            REQUIRE(run_until(cmd, 0, 0, nullptr) == 0);
+            CHECK(logged_losses(dir.path) == logged_losses(ref_dir.path));
+        }
+    }
 }
 
 TEST_CASE("a checkpoint of another configuration is refused, naming the fields", "[resume]") {
@@ -107,6 +113,36 @@ TEST_CASE("a checkpoint of another configuration is refused, naming the fields",
     CHECK(out.find("lr: ") != std::string::npos);
     CHECK(out.find("model.norm_scheme: \"lns\" -> \"pre\"") != std::string::npos);
     CHECK(out.find("ckpt_00000004.safetensors") != std::string::npos);
+}
+
+// The recovery from a divergence: resume from the last good checkpoint with a lower
+// learning rate (or extend a finished run). Only the fields that shape later updates may change.
+TEST_CASE("--resume-changes continues with a new lr and more steps; the model may not change", "[resume]") {
+    Shards data;
+    TmpDir dir;
+    REQUIRE(run_until(base_cmd(data, dir.path, 4) + " --ckpt-every 2", 0, 0, nullptr) == 0);
+    const std::string changed = base_cmd(data, dir.path, 8, "1e-3") + " --ckpt-every 2 --resume";
+    std::string out;
+    CHECK(run_until(changed, 0, 0, &out) == 1);  // not without saying so
+    CHECK(out.find("a resumed run may change these with --resume-changes") != std::string::npos);
+    out.clear();
+    CHECK(run_until(base_cmd(data, dir.path, 8, "1e-3", "pre") + " --resume --resume-changes", 0, 0, &out) == 1);
+    CHECK(out.find("model.norm_scheme") != std::string::npos);
+    CHECK(out.find("--resume-changes covers only") != std::string::npos);
+    out.clear();
+    REQUIRE(run_until(changed + " --resume-changes", 0, 0, &out) == 0);
+    INFO(out);
+    CHECK(out.find("--resume-changes: continuing with these settings changed") != std::string::npos);
+    CHECK(out.find("steps: 4 -> 8") != std::string::npos);
+    CHECK(out.find("lr: ") != std::string::npos);
+    const auto lr = logged_values(dir.path, "lr");
+    REQUIRE(lr.size() == 8);
+    CHECK(lr.at(4) > 1e-3);  // the first run's schedule (peak 3e-3)
+    for (int step = 5; step <= 8; step++) CHECK(lr.at(step) <= 1e-3 * (1 + 1e-6));
+    // the checkpoints now hold the new settings: a plain --resume with them is exact
+    out.clear();
+    CHECK(run_until(changed, 0, 0, &out) == 0);
+    CHECK(out.find("resuming from " + checkpoint_path(dir.path, 8)) != std::string::npos);
 }
 
 TEST_CASE("an injected NaN stops the run with the step named and a loadable checkpoint", "[resume]") {

@@ -7,8 +7,13 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
 #include "dataloader/shard.h"
 #include "test/test_util.h"
+#include "train/checkpoint.h"
 
 namespace {
 
@@ -110,7 +115,7 @@ TEST_CASE("--save-to, then --init-from --eval-only reproduces the final validati
     }
 }
 
-TEST_CASE("bad flags exit non-zero with a message that names the flag (36 cases)", "[e2e][cli]") {
+TEST_CASE("bad flags exit non-zero with a message that names the flag (40 cases)", "[e2e][cli]") {
     TextShards data;
     const std::string ok = " --device cpu --model gpt2-tiny --steps 1";
     const std::string train = " --train-data " + data.train;
@@ -125,7 +130,9 @@ TEST_CASE("bad flags exit non-zero with a message that names the flag (36 cases)
         {train + " --lr -1", "--lr"},
         {train + " --schedule cyclic", "--schedule"},
         {train + " --device tpu", "--device"},
-        {train + " --mix-alpha 2", "--mix-alpha"},
+        {train + " --norm mix --mix-alpha 2", "--mix-alpha: expected in [0, 1]"},
+        {train + " --mix-alpha 0.3", "--mix-alpha: only with --norm mix"},  // silently unused otherwise
+        {train + " --rope-theta 500", "--rope-theta: a gpt2 model has no RoPE"},
         {train + " --grad-clip -1", "--grad-clip"},
         {"", "--train-data"},
         {" --train-data /nonexistent/x.bin", "/nonexistent/x.bin"},
@@ -151,6 +158,8 @@ TEST_CASE("bad flags exit non-zero with a message that names the flag (36 cases)
         {train + " --tokenizer sentencepiece:/nonexistent.model --sample-tokens 5", "/nonexistent.model"},
         {train + " --n-embd 30 --n-head 4", "--n-embd"},
         {train + " --vocab-size 1", "--vocab-size"},
+        {train + " --save-to /proc/version", "--save-to"},  // a file, not a directory
+        {train + " --out-dir /proc/version/run", "--out-dir: cannot create the directory /proc/version/run"},
     };
     for (auto& c : cases) {
         std::string out;
@@ -158,5 +167,74 @@ TEST_CASE("bad flags exit non-zero with a message that names the flag (36 cases)
         INFO(c.first << " -> " << out);
         CHECK(rc != 0);
         CHECK(out.find(c.second) != std::string::npos);
+        CHECK(out.find("| loss") == std::string::npos);  // refused before the first step
+    }
+    SECTION("LLaMA: RoPE's base must be positive (0 would drop the positions)") {
+        std::string out;
+        CHECK(run_command(train_gpt() + " --device cpu --model llama-tiny --steps 1" + train + " --rope-theta 0",
+                          &out) == 1);
+        CHECK(out.find("--rope-theta: expected a finite value > 0, got 0") != std::string::npos);
+    }
+    SECTION("a misspelt key in --config is an error naming the file and the key") {
+        TmpDir dir;
+        std::ofstream(dir / "c.toml") << "steps = 1\nlearning-rate = 0.5\n";
+        std::string out;
+        CHECK(run_command(train_gpt() + " --device cpu --model gpt2-tiny" + train + " --config " + (dir / "c.toml"),
+                          &out) == 1);
+        INFO(out);
+        CHECK(out.find("--config " + (dir / "c.toml")) != std::string::npos);
+        CHECK(out.find("learning-rate") != std::string::npos);
+    }
+}
+
+// A run never writes into another run's directory: a new run there would truncate that
+// log and its checkpoint retention would delete the other run's checkpoints (or its own).
+TEST_CASE("a run directory is claimed before training: another run's directory and a locked one are refused, "
+          "losing nothing", "[e2e][cli]") {
+    TextShards data;
+    TmpDir dir;
+    const std::string cmd = train_gpt() + " --device cpu --model gpt2-tiny -b 4 -t 32 --train-data " + data.train +
+                            " --out-dir " + dir.path;
+    REQUIRE(run_command(cmd + " --steps 4 --ckpt-every 2", nullptr) == 0);
+    auto bytes = [](const std::string& path) {
+        std::ifstream f(path, std::ios::binary);
+        return std::string(std::istreambuf_iterator<char>(f), {});
+    };
+    const std::string log = bytes(dir / "log.jsonl"), ckpt = bytes(checkpoint_path(dir.path, 4));
+    REQUIRE(!log.empty());
+    REQUIRE(!ckpt.empty());
+    std::string out;
+    SECTION("a new run into it") {
+        CHECK(run_command(cmd + " --steps 3 --ckpt-every 1 --lr 1e-2", &out) == 1);
+        INFO(out);
+        CHECK(out.find("already holds a run (log.jsonl and 2 checkpoints (newest: step 4)); give --resume") !=
+              std::string::npos);
+    }
+    SECTION("any run while another process holds the lock") {
+        const int fd = open((dir / ".lock").c_str(), O_RDWR);
+        REQUIRE(fd >= 0);
+        REQUIRE(flock(fd, LOCK_EX | LOCK_NB) == 0);
+        CHECK(run_command(cmd + " --steps 4 --ckpt-every 2 --resume", &out) == 1);
+        close(fd);
+        INFO(out);
+        CHECK(out.find("is in use by another run") != std::string::npos);
+        // the lock is the only thing in the way: released, the same command resumes
+        out.clear();
+        CHECK(run_command(cmd + " --steps 4 --ckpt-every 2 --resume", &out) == 0);
+        CHECK(out.find("resuming from " + checkpoint_path(dir.path, 4)) != std::string::npos);
+    }
+    SECTION("--eval-only --resume with no checkpoint to evaluate") {
+        TmpDir empty;
+        CHECK(run_command(train_gpt() + " --device cpu --model gpt2-tiny -b 4 -t 32 --eval-only --resume --val-data " +
+                              data.val + " --out-dir " + empty.path,
+                          &out) == 1);
+        INFO(out);
+        CHECK(out.find("--eval-only --resume: no checkpoint in " + empty.path) != std::string::npos);
+        CHECK(out.find("val_loss") == std::string::npos);
+    }
+    if (out.find("resuming") == std::string::npos) {  // refused: the old run is untouched
+        CHECK(bytes(dir / "log.jsonl") == log);
+        CHECK(bytes(checkpoint_path(dir.path, 4)) == ckpt);
+        CHECK(list_checkpoints(dir.path).size() == 2);
     }
 }
