@@ -31,6 +31,7 @@
 #include "kernels/cuda_backend.h"
 #endif
 #include "dataloader/dataloader.h"
+#include "dataloader/shard.h"
 #include "model/diagnostics.h"
 #include "model/gpt.h"
 #include "model/hf_io.h"
@@ -148,7 +149,11 @@ static void add_options(CLI::App& app, Options& o) {
 
     const char* R = "Run";
     app.add_option("--device", o.device, "auto, cpu or cuda")->group(R);
-    app.add_option("--seed", o.seed, "seed for initialisation, data order and sampling")->group(R);
+    app.add_option("--seed", o.seed, "seed for initialisation, data order and sampling")
+        ->check(CLI::Validator(  // -1 would wrap to 2^64 - 1
+            [](std::string& v) { return v.rfind('-', 0) == 0 ? std::string("expected an integer >= 0") : ""; },
+            ""))
+        ->group(R);
     app.add_option("--threads", o.threads, "CPU threads (0 = OpenMP default)")->group(R);
     app.add_flag("--recompute", o.recompute, "recompute the MLP activation in backward instead of storing it")->group(R);
     app.add_option("--attention", o.attention, "flash (stores only each row's log-sum-exp), naive (the first version, "
@@ -191,8 +196,20 @@ static void add_options(CLI::App& app, Options& o) {
                    "bootstrap files (default: --out-dir, else .)")->group(P);
 }
 
+// f(), with the message of a UserError prefixed by what the input came from.
+template <class F>
+static auto naming(const std::string& source, F&& f) {
+    try {
+        return f();
+    } catch (const UserError& e) {
+        throw UserError(source + ": " + e.what());
+    }
+}
+
 static ModelConfig model_config(const Options& o, const CLI::App& app) {
     REQUIRE_INPUT(!(o.resume && !o.init_from.empty()), "--resume and --init-from: give one of them");
+    REQUIRE_INPUT(o.init_from.empty() || app.count("--model") == 0,
+                  "--model and --init-from: give one of them (the model of --init-from is its config.json)");
     ModelConfig c = o.init_from.empty() ? preset(o.model) : load_pretrained_config(o.init_from);
     auto given = [&](const char* flag) { return app.count(flag) > 0; };
     if (given("--n-layer")) c.n_layer = o.n_layer;
@@ -216,7 +233,8 @@ static ModelConfig model_config(const Options& o, const CLI::App& app) {
                   to_string(c.arch));
     REQUIRE_INPUT(!given("--mix-alpha") || c.norm == NormScheme::mix, "--mix-alpha: only with --norm mix (got %s)",
                   to_string(c.norm));
-    c.validate();
+    if (o.init_from.empty()) c.validate();
+    else naming(o.init_from + "/config.json (or a flag overriding it)", [&] { c.validate(); });
     return c;
 }
 
@@ -304,6 +322,22 @@ static bool changeable_on_resume(const std::string& difference) {  // "field: ol
                           "adamw.weight_decay", "spike.z", "spike.window"})
         if (field == f) return true;
     return false;
+}
+
+// The training files as a checkpoint records them: the name and size of each, in the
+// loader's order. A saved data position (shard, window) means something only over the
+// same list; the glob's text may change (the files moved) as long as the list does not.
+static json shard_list(const std::string& pattern) {
+    json j = json::array();
+    for (const std::string& p : expand_glob(pattern))
+        j.push_back({std::filesystem::path(p).filename().string(), std::filesystem::file_size(p)});
+    return j;
+}
+static std::string describe_shards(const json& list) {
+    std::string s = std::to_string(list.size()) + " files:";
+    for (size_t i = 0; i < list.size() && i < 6; i++)
+        s += strfmt(" %s (%llu bytes)", list[i][0].get<std::string>().c_str(), list[i][1].get<unsigned long long>());
+    return list.size() > 6 ? s + " ..." : s;
 }
 
 // The part of the configuration a checkpoint must agree with to resume exactly.
@@ -519,8 +553,19 @@ static int run(const Options& o, const ModelConfig& cfg, const CLI::App& app, do
         if (!all.empty()) {
             ck = std::make_unique<Checkpoint>(load_checkpoint(all.back().second));
             // evaluation needs only the same model; training needs the same run
-            const auto diffs = o.eval_only ? config_differences(ck->config.at("model"), rcfg.at("model"), "model")
-                                           : config_differences(ck->config, rcfg);
+            auto diffs = o.eval_only ? config_differences(ck->config.at("model"), rcfg.at("model"), "model")
+                                     : config_differences(ck->config, rcfg);
+            if (!o.eval_only && !o.train_data.empty() && ck->state.contains("train_shards")) {
+                const json& saved = ck->state.at("train_shards");
+                const json now = shard_list(o.train_data);
+                REQUIRE_INPUT(saved == now, "--train-data %s: not the files of the checkpoint %s, whose data "
+                              "position would point elsewhere in them\n  checkpoint: %s\n  now: %s",
+                              o.train_data.c_str(), all.back().second.c_str(), describe_shards(saved).c_str(),
+                              describe_shards(now).c_str());
+                diffs.erase(std::remove_if(diffs.begin(), diffs.end(),  // the same files, moved
+                                           [](const std::string& d) { return d.rfind("train_data:", 0) == 0; }),
+                            diffs.end());
+            }
             std::string list;
             for (auto& d : diffs) list += "\n  " + d;
             const bool changeable = std::all_of(diffs.begin(), diffs.end(), changeable_on_resume);
@@ -554,9 +599,14 @@ static int run(const Options& o, const ModelConfig& cfg, const CLI::App& app, do
     // data and tokenizer (opened before any large allocation, so bad paths fail fast)
     std::unique_ptr<DataLoader> train, val;
     if (!o.eval_only && o.steps > 0)
-        train = std::make_unique<DataLoader>(o.train_data, B, T, cfg.vocab_size, rank, world, o.shuffle, o.seed, rows);
+        train = naming("--train-data", [&] {
+            return std::make_unique<DataLoader>(o.train_data, B, T, cfg.vocab_size, rank, world, o.shuffle, o.seed,
+                                                rows);
+        });
     if (!o.val_data.empty())
-        val = std::make_unique<DataLoader>(o.val_data, B, T, cfg.vocab_size, rank, world, false, 0, rows);
+        val = naming("--val-data", [&] {
+            return std::make_unique<DataLoader>(o.val_data, B, T, cfg.vocab_size, rank, world, false, 0, rows);
+        });
     const int val_batches = o.val_tokens > 0 ? std::max(1, o.val_tokens / (B * T * world)) : o.val_batches;
     std::unique_ptr<Tokenizer> tok;
     const std::string tok_spec = tokenizer_spec(o, cfg);
@@ -648,6 +698,7 @@ static int run(const Options& o, const ModelConfig& cfg, const CLI::App& app, do
         c.update(rcfg);
         log.write(c);
     }
+    const json train_shards = train ? shard_list(o.train_data) : json();
     // `ls`: the data position of the next step
     auto save = [&](int step, const LoaderState& ls) {
         if (o.out_dir.empty()) return;
@@ -663,6 +714,7 @@ static int run(const Options& o, const ModelConfig& cfg, const CLI::App& app, do
         c.state = {{"step", step}, {"loader", loader}, {"sample_rng", sample_rng.state},
                    {"loss_history", loss_guard.to_json()}, {"norm_history", norm_guard.to_json()},
                    {"world_size", world}};
+        if (train) c.state["train_shards"] = train_shards;
         const std::string path = checkpoint_path(o.out_dir, step);
         if (!lead) save_checkpoint(checkpoint_rank_path(path, rank), c);
         comm.barrier();  // every rank's file exists before the main file marks it complete

@@ -72,8 +72,15 @@ ModelConfig config_from_json_file(const std::string& path) {
         c.lns_placement = parse_lns_placement(j.value("lns_placement", std::string("norm-output")));
     } catch (const json::exception& e) {
         throw UserError(path + ": missing or mistyped key: " + e.what());
+    } catch (const UserError& e) {  // a bad norm_scheme, init or lns_placement value
+        if (std::string(e.what()).rfind(path, 0) == 0) throw;
+        throw UserError(path + ": " + e.what());
     }
-    c.validate();
+    try {
+        c.validate();
+    } catch (const UserError& e) {
+        throw UserError(path + ": " + e.what());
+    }
     return c;
 }
 

@@ -8,6 +8,7 @@
 
 #include <catch2/catch.hpp>
 #include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -143,6 +144,36 @@ TEST_CASE("--resume-changes continues with a new lr and more steps; the model ma
     out.clear();
     CHECK(run_until(changed, 0, 0, &out) == 0);
     CHECK(out.find("resuming from " + checkpoint_path(dir.path, 8)) != std::string::npos);
+}
+
+// A saved data position (shard, window) indexes the list of files the glob matched: a
+// file added to the glob would silently shift it. The same files moved are fine.
+TEST_CASE("a resumed run refuses training files that changed under the glob, and follows files that moved",
+          "[resume]") {
+    Shards data;
+    TmpDir files, ref_dir, dir;
+    const std::string a = files / "a", b = files / "b";
+    std::filesystem::create_directories(a);
+    std::filesystem::copy_file(data.train, a + "/s_1.bin");
+    std::filesystem::copy_file(data.val, a + "/s_2.bin");
+    auto cmd = [&](const std::string& glob, const std::string& out_dir) {
+        return repo_root() + "/train_gpt --device cpu --model llama-tiny -b 4 -t 32 --warmup 3 --threads 2 --steps 8 "
+                             "--ckpt-every 2 --resume --train-data '" + glob + "' --out-dir " + out_dir;
+    };
+    REQUIRE(run_until(cmd(a + "/s_*.bin", ref_dir.path), 0, 0, nullptr) == 0);
+    REQUIRE(run_until(cmd(a + "/s_*.bin", dir.path), 5, SIGKILL, nullptr) == 128 + SIGKILL);
+    std::filesystem::copy_file(data.val, a + "/s_0.bin");  // sorts first: every shard index moves
+    std::string out;
+    CHECK(run_until(cmd(a + "/s_*.bin", dir.path), 0, 0, &out) == 1);
+    INFO(out);
+    CHECK(out.find("not the files of the checkpoint") != std::string::npos);
+    CHECK(out.find("now: 3 files: s_0.bin") != std::string::npos);
+    std::filesystem::remove(a + "/s_0.bin");
+    std::filesystem::rename(a, b);
+    out.clear();
+    REQUIRE(run_until(cmd(b + "/s_*.bin", dir.path), 0, 0, &out) == 0);
+    CHECK(out.find("resuming from") != std::string::npos);
+    CHECK(logged_losses(dir.path) == logged_losses(ref_dir.path));
 }
 
 TEST_CASE("an injected NaN stops the run with the step named and a loadable checkpoint", "[resume]") {

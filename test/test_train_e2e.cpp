@@ -115,7 +115,7 @@ TEST_CASE("--save-to, then --init-from --eval-only reproduces the final validati
     }
 }
 
-TEST_CASE("bad flags exit non-zero with a message that names the flag (40 cases)", "[e2e][cli]") {
+TEST_CASE("bad flags exit non-zero with a message that names the flag (42 cases)", "[e2e][cli]") {
     TextShards data;
     const std::string ok = " --device cpu --model gpt2-tiny --steps 1";
     const std::string train = " --train-data " + data.train;
@@ -137,7 +137,7 @@ TEST_CASE("bad flags exit non-zero with a message that names the flag (40 cases)
         {"", "--train-data"},
         {" --train-data /nonexistent/x.bin", "/nonexistent/x.bin"},
         {train + " --eval-only", "--val-data"},
-        {train + " --init-from /nonexistent_dir", "/nonexistent_dir/config.json"},
+        {train + " --init-from /nonexistent_dir", "--model and --init-from"},  // --model would be ignored
         {train + " --warmup -1", "--warmup"},
         {train + " --beta2 1", "--beta2"},
         {train + " --weight-decay -0.1", "--weight-decay"},
@@ -158,6 +158,8 @@ TEST_CASE("bad flags exit non-zero with a message that names the flag (40 cases)
         {train + " --tokenizer sentencepiece:/nonexistent.model --sample-tokens 5", "/nonexistent.model"},
         {train + " --n-embd 30 --n-head 4", "--n-embd"},
         {train + " --vocab-size 1", "--vocab-size"},
+        {train + " --seed -1", "--seed: expected an integer >= 0"},  // not 2^64 - 1
+        {train + " --val-data '/nonexistent/v_*.bin'", "--val-data: /nonexistent/v_*.bin: no file matches"},
         {train + " --save-to /proc/version", "--save-to"},  // a file, not a directory
         {train + " --out-dir /proc/version/run", "--out-dir: cannot create the directory /proc/version/run"},
     };
@@ -168,6 +170,18 @@ TEST_CASE("bad flags exit non-zero with a message that names the flag (40 cases)
         CHECK(rc != 0);
         CHECK(out.find(c.second) != std::string::npos);
         CHECK(out.find("| loss") == std::string::npos);  // refused before the first step
+    }
+    SECTION("--init-from: a missing config.json, then a bad value in one, named by file") {
+        TmpDir dir;
+        std::string out;
+        CHECK(run_command(train_gpt() + " --device cpu --steps 1" + train + " --init-from " + dir.path, &out) == 1);
+        CHECK(out.find(dir / "config.json") != std::string::npos);
+        std::ofstream(dir / "config.json") << R"({"model_type": "llama", "vocab_size": 256, "max_position_embeddings": 64,
+            "hidden_size": 32, "num_hidden_layers": -1, "num_attention_heads": 4, "intermediate_size": 64})";
+        out.clear();
+        CHECK(run_command(train_gpt() + " --device cpu --steps 1" + train + " --init-from " + dir.path, &out) == 1);
+        INFO(out);
+        CHECK(out.find(dir / "config.json" + ": --n-layer: expected >= 1, got -1") != std::string::npos);
     }
     SECTION("LLaMA: RoPE's base must be positive (0 would drop the positions)") {
         std::string out;
