@@ -248,6 +248,11 @@ void run_unit(const Tokenizer& tok, const Input& in, const Unit& u, const ShardJ
     }
 }
 
+// Shards are written as NAME.bin.partial (which no *.bin glob matches) and renamed once
+// every shard of both splits is complete: an interrupted or failed run leaves no set of
+// shards that looks whole.
+constexpr const char* kPartial = ".partial";
+
 // Collects one split's tokens and writes a shard every `cap` tokens.
 struct SplitWriter {
     std::string prefix;
@@ -266,8 +271,8 @@ struct SplitWriter {
     void flush() {
         if (buf.empty()) return;
         const std::string path = strfmt("%s_%06zu.bin", prefix.c_str(), files->size());
-        write_shard(path, buf.data(), buf.size(), wide);
-        files->push_back(path);
+        files->push_back(path);  // before the write: a failed run removes what it began
+        write_shard(path + kPartial, buf.data(), buf.size(), wide);
         buf.clear();
     }
 };
@@ -317,38 +322,9 @@ private:
     std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
 };
 
-}  // namespace
-
-ShardStats build_shards(const Tokenizer& tok, const ShardJob& job) {
-    REQUIRE_INPUT(!job.inputs.empty(), "tokenize shard: expected at least one input file");
-    REQUIRE_INPUT(!job.out_prefix.empty(), "tokenize shard: --out: expected an output prefix");
-    REQUIRE_INPUT(job.val_fraction >= 0 && job.val_fraction < 1, "--val-fraction: expected a "
-                  "value in [0, 1), got %g", job.val_fraction);
-    REQUIRE_INPUT(job.shard_tokens > 0 && job.shard_tokens <= (size_t)INT32_MAX,
-                  "--shard-tokens: expected 1..%d, got %zu", INT32_MAX, job.shard_tokens);
+// Encodes job.inputs into the shards of stats.files (as NAME.bin.partial).
+void encode_inputs(const Tokenizer& tok, const ShardJob& job, ShardStats& stats) {
     const char* split_name[2] = {"train", "val"};
-
-    // Shards of an earlier run would mix with the new ones under a glob.
-    std::vector<std::string> old;
-    for (const char* s : split_name) {
-        auto paths = glob_paths(job.out_prefix + "_" + s + "_*.bin");
-        old.insert(old.end(), paths.begin(), paths.end());
-    }
-    if (!old.empty()) {
-        REQUIRE_INPUT(job.overwrite, "%s: %zu shard(s) of an earlier run exist (%s ...); remove "
-                      "them or pass --force to replace them", job.out_prefix.c_str(),
-                      old.size(), old[0].c_str());
-        for (const auto& p : old) std::filesystem::remove(p);
-    }
-    const std::filesystem::path parent = std::filesystem::path(job.out_prefix).parent_path();
-    if (!parent.empty()) {
-        std::error_code ec;
-        std::filesystem::create_directories(parent, ec);
-        REQUIRE_INPUT(!ec, "%s: cannot create the output folder (%s)", parent.c_str(),
-                      ec.message().c_str());
-    }
-
-    ShardStats stats;
     std::vector<std::unique_ptr<Input>> inputs;
     for (const auto& p : job.inputs) {
         inputs.push_back(std::make_unique<Input>(p));
@@ -407,5 +383,52 @@ ShardStats build_shards(const Tokenizer& tok, const ShardJob& job) {
     REQUIRE_INPUT(stats.tokens[0] > 0, "%s: the inputs hold no text to tokenize",
                   job.inputs[0].c_str());
     stats.seconds = progress.seconds();
+}
+
+}  // namespace
+
+ShardStats build_shards(const Tokenizer& tok, const ShardJob& job) {
+    REQUIRE_INPUT(!job.inputs.empty(), "tokenize shard: expected at least one input file");
+    REQUIRE_INPUT(!job.out_prefix.empty() && job.out_prefix.back() != '/',
+                  "tokenize shard: --out: expected an output prefix such as data/name, got '%s'",
+                  job.out_prefix.c_str());
+    REQUIRE_INPUT(job.val_fraction >= 0 && job.val_fraction < 1, "--val-fraction: expected a "
+                  "value in [0, 1), got %g", job.val_fraction);
+    REQUIRE_INPUT(job.shard_tokens > 0 && job.shard_tokens <= (size_t)INT32_MAX,
+                  "--shard-tokens: expected 1..%d, got %zu", INT32_MAX, job.shard_tokens);
+    const char* split_name[2] = {"train", "val"};
+
+    // Shards of an earlier run would mix with the new ones under a glob.
+    std::vector<std::string> old;
+    for (const char* s : split_name) {
+        for (const auto& p : glob_paths(job.out_prefix + "_" + s + "_*.bin" + kPartial))
+            std::filesystem::remove(p);  // left by a run that was killed
+        auto paths = glob_paths(job.out_prefix + "_" + s + "_*.bin");
+        old.insert(old.end(), paths.begin(), paths.end());
+    }
+    if (!old.empty()) {
+        REQUIRE_INPUT(job.overwrite, "%s: %zu shard(s) of an earlier run exist (%s ...); remove "
+                      "them or pass --force to replace them", job.out_prefix.c_str(),
+                      old.size(), old[0].c_str());
+        for (const auto& p : old) std::filesystem::remove(p);
+    }
+    const std::filesystem::path parent = std::filesystem::path(job.out_prefix).parent_path();
+    if (!parent.empty()) {
+        std::error_code ec;
+        std::filesystem::create_directories(parent, ec);
+        REQUIRE_INPUT(!ec, "%s: cannot create the output folder (%s)", parent.c_str(),
+                      ec.message().c_str());
+    }
+
+    ShardStats stats;
+    try {
+        encode_inputs(tok, job, stats);
+    } catch (...) {
+        for (const auto& files : stats.files)
+            for (const auto& f : files) std::filesystem::remove(f + kPartial);
+        throw;
+    }
+    for (const auto& files : stats.files)
+        for (const auto& f : files) std::filesystem::rename(f + kPartial, f);
     return stats;
 }

@@ -207,6 +207,37 @@ TEST_CASE("shard: invalid UTF-8 is replaced and counted, or rejected at its offs
     REQUIRE(build_shards(gpt2(), job).replaced == 1);
 }
 
+// Shards are written under .partial names and renamed when all are complete: a run that
+// fails (or is killed) half way leaves nothing a *.bin glob would take for a whole set.
+TEST_CASE("shard: a run that fails half way leaves no shards; a killed run's partial files go", "[shards]") {
+    TmpDir d;
+    std::string text;
+    for (int i = 0; i < 40; i++) text += "line " + std::to_string(i) + " of plain text\n";
+    write_file(d / "good.txt", text);
+    write_file(d / "bad.txt", "bad \xff here\n");
+    write_file(d / "p_train_000003.bin.partial", "left by a killed run");
+    ShardJob job;
+    job.inputs = {d / "good.txt", d / "bad.txt"};
+    job.out_prefix = d / "p";
+    job.shard_tokens = 16;  // good.txt alone makes several shards before bad.txt fails
+    job.strict_utf8 = true;
+    REQUIRE_THROWS_WITH(build_shards(gpt2(), job), Catch::Contains(d / "bad.txt"));
+    std::vector<std::string> left;
+    for (const auto& e : std::filesystem::directory_iterator(d.path))
+        if (e.path().filename().string().rfind("p_", 0) == 0) left.push_back(e.path().filename().string());
+    INFO(left.size() << " files left, first " << (left.empty() ? "" : left[0]));
+    CHECK(left.empty());
+    job.inputs = {d / "good.txt"};
+    const ShardStats st = build_shards(gpt2(), job);
+    REQUIRE(st.files[0].size() > 2);
+    for (const auto& f : st.files[0]) {
+        CHECK(std::filesystem::exists(f));
+        CHECK_FALSE(std::filesystem::exists(f + ".partial"));
+    }
+    job.out_prefix = d.path + "/";  // a directory: the shards would be named "_train_000000.bin"
+    REQUIRE_THROWS_WITH(build_shards(gpt2(), job), Catch::Contains("--out: expected an output prefix"));
+}
+
 TEST_CASE("shard: earlier shards, missing inputs, bad flags are refused", "[shards]") {
     TmpDir d;
     write_file(d / "x.txt", "some text\n");
