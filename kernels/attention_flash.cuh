@@ -51,6 +51,10 @@
 // beyond T are loaded as zeros (never garbage: 0 * NaN would poison the products),
 // their probabilities are masked, and they are not stored, so any T works.
 //
+// Roundings: where nvcc could contract a product and a sum to an FMA, the kernels say
+// which (__fmaf_rn, or __fmul_rn to keep them apart), so every instantiation rounds alike
+// and the variants that should agree bit for bit do on the GPU too.
+//
 // Determinism: no atomics. The dq kernel (one block per query block, looping over
 // key tiles in order) and the dk/dv kernel (one block per key block, looping over
 // query tiles in order) each write their outputs once; D = rowsum(dout * out) is
@@ -376,7 +380,7 @@ __global__ void __launch_bounds__(32 * QW)
                 // finite: rows start at multiples of 16 (WG: 64), so an active tile's first
                 // key is at or below every row of the warp
                 const float corr = exp2f((m[r] - mx) * sl2);  // 0 on the first tile (m = -inf)
-                m[r] = mx, l[r] *= corr;
+                m[r] = mx, l[r] = __fmul_rn(l[r], corr);  // pinned: not fused with the sum below
 #pragma unroll
                 for (int nt = 0; nt < D / 8; nt++) o[nt][2 * r] *= corr, o[nt][2 * r + 1] *= corr;
 #pragma unroll
@@ -407,7 +411,7 @@ __global__ void __launch_bounds__(32 * QW)
         l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
         if (row[r] >= T) continue;
         store_row<D, false>(out + ((size_t)b * T + row[r]) * C + h * D, o, r, row[r], 1.0f / l[r], rope);
-        if (tig == 0) lse[(size_t)bh * T + row[r]] = m[r] * scale + logf(l[r]);
+        if (tig == 0) lse[(size_t)bh * T + row[r]] = __fmaf_rn(m[r], scale, logf(l[r]));
     }
 }
 
@@ -498,7 +502,7 @@ __global__ void __launch_bounds__(THREADS)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 const int key = j * KN + nt * 8 + tig * 2 + e % 2, r = e / 2;
-                const float p = key <= row[r] && row[r] < T ? exp2f(s[nt][e] * sl2 - lse2[r]) : 0.0f;
+                const float p = key <= row[r] && row[r] < T ? exp2f(__fmaf_rn(s[nt][e], sl2, -lse2[r])) : 0.0f;
                 s[nt][e] = p * (dp[nt][e] - dv[r]);
             }
         uint32_t a[KN / 16][4];
@@ -592,7 +596,7 @@ __global__ void __launch_bounds__(THREADS)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 const int qi = nt * 8 + tig * 2 + e % 2, t = i * QN + qi;
-                const float p = t >= key[e / 2] && t < T ? exp2f(s[nt][e] * sl2 - cL[qi]) : 0.0f;
+                const float p = t >= key[e / 2] && t < T ? exp2f(__fmaf_rn(s[nt][e], sl2, -cL[qi])) : 0.0f;
                 s[nt][e] = p;
                 dp[nt][e] = p * (dp[nt][e] - cD[qi]);
             }

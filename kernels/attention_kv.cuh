@@ -8,12 +8,15 @@
 
 #include "common/check.h"
 #include "kernels/cuda_common.cuh"
+#include "kernels/rope.cuh"
 
 namespace {
 constexpr int KV_THREADS = 128;
 
+// rope: the angles of qkv_permute (inv_freq from the host, pinned roundings), so a
+// cached k row has the bits the full forward pass gives that position; rope_on false: none.
 __global__ void attention_kv_kernel(floatX* out, floatX* kcache, floatX* vcache, const floatX* qkv, int pos, int C,
-                                    int NH, int Tmax, float rope_theta) {
+                                    int NH, int Tmax, bool rope_on, const __grid_constant__ RopeFreqs rope) {
     float* smem = reinterpret_cast<float*>(dynamic_smem());  // q (hs), scores (pos + 1), reduction scratch (32)
     const int h = blockIdx.x, hs = C / NH, h2 = hs / 2;
     float* q = smem;
@@ -25,16 +28,16 @@ __global__ void attention_kv_kernel(floatX* out, floatX* kcache, floatX* vcache,
     const floatX* kin = qkv + C + h * hs;
     const floatX* vin = qkv + 2 * C + h * hs;
     for (int i = threadIdx.x; i < hs; i += blockDim.x) {
-        if (rope_theta > 0.0f) {
+        if (rope_on) {
             // the same pairing and angle as the CPU: channel i with i + hs/2
             const int j = i < h2 ? i : i - h2;
-            const float inv_freq = 1.0f / powf(rope_theta, (float)(2 * j) / (float)hs);
             float s, c;
-            sincosf((float)pos * inv_freq, &s, &c);
+            rope_cos_sin(rope, pos, j, &c, &s);
             const float qa = to_float(qin[j]), qb = to_float(qin[j + h2]);
             const float ka = to_float(kin[j]), kb = to_float(kin[j + h2]);
-            q[i] = i < h2 ? qa * c - qb * s : qb * c + qa * s;
-            k_row[i] = from_float<floatX>(i < h2 ? ka * c - kb * s : kb * c + ka * s);
+            q[i] = i < h2 ? __fsub_rn(__fmul_rn(qa, c), __fmul_rn(qb, s)) : __fadd_rn(__fmul_rn(qb, c), __fmul_rn(qa, s));
+            k_row[i] = from_float<floatX>(i < h2 ? __fsub_rn(__fmul_rn(ka, c), __fmul_rn(kb, s))
+                                                 : __fadd_rn(__fmul_rn(kb, c), __fmul_rn(ka, s)));
         } else {
             q[i] = to_float(qin[i]);
             k_row[i] = kin[i];
@@ -75,11 +78,15 @@ void kv_forward(floatX* out, floatX* kcache, floatX* vcache, const floatX* qkv, 
                 float rope_theta) {
     LNS_CHECK(pos >= 0 && pos < Tmax, "position %d outside the cache of %d rows", pos, Tmax);
     const int hs = C / NH;
+    LNS_CHECK(!(rope_theta > 0) || (hs % 2 == 0 && hs / 2 <= MAX_ROPE_PAIRS),
+              "attention_kv_forward: RoPE needs an even head dimension <= %d, got %d", 2 * MAX_ROPE_PAIRS, hs);
     const size_t bytes = (size_t)(hs + pos + 1 + 32) * sizeof(float);
     auto* kernel = attention_kv_kernel;
     if (bytes > 48 * 1024)
         cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
-    LNS_LAUNCH(kernel, NH, KV_THREADS, bytes, out, kcache, vcache, qkv, pos, C, NH, Tmax, rope_theta);
+    const bool rope_on = rope_theta > 0;
+    LNS_LAUNCH(kernel, NH, KV_THREADS, bytes, out, kcache, vcache, qkv, pos, C, NH, Tmax, rope_on,
+               rope_on ? rope_freqs(hs, rope_theta) : RopeFreqs{});
     cudaCheckLaunch();
 }
 }  // namespace

@@ -241,6 +241,30 @@ GPU_TEST_CASE("CUDA attention_forward matches the CPU", "[attention]") {
         }
 }
 
+// Decoding appends each position's rotated k to the cache; the full forward pass
+// rotates the same k in qkv_permute. They share the angles and the roundings, so a
+// sampled continuation sees the keys training saw, bit for bit (v is copied).
+GPU_TEST_CASE("CUDA KV-cache rows are the full forward's rotated k and v, bit for bit", "[attention][kv]") {
+    const int T = 9, NH = 2, hs = 64, C = NH * hs;
+    for (float theta : THETAS) {
+        DYNAMIC_SECTION("rope " << theta) {
+            const size_t n3 = (size_t)T * 3 * C;
+            DevBuf d_qkv(n3), d_qkvr(n3), d_att((size_t)NH * T * T), d_out((size_t)T * C);
+            DevBuf kcache((size_t)NH * T * hs), vcache((size_t)NH * T * hs), d_o1(C);
+            d_qkv.set(randn(n3, 330));
+            Gpu::attention_forward(d_out.p, d_qkvr.p, d_att.p, d_qkv.p, 1, T, C, NH, theta);
+            for (int pos = 0; pos < T; pos++)
+                Gpu::attention_kv_forward(d_o1.p, kcache.p, vcache.p, d_qkv.p + (size_t)pos * 3 * C, pos, C, NH, T,
+                                          theta);
+            const auto qkvr = d_qkvr.get();  // q, k, v, each (1, NH, T, hs): the cache's layout
+            const std::vector<float> k(qkvr.begin() + (ptrdiff_t)(T * C), qkvr.begin() + (ptrdiff_t)(2 * T * C));
+            const std::vector<float> v(qkvr.begin() + (ptrdiff_t)(2 * T * C), qkvr.end());
+            CHECK(kcache.get() == k);
+            CHECK(vcache.get() == v);
+        }
+    }
+}
+
 GPU_TEST_CASE("CUDA attention_backward matches the CPU", "[attention]") {
     for (const AttShape& s : ATT_SHAPES)
         for (float theta : THETAS) {

@@ -162,6 +162,7 @@ inline float emu_rounded(float r) {
 inline float __fmul_rn(float a, float b) { return emu_rounded(a * b); }
 inline float __fadd_rn(float a, float b) { return emu_rounded(a + b); }
 inline float __fsub_rn(float a, float b) { return emu_rounded(a - b); }
+inline float __fmaf_rn(float a, float b, float c) { return emu_rounded(std::fma(a, b, c)); }
 inline float __fdiv_rn(float a, float b) { return a / b; }
 inline float __fsqrt_rn(float a) { return std::sqrt(a); }
 inline float rsqrtf(float a) { return 1.0f / std::sqrt(a); }
