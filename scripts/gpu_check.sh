@@ -68,7 +68,10 @@ else
     part "build fp32" 200 make -j"$jobs" PRECISION=FP32 BUILD=build-fp32 build-fp32/test_all
 fi
 
-# 2. every GPU test, then the whole suite once (CPU tests too, on this machine)
+# 2. the single-instruction probes first (seconds; if a flash test fails or hangs below,
+# they say whether ldmatrix/mma/wgmma layouts or the kernel logic is at fault), then
+# every GPU test
+part "PTX probes" 30 ./build/test_all "PTX probes on the GPU*"
 part "GPU tests bf16" 120 ./build/test_all "[gpu]"
 part "GPU tests fp32" 90 ./build-fp32/test_all "[gpu]"
 # the flash kernels' shared-memory barriers and bounds, which no CPU check covers
