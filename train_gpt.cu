@@ -292,6 +292,8 @@ static void validate_options(const Options& o, const ModelConfig& c) {
     REQUIRE_INPUT(o.doc_token >= -1 && o.doc_token < c.vocab_size, "--doc-token: expected a token id in [0, %d), got %d",
                   c.vocab_size, o.doc_token);
     REQUIRE_INPUT(o.doc_token == -1 || o.data_layout == "documents", "--doc-token: only with --data-layout documents");
+    REQUIRE_INPUT(!(o.overfit_batch && o.shuffle), "--overfit-batch and --shuffle: the first batch is trained on "
+                  "again and again, so there is no data order to shuffle; give one of them");
 }
 
 // The tokenizer of the data: --tokenizer, else the usual one of the vocabulary size ("" if none).
@@ -608,6 +610,9 @@ static int run(const Options& o, const ModelConfig& cfg, const CLI::App& app, do
             return std::make_unique<DataLoader>(o.val_data, B, T, cfg.vocab_size, rank, world, false, 0, rows);
         });
     const int val_batches = o.val_tokens > 0 ? std::max(1, o.val_tokens / (B * T * world)) : o.val_batches;
+    if (val && val_batches > (int)val->num_batches())
+        printf("%s: the validation set holds %zu batches of %d x %d per rank; each evaluation reads all of them\n",
+               o.val_tokens > 0 ? "--val-tokens" : "--val-batches", val->num_batches(), B, T);
     std::unique_ptr<Tokenizer> tok;
     const std::string tok_spec = tokenizer_spec(o, cfg);
     if (o.sample_tokens > 0 && !tok_spec.empty()) {

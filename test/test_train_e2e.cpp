@@ -115,7 +115,7 @@ TEST_CASE("--save-to, then --init-from --eval-only reproduces the final validati
     }
 }
 
-TEST_CASE("bad flags exit non-zero with a message that names the flag (42 cases)", "[e2e][cli]") {
+TEST_CASE("bad flags exit non-zero with a message that names the flag (43 cases)", "[e2e][cli]") {
     TextShards data;
     const std::string ok = " --device cpu --model gpt2-tiny --steps 1";
     const std::string train = " --train-data " + data.train;
@@ -159,6 +159,7 @@ TEST_CASE("bad flags exit non-zero with a message that names the flag (42 cases)
         {train + " --n-embd 30 --n-head 4", "--n-embd"},
         {train + " --vocab-size 1", "--vocab-size"},
         {train + " --seed -1", "--seed: expected an integer >= 0"},  // not 2^64 - 1
+        {train + " --overfit-batch --shuffle", "--overfit-batch and --shuffle"},
         {train + " --val-data '/nonexistent/v_*.bin'", "--val-data: /nonexistent/v_*.bin: no file matches"},
         {train + " --save-to /proc/version", "--save-to"},  // a file, not a directory
         {train + " --out-dir /proc/version/run", "--out-dir: cannot create the directory /proc/version/run"},
@@ -199,6 +200,22 @@ TEST_CASE("bad flags exit non-zero with a message that names the flag (42 cases)
         CHECK(out.find("--config " + (dir / "c.toml")) != std::string::npos);
         CHECK(out.find("learning-rate") != std::string::npos);
     }
+}
+
+TEST_CASE("--val-batches beyond the validation set says so and evaluates the whole set", "[e2e][cli]") {
+    TextShards data;
+    const std::string cmd = train_gpt() + " --device cpu --model gpt2-tiny -b 4 -t 32 --eval-only --val-data " +
+                            data.val + " --val-batches ";
+    std::string all, capped;
+    REQUIRE(run_command(cmd + "0", &all) == 0);
+    REQUIRE(run_command(cmd + "100000", &capped) == 0);
+    INFO(capped);
+    CHECK(capped.find("--val-batches: the validation set holds") != std::string::npos);
+    CHECK(all.find("the validation set holds") == std::string::npos);
+    const auto a = values_after(all, "val_loss"), c = values_after(capped, "val_loss");
+    REQUIRE(a.size() == 1);
+    REQUIRE(c.size() == 1);
+    CHECK(a[0] == c[0]);
 }
 
 // A run never writes into another run's directory: a new run there would truncate that
