@@ -42,6 +42,7 @@ ModelConfig config_from_json_file(const std::string& path) {
         throw UserError(path + ": not valid JSON: " + e.what());
     }
     ModelConfig c;
+    int kv_heads = 0;  // llama: checked once the config is known to be consistent
     try {
         const std::string type = j.at("model_type").get<std::string>();
         if (type == "gpt2") {
@@ -57,9 +58,7 @@ ModelConfig config_from_json_file(const std::string& path) {
             c.n_head = j.at("num_attention_heads"), c.ffn_hidden = j.at("intermediate_size");
             c.norm_eps = j.value("rms_norm_eps", 1e-6f);
             c.rope_theta = j.value("rope_theta", 10000.0f);
-            REQUIRE_INPUT(j.value("num_key_value_heads", c.n_head) == c.n_head,
-                          "%s: grouped-query attention (num_key_value_heads != num_attention_heads) is not supported",
-                          path.c_str());
+            kv_heads = j.value("num_key_value_heads", c.n_head);
         } else {
             throw UserError(path + ": model_type '" + type + "': expected gpt2 or llama");
         }
@@ -81,6 +80,9 @@ ModelConfig config_from_json_file(const std::string& path) {
     } catch (const UserError& e) {
         throw UserError(path + ": " + e.what());
     }
+    // after validate: a head count that does not divide hidden_size is named as such first
+    REQUIRE_INPUT(kv_heads == 0 || kv_heads == c.n_head, "%s: grouped-query attention (num_key_value_heads %d != num_attention_heads %d) "
+                  "is not supported", path.c_str(), kv_heads, c.n_head);
     return c;
 }
 

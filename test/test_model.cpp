@@ -4,6 +4,8 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <filesystem>
+#include <fstream>
 
 #include "common/check.h"
 #include "cpu/cpu_backend.h"
@@ -128,6 +130,21 @@ TEST_CASE("Hugging Face round trip and clear errors for mismatched files", "[mod
         }
     }
     REQUIRE_THROWS_WITH(load_pretrained_config(dir / "missing"), Catch::Contains("missing/config.json"));
+    // a llama config.json edited by hand: each fault named as itself, with the file
+    std::filesystem::create_directories(dir / "edited");
+    auto edited = [&](const std::string& heads, const std::string& kv) {
+        std::ofstream(dir / "edited/config.json")
+            << R"({"model_type": "llama", "vocab_size": 256, "max_position_embeddings": 64, "hidden_size": 32,
+                   "num_hidden_layers": 2, "intermediate_size": 64, "num_attention_heads": )"
+            << heads << R"(, "num_key_value_heads": )" << kv << "}";
+        return dir / "edited";
+    };
+    CHECK(load_pretrained_config(edited("4", "4")).n_head == 4);
+    REQUIRE_THROWS_WITH(load_pretrained_config(edited("3", "4")),  // 32 channels into 3 heads, before GQA
+                        Catch::Contains("edited/config.json: --n-embd: expected a positive multiple of --n-head (3)"));
+    REQUIRE_THROWS_WITH(load_pretrained_config(edited("4", "2")),
+                        Catch::Contains("edited/config.json: grouped-query attention"));
+    REQUIRE_THROWS_WITH(load_pretrained_config(edited("4", "\"x\"")), Catch::Contains("mistyped key"));
 }
 
 TEST_CASE("learning-rate schedules: warmup, then cosine / linear / constant / WSD to the floor", "[model][schedule]") {
