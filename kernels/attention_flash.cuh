@@ -28,7 +28,9 @@
 // the unswizzled core-matrix layout (load_tile_cm). The accumulators have the mma.sync
 // layout, so softmax, masks and stores are shared. cp.async writes through the generic
 // proxy and wgmma reads through the async proxy: fence.proxy.async after each wait,
-// before the barrier. TMA is not used.
+// before the barrier. The forward has a kernel of its own (flash_forward_wg_kernel) that
+// overlaps the softmax of one key tile with the product of the previous one; the
+// backward kernels wait for each product. TMA is not used.
 //
 // Pipelining. Tiles are cp.async copies (global -> smem, no register round trip),
 // issued one stage ahead: in forward V_j lands while S = Q K_j^T is computed and
@@ -274,27 +276,38 @@ __device__ __forceinline__ void load_tile_cm(bf16* s, const bf16* src, size_t ld
 // fragments (a[kk] for columns 16kk..), B a tile in the core-matrix layout (load_tile_cm).
 // acc (64 x N) += A (64 x K) B^T, B N rows x K channels read K-major (lbo 128 bytes to the
 // next 8 channels, sbo 16K to the next 8 rows): S = Q K^T, dP = dout V^T, and transposed.
+// wgmma_issue_*: the same products issued as one committed group, not waited for.
 template <int N, int K>
-__device__ __forceinline__ void wgmma_nt(float (&acc)[N / 8][4], const uint32_t (&a)[K / 16][4], const bf16* Bm) {
+__device__ __forceinline__ void wgmma_issue_nt(float (&acc)[N / 8][4], const uint32_t (&a)[K / 16][4],
+                                               const bf16* Bm) {
     wgmma_fence_operands(acc);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < K / 16; kk++)  // channels 16kk..: two core matrices along K
         wgmma_bf16<0>(acc, a[kk], wgmma_desc(Bm + kk * 2 * 64, 128, 16 * K));
     wgmma_commit();
+}
+template <int N, int K>
+__device__ __forceinline__ void wgmma_nt(float (&acc)[N / 8][4], const uint32_t (&a)[K / 16][4], const bf16* Bm) {
+    wgmma_issue_nt<N, K>(acc, a, Bm);
     wgmma_wait<0>();
     wgmma_fence_operands(acc);
 }
 // acc (64 x N) += A (64 x K) B, B K rows x N channels read N-major (lbo 16N bytes to the
 // next 8 rows, sbo 128 to the next 8 channels): O += P V, dq += dS K, dv += P^T dout, ...
 template <int N, int K>
-__device__ __forceinline__ void wgmma_nn(float (&acc)[N / 8][4], const uint32_t (&a)[K / 16][4], const bf16* Bm) {
+__device__ __forceinline__ void wgmma_issue_nn(float (&acc)[N / 8][4], const uint32_t (&a)[K / 16][4],
+                                               const bf16* Bm) {
     wgmma_fence_operands(acc);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < K / 16; kk++)  // rows 16kk..: two 8-row groups along K
         wgmma_bf16<1>(acc, a[kk], wgmma_desc(Bm + kk * 2 * 8 * N, 16 * N, 128));
     wgmma_commit();
+}
+template <int N, int K>
+__device__ __forceinline__ void wgmma_nn(float (&acc)[N / 8][4], const uint32_t (&a)[K / 16][4], const bf16* Bm) {
+    wgmma_issue_nn<N, K>(acc, a, Bm);
     wgmma_wait<0>();
     wgmma_fence_operands(acc);
 }
@@ -315,104 +328,198 @@ __device__ __forceinline__ void trap_without_sm90a() {
 #endif
 }
 
-// ---- forward: grid (B*NH, query blocks), heaviest (last) query block first. A block
-// of QW warps owns BQ = 16 QW query rows (QW 4: one 64-row tile; QW 8: two warpgroups
-// sharing each key tile, half the key and value traffic per row) and loops over key
-// tiles of BLOCK: every row sees the same tiles in the same order either way, so the
-// two give the same bits. A warp (WG: a warpgroup) skips the products of a tile whose
-// keys all lie above its rows.
-// WG: S = Q K^T and O += P V on wgmma (sm_90a), each 4 warps being one warpgroup, K
-// and V tiles in the core-matrix layout; the accumulators have the mma.sync layout, so
-// the online softmax is the same code.
-template <int D, int QW, bool ROPE_ON_LOAD, bool WG>
+// ---- forward, shared by both kernels below.
+// The online-softmax step of one key tile for this warp's rows: s (16 x 8NT, the scores
+// against keys key0..) masked above the diagonal when `mask`, m and l updated, s turned
+// into the unnormalised probabilities, and corr[r] the factor that rescales the output
+// rows accumulated so far.
+template <int NT>
+__device__ __forceinline__ void softmax_tile(float (&s)[NT][4], float (&m)[2], float (&l)[2], float (&corr)[2],
+                                             const int (&row)[2], int key0, bool mask, float sl2) {
+    const int tig = threadIdx.x % 4;
+    if (mask)
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                if (key0 + nt * 8 + tig * 2 + e % 2 > row[e / 2]) s[nt][e] = -INFINITY;
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        float mx = m[r];
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        // finite: rows start at multiples of 16, so a tile the warp computes has its first
+        // key at or below every row of the warp
+        corr[r] = exp2f((m[r] - mx) * sl2);  // 0 on the first tile (m = -inf)
+        m[r] = mx, l[r] = __fmul_rn(l[r], corr[r]);  // pinned: not fused with the sum below
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int e = 2 * r; e < 2 * r + 2; e++) {
+                s[nt][e] = exp2f((s[nt][e] - mx) * sl2);
+                l[r] += s[nt][e];
+            }
+    }
+}
+template <int NT>
+__device__ __forceinline__ void rescale_rows(float (&o)[NT][4], const float (&corr)[2]) {
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) o[nt][e] *= corr[e / 2];
+}
+// out = o / l for this warp's rows below T, and lse = m * scale + log(l).
+template <int D>
+__device__ __forceinline__ void store_forward(bf16* out, float* lse, const float (&o)[D / 8][4], const float (&m)[2],
+                                              float (&l)[2], const int (&row)[2], int T, int C, float scale) {
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+        if (row[r] >= T) continue;
+        store_row<D, false>(out + (size_t)row[r] * C, o, r, row[r], 1.0f / l[r], nullptr);
+        if (threadIdx.x % 4 == 0) lse[row[r]] = __fmaf_rn(m[r], scale, logf(l[r]));
+    }
+}
+
+// ---- forward (mma.sync): grid (B*NH, query blocks), heaviest (last) query block first.
+// A block of QW warps owns BQ = 16 QW query rows (QW 4: one 64-row tile; QW 8: two
+// groups of 4 sharing each key tile, half the key and value traffic per row) and loops
+// over key tiles of BLOCK: every row sees the same tiles in the same order either way,
+// so the two give the same bits. A warp skips the products of a tile whose keys all lie
+// above its rows.
+template <int D, int QW, bool ROPE_ON_LOAD>
 __global__ void __launch_bounds__(32 * QW)
     flash_forward_kernel(bf16* __restrict__ out, float* __restrict__ lse, const HeadView q, const HeadView k,
                          const HeadView v, const float2* __restrict__ rope, int T, int NH, float scale) {
     constexpr int S = ROW_STRIDE<D>, NTH = 32 * QW, BQ = 16 * QW;
     static_assert(QW % 4 == 0, "whole warpgroups");
-    if constexpr (WG) trap_without_sm90a();
     unsigned char* smem = dynamic_smem();
     bf16* sQ = reinterpret_cast<bf16*>(smem);  // (BQ, D)
     bf16* sK = sQ + BQ * S;                    // (BLOCK, D)
     bf16* sV = sK + BLOCK * S;                 // (BLOCK, D)
     const int bh = blockIdx.x, b = bh / NH, h = bh % NH, C = NH * D;
     const int q0 = (gridDim.y - 1 - blockIdx.y) * BQ;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tig = lane % 4;
+    const int warp = threadIdx.x / 32, g = threadIdx.x % 32 / 4;
     const bf16 *qh = q.at(b, h), *kh = k.at(b, h), *vh = v.at(b, h);
     const float sl2 = scale * LOG2E;  // dot products to log2 units of the scaled scores
-    // the rows whose products this warp computes: its own, or its warpgroup's (wgmma)
-    const int first = q0 + (WG ? warp / 4 * 64 : warp * 16), last = first + (WG ? 63 : 15);
+    const int first = q0 + warp * 16, last = first + 15;  // this warp's rows
     const int tiles = (min(q0 + BQ, T) + BLOCK - 1) / BLOCK;  // causal: keys up to the last valid row
 
     load_tile<D, BQ, ROPE_ON_LOAD, NTH>(sQ, qh, q.row, q0, T, rope);
-    load_inner<D, BLOCK, ROPE_ON_LOAD, WG, NTH>(sK, kh, k.row, 0, T, rope);
+    load_tile<D, BLOCK, ROPE_ON_LOAD, NTH>(sK, kh, k.row, 0, T, rope);
     cp_async_commit();
     uint32_t qf[D / 16][4];  // this warp's 16 query rows as A fragments, loaded once
     float o[D / 8][4] = {};
-    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // raw max dot, partial row sums
-    const int row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, corr[2];  // raw max dot, partial row sums
+    const int row[2] = {first + g, first + g + 8};
     for (int j = 0; j < tiles; j++) {
         cp_async_wait<0>();
-        if constexpr (WG) fence_proxy_async();  // the copies, for wgmma's reads
         __syncthreads();  // K_j (and Q) in smem; every warp done with V_{j-1}
-        load_inner<D, BLOCK, false, WG, NTH>(sV, vh, v.row, j * BLOCK, T, rope);  // lands during S = Q K^T
+        load_tile<D, BLOCK, false, NTH>(sV, vh, v.row, j * BLOCK, T, rope);  // lands during S = Q K^T
         cp_async_commit();
         if (j == 0) load_a_rows<D>(qf, sQ);
         const bool active = QW == 4 || j * BLOCK <= last;  // some key of the tile at or below a row
         uint32_t p[BLOCK / 16][4];
         if (active) {
             float s[BLOCK / 8][4] = {};
-            if constexpr (WG) wgmma_nt<BLOCK, D>(s, qf, sK);
-            else mma_rs_nt<BLOCK / 8, D>(s, qf, sK, S);
-            if (j * BLOCK + BLOCK - 1 > first)  // some key above a row
-#pragma unroll
-                for (int nt = 0; nt < BLOCK / 8; nt++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++)
-                        if (j * BLOCK + nt * 8 + tig * 2 + e % 2 > row[e / 2]) s[nt][e] = -INFINITY;
-#pragma unroll
-            for (int r = 0; r < 2; r++) {
-                float mx = m[r];
-#pragma unroll
-                for (int nt = 0; nt < BLOCK / 8; nt++) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-                // finite: rows start at multiples of 16 (WG: 64), so an active tile's first
-                // key is at or below every row of the warp
-                const float corr = exp2f((m[r] - mx) * sl2);  // 0 on the first tile (m = -inf)
-                m[r] = mx, l[r] = __fmul_rn(l[r], corr);  // pinned: not fused with the sum below
-#pragma unroll
-                for (int nt = 0; nt < D / 8; nt++) o[nt][2 * r] *= corr, o[nt][2 * r + 1] *= corr;
-#pragma unroll
-                for (int nt = 0; nt < BLOCK / 8; nt++)
-#pragma unroll
-                    for (int e = 2 * r; e < 2 * r + 2; e++) {
-                        s[nt][e] = exp2f((s[nt][e] - mx) * sl2);
-                        l[r] += s[nt][e];
-                    }
-            }
+            mma_rs_nt<BLOCK / 8, D>(s, qf, sK, S);
+            softmax_tile<BLOCK / 8>(s, m, l, corr, row, j * BLOCK, j * BLOCK + BLOCK - 1 > first, sl2);
+            rescale_rows<D / 8>(o, corr);
             acc_to_a<BLOCK / 8>(p, s);
         }
         cp_async_wait<0>();
-        if constexpr (WG) fence_proxy_async();
         __syncthreads();  // V_j in smem; every warp done with K_j
         if (j + 1 < tiles) {  // K_{j+1} lands during O += P V
-            load_inner<D, BLOCK, ROPE_ON_LOAD, WG, NTH>(sK, kh, k.row, (j + 1) * BLOCK, T, rope);
+            load_tile<D, BLOCK, ROPE_ON_LOAD, NTH>(sK, kh, k.row, (j + 1) * BLOCK, T, rope);
             cp_async_commit();
         }
-        if (active) {
-            if constexpr (WG) wgmma_nn<D, BLOCK>(o, p, sV);
-            else mma_rs_nn<D / 8, BLOCK>(o, p, sV, S);
+        if (active) mma_rs_nn<D / 8, BLOCK>(o, p, sV, S);
+    }
+    store_forward<D>(out + (size_t)b * T * C + h * D, lse + (size_t)bh * T, o, m, l, row, T, C, scale);
+}
+
+// ---- forward on wgmma (sm_90a): the same tiles, rows and results, each 4 warps being
+// one warpgroup that owns 64 rows (QW 8: two warpgroups sharing the key tiles), K and V
+// in the core-matrix layout. The softmax of key tile j+1 overlaps the product
+// O += P_j V_j: both are issued asynchronously, S_{j+1} = Q K_{j+1}^T first; the
+// warpgroup waits for S_{j+1} alone (wgmma.wait_group 1), computes its softmax, then
+// waits for P_j V_j and rescales O. K and V are double-buffered: the copies of K_{j+2}
+// and V_{j+1} land while tile j is computed. Neither the accumulators nor the A
+// registers (P_j) of a wgmma in flight are touched before its wait.
+template <int D, int QW>
+__global__ void __launch_bounds__(32 * QW)
+    flash_forward_wg_kernel(bf16* __restrict__ out, float* __restrict__ lse, const HeadView q, const HeadView k,
+                            const HeadView v, int T, int NH, float scale) {
+    constexpr int S = ROW_STRIDE<D>, NTH = 32 * QW, BQ = 16 * QW, NT = BLOCK / 8;
+    static_assert(QW % 4 == 0, "whole warpgroups");
+    trap_without_sm90a();
+    unsigned char* smem = dynamic_smem();
+    bf16* sQ = reinterpret_cast<bf16*>(smem);  // (BQ, D), then two K and two V tiles of (BLOCK, D)
+    auto sK = [&](int j) { return sQ + (BQ + j % 2 * BLOCK) * S; };        // K_j
+    auto sV = [&](int j) { return sQ + (BQ + (2 + j % 2) * BLOCK) * S; };  // V_j
+    const int bh = blockIdx.x, b = bh / NH, h = bh % NH, C = NH * D;
+    const int q0 = (gridDim.y - 1 - blockIdx.y) * BQ;
+    const int warp = threadIdx.x / 32, g = threadIdx.x % 32 / 4;
+    const bf16 *qh = q.at(b, h), *kh = k.at(b, h), *vh = v.at(b, h);
+    const float sl2 = scale * LOG2E;
+    const int first = q0 + warp / 4 * 64, last = first + 63;  // the warpgroup's rows
+    const int tiles = (min(q0 + BQ, T) + BLOCK - 1) / BLOCK;
+    // the tiles whose products this warpgroup computes: 0..wg_tiles-1 (warpgroup-uniform)
+    const int wg_tiles = min(tiles, last / BLOCK + 1);
+
+    load_tile<D, BQ, false, NTH>(sQ, qh, q.row, q0, T, nullptr);
+    load_tile_cm<D, BLOCK, NTH>(sK(0), kh, k.row, 0, T);
+    load_tile_cm<D, BLOCK, NTH>(sV(0), vh, v.row, 0, T);
+    if (tiles > 1) load_tile_cm<D, BLOCK, NTH>(sK(1), kh, k.row, BLOCK, T);
+    cp_async_commit();
+    cp_async_wait<0>();
+    fence_proxy_async();  // the copies, for wgmma's reads
+    __syncthreads();
+    uint32_t qf[D / 16][4];
+    load_a_rows<D>(qf, sQ);
+    float o[D / 8][4] = {};
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, corr[2];
+    const int row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
+    uint32_t p[BLOCK / 16][4];  // P_j: the A operand of O += P_j V_j
+    {                           // tile 0: key 0 is at or below every row
+        float s[NT][4] = {};
+        wgmma_nt<BLOCK, D>(s, qf, sK(0));
+        softmax_tile<NT>(s, m, l, corr, row, 0, BLOCK - 1 > first, sl2);
+        acc_to_a<NT>(p, s);
+    }
+    for (int j = 0; j < tiles; j++) {
+        if (j > 0) {  // K_{j+1} and V_j, copied during tile j-1
+            cp_async_wait<0>();
+            fence_proxy_async();
+        }
+        __syncthreads();  // and every warpgroup done with K_j and V_{j-1}, whose buffers are refilled
+        if (j + 2 < tiles) load_tile_cm<D, BLOCK, NTH>(sK(j + 2), kh, k.row, (j + 2) * BLOCK, T);
+        if (j + 1 < tiles) load_tile_cm<D, BLOCK, NTH>(sV(j + 1), vh, v.row, (j + 1) * BLOCK, T);
+        cp_async_commit();
+        // each branch a whole pipeline stage, issue to wait: ptxas serializes the wgmmas of
+        // a stage it cannot follow through branches
+        if (j + 1 < wg_tiles) {
+            float sn[NT][4] = {};  // S_{j+1}
+            wgmma_issue_nt<BLOCK, D>(sn, qf, sK(j + 1));
+            wgmma_issue_nn<D, BLOCK>(o, p, sV(j));
+            wgmma_wait<1>();  // S_{j+1} only: P_j V_j may still run
+            wgmma_fence_operands(sn);
+            const int key0 = (j + 1) * BLOCK;
+            softmax_tile<NT>(sn, m, l, corr, row, key0, key0 + BLOCK - 1 > first, sl2);
+            wgmma_wait<0>();  // P_j V_j
+            wgmma_fence_operands(o);
+            wgmma_fence_operands(p);  // P_j's registers stay P_j's until here
+            rescale_rows<D / 8>(o, corr);
+            acc_to_a<NT>(p, sn);
+        } else if (j < wg_tiles) {  // the warpgroup's last tile
+            wgmma_nn<D, BLOCK>(o, p, sV(j));
+            wgmma_fence_operands(p);
         }
     }
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
-        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-        if (row[r] >= T) continue;
-        store_row<D, false>(out + ((size_t)b * T + row[r]) * C + h * D, o, r, row[r], 1.0f / l[r], rope);
-        if (tig == 0) lse[(size_t)bh * T + row[r]] = __fmaf_rn(m[r], scale, logf(l[r]));
-    }
+    store_forward<D>(out + (size_t)b * T * C + h * D, lse + (size_t)bh * T, o, m, l, row, T, C, scale);
 }
 
 // ---- backward pre-pass: Dv[b,h,t] = dout[b,t,h,:] . out[b,t,h,:], one warp per row
@@ -638,7 +745,11 @@ const float2* rope_table(int T, int hs, float theta) {
     return tab;
 }
 
-template <int D, int QW> constexpr size_t forward_smem() { return (16 * QW + 2 * BLOCK) * ROW_STRIDE<D> * sizeof(bf16); }
+// Q and single K, V tiles; the wgmma kernel double-buffers K and V
+template <int D, int QW, bool WG>
+constexpr size_t forward_smem() {
+    return (16 * QW + (WG ? 4 : 2) * BLOCK) * ROW_STRIDE<D> * sizeof(bf16);
+}
 template <int D> constexpr size_t dq_smem() { return (2 * BLOCK + 4 * INNER_BWD<D>) * ROW_STRIDE<D> * sizeof(bf16); }
 template <int D> constexpr size_t dkv_smem() { return dq_smem<D>() + 4 * INNER_BWD<D> * sizeof(float); }
 
@@ -731,12 +842,20 @@ void flash_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, 
         constexpr int D = decltype(d)::value;
         auto launch = [&](auto wg, auto qw) {
             constexpr int QW = decltype(qw)::value;
-            auto* fwd = flash_forward_kernel<D, QW, decltype(r)::value == Rope::on_load, decltype(wg)::value>;
-            constexpr size_t smem = forward_smem<D, QW>();
-            static bool once = (allow_smem(fwd, smem), true);
-            (void)once;
+            constexpr bool WG = decltype(wg)::value;
+            constexpr size_t smem = forward_smem<D, QW, WG>();
             const dim3 grid(B * NH, ceil_div(T, 16 * QW));
-            LNS_LAUNCH(fwd, grid, 32 * QW, smem, out, lse, in[0], in[1], in[2], rope, T, NH, scale);
+            if constexpr (WG) {
+                auto* fwd = flash_forward_wg_kernel<D, QW>;
+                static bool once = (allow_smem(fwd, smem), true);
+                (void)once;
+                LNS_LAUNCH(fwd, grid, 32 * QW, smem, out, lse, in[0], in[1], in[2], T, NH, scale);
+            } else {
+                auto* fwd = flash_forward_kernel<D, QW, decltype(r)::value == Rope::on_load>;
+                static bool once = (allow_smem(fwd, smem), true);
+                (void)once;
+                LNS_LAUNCH(fwd, grid, 32 * QW, smem, out, lse, in[0], in[1], in[2], rope, T, NH, scale);
+            }
         };
         auto with_warps = [&](auto wg) {
             if (warps == 8) launch(wg, std::integral_constant<int, 8>{});

@@ -94,6 +94,14 @@ __device__ __forceinline__ void wgmma_fence_operands(float (&d)[NT][4]) {
 #pragma unroll
         for (int e = 0; e < 4; e++) asm volatile("" : "+f"(d[i][e])::"memory");
 }
+// The same for A fragments in registers, which a wgmma in flight still reads.
+template <int KT>
+__device__ __forceinline__ void wgmma_fence_operands(uint32_t (&a)[KT][4]) {
+#pragma unroll
+    for (int i = 0; i < KT; i++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) asm volatile("" : "+r"(a[i][e])::"memory");
+}
 // d (64 x N fp32, this thread's N/2: the mma.sync accumulator layout for the warp's
 // rows 16w..16w+15) += A (64 x 16 bf16 from registers: mma.sync A fragments of the
 // warp's 16 rows) * B (16 x N bf16 in smem, desc_b; TRANS_B 0: K-major, 1: N-major).
