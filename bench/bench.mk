@@ -34,6 +34,7 @@ $(BUILD)/train_gpt_prof: train_gpt.cu $(LIB_OBJ) $(KERNEL_OBJ)
 bench-kernels: $(BUILD)/bench_kernels
 
 profile:
+	@bash scripts/profile.sh --check  # the tools first: the build takes minutes
 	@$(MAKE) --no-print-directory BUILD=$(PROF_BUILD) LNS_PROFILE_BUILD=1 $(PROF_BUILD)/train_gpt_prof $(PROF_BUILD)/bench_kernels
 	PROF_BUILD=$(PROF_BUILD) bash scripts/profile.sh $(PROFILE_ARGS)
 else

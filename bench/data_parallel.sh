@@ -19,6 +19,7 @@ case "$MODEL" in *-mini|*-tiny) vocab=256 ;; gpt2-*) vocab=50257 ;; *) vocab=320
 dir="$BUILD/bench_dp"
 shard="$dir/tokens_$vocab.bin"
 mkdir -p "$dir"
+[ "$STEPS" -ge 2 ] 2>/dev/null || { echo "bench-dp: STEPS=$STEPS: expected an integer >= 2" >&2; exit 1; }
 [ -f "$shard" ] || "$PYTHON" scripts/make_random_shard.py "$shard" --tokens 2000000 --vocab "$vocab" >/dev/null
 mpirun="mpirun --oversubscribe $( [ "$(id -u)" = 0 ] && echo --allow-run-as-root) --bind-to none"
 
@@ -26,7 +27,14 @@ run() {  # run LOG RANKS THREADS_PER_RANK ROWS_PER_RANK
     local log=$1 n=$2 th=$3 rows=$4
     local cmd="./train_gpt --device $DEVICE --model $MODEL -b $rows -t $T --steps $STEPS --lr 1e-4 --train-data $shard"
     [ "$DEVICE" = cpu ] && cmd="$cmd --threads $th"
-    if [ "$n" = 1 ]; then OMP_WAIT_POLICY=passive $cmd >"$log" 2>&1; else OMP_WAIT_POLICY=passive $mpirun -np "$n" $cmd >"$log" 2>&1; fi
+    [ "$n" = 1 ] || cmd="$mpirun -np $n $cmd"
+    if ! OMP_WAIT_POLICY=passive $cmd >"$log" 2>&1; then
+        echo "bench-dp: failed: $cmd" >&2
+        tail -5 "$log" >&2
+        echo "(whole output in $log)" >&2
+        exit 1
+    fi
+    [ "$(grep -cE '^step' "$log")" -ge 2 ] || { echo "bench-dp: $log has fewer than 2 steps (STEPS=$STEPS)" >&2; exit 1; }
 }
 median_tok_s() {  # the median tokens/s of the second half of the steps
     grep -E '^step' "$1" | tail -n $((STEPS / 2)) | sed -E 's/.*\| ([0-9]+) tok\/s.*/\1/' | sort -n |

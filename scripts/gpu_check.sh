@@ -20,7 +20,9 @@ log=$dir/gpu_check.log
 : >"$log"
 start=$(date +%s)
 jobs=$(nproc)
+python=${PYTHON:-python3}  # the machine's: PyTorch for the comparisons
 
+failed=0  # parts that failed: the exit status
 note() { echo "$*" | tee -a "$report"; }
 # part NAME SECONDS CMD...: runs CMD with a time limit, output to the log, status to the report
 part() {
@@ -32,6 +34,7 @@ part() {
     local rc=$?
     local status=ok
     [ $rc -eq 137 ] && status="TIMEOUT after ${limit}s" || { [ $rc -ne 0 ] && status="FAILED (exit $rc)"; }
+    [ $rc -eq 0 ] || failed=$((failed + 1))
     printf '| %s | %s | %d s |\n' "$name" "$status" $(($(date +%s) - t0)) >>"$report"
     echo "[$name] $status" >&2
     return $rc
@@ -49,13 +52,21 @@ part() {
     echo "|---|---|---|"
 } >"$report"
 
+if ! nvidia-smi -L >/dev/null 2>&1; then
+    note "**No GPU found (nvidia-smi -L failed): every GPU part below will fail.**"
+    failed=$((failed + 1))
+fi
+
 # 1. builds: bf16 (the default) and fp32, for the local GPU only
 if [ "${PREBUILT:-0}" = 1 ]; then
+    for f in train_gpt build/test_all build/bench_kernels build-fp32/test_all .device/lib; do
+        [ -e "$f" ] || { note "**PREBUILT=1 but $f is missing: run scripts/gpu_bundle.sh and carry what it lists.**"; failed=$((failed + 1)); }
+    done
     export LD_LIBRARY_PATH=$PWD/.device/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
     # NCCL (too large to carry) and any CUDA library the toolkit there lacks: from the
     # nvidia-* wheels of the machine's PyTorch
     if ldd ./train_gpt ./build/test_all 2>/dev/null | grep -q 'not found'; then
-        wheels=$(python3 -c 'import nvidia; print(" ".join(nvidia.__path__))' 2>/dev/null)
+        wheels=$("$python" -c 'import nvidia; print(" ".join(nvidia.__path__))' 2>/dev/null)
         for d in $(find $wheels -name 'lib*.so*' -printf '%h\n' 2>/dev/null | sort -u); do
             LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$d
         done
@@ -71,6 +82,7 @@ fi
 # 2. the single-instruction probes first (seconds; if a flash test fails or hangs below,
 # they say whether ldmatrix/mma/wgmma layouts or the kernel logic is at fault), then
 # every GPU test
+export LNS_REQUIRE_GPU=1  # a [gpu] test that cannot find the device fails instead of skipping
 part "PTX probes" 30 ./build/test_all "PTX probes on the GPU*"
 part "GPU tests bf16" 120 ./build/test_all "[gpu]"
 part "GPU tests fp32" 90 ./build-fp32/test_all "[gpu]"
@@ -84,8 +96,10 @@ fi
 # 3. throughput: train_gpt against PyTorch (torch.compile, bf16 autocast) on the same shapes
 data=$dir/bench_data
 mkdir -p "$data"
-python3 scripts/make_random_shard.py "$data/gpt2.bin" --tokens 20000000 --vocab 50257 >>"$log" 2>&1
-python3 scripts/make_random_shard.py "$data/llama.bin" --tokens 20000000 --vocab 32000 >>"$log" 2>&1
+for v in gpt2:50257 llama:32000; do
+    "$python" scripts/make_random_shard.py "$data/${v%%:*}.bin" --tokens 20000000 --vocab "${v#*:}" >>"$log" 2>&1 ||
+        note "**$python scripts/make_random_shard.py failed (gpu_check.log): the throughput rows will fail.**"
+done
 bench_rows=()
 bench() {  # bench MODEL NORM B T DATA
     local model=$1 norm=$2 B=$3 T=$4 shard=$5 out=$dir/bench_${1}_${2}.log
@@ -96,11 +110,12 @@ bench() {  # bench MODEL NORM B T DATA
     ours=$(grep -E '^step' "$out" | tail -n 20 | sed -E 's/.*\| ([0-9]+) tok\/s.*/\1/' | sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]}')
     mfu=$(grep -E '^step' "$out" | tail -n 20 | sed -nE 's/.*MFU ([0-9.]+)%.*/\1/p' | sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]}')
     local torch
-    torch=$(timeout --signal=KILL 150 python3 bench/bench_torch.py --model "$model" --norm "$norm" -b "$B" -t "$T" \
+    torch=$(timeout --signal=KILL 150 "$python" bench/bench_torch.py --model "$model" --norm "$norm" -b "$B" -t "$T" \
         --steps 30 2>>"$log" | sed -nE 's/.*: ([0-9]+) tok\/s.*/\1/p')
     local ratio="n/a"
     [ -n "$ours" ] && [ -n "$torch" ] && ratio=$(awk -v a="$ours" -v b="$torch" 'BEGIN {printf "%.2f", a / b}')
     bench_rows+=("| $model | $norm | $B x $T | ${ours:-failed} | ${mfu:-?}% | ${torch:-failed} | $ratio |")
+    [ -n "$ours" ] || failed=$((failed + 1))  # PyTorch missing there is not ours to fail
     cat "$out" >>"$log"
 }
 if [ -x ./train_gpt ]; then
@@ -125,7 +140,7 @@ attn_ours=$dir/bench_attention_ours.log attn_torch=$dir/bench_attention_torch.lo
 : >"$attn_torch"
 if [ -x build/bench_kernels ]; then
     part "attention bench (ours)" 60 bash -c "./build/bench_kernels --attention --reps 10 >'$attn_ours'"
-    part "attention bench (torch)" 90 bash -c "python3 bench/bench_torch.py --attention >'$attn_torch'"
+    part "attention bench (torch)" 90 bash -c "'$python' bench/bench_torch.py --attention >'$attn_torch'"
 fi
 # One row per (shape, kernel), ours in the order benchmarked, with the ratio to the best
 # PyTorch backend on the shape (its name in the last column). The RoPE rows do more work
@@ -190,4 +205,6 @@ attn_table() {
     echo
     echo "Total: $(($(date +%s) - start)) s. Full log: gpu_check.log"
 } >>"$report"
+echo "Parts failed: $failed" >>"$report"
 cat "$report"
+[ "$failed" -eq 0 ]

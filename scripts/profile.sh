@@ -9,7 +9,8 @@
 #   -b, -t    batch and sequence length (default: gpt2-124m 16 x 1024, llama-130m 64 x 256)
 #   --steps   steps measured by ncu, after one warm-up step (default 1)
 #   --out     report directory (default: $OUT, else runs/profile)
-# environment: PROF_BUILD (default build-prof; `make profile` builds train_gpt_prof and
+#   --check   only check that ncu or nsys is there (make profile runs this before building)
+# environment: PYTHON (default python3), PROF_BUILD (default build-prof; `make profile` builds train_gpt_prof and
 #   bench_kernels there), NCU / NSYS (the tools; default: PATH, then the CUDA and Nsight
 #   install directories), PROFILE_TIMEOUT (seconds per tool run, default 900),
 #   COPY_GBS / GEMM_TFLOPS (skip measuring the ceilings; otherwise bench_kernels --ceilings).
@@ -18,26 +19,29 @@
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
-models=llama-130m,gpt2-124m B="" T="" steps=1 dir=${OUT:-runs/profile}
+models=llama-130m,gpt2-124m B="" T="" steps=1 dir=${OUT:-runs/profile} check_only=0
+python=${PYTHON:-python3}
 while [ $# -gt 0 ]; do
     case $1 in
+        --model|-b|-t|--steps|--out)
+            [ $# -ge 2 ] || { echo "profile.sh: $1 needs a value (--help lists the arguments)" >&2; exit 2; } ;;&
+        --check) check_only=1; shift ;;
         --model) models=$2; shift 2 ;;
         -b) B=$2; shift 2 ;;
         -t) T=$2; shift 2 ;;
         --steps) steps=$2; shift 2 ;;
         --out) dir=$2; shift 2 ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
         *) echo "profile.sh: unknown argument $1 (--help lists them)" >&2; exit 2 ;;
     esac
+done
+for v in "$steps" ${B:+"$B"} ${T:+"$T"}; do
+    [[ $v =~ ^[1-9][0-9]*$ ]] || { echo "profile.sh: '$v' (--steps, -b, -t): expected a positive integer" >&2; exit 2; }
 done
 build=${PROF_BUILD:-build-prof}
 limit=${PROFILE_TIMEOUT:-900}
 train=$build/train_gpt_prof
 bench=$build/bench_kernels
-mkdir -p "$dir"
-log=$dir/profile.log
-: >"$log"
-
 find_tool() {  # find_tool NAME: PATH, then the usual install directories
     local t
     t=$(command -v "$1" 2>/dev/null) && { echo "$t"; return; }
@@ -54,6 +58,12 @@ if [ -z "$ncu" ] && [ -z "$nsys" ]; then
     echo "profile.sh: neither ncu nor nsys is installed; install Nsight Compute and/or Nsight Systems, or set NCU / NSYS" >&2
     exit 1
 fi
+command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1 ||
+    echo "profile.sh: no GPU found (nvidia-smi): the profiled runs will fail" >&2
+[ "$check_only" = 1 ] && exit 0
+mkdir -p "$dir"
+log=$dir/profile.log
+: >"$log"
 for f in "$train" "$bench"; do
     [ -x "$f" ] || { echo "profile.sh: $f missing: run 'make profile' (or make BUILD=$build LNS_PROFILE_BUILD=1 $f)" >&2; exit 1; }
 done
@@ -83,6 +93,10 @@ if [ -n "$ncu" ]; then
         if [ -z "$avail" ] || grep -qxF "${m%%.*}" <<<"$avail"; then metrics=$metrics${metrics:+,}$m
         else echo "profile.sh: this GPU has no metric ${m%%.*}; left out" | tee -a "$log"; fi
     done
+    [[ ,$metrics, == *,gpu__time_duration.sum,* ]] || {
+        echo "profile.sh: $ncu lists no gpu__time_duration metric, which the table needs (see $log)" >&2
+        exit 1
+    }
 fi
 
 summary=$dir/README.md
@@ -107,7 +121,12 @@ for model in "${list[@]}"; do
     out=$dir/$model
     mkdir -p "$out"
     shard=$out/data.bin
-    python3 scripts/make_random_shard.py "$shard" --tokens $(( (steps + 12) * b * t + 1 )) --vocab $vocab >>"$log" 2>&1
+    if ! "$python" scripts/make_random_shard.py "$shard" --tokens $(( (steps + 12) * b * t + 1 )) --vocab $vocab \
+            >>"$log" 2>&1; then
+        echo "profile.sh: $python scripts/make_random_shard.py failed (see $log; PYTHON= picks the interpreter)" >&2
+        status=1
+        continue
+    fi
     args=(--device cuda --model "$model" --norm lns -b "$b" -t "$t" --lr 1e-4 --train-data "$shard")
     echo "== $model, B=$b T=$t" | tee -a "$log"
     echo -e "\n## $model, B=$b, T=$t\n" >>"$summary"
@@ -117,7 +136,7 @@ for model in "${list[@]}"; do
         if timeout --signal=KILL "$limit" "$ncu" --clock-control none --nvtx --metrics "$metrics" \
                 --force-overwrite --export "$out/kernels" "$train" "${args[@]}" --steps $((steps + 1)) >>"$log" 2>&1 \
            && "$ncu" --import "$out/kernels.ncu-rep" --csv --page raw --print-units base >"$out/ncu_raw.csv" 2>>"$log" \
-           && python3 scripts/ncu_table.py "$out/ncu_raw.csv" --ceilings "$ceil" --last-steps "$steps" \
+           && "$python" scripts/ncu_table.py "$out/ncu_raw.csv" --ceilings "$ceil" --last-steps "$steps" \
                 --title "$model, B=$b, T=$t, $(date -u +%Y-%m-%d), commit $(git rev-parse --short HEAD 2>/dev/null)" \
                 --md "$out/table.md" --csv "$out/table.csv" 2>>"$log"; then
             echo "ncu: $out/table.md, $out/table.csv (report: $out/kernels.ncu-rep)" | tee -a "$summary"

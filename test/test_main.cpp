@@ -1,10 +1,13 @@
 // The test runner: Catch2 with a listener that counts test cases, so the last line
 // is "tests: N passed, M failed, K skipped". Test cases tagged [gpu] need a CUDA
-// device, [multigpu] two; without them they are not run and are counted as skipped.
+// device, [multigpu] two; without them they are not run and are counted as skipped,
+// unless LNS_REQUIRE_GPU=1 (the GPU check), where a skipped [gpu] test is a failure: a
+// device the binary cannot use must not pass as "ok".
 #define CATCH_CONFIG_RUNNER
 #include <catch2/catch.hpp>
 
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <utility>
 #include <vector>
@@ -63,6 +66,11 @@ int main(int argc, char** argv) {
         session.useConfigData(session.configData());
         if (n) printf("%s: %d test cases skipped\n", tag[1] == 'g' ? "no CUDA device" : "fewer than 2 GPUs", n);
         skipped += n;
+    }
+    if (skipped > 0 && !gpu_available() && getenv("LNS_REQUIRE_GPU") && std::string(getenv("LNS_REQUIRE_GPU")) == "1") {
+        printf("LNS_REQUIRE_GPU=1: no usable CUDA device, so %d selected test cases cannot run\n", skipped);
+        printf("tests: 0 passed, %d failed, 0 skipped\n", skipped);
+        return 1;
     }
     const int rc = session.run();
     printf("tests: %d passed, %d failed, %d skipped\n", g_passed, g_failed, skipped);
