@@ -312,6 +312,9 @@ TEST_CASE("tokenize tool: encode, decode and shard from the command line", "[sha
     out.clear();
     REQUIRE(run_command(bin + " encode --strict-utf8 < " + (d / "bad.txt"), &out) == 1);
     REQUIRE(out.find("byte offset 2") != std::string::npos);
+    out.clear();  // bytes takes any byte: the flag would do nothing
+    REQUIRE(run_command(bin + " encode --tokenizer bytes --strict-utf8 < " + (d / "bad.txt"), &out) == 1);
+    REQUIRE(out.find("--strict-utf8: --tokenizer bytes takes any bytes") != std::string::npos);
     out.clear();
     write_file(d / "badids.txt", "1 2 50257");
     REQUIRE(run_command(bin + " decode < " + (d / "badids.txt"), &out) == 1);

@@ -121,6 +121,9 @@ int main(int argc, char** argv) {
         REQUIRE_INPUT(threads >= 0, "--threads: expected >= 0, got %d", threads);
         const int nt = threads > 0 ? threads : omp_get_max_threads();
         std::unique_ptr<Tokenizer> tok = make_tokenizer(spec);
+        REQUIRE_INPUT(!(strict || job.strict_utf8) || tok->needs_utf8(), "--strict-utf8: --tokenizer %s takes any "
+                      "bytes, so there is no invalid UTF-8 to reject (the flag is for gpt2 and sentencepiece)",
+                      spec.c_str());
         if (*enc) {
             std::string text = read_all(std::cin);
             check_utf8(*tok, text, strict);
