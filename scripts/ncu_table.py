@@ -35,6 +35,7 @@ what --ceilings reads; --copy-gbs / --gemm-tflops override it.
 import argparse
 import csv
 import io
+import os
 import re
 import sys
 
@@ -98,9 +99,10 @@ def short_kernel(name):
 
 
 def num(cell, what, line):
+    """The cell's value, or None when ncu left it empty or n/a (it could not measure it)."""
     c = cell.strip().replace(",", "")
     if c in ("", "n/a", "N/A"):
-        return 0.0
+        return None
     try:
         return float(c)
     except ValueError:
@@ -109,10 +111,13 @@ def num(cell, what, line):
 
 def read_launches(path):
     try:
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8") as f:
             text = f.read()
     except OSError as e:
         raise Malformed(f"cannot read {path}: {e.strerror}")
+    except UnicodeDecodeError as e:
+        gz = " (gzip-compressed: gunzip it first)" if e.object[:2] == b"\x1f\x8b" else ""
+        raise Malformed(f"not UTF-8 text at byte {e.start}{gz}: expected the CSV of `ncu --csv --page raw`")
     lines = [(i + 1, ln) for i, ln in enumerate(text.splitlines()) if ln.strip() and not ln.startswith("==")]
     rows = [(n, r) for n, ln in lines for r in csv.reader(io.StringIO(ln))]
     hi = next((k for k, (_, r) in enumerate(rows) if "Kernel Name" in r), None)
@@ -153,6 +158,20 @@ def read_launches(path):
         tensor = [h for h in tensor if "_sparsity_" not in h]
     flop_cols += [(h, 1) for h in tensor]
 
+    missing = {}  # metric -> cells ncu left empty or n/a
+
+    def total(cells, n):
+        """Sum of (metric, factor) cells of line n; None when any is missing (a sum without it is wrong)."""
+        vals = [(c, num(r[col[c]], c, n)) for c, _ in cells]
+        for c, v in vals:
+            if v is None:
+                missing[c] = missing.get(c, 0) + 1
+        if any(v is None for _, v in vals):
+            return None
+        return sum(v * k for (_, v), (_, k) in zip(vals, cells))
+
+    time_col = [("gpu__time_duration.sum", scale("gpu__time_duration.sum", TIME_UNITS))]
+    byte_scaled = [(c, scale(c, BYTE_UNITS)) for c in byte_cols]
     launches = []
     for n, r in data:
         if len(r) != len(header):
@@ -164,27 +183,48 @@ def read_launches(path):
         launches.append({
             "kernel": short_kernel(r[col["Kernel Name"]]),
             "op": op, "phase": phase, "group": group,
-            "ns": num(r[col["gpu__time_duration.sum"]], "gpu__time_duration.sum", n)
-            * scale("gpu__time_duration.sum", TIME_UNITS),
-            "bytes": sum(num(r[col[c]], c, n) * scale(c, BYTE_UNITS) for c in byte_cols),
-            "flops": sum(num(r[col[c]], c, n) * k for c, k in flop_cols),
-            "tensor_pct": num(r[col[TENSOR_PCT]], TENSOR_PCT, n) if TENSOR_PCT in col else None,
+            "ns": total(time_col, n),
+            "bytes": total(byte_scaled, n),
+            "flops": total(flop_cols, n),
+            "tensor_pct": total([(TENSOR_PCT, 1)], n) if TENSOR_PCT in col else None,
         })
     if not launches:
         raise Malformed("the report holds no kernel launches")
+    if all(l["ns"] is None for l in launches):
+        raise Malformed("no launch has a gpu__time_duration.sum value (every cell empty or n/a): "
+                        "expected the kernels' measured times")
     if not byte_cols:
         print("ncu_table: no dram__bytes columns: GB/s will read 0", file=sys.stderr)
+    if not nvtx_cols:
+        print("ncu_table: no NVTX column: every launch is in phase 'other'; profile with `ncu --nvtx` "
+              "for the phases", file=sys.stderr)
+    if missing:
+        print(f"ncu_table: {sum(missing.values())} metric cell(s) empty or n/a ("
+              + ", ".join(f"{c}: {k}" for c, k in missing.items())
+              + "): a launch without a time adds none to the times, a rate leaves out the launches that lack "
+              "its metric or a time, and a cell no launch of its row has is blank", file=sys.stderr)
     return launches
 
 
 def aggregate(launches, key):
+    """Sums per key. Each rate has its own time: that of the launches with both a time and its
+    metric (bns: bytes, fns: FLOP, tw: tensor %), so a missing cell is left out, not read as 0;
+    timed counts the launches with a time."""
     out = {}
     for l in launches:
-        a = out.setdefault(key(l), {"launches": 0, "ns": 0.0, "bytes": 0.0, "flops": 0.0, "tns": 0.0, "tw": 0.0})
+        a = out.setdefault(key(l), {"launches": 0, "timed": 0, "ns": 0.0, "bytes": 0.0, "bns": 0.0, "flops": 0.0,
+                                    "fns": 0.0, "tns": 0.0, "tw": 0.0})
         a["launches"] += 1
+        if l["ns"] is None:
+            continue
+        a["timed"] += 1
         a["ns"] += l["ns"]
-        a["bytes"] += l["bytes"]
-        a["flops"] += l["flops"]
+        if l["bytes"] is not None:
+            a["bytes"] += l["bytes"]
+            a["bns"] += l["ns"]
+        if l["flops"] is not None:
+            a["flops"] += l["flops"]
+            a["fns"] += l["ns"]
         if l["tensor_pct"] is not None:  # time-weighted mean
             a["tns"] += l["tensor_pct"] * l["ns"]
             a["tw"] += l["ns"]
@@ -202,24 +242,27 @@ def phase_rank(phase):
 
 
 def metrics(a, total_ns, steps, copy_gbs, gemm_tflops):
-    gbs = a["bytes"] / a["ns"] if a["ns"] else 0.0          # bytes/ns = GB/s
-    tflops = a["flops"] / a["ns"] / 1e3 if a["ns"] else 0.0  # flop/ns = GFLOP/s
+    """The row's numbers; a time or rate is None when no launch of the row has it (and a time)."""
+    gbs = a["bytes"] / a["bns"] if a["bns"] else None          # bytes/ns = GB/s
+    tflops = a["flops"] / a["fns"] / 1e3 if a["fns"] else None  # flop/ns = GFLOP/s
     return {
         "launches": a["launches"] / steps,
-        "time_us": a["ns"] / steps / 1e3,
-        "share_pct": 100.0 * a["ns"] / total_ns,
+        "time_us": a["ns"] / steps / 1e3 if a["timed"] else None,
+        "share_pct": 100.0 * a["ns"] / total_ns if a["timed"] and total_ns else None,
         "gb_s": gbs,
         "tflop_s": tflops,
-        "pct_copy_bw": 100.0 * gbs / copy_gbs,
-        "pct_bf16_gemm": 100.0 * tflops / gemm_tflops,
+        "pct_copy_bw": None if gbs is None else 100.0 * gbs / copy_gbs,
+        "pct_bf16_gemm": None if tflops is None else 100.0 * tflops / gemm_tflops,
         "tensor_pct": a["tns"] / a["tw"] if a["tw"] else None,
     }
 
 
 def fmt(m):
-    return [f"{m['launches']:g}", f"{m['time_us']:.3f}", f"{m['share_pct']:.2f}", f"{m['gb_s']:.1f}",
-            f"{m['tflop_s']:.3f}", f"{m['pct_copy_bw']:.1f}", f"{m['pct_bf16_gemm']:.1f}",
-            "" if m["tensor_pct"] is None else f"{m['tensor_pct']:.1f}"]
+    def f(x, spec):
+        return "" if x is None else format(x, spec)
+    return [f"{m['launches']:g}", f(m["time_us"], ".3f"), f(m["share_pct"], ".2f"), f(m["gb_s"], ".1f"),
+            f(m["tflop_s"], ".3f"), f(m["pct_copy_bw"], ".1f"), f(m["pct_bf16_gemm"], ".1f"),
+            f(m["tensor_pct"], ".1f")]
 
 
 COLS = ["launches", "time_us", "share_pct", "gb_s", "tflop_s", "pct_copy_bw", "pct_bf16_gemm", "tensor_pct"]
@@ -278,15 +321,14 @@ def main():
     except Malformed as e:
         sys.exit(f"ncu_table: error: {a.report}: {e}" if "ceiling" not in str(e) else f"ncu_table: error: {e}")
 
-    total_ns = sum(l["ns"] for l in launches)
+    total_ns = sum(l["ns"] for l in launches if l["ns"] is not None)
     M = lambda agg: metrics(agg, total_ns, a.steps, copy_gbs, gemm_tflops)  # noqa: E731
 
     detail = aggregate(launches, lambda l: (l["phase"], l["op"], l["kernel"]))
     order = sorted(detail, key=lambda k: (phase_rank(k[0]), -detail[k]["ns"], k[1], k[2]))
     rows = [["phase", "op", "kernel"] + COLS] + [list(k) + fmt(M(detail[k])) for k in order]
     if a.csv:
-        with open(a.csv, "w", newline="") as f:
-            csv.writer(f, lineterminator="\n").writerows(rows)
+        write_out("--csv", a.csv, lambda f: csv.writer(f, lineterminator="\n").writerows(rows))
 
     md = [f"# {a.title}", "",
           f"{len(launches)} kernel launches over {a.steps} step(s); GPU time {total_ns / a.steps / 1e3:.3f} us per step. "
@@ -308,11 +350,23 @@ def main():
     table("Kernels by total time", ["kernel"], top, sorted(top, key=lambda k: (-top[k]["ns"], k[0])))
     text = "\n".join(md)
     if a.md:
-        with open(a.md, "w") as f:
-            f.write(text)
+        write_out("--md", a.md, lambda f: f.write(text))
     else:
         print(text)
 
 
+def write_out(flag, path, write):
+    try:
+        with open(path, "w", newline="") as f:
+            write(f)
+    except OSError as e:
+        sys.exit(f"ncu_table: error: {flag} {path}: cannot write it ({e.strerror})")
+
+
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader left (| head): stop quietly, and keep exit's own flush quiet too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)

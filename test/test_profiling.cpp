@@ -24,6 +24,18 @@ std::string slurp(const std::string& path) {
     return s.str();
 }
 
+// cmd with its stdout a pipe whose reader has already gone (as when piped to head)
+std::string into_closed_pipe(const std::string& cmd) {
+    return "/usr/bin/python3 -c \"import os, subprocess, sys; r, w = os.pipe(); os.close(r); "
+           "sys.exit(subprocess.run(sys.argv[1:], stdout=w).returncode)\" " + cmd;
+}
+
+std::string replaced(std::string text, const std::string& from, const std::string& to) {
+    const size_t at = text.find(from);
+    REQUIRE(at != std::string::npos);
+    return text.replace(at, from.size(), to);
+}
+
 std::vector<std::vector<std::string>> csv_rows(const std::string& text) {
     std::vector<std::vector<std::string>> rows;
     std::istringstream in(text);
@@ -191,4 +203,77 @@ TEST_CASE("ncu_table: --last-steps keeps the last steps only", "[profiling]") {
     CHECK(out.find("| other | 1 | 10.000 |") != std::string::npos);
     REQUIRE(run_command(table_cmd(dir / "two.csv", "--copy-gbs 4000 --gemm-tflops 800 --last-steps 3"), &out) != 0);
     CHECK(out.find("--last-steps 3: the report holds 2 step(s)") != std::string::npos);
+}
+
+TEST_CASE("ncu_table: unreadable input and unwritable outputs are named, without a traceback", "[profiling]") {
+    TmpDir dir;
+    std::string out, args = "--copy-gbs 4000 --gemm-tflops 800";
+    SECTION("--md and --csv in a folder that does not exist") {
+        REQUIRE(run_command(table_cmd(fixture(), args + " --md /nonexistent_dir/t.md"), &out) == 1);
+        CHECK(out.find("ncu_table: error: --md /nonexistent_dir/t.md: cannot write it (No such file or directory)") !=
+              std::string::npos);
+        REQUIRE(run_command(table_cmd(fixture(), args + " --csv /nonexistent_dir/t.csv"), &out) == 1);
+        CHECK(out.find("ncu_table: error: --csv /nonexistent_dir/t.csv: cannot write it") != std::string::npos);
+    }
+    SECTION("a gzip-compressed report") {
+        std::ofstream(dir / "r.csv.gz", std::ios::binary) << std::string("\x1f\x8b\x08\x00\xff\xfe\x80", 7);
+        REQUIRE(run_command(table_cmd(dir / "r.csv.gz", args), &out) == 1);
+        CHECK(out.find("ncu_table: error: " + (dir / "r.csv.gz") + ": not UTF-8 text at byte 1 (gzip-compressed: "
+                       "gunzip it first)") != std::string::npos);
+    }
+    SECTION("no launch with a time") {
+        // the header, the units and adamw's launch, whose time ncu could not measure
+        std::istringstream in(slurp(fixture()));
+        std::string line, csv;
+        for (int kept = 0; std::getline(in, line);) {
+            if (line.rfind("==", 0) == 0) continue;
+            if (kept++ < 2 || line.find("adamw_kernel") != std::string::npos) csv += line + "\n";
+        }
+        std::ofstream(dir / "na.csv") << replaced(csv, "\"50000\"", "\"n/a\"");
+        REQUIRE(run_command(table_cmd(dir / "na.csv", args), &out) == 1);
+        CHECK(out.find("ncu_table: error: " + (dir / "na.csv") + ": no launch has a gpu__time_duration.sum value "
+                       "(every cell empty or n/a)") != std::string::npos);
+    }
+    CHECK(out.find("Traceback") == std::string::npos);
+}
+
+TEST_CASE("ncu_table: empty or n/a cells are counted and left out of the rates, not read as 0", "[profiling]") {
+    TmpDir dir;
+    std::string text = replaced(slurp(fixture()), "\"200000000\"", "\"n/a\"");  // adamw's DRAM bytes
+    text = replaced(text, "\"6000000\",\"2000\"", "\"6000000\",\"\"");         // sumsq_partial's time
+    std::ofstream(dir / "na.csv") << text;
+    std::string out;
+    REQUIRE(run_command(table_cmd(dir / "na.csv", "--copy-gbs 4000 --gemm-tflops 800 --csv " + (dir / "t.csv")), &out) ==
+            0);
+    INFO(out);
+    CHECK(out.find("ncu_table: 2 metric cell(s) empty or n/a (gpu__time_duration.sum: 1, dram__bytes.sum: 1)") !=
+          std::string::npos);
+    std::map<std::string, std::vector<std::string>> by;
+    for (const auto& r : csv_rows(slurp(dir / "t.csv"))) by[r[2]] = r;
+    // adamw: its time counts, its GB/s is unknown, not 0 bytes in 50 us
+    CHECK(by.at("adamw_kernel") == std::vector<std::string>{"optimizer", "adamw_update", "adamw_kernel", "1", "50.000",
+                                                            "20.16", "", "0.000", "", "0.0", "0.0"});
+    // no time: no time, share or rates, but still a launch
+    CHECK(slurp(dir / "t.csv").find("\noptimizer,norm_squared,sumsq_partial_kernel,1,,,,,,,\n") != std::string::npos);
+    // the phase: 50 + 1 us of 248; GB/s over the one launch with bytes and a time (sumsq_final: 0 bytes)
+    CHECK(out.find("| optimizer | 3 | 51.000 | 20.56 | 0.0 |") != std::string::npos);
+}
+
+TEST_CASE("ncu_table: a report without NVTX ranges says that phases need --nvtx", "[profiling]") {
+    TmpDir dir;
+    std::ofstream(dir / "nonvtx.csv") << replaced(slurp(fixture()), "Push/Pop_Range", "Other");
+    std::string out;
+    REQUIRE(run_command(table_cmd(dir / "nonvtx.csv", "--copy-gbs 4000 --gemm-tflops 800"), &out) == 0);
+    CHECK(out.find("ncu_table: no NVTX column: every launch is in phase 'other'; profile with `ncu --nvtx`") !=
+          std::string::npos);
+    CHECK(out.find("| other | 15 | 250.000 | 100.00 |") != std::string::npos);
+    out.clear();  // with ranges: no such warning
+    REQUIRE(run_command(table_cmd(fixture(), "--copy-gbs 4000 --gemm-tflops 800"), &out) == 0);
+    CHECK(out.find("NVTX") == std::string::npos);
+}
+
+TEST_CASE("ncu_table: a reader that stops early (| head) ends it quietly", "[profiling]") {
+    std::string out;
+    REQUIRE(run_command(into_closed_pipe(table_cmd(fixture(), "--copy-gbs 4000 --gemm-tflops 800")), &out) == 1);
+    CHECK(out == "");
 }
