@@ -5,17 +5,34 @@ import sys
 
 
 def read_records(run_dir):
-    """The records of RUN_DIR/log.jsonl, in order; exits with a message naming the file on bad input."""
+    """The records of RUN_DIR/log.jsonl, in order; exits with a message naming the file on bad input.
+    A last line that is not a whole record (a run killed, or still running, mid-write) is skipped
+    with a warning; a bad line before it is an error."""
     path = os.path.join(run_dir, "log.jsonl")
     if not os.path.isfile(path):
         sys.exit(f"error: {path}: no log (expected a run directory written by train_gpt --out-dir)")
+    try:
+        with open(path, "rb") as f:
+            lines = f.read().split(b"\n")
+    except OSError as e:
+        sys.exit(f"error: {path}: cannot read it ({e.strerror})")
+    if lines[-1] == b"":  # the newline that ends the last record
+        lines.pop()
     records = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                sys.exit(f"error: {path}:{n}: not JSON ({e})")
+    for n, line in enumerate(lines, 1):
+        try:
+            r = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            if n == len(lines):
+                print(f"warning: {path}:{n}: not a whole JSON record (a run stopped mid-write?): skipped",
+                      file=sys.stderr)
+                break
+            what = "not UTF-8 text" if isinstance(e, UnicodeDecodeError) else f"not JSON ({e})"
+            sys.exit(f"error: {path}:{n}: {what}: expected one JSON object per line, as train_gpt writes")
+        if not isinstance(r, dict):
+            kind = "an array" if isinstance(r, list) else "a string" if isinstance(r, str) else "a scalar"
+            sys.exit(f"error: {path}:{n}: {kind}, expected a JSON object (a train_gpt record)")
+        records.append(r)
     return records
 
 

@@ -84,6 +84,21 @@ std::vector<std::string> summary_row(const std::string& md, const std::string& r
     return {};
 }
 
+// python3 running scripts/NAME from the repository root, with `args`
+std::string script(const std::string& name, const std::string& args) {
+    return "cd " + repo_root() + " && /usr/bin/python3 -B scripts/" + name + " " + args;
+}
+
+// A run directory whose log.jsonl holds a config, two steps and a val record, then `tail`.
+void fake_run(const std::string& dir, const std::string& tail = "") {
+    std::filesystem::create_directories(dir);
+    std::ofstream(dir + "/log.jsonl", std::ios::binary)
+        << "{\"type\":\"config\",\"preset\":\"llama-tiny\",\"model\":{\"norm_scheme\":\"pre\"}}\n"
+           "{\"type\":\"step\",\"step\":1,\"loss\":2.5}\n{\"type\":\"step\",\"step\":2,\"loss\":2.0}\n"
+           "{\"type\":\"val\",\"step\":2,\"val_loss\":2.1,\"perplexity\":8.166}\n"
+        << tail;
+}
+
 }  // namespace
 
 TEST_CASE("repro.py table1 --scale tiny trains every norm; plot_runs.py writes every chart and the logs' numbers",
@@ -153,4 +168,38 @@ TEST_CASE("--data-layout and --doc-token refuse bad values by name", "[repro]") 
     out.clear();
     REQUIRE(run_command(base + " --data-layout documents", &out) == 1);
     CHECK_THAT(out, Catch::Contains(data.train) && Catch::Contains("document separators"));
+}
+
+TEST_CASE("plot_runs.py and plot_loss.py: a partial last log line is skipped, other bad lines are named",
+          "[repro]") {
+    TmpDir d;
+    std::string out;
+    SECTION("a run killed, or still running, mid-write") {
+        fake_run(d / "run", "{\"type\":\"step\",\"step\":3,\"lo");
+        REQUIRE(run_command(script("plot_runs.py", d / "run --out " + (d / "plots")), &out) == 0);
+        CHECK(out.find("warning: " + (d / "run") + "/log.jsonl:5: not a whole JSON record") != std::string::npos);
+        CHECK(slurp(d / "plots/summary.md").find("| run | llama-tiny | pre | - | 2 | 2.0000 | 2.1000 |") !=
+              std::string::npos);
+        out.clear();
+        fake_run(d / "run", "\n");  // an empty last line
+        REQUIRE(run_command(script("plot_loss.py", d / "run -o " + (d / "loss.png")), &out) == 0);
+        CHECK(out.find("log.jsonl:5: not a whole JSON record") != std::string::npos);
+        require_png(d / "loss.png");
+    }
+    SECTION("the same line before the end is an error") {
+        fake_run(d / "run", "{\"type\":\"step\",\"step\":3,\"lo\n{\"type\":\"step\",\"step\":4,\"loss\":1}\n");
+        REQUIRE(run_command(script("plot_runs.py", d / "run --out " + (d / "plots")), &out) == 1);
+        CHECK(out.find("error: " + (d / "run") + "/log.jsonl:5: not JSON") != std::string::npos);
+    }
+    SECTION("a line that is JSON but not a record") {
+        fake_run(d / "run", "[1,2]\n");
+        REQUIRE(run_command(script("plot_loss.py", d / "run -o " + (d / "loss.png")), &out) == 1);
+        CHECK(out.find("error: " + (d / "run") + "/log.jsonl:5: an array, expected a JSON object") != std::string::npos);
+    }
+    SECTION("bytes that are not UTF-8") {
+        fake_run(d / "run", "{\"type\":\"step\",\"step\":3,\"loss\":\xff}\n{}\n");
+        REQUIRE(run_command(script("plot_runs.py", d / "run --out " + (d / "plots")), &out) == 1);
+        CHECK(out.find("error: " + (d / "run") + "/log.jsonl:5: not UTF-8 text") != std::string::npos);
+    }
+    CHECK(out.find("Traceback") == std::string::npos);
 }
