@@ -31,6 +31,24 @@ from runlog import Run  # noqa: E402
 NOT_FLAGS = {"model", "norm", "train-data", "val-data", "out-dir", "save-to", "init-from", "config"}
 
 
+def load_runs(dirs):
+    """The runs of `dirs`, each named by its folder, or where folders share a name (a/run, b/run)
+    by the shortest path suffix that tells them apart."""
+    runs = [Run(d) for d in dirs]
+    by_name = {}
+    for r in runs:
+        by_name.setdefault(r.name, []).append(r)
+    for same in by_name.values():
+        paths = [[p for p in os.path.abspath(r.dir).split(os.sep) if p] for r in same]
+        for k in range(2, max(map(len, paths)) + 1 if len(same) > 1 else 0):
+            names = ["/".join(p[-k:]) for p in paths]
+            if len(set(names)) == len(names):
+                for r, name in zip(same, names):
+                    r.name = name
+                break
+    return runs
+
+
 def smooth(ys, window):
     out, acc = [], 0.0
     for i, y in enumerate(ys):  # trailing mean: no look-ahead
@@ -222,7 +240,9 @@ def main():
     a = ap.parse_args()
     if a.smooth < 1:
         sys.exit(f"error: --smooth: expected >= 1, got {a.smooth}")
-    runs = [Run(d) for d in a.runs]
+    if os.path.exists(a.out) and not os.path.isdir(a.out):
+        sys.exit(f"error: --out {a.out}: expected a folder (or a new name), found a file")
+    runs = load_runs(a.runs)
     for run in runs:
         if not (run.steps or run.vals or run.diags or run.prunes):
             sys.exit(f"error: {run.dir}/log.jsonl: no step, val, diag or prune records")
@@ -233,7 +253,10 @@ def main():
     for step in steps:
         if step != "last" and any(r.diags for r in runs) and not any(r.diag_at(step) for r in runs):
             sys.exit(f"error: --steps: no run has a diag record at step {step}")
-    os.makedirs(a.out, exist_ok=True)
+    try:
+        os.makedirs(a.out, exist_ok=True)
+    except OSError as e:
+        sys.exit(f"error: --out {a.out}: cannot create the folder ({e.strerror})")
     written = []
 
     def out(name):

@@ -203,3 +203,24 @@ TEST_CASE("plot_runs.py and plot_loss.py: a partial last log line is skipped, ot
     }
     CHECK(out.find("Traceback") == std::string::npos);
 }
+
+TEST_CASE("plot_runs.py: runs in folders of the same name are told apart; --out must be a folder", "[repro]") {
+    TmpDir d;
+    fake_run(d / "a/run");
+    fake_run(d / "b/run");
+    fake_run(d / "c");
+    std::string out;
+    REQUIRE(run_command(script("plot_runs.py", (d / "a/run") + " " + (d / "b/run") + " " + (d / "c") + " --out " +
+                                                   (d / "plots")),
+                        &out) == 0);
+    const std::string md = slurp(d / "plots/summary.md");
+    CHECK(md.find("\n| a/run | llama-tiny |") != std::string::npos);
+    CHECK(md.find("\n| b/run | llama-tiny |") != std::string::npos);
+    CHECK(md.find("\n| c | llama-tiny |") != std::string::npos);
+    std::ofstream(d / "afile") << "x";
+    out.clear();
+    REQUIRE(run_command(script("plot_runs.py", (d / "c") + " --out " + (d / "afile")), &out) == 1);
+    CHECK(out.find("error: --out " + (d / "afile") + ": expected a folder (or a new name), found a file") !=
+          std::string::npos);
+    CHECK(out.find("Traceback") == std::string::npos);
+}
