@@ -224,3 +224,24 @@ TEST_CASE("plot_runs.py: runs in folders of the same name are told apart; --out 
           std::string::npos);
     CHECK(out.find("Traceback") == std::string::npos);
 }
+
+TEST_CASE("plot_loss.py: -o needs a known extension and gets its folder; --smooth must be >= 1", "[repro]") {
+    TmpDir d;
+    fake_run(d / "run");
+    const std::string run = d / "run";
+    std::string out;
+    REQUIRE(run_command(script("plot_loss.py", run + " -o " + (d / "new/dir/loss.png")), &out) == 0);
+    CHECK(out.find("wrote " + (d / "new/dir/loss.png")) != std::string::npos);
+    require_png(d / "new/dir/loss.png");
+    for (const char* name : {"loss.foo", "lossnoext"}) {
+        out.clear();
+        REQUIRE(run_command(script("plot_loss.py", run + " -o " + (d / name)), &out) == 1);
+        CHECK(out.find("error: -o " + (d / name) + ": expected a file name ending in one of ") != std::string::npos);
+        CHECK(out.find(" .png ") != std::string::npos);
+        CHECK(!std::filesystem::exists(d / (name + std::string(".png"))));
+    }
+    out.clear();
+    REQUIRE(run_command(script("plot_loss.py", run + " -o " + (d / "loss.png") + " --smooth -3"), &out) == 1);
+    CHECK(out.find("error: --smooth: expected >= 1, got -3") != std::string::npos);
+    CHECK(out.find("Traceback") == std::string::npos);
+}
