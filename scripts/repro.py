@@ -5,9 +5,9 @@ charts and the summary table over the grid (scripts/plot_runs.py).
 
 usage: repro.py {table1,table6,table8} [--scale paper|small|tiny] [--gpus N] [--dry-run]
                 [--out runs/repro] [--only NAME,...] [--steps N] [--data-layout packed|documents]
-       repro.py prepare-c4 --c4-dir DIR --spiece T5/spiece.model [--out data/c4] [--dry-run]
+       repro.py prepare-c4 --c4-dir DIR --spiece T5/spiece.model [--out-prefix data/c4] [--dry-run]
 
-Grids (run names SIZE-VARIANT):
+Grids (run names SIZE-VARIANT; --only takes either, or a VARIANT for every size):
   table1  LLaMA 130m/250m/350m/1b x post, deepnorm, mix, pre, lns
   table6  130m, 250m x LNS against the scaling baselines: pre, lns, layerscale, skipinit,
           scaled-init, depth-scaled-init
@@ -181,15 +181,24 @@ def prepare_c4(args):
 
 
 def with_overrides(flags, extra):
-    """`flags` with each option of `extra` (train_gpt flags as text) replacing the grid's value or added."""
-    out, extra = list(flags), shlex.split(extra or "")
+    """`flags` with each option of `extra` (train_gpt flags as text) replacing the grid's value or added.
+    Exits naming the option where `extra` is not flags, or lacks a value the grid gives its flag."""
+    out = list(flags)
+    try:
+        extra = shlex.split(extra or "")
+    except ValueError as e:
+        sys.exit(f"error: --set: {e}: expected train_gpt flags as shell words")
     i = 0
     while i < len(extra):
         name = extra[i]
+        if not name.startswith("-"):
+            sys.exit(f"error: --set: expected a train_gpt flag (--name [value]), got '{name}'")
         value = [extra[i + 1]] if i + 1 < len(extra) and not extra[i + 1].startswith("--") else []
         if name in out:
             j = out.index(name)
             has_value = j + 1 < len(out) and not out[j + 1].startswith("--")
+            if has_value and not value:
+                sys.exit(f"error: --set: {name} needs a value (the grid gives it one: {name} {out[j + 1]})")
             out[j:j + 1 + has_value] = [name] + value
         else:
             out += [name] + value
@@ -214,7 +223,7 @@ def main():
     ap.add_argument("--scale", choices=["paper", "small", "tiny"], default="tiny")
     ap.add_argument("--gpus", type=int, default=1, help="GPUs of the node; > 1 runs under --launcher")
     ap.add_argument("--launcher", choices=["mpirun", "srun"], default="mpirun")
-    ap.add_argument("--out", default="runs/repro", help="runs go to OUT/TABLE-SCALE/SIZE-VARIANT")
+    ap.add_argument("--out", help="runs go to OUT/TABLE-SCALE/SIZE-VARIANT (default runs/repro)")
     ap.add_argument("--only", help="comma-separated run names (SIZE-VARIANT) or variants to run")
     ap.add_argument("--steps", type=int, help="override the scale's optimizer steps")
     ap.add_argument("--data", help="shard prefix (paper: data/c4; small: data/gutenberg_docs)")
@@ -232,9 +241,13 @@ def main():
     args = ap.parse_args()
     args.train_gpt = args.train_gpt or here("train_gpt")
     if args.table == "prepare-c4":
+        if args.out is not None:
+            sys.exit("error: --out: prepare-c4 writes its shards to --out-prefix (default data/c4); "
+                     "--out is the grids' run folder")
         if not args.c4_dir or not args.spiece:
             sys.exit("error: prepare-c4: needs --c4-dir (the C4 en json.gz files) and --spiece (T5's spiece.model)")
         return prepare_c4(args)
+    args.out = args.out or "runs/repro"
     if args.gpus < 1:
         sys.exit(f"error: --gpus: expected >= 1, got {args.gpus}")
     if args.full_text and not os.path.exists(FULL_TEXT):
@@ -245,11 +258,6 @@ def main():
         sys.exit(f"error: --steps: expected >= 1, got {args.steps}")
 
     runs = grid(args.table)
-    if args.only:
-        want = set(args.only.split(","))
-        runs = [r for r in runs if f"{r[0]}-{r[1]}" in want or r[1] in want]
-        if not runs:
-            sys.exit(f"error: --only {args.only}: no run of {args.table} has that name (SIZE-VARIANT or VARIANT)")
     if args.scale == "tiny":  # one size on the CPU
         seen, tiny = set(), []
         for s, v, f in runs:
@@ -257,6 +265,16 @@ def main():
                 seen.add(v)
                 tiny.append(("tiny", v, f))
         runs = tiny
+    grid_runs = runs
+    if args.only:
+        want = args.only.split(",")
+        for name in want:
+            if not any(name in (f"{s}-{v}", v) for s, v, _ in runs):
+                sizes = ", ".join(dict.fromkeys(s for s, _, _ in runs))
+                variants = ", ".join(dict.fromkeys(v for _, v, _ in runs))
+                sys.exit(f"error: --only {name}: no run of {args.table} at --scale {args.scale} has that name; "
+                         f"expected SIZE-VARIANT or VARIANT, sizes: {sizes}; variants: {variants}")
+        runs = [r for r in runs if f"{r[0]}-{r[1]}" in want or r[1] in want]
     if not args.dry_run:
         missing = missing_flags(args.train_gpt, runs)
         if missing:
@@ -282,21 +300,29 @@ def main():
         if rc != 0:
             sys.exit(f"error: exit status {rc}: {' '.join(cmd)}" + (f" (output in {log})" if log else ""))
 
-    for cmd in data_commands(args.scale, args):
-        do(cmd)
-    dirs = []
+    cmds = []
     for size, variant, flags in runs:
-        run_dir = os.path.join(base, f"{size}-{variant}")
-        dirs.append(run_dir)
         sflags, _ = scale_flags(args.scale, size, args.gpus, args)
-        if not args.dry_run:
-            os.makedirs(run_dir, exist_ok=True)
         cmd = with_overrides(sflags + flags, args.overrides)
         if "--resume" not in cmd:  # a rerun of the grid continues or redoes each run in its own directory
             cmd.append("--resume")
+        cmds.append((os.path.join(base, f"{size}-{variant}"), cmd))
+    for cmd in data_commands(args.scale, args):
+        do(cmd)
+    for run_dir, cmd in cmds:
+        if not args.dry_run:
+            os.makedirs(run_dir, exist_ok=True)
         do(launch + [args.train_gpt] + cmd + ["--out-dir", run_dir], os.path.join(run_dir, "train.log"))
+    # the grid's plots cover its runs on disk too, not only those of this invocation (--only)
+    ran = {d for d, _ in cmds}
+    dirs = [d for d in (os.path.join(base, f"{s}-{v}") for s, v, _ in grid_runs)
+            if d in ran or os.path.isfile(os.path.join(d, "log.jsonl"))]
     do([PY, here("scripts", "plot_runs.py")] + dirs + ["--out", os.path.join(base, "plots")])
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except BrokenPipeError:  # the reader left (--dry-run | head): stop quietly, and keep exit's flush quiet too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)

@@ -89,6 +89,12 @@ std::string script(const std::string& name, const std::string& args) {
     return "cd " + repo_root() + " && /usr/bin/python3 -B scripts/" + name + " " + args;
 }
 
+// cmd with its stdout a pipe whose reader has already gone (as when piped to head)
+std::string into_closed_pipe(const std::string& cmd) {
+    return "/usr/bin/python3 -c \"import os, subprocess, sys; r, w = os.pipe(); os.close(r); "
+           "sys.exit(subprocess.run(sys.argv[1:], stdout=w).returncode)\" sh -c '" + cmd + "'";
+}
+
 // A run directory whose log.jsonl holds a config, two steps and a val record, then `tail`.
 void fake_run(const std::string& dir, const std::string& tail = "") {
     std::filesystem::create_directories(dir);
@@ -168,6 +174,62 @@ TEST_CASE("--data-layout and --doc-token refuse bad values by name", "[repro]") 
     out.clear();
     REQUIRE(run_command(base + " --data-layout documents", &out) == 1);
     CHECK_THAT(out, Catch::Contains(data.train) && Catch::Contains("document separators"));
+}
+
+TEST_CASE("repro.py: prepare-c4 takes --out-prefix, not --out; --only and --set name what is wrong", "[repro]") {
+    std::string out;
+    REQUIRE(run_command(script("repro.py", "--help"), &out) == 0);
+    CHECK(out.find("prepare-c4 --c4-dir DIR --spiece T5/spiece.model [--out-prefix data/c4]") != std::string::npos);
+    CHECK(out.find("[--out data/c4]") == std::string::npos);
+    out.clear();
+    // --out is the grids' folder: the shards would have gone to data/c4
+    REQUIRE(run_command(script("repro.py", "prepare-c4 --c4-dir c4 --spiece s.model --out /tmp/x/c4 --dry-run"), &out) ==
+            1);
+    CHECK(out.find("error: --out: prepare-c4 writes its shards to --out-prefix") != std::string::npos);
+    out.clear();
+    REQUIRE(run_command(script("repro.py", "prepare-c4 --c4-dir c4 --spiece s.model --out-prefix /tmp/x/c4 --dry-run"),
+                        &out) == 0);
+    CHECK(out.find("--out /tmp/x/c4 /tmp/x/c4_jsonl/c4-train") != std::string::npos);
+    out.clear();
+    // no 1b at tiny scale (it was quietly tiny-lns); tiny-lns is the name there
+    REQUIRE(run_command(script("repro.py", "table1 --scale tiny --only 1b-lns --dry-run"), &out) == 1);
+    CHECK(out.find("error: --only 1b-lns: no run of table1 at --scale tiny has that name") != std::string::npos);
+    CHECK(out.find("sizes: tiny;") != std::string::npos);
+    out.clear();
+    REQUIRE(run_command(script("repro.py", "table1 --scale tiny --only tiny-lns --dry-run --out /tmp/x"), &out) == 0);
+    CHECK(out.find("--out-dir /tmp/x/table1-tiny/tiny-lns") != std::string::npos);
+    CHECK(out.find("tiny-pre") == std::string::npos);
+    out.clear();
+    REQUIRE(run_command(script("repro.py", "table1 --scale paper --only 1b-lns,bogus --dry-run"), &out) == 1);
+    CHECK(out.find("error: --only bogus:") != std::string::npos);
+    CHECK(out.find("sizes: 130m, 250m, 350m, 1b;") != std::string::npos);
+    out.clear();
+    REQUIRE(run_command(script("repro.py", "table1 --dry-run --set=--steps"), &out) == 1);
+    CHECK(out.find("error: --set: --steps needs a value (the grid gives it one: --steps 60)") != std::string::npos);
+    out.clear();
+    REQUIRE(run_command(script("repro.py", "table1 --dry-run \"--set=--seed '1\""), &out) == 1);
+    CHECK(out.find("error: --set: No closing quotation") != std::string::npos);
+    CHECK(out.find("Traceback") == std::string::npos);
+}
+
+TEST_CASE("repro.py --only: the grid's plots cover its other runs already on disk", "[repro]") {
+    TmpDir d;
+    fake_run(d / "table1-tiny/tiny-post");                         // an earlier run of the grid
+    std::filesystem::create_directories(d / "table1-tiny/tiny-mix");  // started, never logged
+    std::string out;
+    REQUIRE(run_command(script("repro.py", "table1 --scale tiny --only lns --dry-run --out " + d.path), &out) == 0);
+    INFO(out);
+    const std::string g = d / "table1-tiny";
+    CHECK(out.find("scripts/plot_runs.py " + g + "/tiny-post " + g + "/tiny-lns --out " + g + "/plots\n") !=
+          std::string::npos);
+}
+
+TEST_CASE("repro.py --dry-run into a reader that stops early (| head) ends quietly", "[repro]") {
+    std::string out;
+    REQUIRE(run_command(into_closed_pipe("cd " + repo_root() + " && /usr/bin/python3 -B scripts/repro.py table1 "
+                                         "--scale paper --dry-run"),
+                        &out) == 1);
+    CHECK(out == "");
 }
 
 TEST_CASE("plot_runs.py and plot_loss.py: a partial last log line is skipped, other bad lines are named",
