@@ -94,6 +94,14 @@ def main():
         starts = np.flatnonzero(tokens[n_train:] == DOC_SEPARATOR)
         n_train = n_train + int(starts[0]) if len(starts) else len(tokens)
     n_val = len(tokens) - n_train
+    if args.documents:
+        docs = int(np.count_nonzero(tokens == DOC_SEPARATOR))
+        if docs < 2:
+            sys.exit(f"error: {args.input}: found {docs} document(s) (--documents {args.documents}); "
+                     "need at least 2 to split train and val")
+        if n_val < 1:
+            sys.exit(f"error: --val-fraction {args.val_fraction:g}: the cut falls within the last of the {docs} "
+                     f"documents of {args.input}, leaving val empty: expected a larger fraction")
     if n_val < 1 or n_train < 1:
         sys.exit(f"error: {args.input}: {len(tokens)} bytes is too short to split into "
                  f"non-empty train and val with --val-fraction {args.val_fraction}")

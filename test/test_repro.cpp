@@ -307,3 +307,21 @@ TEST_CASE("plot_loss.py: -o needs a known extension and gets its folder; --smoot
     CHECK(out.find("error: --smooth: expected >= 1, got -3") != std::string::npos);
     CHECK(out.find("Traceback") == std::string::npos);
 }
+
+TEST_CASE("text_to_shards.py --documents: too few documents to split is said in documents", "[repro]") {
+    TmpDir d;
+    std::ofstream(d / "one.txt") << std::string(5000, 'x') << "\n";
+    std::ofstream(d / "blank.txt") << "\n\n\n\n";
+    std::string out;
+    REQUIRE(run_command(script("text_to_shards.py", "--tokenizer bytes --documents paragraphs " + (d / "one.txt") + " " +
+                                                        (d / "o")),
+                        &out) == 1);
+    CHECK(out.find("error: " + (d / "one.txt") + ": found 1 document(s) (--documents paragraphs); need at least 2 to "
+                   "split train and val") != std::string::npos);
+    out.clear();
+    REQUIRE(run_command(script("text_to_shards.py", "--tokenizer bytes --documents endoftext " + (d / "blank.txt") +
+                                                        " " + (d / "o")),
+                        &out) == 1);
+    CHECK(out.find("found 0 document(s)") != std::string::npos);
+    CHECK(out.find("0 bytes") == std::string::npos);
+}
