@@ -22,10 +22,15 @@ def main():
     header = np.zeros(256, dtype=np.int32)
     header[:3] = (20240801, 7, a.tokens) if wide else (20240520, 1, a.tokens)
     toks = np.random.default_rng(a.seed).integers(0, a.vocab, a.tokens, dtype=np.uint32 if wide else np.uint16)
-    with open(a.out + ".tmp", "wb") as f:
-        f.write(header.tobytes())
-        f.write(toks.tobytes())
-    os.replace(a.out + ".tmp", a.out)
+    try:
+        with open(a.out + ".tmp", "wb") as f:
+            f.write(header.tobytes())
+            f.write(toks.tobytes())
+        os.replace(a.out + ".tmp", a.out)
+    except OSError as e:
+        if os.path.exists(a.out + ".tmp"):
+            os.remove(a.out + ".tmp")
+        raise SystemExit(f"error: {a.out}: cannot write the shard ({e.strerror})")
     print(f"wrote {a.out}: {a.tokens} tokens, vocab {a.vocab}")
 
 

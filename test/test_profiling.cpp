@@ -277,3 +277,16 @@ TEST_CASE("ncu_table: a reader that stops early (| head) ends it quietly", "[pro
     REQUIRE(run_command(into_closed_pipe(table_cmd(fixture(), "--copy-gbs 4000 --gemm-tflops 800")), &out) == 1);
     CHECK(out == "");
 }
+
+TEST_CASE("make_random_shard.py: the shard profile.sh measures on, and a path it cannot write", "[profiling]") {
+    TmpDir dir;
+    const std::string cmd = "/usr/bin/python3 " + repo_root() + "/scripts/make_random_shard.py ";
+    std::string out;
+    REQUIRE(run_command(cmd + (dir / "r.bin") + " --tokens 100 --vocab 32000", &out) == 0);
+    CHECK(std::filesystem::file_size(dir / "r.bin") == 1024 + 2 * 100);  // header, uint16 tokens
+    out.clear();
+    REQUIRE(run_command(cmd + "/nonexistent_dir/r.bin --tokens 100 --vocab 32000", &out) == 1);
+    CHECK(out.find("error: /nonexistent_dir/r.bin: cannot write the shard (No such file or directory)") !=
+          std::string::npos);
+    CHECK(out.find("Traceback") == std::string::npos);
+}
