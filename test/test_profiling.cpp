@@ -243,8 +243,8 @@ TEST_CASE("ncu_table: empty or n/a cells are counted and left out of the rates, 
     text = replaced(text, "\"6000000\",\"2000\"", "\"6000000\",\"\"");         // sumsq_partial's time
     std::ofstream(dir / "na.csv") << text;
     std::string out;
-    REQUIRE(run_command(table_cmd(dir / "na.csv", "--copy-gbs 4000 --gemm-tflops 800 --csv " + (dir / "t.csv")), &out) ==
-            0);
+    REQUIRE(run_command(table_cmd(dir / "na.csv", "--copy-gbs 4000 --gemm-tflops 800 --csv " + (dir / "t.csv")),
+                        &out) == 0);
     INFO(out);
     CHECK(out.find("ncu_table: 2 metric cell(s) empty or n/a (gpu__time_duration.sum: 1, dram__bytes.sum: 1)") !=
           std::string::npos);

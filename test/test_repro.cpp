@@ -177,27 +177,28 @@ TEST_CASE("--data-layout and --doc-token refuse bad values by name", "[repro]") 
 }
 
 TEST_CASE("repro.py: prepare-c4 takes --out-prefix, not --out; --only and --set name what is wrong", "[repro]") {
+    TmpDir d;  // nothing is written there (--dry-run), nor read from it
     std::string out;
     REQUIRE(run_command(script("repro.py", "--help"), &out) == 0);
     CHECK(out.find("prepare-c4 --c4-dir DIR --spiece T5/spiece.model [--out-prefix data/c4]") != std::string::npos);
     CHECK(out.find("[--out data/c4]") == std::string::npos);
     out.clear();
     // --out is the grids' folder: the shards would have gone to data/c4
-    REQUIRE(run_command(script("repro.py", "prepare-c4 --c4-dir c4 --spiece s.model --out /tmp/x/c4 --dry-run"), &out) ==
-            1);
+    const std::string c4 = "prepare-c4 --c4-dir c4 --spiece s.model --dry-run ";
+    REQUIRE(run_command(script("repro.py", c4 + "--out " + (d / "c4")), &out) == 1);
     CHECK(out.find("error: --out: prepare-c4 writes its shards to --out-prefix") != std::string::npos);
     out.clear();
-    REQUIRE(run_command(script("repro.py", "prepare-c4 --c4-dir c4 --spiece s.model --out-prefix /tmp/x/c4 --dry-run"),
-                        &out) == 0);
-    CHECK(out.find("--out /tmp/x/c4 /tmp/x/c4_jsonl/c4-train") != std::string::npos);
+    REQUIRE(run_command(script("repro.py", c4 + "--out-prefix " + (d / "c4")), &out) == 0);
+    CHECK(out.find("--out " + (d / "c4") + " " + (d / "c4_jsonl/c4-train")) != std::string::npos);
     out.clear();
     // no 1b at tiny scale (it was quietly tiny-lns); tiny-lns is the name there
-    REQUIRE(run_command(script("repro.py", "table1 --scale tiny --only 1b-lns --dry-run"), &out) == 1);
+    const std::string tiny = "table1 --scale tiny --dry-run ";
+    REQUIRE(run_command(script("repro.py", tiny + "--only 1b-lns"), &out) == 1);
     CHECK(out.find("error: --only 1b-lns: no run of table1 at --scale tiny has that name") != std::string::npos);
     CHECK(out.find("sizes: tiny;") != std::string::npos);
     out.clear();
-    REQUIRE(run_command(script("repro.py", "table1 --scale tiny --only tiny-lns --dry-run --out /tmp/x"), &out) == 0);
-    CHECK(out.find("--out-dir /tmp/x/table1-tiny/tiny-lns") != std::string::npos);
+    REQUIRE(run_command(script("repro.py", tiny + "--only tiny-lns --out " + d.path), &out) == 0);
+    CHECK(out.find("--out-dir " + (d / "table1-tiny/tiny-lns")) != std::string::npos);
     CHECK(out.find("tiny-pre") == std::string::npos);
     out.clear();
     REQUIRE(run_command(script("repro.py", "table1 --scale paper --only 1b-lns,bogus --dry-run"), &out) == 1);
@@ -256,7 +257,8 @@ TEST_CASE("plot_runs.py and plot_loss.py: a partial last log line is skipped, ot
     SECTION("a line that is JSON but not a record") {
         fake_run(d / "run", "[1,2]\n");
         REQUIRE(run_command(script("plot_loss.py", d / "run -o " + (d / "loss.png")), &out) == 1);
-        CHECK(out.find("error: " + (d / "run") + "/log.jsonl:5: an array, expected a JSON object") != std::string::npos);
+        CHECK(out.find("error: " + (d / "run") + "/log.jsonl:5: an array, expected a JSON object") !=
+              std::string::npos);
     }
     SECTION("bytes that are not UTF-8") {
         fake_run(d / "run", "{\"type\":\"step\",\"step\":3,\"loss\":\xff}\n{}\n");
@@ -313,8 +315,8 @@ TEST_CASE("text_to_shards.py --documents: too few documents to split is said in 
     std::ofstream(d / "one.txt") << std::string(5000, 'x') << "\n";
     std::ofstream(d / "blank.txt") << "\n\n\n\n";
     std::string out;
-    REQUIRE(run_command(script("text_to_shards.py", "--tokenizer bytes --documents paragraphs " + (d / "one.txt") + " " +
-                                                        (d / "o")),
+    REQUIRE(run_command(script("text_to_shards.py",
+                               "--tokenizer bytes --documents paragraphs " + (d / "one.txt") + " " + (d / "o")),
                         &out) == 1);
     CHECK(out.find("error: " + (d / "one.txt") + ": found 1 document(s) (--documents paragraphs); need at least 2 to "
                    "split train and val") != std::string::npos);
