@@ -85,22 +85,17 @@ __device__ __forceinline__ void fence_proxy_async() {
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 #endif
 }
-// Keeps the compiler from moving accesses of wgmma accumulators across the fence,
-// commit and wait (which are asm statements it cannot see through).
-template <int NT>
-__device__ __forceinline__ void wgmma_fence_operands(float (&d)[NT][4]) {
+// Keeps the compiler from moving accesses of a wgmma's registers (accumulators, and A
+// fragments a wgmma in flight still reads) across the fence, commit and wait, which are
+// asm statements it cannot see through.
+__device__ __forceinline__ void fence_register(float& x) { asm volatile("" : "+f"(x)::"memory"); }
+__device__ __forceinline__ void fence_register(uint32_t& x) { asm volatile("" : "+r"(x)::"memory"); }
+template <class T, int N>
+__device__ __forceinline__ void wgmma_fence_operands(T (&d)[N][4]) {
 #pragma unroll
-    for (int i = 0; i < NT; i++)
+    for (int i = 0; i < N; i++)
 #pragma unroll
-        for (int e = 0; e < 4; e++) asm volatile("" : "+f"(d[i][e])::"memory");
-}
-// The same for A fragments in registers, which a wgmma in flight still reads.
-template <int KT>
-__device__ __forceinline__ void wgmma_fence_operands(uint32_t (&a)[KT][4]) {
-#pragma unroll
-    for (int i = 0; i < KT; i++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) asm volatile("" : "+r"(a[i][e])::"memory");
+        for (int e = 0; e < 4; e++) fence_register(d[i][e]);
 }
 // d (64 x N fp32, this thread's N/2: the mma.sync accumulator layout for the warp's
 // rows 16w..16w+15) += A (64 x 16 bf16 from registers: mma.sync A fragments of the

@@ -205,10 +205,8 @@ __device__ __forceinline__ void cp_async_wait() {
 }
 __device__ __forceinline__ void wgmma_fence() { emu::wgmma_fence(); }
 __device__ __forceinline__ void fence_proxy_async() { emu::fence_proxy_async(); }
-template <int NT>
-__device__ __forceinline__ void wgmma_fence_operands(float (&)[NT][4]) {}
-template <int KT>
-__device__ __forceinline__ void wgmma_fence_operands(uint32_t (&)[KT][4]) {}
+template <class T, int N>
+__device__ __forceinline__ void wgmma_fence_operands(T (&)[N][4]) {}
 __device__ __forceinline__ void wgmma_commit() { emu::wgmma_commit(); }
 template <int N>
 __device__ __forceinline__ void wgmma_wait() {
