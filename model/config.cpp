@@ -127,7 +127,9 @@ std::vector<std::string> preset_names() {
 }
 
 void ModelConfig::validate() const {
-    REQUIRE_INPUT(n_layer >= 1, "--n-layer: expected >= 1, got %d", n_layer);
+    // a bound before anything is built per layer (an absurd depth would fill the host's memory
+    // with layout entries before any size check); the paper's deepest models have 32 blocks
+    REQUIRE_INPUT(n_layer >= 1 && n_layer <= 4096, "--n-layer: expected 1..4096, got %d", n_layer);
     REQUIRE_INPUT(n_head >= 1, "--n-head: expected >= 1, got %d", n_head);
     REQUIRE_INPUT(n_embd >= 1 && n_embd % n_head == 0,
                   "--n-embd: expected a positive multiple of --n-head (%d), got %d", n_head, n_embd);

@@ -115,7 +115,7 @@ TEST_CASE("--save-to, then --init-from --eval-only reproduces the final validati
     }
 }
 
-TEST_CASE("bad flags exit non-zero with a message that names the flag (43 cases)", "[e2e][cli]") {
+TEST_CASE("bad flags exit non-zero with a message that names the flag (44 cases)", "[e2e][cli]") {
     TextShards data;
     const std::string ok = " --device cpu --model gpt2-tiny --steps 1";
     const std::string train = " --train-data " + data.train;
@@ -158,6 +158,7 @@ TEST_CASE("bad flags exit non-zero with a message that names the flag (43 cases)
         {train + " --tokenizer sentencepiece:/nonexistent.model --sample-tokens 5", "/nonexistent.model"},
         {train + " --n-embd 30 --n-head 4", "--n-embd"},
         {train + " --vocab-size 1", "--vocab-size"},
+        {train + " --n-layer 100000000", "--n-layer: expected 1..4096"},  // not minutes of layout building
         {train + " --seed -1", "--seed: expected an integer >= 0"},  // not 2^64 - 1
         {train + " --overfit-batch --shuffle", "--overfit-batch and --shuffle"},
         {train + " --val-data '/nonexistent/v_*.bin'", "--val-data: /nonexistent/v_*.bin: no file matches"},
@@ -182,7 +183,7 @@ TEST_CASE("bad flags exit non-zero with a message that names the flag (43 cases)
         out.clear();
         CHECK(run_command(train_gpt() + " --device cpu --steps 1" + train + " --init-from " + dir.path, &out) == 1);
         INFO(out);
-        CHECK(out.find(dir / "config.json" + ": --n-layer: expected >= 1, got -1") != std::string::npos);
+        CHECK(out.find(dir / "config.json" + ": --n-layer: expected 1..4096, got -1") != std::string::npos);
     }
     SECTION("LLaMA: RoPE's base must be positive (0 would drop the positions)") {
         std::string out;
