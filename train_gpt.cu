@@ -318,10 +318,12 @@ static RowLayout row_layout(const Options& o, const ModelConfig& cfg) {
 
 // Fields of run_config that --resume-changes lets a resumed run change: they shape the
 // updates still to come, not the state a checkpoint holds or the order of the data.
+static const char* const CHANGEABLE_ON_RESUME[] = {"steps", "lr", "warmup", "schedule", "lr_min_frac",
+                                                   "wsd_decay_frac", "adamw.grad_clip", "adamw.weight_decay",
+                                                   "spike.z", "spike.window"};
 static bool changeable_on_resume(const std::string& difference) {  // "field: old -> new"
     const std::string field = difference.substr(0, difference.find(':'));
-    for (const char* f : {"steps", "lr", "warmup", "schedule", "lr_min_frac", "wsd_decay_frac", "adamw.grad_clip",
-                          "adamw.weight_decay", "spike.z", "spike.window"})
+    for (const char* f : CHANGEABLE_ON_RESUME)
         if (field == f) return true;
     return false;
 }
@@ -541,6 +543,9 @@ static int run(const Options& o, const ModelConfig& cfg, const CLI::App& app, do
     const int accum = o.total_batch_size > 0 ? o.total_batch_size / (B * T * world) : 1;
     const RowLayout rows = row_layout(o, cfg);
     const json rcfg = run_config(o, cfg, rows);
+    // the training files, recorded in checkpoints and compared with theirs on --resume
+    const bool training = !o.eval_only && o.steps > 0;
+    const json train_shards = training ? naming("--train-data", [&] { return shard_list(o.train_data); }) : json();
     // the directories this run writes, claimed before anything is read or trained
     if (lead && !o.eval_only) {
         if (!o.out_dir.empty()) claim_run_dir(o.out_dir, o.resume);
@@ -557,9 +562,9 @@ static int run(const Options& o, const ModelConfig& cfg, const CLI::App& app, do
             // evaluation needs only the same model; training needs the same run
             auto diffs = o.eval_only ? config_differences(ck->config.at("model"), rcfg.at("model"), "model")
                                      : config_differences(ck->config, rcfg);
-            if (!o.eval_only && !o.train_data.empty() && ck->state.contains("train_shards")) {
+            if (training && ck->state.contains("train_shards")) {
                 const json& saved = ck->state.at("train_shards");
-                const json now = shard_list(o.train_data);
+                const json& now = train_shards;
                 REQUIRE_INPUT(saved == now, "--train-data %s: not the files of the checkpoint %s, whose data "
                               "position would point elsewhere in them\n  checkpoint: %s\n  now: %s",
                               o.train_data.c_str(), all.back().second.c_str(), describe_shards(saved).c_str(),
@@ -575,9 +580,11 @@ static int run(const Options& o, const ModelConfig& cfg, const CLI::App& app, do
                 std::string msg = all.back().second + ": checkpoint of a different configuration; differing fields:";
                 msg += list;
                 if (changeable) msg += "\n(a resumed run may change these with --resume-changes)";
-                else if (o.resume_changes)
-                    msg += "\n(--resume-changes covers only steps, lr, warmup, schedule, lr_min_frac, "
-                           "wsd_decay_frac, grad_clip, weight_decay and the spike guard)";
+                else if (o.resume_changes) {
+                    msg += "\n(--resume-changes covers only";
+                    for (const char* f : CHANGEABLE_ON_RESUME) msg += std::string(" ") + f;
+                    msg += ")";
+                }
                 throw UserError(msg);
             }
             if (!diffs.empty())
@@ -600,7 +607,7 @@ static int run(const Options& o, const ModelConfig& cfg, const CLI::App& app, do
 
     // data and tokenizer (opened before any large allocation, so bad paths fail fast)
     std::unique_ptr<DataLoader> train, val;
-    if (!o.eval_only && o.steps > 0)
+    if (training)
         train = naming("--train-data", [&] {
             return std::make_unique<DataLoader>(o.train_data, B, T, cfg.vocab_size, rank, world, o.shuffle, o.seed,
                                                 rows);
@@ -703,7 +710,6 @@ static int run(const Options& o, const ModelConfig& cfg, const CLI::App& app, do
         c.update(rcfg);
         log.write(c);
     }
-    const json train_shards = train ? shard_list(o.train_data) : json();
     // `ls`: the data position of the next step
     auto save = [&](int step, const LoaderState& ls) {
         if (o.out_dir.empty()) return;

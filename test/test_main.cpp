@@ -67,7 +67,8 @@ int main(int argc, char** argv) {
         if (n) printf("%s: %d test cases skipped\n", tag[1] == 'g' ? "no CUDA device" : "fewer than 2 GPUs", n);
         skipped += n;
     }
-    if (skipped > 0 && !gpu_available() && getenv("LNS_REQUIRE_GPU") && std::string(getenv("LNS_REQUIRE_GPU")) == "1") {
+    const char* require_gpu = getenv("LNS_REQUIRE_GPU");
+    if (skipped > 0 && !gpu_available() && require_gpu && std::string(require_gpu) == "1") {
         printf("LNS_REQUIRE_GPU=1: no usable CUDA device, so %d selected test cases cannot run\n", skipped);
         printf("tests: 0 passed, %d failed, 0 skipped\n", skipped);
         return 1;
