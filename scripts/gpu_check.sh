@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The GPU check: one command that builds for the local GPU, runs every GPU test (bf16
 # and fp32 builds), benchmarks train_gpt against PyTorch on the same models and batch,
-# and writes a markdown report. Each part stops at its own time limit; the whole
-# must fit in 8 minutes on one H200 (the flash sanitizer runs and the attention benchmark
-# add at most 4.5; they take well under a minute each where the kernels are fast).
+# and writes a markdown report. Each part stops at its own time limit. The parts run
+# in the order of what they settle: tests, attention alone, the kernel profile, the
+# sanitizers, then throughput; with a time budget, a part that would start too late is
+# reported as skipped (and so is each throughput row).
 #
 # usage: scripts/gpu_check.sh [REPORT_DIR]   (default: $OUT, else runs/gpu_check)
+# environment: GPU_CHECK_BUDGET (seconds for the whole check; default 0, no budget),
+#   GPU_CHECK_PROFILE=1 (also run scripts/profile.sh into REPORT_DIR/profile), PYTHON
 #
 # Building needs the Debian headers and libraries (make deps). On a GPU machine that
 # has none of them, build here with scripts/gpu_bundle.sh and run the check with
@@ -23,11 +26,23 @@ jobs=$(nproc)
 python=${PYTHON:-python3}  # the machine's: PyTorch for the comparisons
 
 failed=0  # parts that failed: the exit status
+skipped=0  # parts left out for the time budget
+budget=${GPU_CHECK_BUDGET:-0}
+[[ $budget =~ ^[0-9]+$ ]] || { echo "gpu_check.sh: GPU_CHECK_BUDGET='$budget': expected seconds (0: no budget)" >&2; exit 2; }
+left() { [ "$budget" -gt 0 ] && echo $((budget - ($(date +%s) - start))) || echo 999999; }
 note() { echo "$*" | tee -a "$report"; }
 # part NAME SECONDS CMD...: runs CMD with a time limit, output to the log, status to the report
 part() {
-    local name=$1 limit=$2
+    local name=$1 limit=$2 remaining
     shift 2
+    remaining=$(left)
+    if [ "$remaining" -lt 20 ]; then
+        printf '| %s | skipped (time budget) | 0 s |\n' "$name" >>"$report"
+        echo "[$name] skipped (time budget)" >&2
+        skipped=$((skipped + 1))
+        return 0
+    fi
+    [ "$limit" -gt "$remaining" ] && limit=$remaining
     local t0=$(date +%s)
     echo "=== $name ($limit s)" >>"$log"
     timeout --signal=KILL "$limit" "$@" >>"$log" 2>&1
@@ -86,23 +101,55 @@ export LNS_REQUIRE_GPU=1  # a [gpu] test that cannot find the device fails inste
 part "PTX probes" 30 ./build/test_all "PTX probes on the GPU*"
 part "GPU tests bf16" 120 ./build/test_all "[gpu]"
 part "GPU tests fp32" 90 ./build-fp32/test_all "[gpu]"
-# the flash kernels' shared-memory barriers and bounds, which no CPU check covers
+# 3. attention alone: the flash kernels (and the first version) against PyTorch's
+# scaled_dot_product_attention backends, same shapes, same run
+attn_ours=$dir/bench_attention_ours.log attn_torch=$dir/bench_attention_torch.log
+: >"$attn_ours"
+: >"$attn_torch"
+if [ -x build/bench_kernels ]; then
+    part "attention bench (ours)" 60 bash -c "./build/bench_kernels --attention --reps 10 >'$attn_ours'"
+    part "attention bench (torch)" 90 bash -c "'$python' bench/bench_torch.py --attention >'$attn_torch'"
+fi
+# 4. the kernel profile (doc/profiling.md): ncu tables for the two presets
+if [ "${GPU_CHECK_PROFILE:-0}" = 1 ]; then
+    prof_build=${PROF_BUILD:-build-prof}
+    if [ "${PREBUILT:-0}" = 1 ]; then  # the carried binaries (no -lineinfo: tables, no source view)
+        prof_build=$dir/prof_bin
+        mkdir -p "$prof_build"
+        ln -sf "$PWD/train_gpt" "$prof_build/train_gpt_prof"
+        ln -sf "$PWD/build/bench_kernels" "$prof_build/bench_kernels"
+    else
+        part "build profile" 300 make -j"$jobs" BUILD="$prof_build" LNS_PROFILE_BUILD=1 \
+            "$prof_build/train_gpt_prof" "$prof_build/bench_kernels"
+    fi
+    # nsys cannot make reports on some machines (doc/profiling.md): NSYS=none leaves it out
+    part "profile (ncu)" 300 env PROF_BUILD="$prof_build" PROFILE_TIMEOUT="${PROFILE_TIMEOUT:-150}" \
+        NSYS="${NSYS:-none}" PYTHON="$python" bash scripts/profile.sh --out "$dir/profile"
+fi
+
+# 5. the flash kernels' shared-memory barriers and bounds, which no CPU check covers
 sanitizer=$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")
 if [ -x "$sanitizer" ]; then
     part "racecheck flash" 60 "$sanitizer" --tool racecheck --error-exitcode 1 ./build/test_all "[gpu][sanitize]"
     part "memcheck flash" 60 "$sanitizer" --tool memcheck --error-exitcode 1 ./build/test_all "[gpu][sanitize]"
 fi
 
-# 3. throughput: train_gpt against PyTorch (torch.compile, bf16 autocast) on the same shapes
+
+# 6. throughput: train_gpt against PyTorch (torch.compile, bf16 autocast) on the same shapes
 data=$dir/bench_data
 mkdir -p "$data"
-for v in gpt2:50257 llama:32000; do
-    "$python" scripts/make_random_shard.py "$data/${v%%:*}.bin" --tokens 20000000 --vocab "${v#*:}" >>"$log" 2>&1 ||
-        note "**$python scripts/make_random_shard.py failed (gpu_check.log): the throughput rows will fail.**"
-done
 bench_rows=()
 bench() {  # bench MODEL NORM B T DATA
     local model=$1 norm=$2 B=$3 T=$4 shard=$5 out=$dir/bench_${1}_${2}.log
+    if [ "$(left)" -lt 150 ]; then
+        bench_rows+=("| $model | $norm | $B x $T | skipped (time budget) | | | |")
+        skipped=$((skipped + 1))
+        return
+    fi
+    local vocab=50257
+    [[ $model == llama* ]] && vocab=32000
+    [ -f "$shard" ] || "$python" scripts/make_random_shard.py "$shard" --tokens 20000000 --vocab $vocab >>"$log" 2>&1 ||
+        note "**$python scripts/make_random_shard.py failed (gpu_check.log): the $model rows will fail.**"
     timeout --signal=KILL 60 ./train_gpt --device cuda --model "$model" --norm "$norm" -b "$B" -t "$T" \
         --steps 30 --lr 1e-4 --train-data "$shard" >"$out" 2>&1
     # median tok/s and MFU of steps 11..30
@@ -119,13 +166,13 @@ bench() {  # bench MODEL NORM B T DATA
     cat "$out" >>"$log"
 }
 if [ -x ./train_gpt ]; then
-    bench gpt2-124m pre 16 1024 "$data/gpt2.bin"
     bench gpt2-124m lns 16 1024 "$data/gpt2.bin"
-    bench llama-130m pre 64 256 "$data/llama.bin"
     bench llama-130m lns 64 256 "$data/llama.bin"
+    bench gpt2-124m pre 16 1024 "$data/gpt2.bin"
+    bench llama-130m pre 64 256 "$data/llama.bin"
 fi
 
-# 3b. several GPUs: data parallel weak scaling (needs mpirun there)
+# 6b. several GPUs: data parallel weak scaling (needs mpirun there)
 ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
 dp_table="(one GPU: data parallel scaling not measured)"
 if [ "${ngpu:-0}" -ge 2 ] && command -v mpirun >/dev/null; then
@@ -133,15 +180,6 @@ if [ "${ngpu:-0}" -ge 2 ] && command -v mpirun >/dev/null; then
     dp_table=$(cat "$dir/bench_dp.md")
 fi
 
-# 4. attention alone: the flash kernels (and the first version) against PyTorch's
-# scaled_dot_product_attention backends, same shapes, same run
-attn_ours=$dir/bench_attention_ours.log attn_torch=$dir/bench_attention_torch.log
-: >"$attn_ours"
-: >"$attn_torch"
-if [ -x build/bench_kernels ]; then
-    part "attention bench (ours)" 60 bash -c "./build/bench_kernels --attention --reps 10 >'$attn_ours'"
-    part "attention bench (torch)" 90 bash -c "'$python' bench/bench_torch.py --attention >'$attn_torch'"
-fi
 # One row per (shape, kernel), ours in the order benchmarked, with the ratio to the best
 # PyTorch backend on the shape (its name in the last column). The RoPE rows do more work
 # than PyTorch's rows (which have no RoPE): read them against the plain flash row.
@@ -181,6 +219,12 @@ attn_table() {
     echo
     attn_table
     echo
+    if [ -f "$dir/profile/README.md" ]; then
+        echo "## Kernel profile (per phase; per kernel in profile/*/table.md)"
+        echo
+        sed 1d "$dir/profile/README.md"
+        echo
+    fi
     echo "## Data parallel"
     echo
     echo "$dp_table"
@@ -205,6 +249,6 @@ attn_table() {
     echo
     echo "Total: $(($(date +%s) - start)) s. Full log: gpu_check.log"
 } >>"$report"
-echo "Parts failed: $failed" >>"$report"
+echo "Parts failed: $failed; skipped for the time budget: $skipped" >>"$report"
 cat "$report"
 [ "$failed" -eq 0 ]

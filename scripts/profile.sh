@@ -11,8 +11,8 @@
 #   --out     report directory (default: $OUT, else runs/profile)
 #   --check   only check that ncu or nsys is there (make profile runs this before building)
 # environment: PYTHON (default python3), PROF_BUILD (default build-prof; `make profile` builds train_gpt_prof and
-#   bench_kernels there), NCU / NSYS (the tools; default: PATH, then the CUDA and Nsight
-#   install directories), PROFILE_TIMEOUT (seconds per tool run, default 900),
+#   bench_kernels there), NCU / NSYS (the tools, or none to leave one out; default: PATH,
+#   then the CUDA and Nsight install directories), PROFILE_TIMEOUT (seconds per tool run, default 900),
 #   COPY_GBS / GEMM_TFLOPS (skip measuring the ceilings; otherwise bench_kernels --ceilings).
 #
 # ncu runs with --clock-control none: the GPU keeps the clocks it trains with.
@@ -52,6 +52,8 @@ find_tool() {  # find_tool NAME: PATH, then the usual install directories
 }
 ncu=${NCU:-$(find_tool ncu)}
 nsys=${NSYS:-$(find_tool nsys)}
+[ "$ncu" = none ] && ncu=  # NCU=none / NSYS=none: leave that tool out
+[ "$nsys" = none ] && nsys=
 [ -n "$ncu" ] && echo "profile.sh: Nsight Compute: $ncu" || echo "profile.sh: Nsight Compute (ncu) not found: no per-kernel metrics, no table"
 [ -n "$nsys" ] && echo "profile.sh: Nsight Systems: $nsys" || echo "profile.sh: Nsight Systems (nsys) not found: no timeline"
 if [ -z "$ncu" ] && [ -z "$nsys" ]; then
