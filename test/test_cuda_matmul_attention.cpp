@@ -14,9 +14,14 @@
 // terms that is ~1e-6 of a tensor's scale; for attention, replaying the kernels'
 // summation order on the CPU gives <= 5e-7 on every tensor here. Bound 1e-5.
 // bf16:
-//  - matmul: fp32 accumulation and one rounding of the output to bf16, at most 2^-9
-//    of the element, hence of the tensor's max: 2^-9 = 2.0e-3; += outputs (dw, dbias,
-//    accumulated dinp) round the sum once as well. Bound 4e-3 (2x).
+//  - matmul: fp32 accumulation and one rounding of the output to bf16 (8 significant
+//    bits), at most 2^-8 of the element, hence of the tensor's max: 3.9e-3, plus fp32
+//    sums (~1e-6). Bound 4e-3. dbias += (our kernel) rounds the sum once as well.
+//    cuBLASLt's beta = 1 outputs (dw, accumulated dinp) round twice on an H200
+//    (cuBLAS 13.0; measured up to 5.4e-3 on dw, over the one-rounding bound): alpha AB
+//    is rounded to bf16 before C is added and the sum rounded. That is at most
+//    2^-8 (|AB| + |D|) <= 2^-8 (2 max|D| + max|C|), and these inputs have
+//    max|C| <= ~1.1 max|D|: bound 3 * 2^-8 = 1.2e-2.
 //  - the fused GELU epilogues evaluate tanh with the hardware's approximation (about
 //    1e-4 relative); gelu'(x) amplifies an error in tanh by |0.5 - x tanh k (1 + 3c x^2)|
 //    <= ~7 for |x| < 5, which can add a few 1e-3 where GELU' is steep. Bound 1e-2.
@@ -47,9 +52,9 @@ using Gpu = cuda_backend;
 using gX = cuda_backend::floatX;
 
 #ifdef ENABLE_FP32
-const double MATMUL_TOL = 1e-5, GELU_TOL = 1e-5, ATT_PROB_TOL = 1e-5, ATT_OUT_TOL = 1e-5, ATT_GRAD_TOL = 1e-5;
+const double MATMUL_TOL = 1e-5, MATMUL_ACC_TOL = 1e-5, GELU_TOL = 1e-5, ATT_PROB_TOL = 1e-5, ATT_OUT_TOL = 1e-5, ATT_GRAD_TOL = 1e-5;
 #else
-const double MATMUL_TOL = 4e-3, GELU_TOL = 1e-2, ATT_PROB_TOL = 1.5e-2, ATT_OUT_TOL = 1.5e-2, ATT_GRAD_TOL = 2.5e-2;
+const double MATMUL_TOL = 4e-3, MATMUL_ACC_TOL = 1.2e-2, GELU_TOL = 1e-2, ATT_PROB_TOL = 1.5e-2, ATT_OUT_TOL = 1.5e-2, ATT_GRAD_TOL = 2.5e-2;
 #endif
 
 // n floatX on the device, released at scope exit.
@@ -157,8 +162,8 @@ GPU_TEST_CASE("CUDA matmul_backward matches the CPU (plain, accumulate, GELU', d
                 const double e_dinp = max_rel_err(d_dinp.get(), dinp), e_dw = max_rel_err(d_dw.get(), dw),
                              e_db = max_rel_err(d_dbias.get(), dbias);
                 INFO("dinp " << e_dinp << " dw " << e_dw << " dbias " << e_db);
-                CHECK(e_dinp < (mode == gelu ? GELU_TOL : MATMUL_TOL));
-                CHECK(e_dw < MATMUL_TOL);
+                CHECK(e_dinp < (mode == gelu ? GELU_TOL : acc ? MATMUL_ACC_TOL : MATMUL_TOL));
+                CHECK(e_dw < MATMUL_ACC_TOL);
                 CHECK(e_db < MATMUL_TOL);
             }
         }
