@@ -159,7 +159,7 @@ void naive_attention_forward(floatX* out, floatX* qkvr, floatX* att, const float
     floatX *q = qkvr, *k = qkvr + BTC, *v = qkvr + 2 * BTC;
 
     const int BT = B * T;
-    qkv_permute(qkvr, qkv, B, T, C, NH, rope_theta, 3);
+    qkv_permute(qkvr, qkv, B, T, C, NH, rope_table(T, hs, rope_theta), 3);
 
     // Per head, column-major as cuBLAS sees it: a row-major (T,hs) block is a (hs,T)
     // matrix with ld hs, and row-major att (T,T) is att^T with ld T.

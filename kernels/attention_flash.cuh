@@ -725,26 +725,6 @@ __global__ void __launch_bounds__(THREADS)
     }
 }
 
-// (T, hs/2) table of (cos, sin) of every RoPE angle, computed as qkv_permute_kernel
-// computes them: a tile then reads 8 bytes per pair instead of evaluating sincosf, and
-// every q, k tile of the call shares the table through L2.
-__global__ void rope_table_kernel(float2* __restrict__ tab, const __grid_constant__ RopeFreqs f, int n, int h2) {
-    const int idx = blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= n) return;
-    float c, s;
-    rope_cos_sin(f, idx / h2, idx % h2, &c, &s);
-    tab[idx] = make_float2(c, s);
-}
-const float2* rope_table(int T, int hs, float theta) {
-    if (!(theta > 0)) return nullptr;
-    const int n = T * (hs / 2);
-    float2* tab = (float2*)cuda_scratch(SCRATCH_ATTN_A, (size_t)n * sizeof(float2));
-    auto* kernel = rope_table_kernel;
-    LNS_LAUNCH(kernel, ceil_div(n, 256), 256, 0, tab, rope_freqs(hs, theta), n, hs / 2);
-    cudaCheckLaunch();
-    return tab;
-}
-
 // Q and single K, V tiles; the wgmma kernel double-buffers K and V
 template <int D, int QW, bool WG>
 constexpr size_t forward_smem() {
@@ -817,12 +797,13 @@ Rope rope_mode(float theta, bool on_load) {
 
 // q, k and v as the kernels read them: from qkv, or (Rope::prepass) q and k rotated
 // into a head-major copy in SCRATCH_ATTN_C first.
-void flash_inputs(HeadView (&qkv_v)[3], const bf16* qkv, int B, int T, int C, int NH, float theta, Rope mode) {
+void flash_inputs(HeadView (&qkv_v)[3], const bf16* qkv, int B, int T, int C, int NH, const float2* rope,
+                  Rope mode) {
     for (int part = 0; part < 3; part++) qkv_v[part] = token_rows(qkv, part, T, C, NH, 3 * C);
     if (mode != Rope::prepass) return;
     const size_t BTC = (size_t)B * T * C;
     bf16* qk = (bf16*)cuda_scratch(SCRATCH_ATTN_C, 2 * BTC * sizeof(bf16));
-    qkv_permute(qk, qkv, B, T, C, NH, theta, 2);
+    qkv_permute(qk, qkv, B, T, C, NH, rope, 2);
     qkv_v[0] = head_rows(qk, T, C, NH), qkv_v[1] = head_rows(qk + BTC, T, C, NH);
 }
 
@@ -834,9 +815,10 @@ void flash_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, 
     const int hs = check_flash("attention_flash_forward", B, T, C, NH, rope_theta, {out, qkv});
     const float scale = 1.0f / std::sqrt((float)hs);
     const Rope mode = rope_mode(rope_theta, rope_on_load && !wgmma);
+    const float2* rope = rope_table(T, hs, rope_theta);  // nullptr without RoPE
     HeadView in[3];
-    flash_inputs(in, qkv, B, T, C, NH, rope_theta, mode);
-    const float2* rope = mode == Rope::on_load ? rope_table(T, hs, rope_theta) : nullptr;
+    flash_inputs(in, qkv, B, T, C, NH, rope, mode);
+    if (mode != Rope::on_load) rope = nullptr;  // the tiles are plain copies
     LNS_CHECK(warps == 4 || warps == 8, "attention_flash_forward: %d warps per block (4 or 8)", warps);
     dispatch(hs, mode, [&](auto d, auto r) {
         constexpr int D = decltype(d)::value;
@@ -873,10 +855,10 @@ void flash_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* o
     const int hs = check_flash("attention_flash_backward", B, T, C, NH, rope_theta, {dqkv, dout, qkv, out});
     const float scale = 1.0f / std::sqrt((float)hs);
     const Rope mode = rope_mode(rope_theta, rope_on_load && !wgmma);
+    const float2* rope = rope_table(T, hs, rope_theta);  // also for dq, dk to rotate back
     HeadView in[3];
-    flash_inputs(in, qkv, B, T, C, NH, rope_theta, mode);
+    flash_inputs(in, qkv, B, T, C, NH, rope, mode);
     const HeadView dout_v = token_rows(dout, 0, T, C, NH, C);
-    const float2* rope = mode != Rope::none ? rope_table(T, hs, rope_theta) : nullptr;  // dq, dk rotate back
     const int rows = B * T * NH;
     float* Dv = (float*)cuda_scratch(SCRATCH_ATTN_B, (size_t)rows * sizeof(float));  // (B,NH,T)
     const dim3 grid(B * NH, ceil_div(T, BLOCK));
