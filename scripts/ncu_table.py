@@ -69,8 +69,8 @@ def phase_of(nvtx, op):
     m = re.search(r"(?<![A-Za-z_])block (\d+)", nvtx)
     if m:
         return "forward block " + m.group(1), "forward block"
-    if re.search(r"(?<![A-Za-z_])head(?![A-Za-z_])", nvtx):
-        return "classifier", "classifier"
+    if re.search(r"(?<![A-Za-z_])head(?![A-Za-z_])", nvtx) or op == "crossentropy_forward":
+        return "classifier", "classifier"  # the loss is computed after the head's range
     if op == "encoder_forward":
         return "embedding", "embedding"
     if op == "encoder_backward":

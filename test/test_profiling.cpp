@@ -94,6 +94,7 @@ TEST_CASE("ncu_table: per-kernel, per-phase numbers from the fixture", "[profili
     CHECK(by.at("embedding backward|encoder_backward_wte_kernel")[4] == "6.000");
     CHECK(by.at("backward block 1|residual_norm_backward_kernel")[6] == "3000.0");
     CHECK(by.at("classifier backward|crossentropy_backward_kernel")[5] == "2.00");
+    CHECK(by.count("classifier|crossentropy_forward_kernel") == 1);  // the loss: after the head's range
 
     // rows run in step order: embedding first, the optimizer last, backward blocks last to first
     CHECK(rows[1][0] == "embedding");
@@ -102,6 +103,29 @@ TEST_CASE("ncu_table: per-kernel, per-phase numbers from the fixture", "[profili
     CHECK(md.find("| forward block 2 | 1 | 20.000 | 8.00 |") != std::string::npos);
     CHECK(md.find("| optimizer | 3 | 53.000 | 21.20 | 3886.8 |") != std::string::npos);
     CHECK(md.find("backward block 2") < md.find("backward block 1"));
+}
+
+// A real capture: profile.sh's export of one llama-130m step (B=64, T=256) on an H200
+// (ncu 2025.3.1), cut to blocks 1 and 12 and the rest of the step (test/data/profiling/
+// README.md). Thousands separators, "ns" units, ncu's NVTX stack text and kernel names
+// as ncu writes them; the expected numbers were summed by hand from the rows.
+TEST_CASE("ncu_table: a real H200 capture of llama-130m", "[profiling]") {
+    TmpDir dir;
+    std::string out;
+    const std::string cmd = table_cmd(repo_root() + "/test/data/profiling/ncu_h200_llama130m.csv",
+                                      "--copy-gbs 4230.1 --gemm-tflops 815.4 --md " + (dir / "t.md"));
+    REQUIRE(run_command(cmd, &out) == 0);
+    out = slurp(dir / "t.md");
+    INFO(out);
+    CHECK(out.find("70 kernel launches over 1 step(s); GPU time 9691.904 us per step") != std::string::npos);
+    // block 1: 9 launches, 732.672 us, 879.2 MB moved -> 1200.1 GB/s, 28.4 % of 4230.1
+    CHECK(out.find("| forward block 1 | 9 | 732.672 | 7.56 | 1200.1 |") != std::string::npos);
+    CHECK(out.find("| backward block 12 | 19 | 1320.864 |") != std::string::npos);
+    // the head's GEMM and norm, and the loss after them: 1105.824 + 477.120 us
+    CHECK(out.find("| classifier | 3 | 1582.944 |") != std::string::npos);
+    CHECK(out.find("| optimizer | 4 | 1051.584 |") != std::string::npos);
+    CHECK(out.find("| other |") == std::string::npos);
+    CHECK(out.find("| attention_flash_forward | flash_forward_kernel | 2 | 122.272 |") != std::string::npos);
 }
 
 TEST_CASE("ncu_table: an op is any name_forward/name_backward range, new kernels included", "[profiling]") {
