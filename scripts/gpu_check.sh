@@ -3,7 +3,7 @@
 # and fp32 builds), benchmarks train_gpt against PyTorch on the same models and batch,
 # and writes a markdown report. Each part stops at its own time limit. The parts run
 # in the order of what they settle: tests, attention alone, the kernel profile, the
-# sanitizers, then throughput; with a time budget, a part that would start too late is
+# sanitizers, every kernel alone, then throughput; with a time budget, a part that would start too late is
 # reported as skipped (and so is each throughput row).
 #
 # usage: scripts/gpu_check.sh [REPORT_DIR]   (default: $OUT, else runs/gpu_check)
@@ -134,6 +134,10 @@ if [ -x "$sanitizer" ]; then
     part "memcheck flash" 60 "$sanitizer" --tool memcheck --error-exitcode 1 ./build/test_all "[gpu][sanitize]"
 fi
 
+# 5b. every kernel alone on the two presets' shapes, against the ceilings (make bench-kernels)
+kernels_md=$dir/bench_kernels.md
+: >"$kernels_md"
+[ -x build/bench_kernels ] && part "kernel bench" 90 bash -c "./build/bench_kernels --reps 20 >'$kernels_md'"
 
 # 6. throughput: train_gpt against PyTorch (torch.compile, bf16 autocast) on the same shapes
 data=$dir/bench_data
@@ -141,7 +145,11 @@ mkdir -p "$data"
 bench_rows=()
 bench() {  # bench MODEL NORM B T DATA
     local model=$1 norm=$2 B=$3 T=$4 shard=$5 out=$dir/bench_${1}_${2}.log
-    if [ "$(left)" -lt 150 ]; then
+    # ours at most 60 s, PyTorch (torch.compile) at most 150 s or what the budget leaves
+    local remaining torch_limit
+    remaining=$(left)
+    torch_limit=$((remaining - 65 < 150 ? remaining - 65 : 150))
+    if [ "$torch_limit" -lt 30 ]; then
         bench_rows+=("| $model | $norm | $B x $T | skipped (time budget) | | | |")
         skipped=$((skipped + 1))
         return
@@ -157,7 +165,7 @@ bench() {  # bench MODEL NORM B T DATA
     ours=$(grep -E '^step' "$out" | tail -n 20 | sed -E 's/.*\| ([0-9]+) tok\/s.*/\1/' | sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]}')
     mfu=$(grep -E '^step' "$out" | tail -n 20 | sed -nE 's/.*MFU ([0-9.]+)%.*/\1/p' | sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]}')
     local torch
-    torch=$(timeout --signal=KILL 150 "$python" bench/bench_torch.py --model "$model" --norm "$norm" -b "$B" -t "$T" \
+    torch=$(timeout --signal=KILL "$torch_limit" "$python" bench/bench_torch.py --model "$model" --norm "$norm" -b "$B" -t "$T" \
         --steps 30 2>>"$log" | sed -nE 's/.*: ([0-9]+) tok\/s.*/\1/p')
     local ratio="n/a"
     [ -n "$ours" ] && [ -n "$torch" ] && ratio=$(awk -v a="$ours" -v b="$torch" 'BEGIN {printf "%.2f", a / b}')
@@ -223,6 +231,12 @@ attn_table() {
         echo "## Kernel profile (per phase; per kernel in profile/*/table.md)"
         echo
         sed 1d "$dir/profile/README.md"
+        echo
+    fi
+    if [ -s "$kernels_md" ]; then
+        echo "## Kernels alone (build/bench_kernels: median of 20, L2 flushed)"
+        echo
+        sed -n '/^# Kernel micro-benchmarks/,/^## Causal attention/p' "$kernels_md" | sed '1d;$d'
         echo
     fi
     echo "## Data parallel"
