@@ -19,12 +19,14 @@ mkdir -p "$dir"
 sections=(--section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats
           --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section SchedulerStats)
 status=0
-# kernel name (template arguments as ncu demangles them: D first, then warps or mode)
-for k in "flash_forward_kernel<$D, 4," "flash_forward_wg_kernel<$D, 8>" "flash_dq_kernel<$D," "flash_dkv_kernel<$D,"; do
-    name=$(echo "${k%%<*}" | tr -d ' ')
+# kernels by their mangled names (Itanium ABI: ILi128E is the template argument 128, Lb0E
+# false, LNS_4RopeE0E Rope::none): the first launch of each in the benchmark
+for k in flash_forward_kernelILi${D}ELi4ELb0E flash_forward_wg_kernelILi${D}ELi8E \
+         flash_dq_kernelILi${D}ELNS_4RopeE0ELb0E flash_dkv_kernelILi${D}ELNS_4RopeE0ELb0E; do
+    name=${k%%ILi*}
     out=$dir/ncu_${name}_d$D.txt
-    if timeout --signal=KILL 40 "$ncu" --clock-control none --kernel-name-base demangled \
-            --kernel-name "regex:${k//[<>, ]/.}" --launch-count 1 "${sections[@]}" \
+    if timeout --signal=KILL 40 "$ncu" --clock-control none --kernel-name-base mangled \
+            --kernel-name "regex:$k" --launch-count 1 "${sections[@]}" \
             "$bench" --attention --reps 3 --warmup 1 >"$out" 2>&1 && grep -q 'Section: ' "$out"; then
         echo "attention_ncu.sh: $out"
     else

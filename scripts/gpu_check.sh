@@ -25,6 +25,8 @@ start=$(date +%s)
 jobs=$(nproc)
 python=${PYTHON:-python3}  # the machine's: PyTorch for the comparisons
 
+built_commit=  # prebuilt: the commit the binaries were built from (a copied checkout's HEAD can lag)
+[ "${PREBUILT:-0}" = 1 ] && [ -f .device/BUILT ] && built_commit=$(cut -d, -f1 .device/BUILT)
 failed=0  # parts that failed: the exit status
 skipped=0  # parts left out for the time budget
 budget=${GPU_CHECK_BUDGET:-0}
@@ -56,7 +58,9 @@ part() {
 }
 
 {
-    echo "# GPU check, $(date -u +%Y-%m-%d), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    if [ -n "$built_commit" ]; then built="binaries built at $built_commit"
+    else built="commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"; fi
+    echo "# GPU check, $(date -u +%Y-%m-%d), $built"
     echo
     echo '```'
     nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv,noheader 2>&1
@@ -123,7 +127,7 @@ if [ "${GPU_CHECK_PROFILE:-0}" = 1 ]; then
             "$prof_build/train_gpt_prof" "$prof_build/bench_kernels"
     fi
     # nsys cannot make reports on some machines (doc/profiling.md): NSYS=none leaves it out
-    part "profile (ncu)" 300 env PROF_BUILD="$prof_build" PROFILE_TIMEOUT="${PROFILE_TIMEOUT:-150}" \
+    part "profile (ncu)" 300 env PROF_BUILD="$prof_build" LNS_COMMIT="$built_commit" PROFILE_TIMEOUT="${PROFILE_TIMEOUT:-150}" \
         NSYS="${NSYS:-none}" PYTHON="$python" bash scripts/profile.sh --out "$dir/profile"
 fi
 

@@ -13,7 +13,8 @@
 # environment: PYTHON (default python3), PROF_BUILD (default build-prof; `make profile` builds train_gpt_prof and
 #   bench_kernels there), NCU / NSYS (the tools, or none to leave one out; default: PATH,
 #   then the CUDA and Nsight install directories), PROFILE_TIMEOUT (seconds per tool run, default 900),
-#   COPY_GBS / GEMM_TFLOPS (skip measuring the ceilings; otherwise bench_kernels --ceilings).
+#   COPY_GBS / GEMM_TFLOPS (skip measuring the ceilings; otherwise bench_kernels --ceilings),
+#   LNS_COMMIT (the commit named in the reports; default: the checkout's HEAD).
 #
 # ncu runs with --clock-control none: the GPU keeps the clocks it trains with.
 set -uo pipefail
@@ -102,8 +103,9 @@ if [ -n "$ncu" ]; then
 fi
 
 summary=$dir/README.md
+commit=${LNS_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}  # LNS_COMMIT: of prebuilt binaries
 {
-    echo "# Kernel profile, $(date -u +%Y-%m-%d), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    echo "# Kernel profile, $(date -u +%Y-%m-%d), commit $commit"
     echo
     echo '```'
     command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv,noheader 2>&1
@@ -139,7 +141,7 @@ for model in "${list[@]}"; do
                 --force-overwrite --export "$out/kernels" "$train" "${args[@]}" --steps $((steps + 1)) >>"$log" 2>&1 \
            && "$ncu" --import "$out/kernels.ncu-rep" --csv --page raw --print-units base >"$out/ncu_raw.csv" 2>>"$log" \
            && "$python" scripts/ncu_table.py "$out/ncu_raw.csv" --ceilings "$ceil" --last-steps "$steps" \
-                --title "$model, B=$b, T=$t, $(date -u +%Y-%m-%d), commit $(git rev-parse --short HEAD 2>/dev/null)" \
+                --title "$model, B=$b, T=$t, $(date -u +%Y-%m-%d), commit $commit" \
                 --md "$out/table.md" --csv "$out/table.csv" 2>>"$log"; then
             echo "ncu: $out/table.md, $out/table.csv (report: $out/kernels.ncu-rep)" | tee -a "$summary"
             sed -n '/^## Per phase/,/^## Per kernel/p' "$out/table.md" | sed '$d' >>"$summary"
