@@ -70,10 +70,10 @@ struct cuda_backend {
     static void attention_flash_backward(floatX* dqkv, const floatX* dout, const floatX* qkv, const floatX* out,
                                          const float* lse, int B, int T, int C, int NH, float rope_theta);
     // CUDA only, variants of the flash kernels for benchmarks and tests; the results
-    // agree within bf16 rounding. rope_on_load: RoPE inside the tile loads instead of a
-    // rotated copy of q, k made before the kernels. wgmma: forward and backward on
-    // Hopper's warpgroup MMA where the device runs sm_90a code (not yet run on a GPU,
-    // hence off by default; ignored elsewhere). forward_warps: 4 or 8 warps (64 or 128
+    // agree within bf16 rounding. The defaults are the fastest on an H200 (doc/cuda.md).
+    // rope_on_load: RoPE inside the tile loads instead of a rotated copy of q, k made
+    // before the kernels. wgmma: forward and backward on Hopper's warpgroup MMA where the
+    // device runs sm_90a code (ignored elsewhere). forward_warps: 4 or 8 warps (64 or 128
     // query rows) per forward block; 8 halves the key and value reads and gives the same bits.
     struct FlashOptions {
         bool rope_on_load = false;
