@@ -21,7 +21,7 @@
 //    (cuBLAS 13.0; measured up to 5.4e-3 on dw, over the one-rounding bound): alpha AB
 //    is rounded to bf16 before C is added and the sum rounded. That is at most
 //    2^-8 (|AB| + |D|) <= 2^-8 (2 max|D| + max|C|), and these inputs have
-//    max|C| <= ~1.1 max|D|: bound 3 * 2^-8 = 1.2e-2.
+//    max|C| <= ~1.1 max|D|: 3.1 * 2^-8 = 1.21e-2, bound 1.25e-2.
 //  - the fused GELU epilogues evaluate tanh with the hardware's approximation (about
 //    1e-4 relative); gelu'(x) amplifies an error in tanh by |0.5 - x tanh k (1 + 3c x^2)|
 //    <= ~7 for |x| < 5, which can add a few 1e-3 where GELU' is steep. Bound 1e-2.
@@ -54,7 +54,7 @@ using gX = cuda_backend::floatX;
 #ifdef ENABLE_FP32
 const double MATMUL_TOL = 1e-5, MATMUL_ACC_TOL = 1e-5, GELU_TOL = 1e-5, ATT_PROB_TOL = 1e-5, ATT_OUT_TOL = 1e-5, ATT_GRAD_TOL = 1e-5;
 #else
-const double MATMUL_TOL = 4e-3, MATMUL_ACC_TOL = 1.2e-2, GELU_TOL = 1e-2, ATT_PROB_TOL = 1.5e-2, ATT_OUT_TOL = 1.5e-2, ATT_GRAD_TOL = 2.5e-2;
+const double MATMUL_TOL = 4e-3, MATMUL_ACC_TOL = 1.25e-2, GELU_TOL = 1e-2, ATT_PROB_TOL = 1.5e-2, ATT_OUT_TOL = 1.5e-2, ATT_GRAD_TOL = 2.5e-2;
 #endif
 
 // n floatX on the device, released at scope exit.
