@@ -44,11 +44,11 @@ constexpr cudaDataType_t DATA_TYPE = CUDA_R_16BF;
 #endif
 
 // dqkvr (dq, dk, dv each (B,NH,T,hs)) -> dqkv (B,T,3C), rotating dq and dk by -angle
-// (the transpose of the forward rotation).
+// (the transpose of the forward rotation), cos and sin from rope_table. One block per token.
 template <bool ROPE>
 __global__ void __launch_bounds__(PERMUTE_THREADS)
-    qkv_unpermute_kernel(floatX* __restrict__ dqkv, const floatX* __restrict__ dqkvr, const RopeFreqs freqs, int T,
-                         int NH, int hs, size_t BTC) {
+    qkv_unpermute_kernel(floatX* __restrict__ dqkv, const floatX* __restrict__ dqkvr, const float2* __restrict__ rope,
+                         int T, int NH, int hs, size_t BTC) {
     const int bt = blockIdx.x, t = bt % T, C = NH * hs, h2 = hs / 2;
     const size_t b = bt / T;
     floatX* dst = dqkv + (size_t)bt * 3 * C;
@@ -57,14 +57,11 @@ __global__ void __launch_bounds__(PERMUTE_THREADS)
         const floatX* src = dqkvr + part * BTC + ((b * NH + h) * T + t) * hs;  // this head's row
         float x = to_float(src[d]);
         if (ROPE && part < 2) {
-            float c, s;
-            if (d < h2) {  // dst[i] = a*c + b*s
-                rope_cos_sin(freqs, t, d, &c, &s);
-                x = __fadd_rn(__fmul_rn(x, c), __fmul_rn(to_float(src[d + h2]), s));
-            } else {       // dst[i + h2] = b*c - a*s
-                rope_cos_sin(freqs, t, d - h2, &c, &s);
-                x = __fsub_rn(__fmul_rn(x, c), __fmul_rn(to_float(src[d - h2]), s));
-            }
+            const bool first = d < h2;  // x: a pair's first channel (a), else its second (b)
+            const float y = to_float(src[first ? d + h2 : d - h2]);
+            const float2 cs = rope[(size_t)t * h2 + (first ? d : d - h2)];
+            const float2 r = first ? rope_rotate(x, y, cs.x, -cs.y) : rope_rotate(y, x, cs.x, -cs.y);
+            x = first ? r.x : r.y;
         }
         dst[j] = from_float<floatX>(x);
     }
@@ -206,9 +203,9 @@ void naive_attention_backward(floatX* dqkv, floatX* dqkvr, floatX* datt, const f
     // dk[t2] = sum_t dpre[t][t2] q[t]: dk^T (hs,T) = q^T (hs,T) . dpre (T,T)
     batched_gemm(false, true, hs, T, T, 1.0f, q, hs, tH, datt, T, tT, dk, hs, tH, heads);
 
-    auto* unpermute = rope_theta > 0 ? qkv_unpermute_kernel<true> : qkv_unpermute_kernel<false>;
-    const RopeFreqs freqs = rope_theta > 0 ? rope_freqs(hs, rope_theta) : RopeFreqs{};
-    LNS_LAUNCH(unpermute, BT, PERMUTE_THREADS, 0, dqkv, dqkvr, freqs, T, NH, hs, BTC);
+    const float2* rope = rope_table(T, hs, rope_theta);  // nullptr without RoPE
+    auto* unpermute = rope ? qkv_unpermute_kernel<true> : qkv_unpermute_kernel<false>;
+    LNS_LAUNCH(unpermute, BT, PERMUTE_THREADS, 0, dqkv, dqkvr, rope, T, NH, hs, BTC);
     cudaCheckLaunch();
 }
 

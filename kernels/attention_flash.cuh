@@ -8,18 +8,18 @@
 // D = C/NH channels, D in {64, 128} (template parameter). The kernels read q, k, v
 // through HeadViews, so they take qkv itself or the head-major rotated copy alike.
 //
-// Tiles. A block of 4 warps owns 64 rows of one head (queries in forward and in the
-// dq kernel, keys in the dk/dv kernel), 16 per warp, and loops over tiles of the
-// other side (the forward can also run blocks of 8 warps and 128 query rows, which
-// share each key tile: FlashOptions::forward_warps): 64 keys in forward; in backward 64 (D = 64) or 32 (D = 128) keys or
-// queries, which bounds the fp32 accumulators a thread holds (dk and dv: 2 x D/2
-// registers). Tiles live in shared memory, rows padded by 8 bf16 (16 bytes) so that
-// the 8 row addresses of one ldmatrix fall in distinct banks. Products are
-// mma.sync.m16n8k16 (bf16 in, fp32 accumulate): operands from smem via ldmatrix
-// (.trans for the operand whose rows are the reduction index), the forward's Q
+// Tiles. A block of 4 warps owns 64 rows of one head (queries in forward and in the dq
+// kernel, keys in the dk/dv kernel), 16 per warp, and loops over tiles of the other
+// side (the forward can also run blocks of 8 warps and 128 query rows, which share each
+// key tile: FlashOptions::forward_warps): 64 keys in forward; in backward 64 (D = 64)
+// or 32 (D = 128) keys or queries, which bounds the fp32 accumulators a thread holds
+// (dk and dv: 2 x D/2 registers). Tiles live in shared memory, rows padded by 8 bf16
+// (16 bytes) so that the 8 row addresses of one ldmatrix fall in distinct banks.
+// Products are mma.sync.m16n8k16 (bf16 in, fp32 accumulate): operands from smem via
+// ldmatrix (.trans for the operand whose rows are the reduction index), the forward's Q
 // fragments kept in registers across key tiles, probabilities and score gradients
-// re-packed from accumulator fragments to operand fragments in registers. mma.sync
-// runs on sm_80 and sm_90a alike.
+// re-packed from accumulator fragments to operand fragments in registers. mma.sync runs on
+// sm_80 and sm_90a alike.
 //
 // Hopper (WG kernels, sm_90a, opt-in: cuda_backend::FlashOptions::wgmma). The same
 // kernels with every product on wgmma.mma_async m64nNk16: the block's 4 warps are one
@@ -226,11 +226,10 @@ __device__ __forceinline__ void load_tile(bf16* s, const bf16* src, size_t ld, i
             if (ROPE) {
 #pragma unroll
                 for (int k = 0; k < 8; k++) {
-                    const float2 cossin = rope[(size_t)t * H + i0 + k];
-                    const float cs = cossin.x, sn = cossin.y;
-                    const float a = to_float(lo[k]), b = to_float(hi[k]);
-                    lo[k] = from_float<bf16>(__fsub_rn(__fmul_rn(a, cs), __fmul_rn(b, sn)));
-                    hi[k] = from_float<bf16>(__fadd_rn(__fmul_rn(b, cs), __fmul_rn(a, sn)));
+                    const float2 cs = rope[(size_t)t * H + i0 + k];
+                    const float2 r = rope_rotate(to_float(lo[k]), to_float(hi[k]), cs.x, cs.y);
+                    lo[k] = from_float<bf16>(r.x);
+                    hi[k] = from_float<bf16>(r.y);
                 }
             }
         } else {
@@ -255,11 +254,9 @@ __device__ __forceinline__ void store_row(bf16* dst, const float (&acc)[D / 8][4
         for (int e = 0; e < 2; e++) {
             a[e] = acc[nt][2 * r + e] * scale, b[e] = acc[nt + D / 16][2 * r + e] * scale;
             if (ROPE) {
-                const float2 cossin = rope[(size_t)t * (D / 2) + nt * 8 + tig * 2 + e];
-                const float cs = cossin.x, sn = cossin.y;
-                const float x = __fadd_rn(__fmul_rn(a[e], cs), __fmul_rn(b[e], sn));
-                b[e] = __fsub_rn(__fmul_rn(b[e], cs), __fmul_rn(a[e], sn));
-                a[e] = x;
+                const float2 cs = rope[(size_t)t * (D / 2) + nt * 8 + tig * 2 + e];
+                const float2 r = rope_rotate(a[e], b[e], cs.x, -cs.y);  // the transpose
+                a[e] = r.x, b[e] = r.y;
             }
         }
         *reinterpret_cast<__nv_bfloat162*>(dst + nt * 8 + tig * 2) = __floats2bfloat162_rn(a[0], a[1]);

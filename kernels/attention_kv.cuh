@@ -35,9 +35,9 @@ __global__ void attention_kv_kernel(floatX* out, floatX* kcache, floatX* vcache,
             rope_cos_sin(rope, pos, j, &c, &s);
             const float qa = to_float(qin[j]), qb = to_float(qin[j + h2]);
             const float ka = to_float(kin[j]), kb = to_float(kin[j + h2]);
-            q[i] = i < h2 ? __fsub_rn(__fmul_rn(qa, c), __fmul_rn(qb, s)) : __fadd_rn(__fmul_rn(qb, c), __fmul_rn(qa, s));
-            k_row[i] = from_float<floatX>(i < h2 ? __fsub_rn(__fmul_rn(ka, c), __fmul_rn(kb, s))
-                                                 : __fadd_rn(__fmul_rn(kb, c), __fmul_rn(ka, s)));
+            const float2 rq = rope_rotate(qa, qb, c, s), rk = rope_rotate(ka, kb, c, s);
+            q[i] = i < h2 ? rq.x : rq.y;
+            k_row[i] = from_float<floatX>(i < h2 ? rk.x : rk.y);
         } else {
             q[i] = to_float(qin[i]);
             k_row[i] = kin[i];

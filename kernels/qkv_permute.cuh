@@ -50,15 +50,15 @@ __global__ void __launch_bounds__(PERMUTE_THREADS)
     float x[VEC];
     load_f<VEC>(x, src);
     if (ROPE && part < 2) {
-        const bool first = d < h2;  // first half: a*c - b*s; second half: b*c + a*s
+        const bool first = d < h2;  // x: the pairs' first channels (a), else their second (b)
         float y[VEC];
         load_f<VEC>(y, first ? src + h2 : src - h2);
         const float2* cs = rope + (size_t)t * h2 + (first ? d : d - h2);
 #pragma unroll
         for (int k = 0; k < VEC; k++) {
-            const float2 a = cs[k];
-            x[k] = first ? __fsub_rn(__fmul_rn(x[k], a.x), __fmul_rn(y[k], a.y))
-                         : __fadd_rn(__fmul_rn(x[k], a.x), __fmul_rn(y[k], a.y));
+            const float2 r = first ? rope_rotate(x[k], y[k], cs[k].x, cs[k].y)
+                                   : rope_rotate(y[k], x[k], cs[k].x, cs[k].y);
+            x[k] = first ? r.x : r.y;
         }
     }
     store_f<VEC>(qkvr + part * BTC + ((b * NH + h) * T + t) * hs + d, x);

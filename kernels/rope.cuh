@@ -18,6 +18,14 @@ inline RopeFreqs rope_freqs(int hs, float theta) {
     return f;
 }
 
+// The pair (a, b) = (channel i, channel i + hs/2) rotated by the angle whose cos and
+// sin are (c, s): (a c - b s, b c + a s); with -s, the transpose (backward). Each product
+// and sum rounds on its own (never contracted into an FMA), as cpu/attention.cpp
+// computes them, so every kernel that rotates gives the CPU's bits.
+__device__ __forceinline__ float2 rope_rotate(float a, float b, float c, float s) {
+    return make_float2(__fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s)), __fadd_rn(__fmul_rn(b, c), __fmul_rn(a, s)));
+}
+
 // cos and sin of position t for pair i, as cpu/attention.cpp's rope_angles
 __device__ __forceinline__ void rope_cos_sin(const RopeFreqs& f, int t, int i, float* c, float* s) {
     const float a = __fmul_rn((float)t, f.inv_freq[i]);
