@@ -301,9 +301,11 @@ std::vector<Row> bench_model(const std::string& name, int B, int T, Timer& tm) {
 
 // Causal attention alone, flash against the first version, no RoPE (as PyTorch's
 // scaled_dot_product_attention, which bench/bench_torch.py --attention times on the same
-// shapes); then flash with RoPE in its two placements, on wgmma, and with 8-warp forward blocks. FLOPs, FlashAttention's convention: forward 4*B*H*T*T*D / 2 (the causal
-// half of QK^T and PV), backward 2.5x the forward (five products of the same size
-// against two). One line per (shape, kernel): attn_tflops B H T D kernel fwd X bwd Y.
+// shapes); then flash with RoPE in its two placements, on wgmma, with 8-warp forward
+// blocks, and the TMA forward (without and with RoPE). FLOPs, FlashAttention's
+// convention: forward 4*B*H*T*T*D / 2 (the causal half of QK^T and PV), backward 2.5x the
+// forward (five products of the same size against two). One line per (shape, kernel):
+// attn_tflops B H T D kernel fwd X bwd Y.
 void bench_attention(Timer& tm) {
     struct S { int B, H, T, D; };
     const S shapes[] = {{8, 12, 1024, 64}, {4, 16, 2048, 128}, {64, 12, 256, 64}};  // the last: the paper's T = 256
@@ -352,6 +354,17 @@ void bench_attention(Timer& tm) {
                     [&] { cuda_backend::attention_flash_forward(O, L, Q, a.B, a.T, C, a.H, 0.0f); });
                 printf("attn_tflops %d %d %d %d %s fwd %.1f bwd -\n", a.B, a.H, a.T, a.D,
                        wg ? "flash_wgmma_8warps" : "flash_8warps", fwd_flops / (f8 * 1e9));
+                fflush(stdout);
+            }
+            if (cuda_backend::attention_flash_has_wgmma()) {  // the TMA forward; its backward is the default's
+                cuda_backend::attention_flash_options({false, false, 4, true});
+                const double ft = tm.median_ms(
+                    [&] { cuda_backend::attention_flash_forward(O, L, Q, a.B, a.T, C, a.H, 0.0f); });
+                const double ftr = tm.median_ms(
+                    [&] { cuda_backend::attention_flash_forward(O, L, Q, a.B, a.T, C, a.H, 10000.0f); });
+                printf("attn_tflops %d %d %d %d flash_tma fwd %.1f bwd -\n", a.B, a.H, a.T, a.D, fwd_flops / (ft * 1e9));
+                printf("attn_tflops %d %d %d %d flash_tma_rope_first fwd %.1f bwd -\n", a.B, a.H, a.T, a.D,
+                       fwd_flops / (ftr * 1e9));
                 fflush(stdout);
             }
             cuda_backend::attention_flash_options({});

@@ -25,8 +25,9 @@ bool cuda_backend::attention_flash_has_wgmma() {
 void cuda_backend::attention_flash_forward(floatX* out, float* lse, const floatX* qkv, int B, int T, int C, int NH,
                                            float rope_theta) {
     NVTX_RANGE("attention_flash_forward");
-    const bool wgmma = g_options.wgmma && attention_flash_has_wgmma();  // sm_90a images only
-    flash_forward(out, lse, qkv, B, T, C, NH, rope_theta, g_options.rope_on_load, wgmma, g_options.forward_warps);
+    const bool sm90a = attention_flash_has_wgmma();  // the wgmma and TMA kernels: sm_90a images only
+    flash_forward(out, lse, qkv, B, T, C, NH, rope_theta, g_options.rope_on_load, g_options.wgmma && sm90a,
+                  g_options.forward_warps, g_options.tma && sm90a);
 }
 
 void cuda_backend::attention_flash_backward(floatX* dqkv, const floatX* dout, const floatX* qkv, const floatX* out,

@@ -30,7 +30,12 @@
 // proxy and wgmma reads through the async proxy: fence.proxy.async after each wait,
 // before the barrier. The forward has a kernel of its own (flash_forward_wg_kernel) that
 // overlaps the softmax of one key tile with the product of the previous one; the
-// backward kernels wait for each product. TMA is not used.
+// backward kernels wait for each product.
+//
+// Hopper, FlashAttention-3's structure (flash_forward_tma_kernel, sm_90a, opt-in:
+// FlashOptions::tma): the forward with a producer warpgroup issuing TMA copies into a
+// two-stage ring guarded by mbarriers, and two consumer warpgroups on wgmma over
+// 128 x 128 tiles in the 128-byte swizzle; the backward is the kernels above.
 //
 // Pipelining. Tiles are cp.async copies (global -> smem, no register round trip),
 // issued one stage ahead: in forward V_j lands while S = Q K_j^T is computed and
@@ -75,6 +80,7 @@
 #include "kernels/qkv_permute.cuh"
 #include "kernels/rope.cuh"
 #include "kernels/ptx.cuh"
+#include "kernels/tma.cuh"
 
 namespace {
 
@@ -533,6 +539,168 @@ __global__ void __launch_bounds__(32 * QW)
     store_forward<D>(out + (size_t)b * T * C + h * D, lse + (size_t)bh * T, o, m, l, row, T, C, scale);
 }
 
+// ---- forward on TMA and wgmma with warp specialisation (sm_90a), FlashAttention-3's
+// structure: a block of three warpgroups owns 128 query rows. Warpgroup 0 produces: one
+// thread issues the TMA copies of Q (once) and of 128-key tiles of K and V into a ring of
+// two stages, each guarded by a "full" mbarrier (the copy's bytes have landed) and an
+// "empty" one (all 8 consumer warps are done reading it); the other warps leave, and the
+// warpgroup hands its registers to the consumers (setmaxnreg). Warpgroups 1 and 2 consume,
+// 64 query rows each: S = Q K^T with both operands in smem (m64n128k16), the online
+// softmax in registers, O += P V with P from registers and V read N-major. As in
+// flash_forward_wg_kernel, the softmax of tile j+1 runs while P_j V_j does. Every tile is
+// boxes of 64 channels by 128 rows (two boxes at D = 128) in the 128-byte swizzle that
+// TMA writes and the descriptors read; copies past T or the tensor's end are zeros.
+// qk_head_major: q and k are the rotated head-major copy (TMA coordinates channel, row,
+// head, batch) rather than rows of qkv (channel, head, row, batch); v is always rows of qkv.
+namespace tma_fwd {
+constexpr int BM = 128, BN = 128, STAGES = 2, THREADS = 384;
+constexpr int BOX = 128 * 128;  // bytes of one box: 128 rows of 64 channels
+template <int D> constexpr int TILE = D / 64 * BOX;  // bytes of a Q, K or V tile
+// the tiles, 1024 bytes to align them, and the 9 mbarriers
+template <int D> constexpr size_t smem() { return (1 + 2 * STAGES) * TILE<D> + 1024 + 128; }
+}  // namespace tma_fwd
+
+// Box `box` (channels 64 box..) of rows t0..t0+127 of head h of batch b, to dst.
+__device__ __forceinline__ void tma_rows(void* dst, const CUtensorMap* map, uint64_t* bar, bool head_major, int box,
+                                         int t0, int h, int b) {
+    if (head_major) tma_load_4d(dst, map, bar, 64 * box, t0, h, b);
+    else tma_load_4d(dst, map, bar, 64 * box, h, t0, b);
+}
+// s (64 x 128) += A B^T over D channels, issued and committed, not waited for: A the 64
+// rows at sA, B the 128 rows at sB, both tiles of swizzled boxes (BOX bytes apart). A
+// k-step takes 16 channels: 32 bytes along the 128-byte rows of one box.
+template <int D>
+__device__ __forceinline__ void tma_issue_nt(float (&s)[tma_fwd::BN / 8][4], const unsigned char* sA,
+                                             const unsigned char* sB) {
+    using tma_fwd::BOX;
+    wgmma_fence_operands(s);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+        const int at = kk / 4 * BOX + kk % 4 * 32;
+        wgmma_bf16_ss(s, wgmma_desc_sw128(sA + at, 16, 1024), wgmma_desc_sw128(sB + at, 16, 1024));
+    }
+    wgmma_commit();
+}
+// o (64 x D) += P B over 128 rows, issued and committed: P as register fragments, B a tile
+// at sB read N-major (16 rows of 128 bytes per k-step; its boxes BOX bytes apart along N).
+template <int D>
+__device__ __forceinline__ void tma_issue_nn(float (&o)[D / 8][4], const uint32_t (&p)[tma_fwd::BN / 16][4],
+                                             const unsigned char* sB) {
+    using tma_fwd::BOX;
+    wgmma_fence_operands(o);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < tma_fwd::BN / 16; kk++)
+        wgmma_bf16<1>(o, p[kk], wgmma_desc_sw128(sB + kk * 16 * 128, BOX, 1024));
+    wgmma_commit();
+}
+
+template <int D>
+__global__ void __launch_bounds__(tma_fwd::THREADS, 1)
+    flash_forward_tma_kernel(bf16* __restrict__ out, float* __restrict__ lse, const __grid_constant__ CUtensorMap tq,
+                             const __grid_constant__ CUtensorMap tk, const __grid_constant__ CUtensorMap tv,
+                             int qk_head_major, int T, int NH, float scale) {
+    using namespace tma_fwd;
+    constexpr int NT = BN / 8;
+    trap_without_sm90a();
+    unsigned char* smem = dynamic_smem();
+    smem += (1024 - smem_addr(smem) % 1024) % 1024;  // swizzled boxes start 1024-byte aligned
+    unsigned char* sQ = smem;
+    auto sK = [&](int s) { return smem + (1 + s) * TILE<D>; };
+    auto sV = [&](int s) { return smem + (1 + STAGES + s) * TILE<D>; };
+    uint64_t* full_q = reinterpret_cast<uint64_t*>(smem + (1 + 2 * STAGES) * TILE<D>);
+    uint64_t *full_k = full_q + 1, *full_v = full_k + STAGES, *empty_k = full_v + STAGES, *empty_v = empty_k + STAGES;
+    const int bh = blockIdx.x, b = bh / NH, h = bh % NH, C = NH * D;
+    const int q0 = (gridDim.y - 1 - blockIdx.y) * BM;  // heaviest first
+    const int tiles = (min(q0 + BM, T) + BN - 1) / BN;   // causal: keys up to the last valid row
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (threadIdx.x == 0) {
+        mbar_init(full_q, 1);
+        for (int s = 0; s < STAGES; s++) {
+            mbar_init(full_k + s, 1), mbar_init(full_v + s, 1);  // the producer's arrive_expect_tx
+            mbar_init(empty_k + s, 8), mbar_init(empty_v + s, 8);  // one arrival per consumer warp
+        }
+        fence_mbar_init();
+    }
+    __syncthreads();
+
+    if (warp < 4) {  // the producer warpgroup
+        setmaxnreg_dec<24>();
+        if (threadIdx.x != 0) return;
+        mbar_arrive_expect_tx(full_q, TILE<D>);
+        for (int c = 0; c < D / 64; c++) tma_rows(sQ + c * BOX, &tq, full_q, qk_head_major, c, q0, h, b);
+        for (int j = 0; j < tiles; j++) {
+            const int s = j % STAGES, use = j / STAGES;
+            if (use > 0) mbar_wait(empty_k + s, (use - 1) & 1);  // K_{j-2} read by every consumer warp
+            mbar_arrive_expect_tx(full_k + s, TILE<D>);
+            for (int c = 0; c < D / 64; c++)
+                tma_rows(sK(s) + c * BOX, &tk, full_k + s, qk_head_major, c, j * BN, h, b);
+            if (use > 0) mbar_wait(empty_v + s, (use - 1) & 1);
+            mbar_arrive_expect_tx(full_v + s, TILE<D>);
+            for (int c = 0; c < D / 64; c++) tma_rows(sV(s) + c * BOX, &tv, full_v + s, false, c, j * BN, h, b);
+        }
+        return;
+    }
+
+    setmaxnreg_inc<240>();  // the consumers: 2 x 128 threads x 240 + 128 x 24 fit 64 K registers
+    const int wg = warp / 4 - 1, g = lane / 4;
+    const int first = q0 + 64 * wg;  // the warpgroup's rows
+    const int row[2] = {first + 16 * (warp % 4) + g, first + 16 * (warp % 4) + g + 8};
+    const float sl2 = scale * LOG2E;
+    auto release = [&](uint64_t* bar) {
+        if (lane == 0) mbar_arrive(bar);  // after this warp's wgmma_wait: its reads are done
+    };
+    const unsigned char* sQw = sQ + wg * 64 * 128;  // the warpgroup's 64 rows of each Q box
+    auto issue_s = [&](float (&s)[NT][4], int stage) { tma_issue_nt<D>(s, sQw, sK(stage)); };
+    float o[D / 8][4] = {};
+    auto issue_pv = [&](const uint32_t (&p)[BN / 16][4], int stage) { tma_issue_nn<D>(o, p, sV(stage)); };
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, corr[2];
+    uint32_t p[BN / 16][4];  // P_j: the A operand of O += P_j V_j
+    mbar_wait(full_q, 0);
+    {  // tile 0: key 0 is at or below every row
+        float s[NT][4] = {};
+        mbar_wait(full_k, 0);
+        issue_s(s, 0);
+        wgmma_wait<0>();
+        wgmma_fence_operands(s);
+        release(empty_k);
+        softmax_tile<NT>(s, m, l, corr, row, 0, BN - 1 > first, sl2);
+        acc_to_a<NT>(p, s);
+    }
+    for (int j = 0; j < tiles; j++) {
+        const int s = j % STAGES;
+        // each branch a whole pipeline stage, issue to wait (see flash_forward_wg_kernel)
+        if (j + 1 < tiles) {
+            const int sn_stage = (j + 1) % STAGES;
+            float sn[NT][4] = {};  // S_{j+1}
+            mbar_wait(full_k + sn_stage, (j + 1) / STAGES & 1);
+            issue_s(sn, sn_stage);
+            mbar_wait(full_v + s, j / STAGES & 1);
+            issue_pv(p, s);
+            wgmma_wait<1>();  // S_{j+1} only: P_j V_j may still run
+            wgmma_fence_operands(sn);
+            release(empty_k + sn_stage);
+            const int key0 = (j + 1) * BN;
+            softmax_tile<NT>(sn, m, l, corr, row, key0, key0 + BN - 1 > first, sl2);
+            wgmma_wait<0>();  // P_j V_j
+            wgmma_fence_operands(o);
+            wgmma_fence_operands(p);  // P_j's registers stay P_j's until here
+            release(empty_v + s);
+            rescale_rows<D / 8>(o, corr);
+            acc_to_a<NT>(p, sn);
+        } else {
+            mbar_wait(full_v + s, j / STAGES & 1);
+            issue_pv(p, s);
+            wgmma_wait<0>();
+            wgmma_fence_operands(o);
+            wgmma_fence_operands(p);
+            release(empty_v + s);
+        }
+    }
+    store_forward<D>(out + (size_t)b * T * C + h * D, lse + (size_t)bh * T, o, m, l, row, T, C, scale);
+}
+
 // ---- backward pre-pass: Dv[b,h,t] = dout[b,t,h,:] . out[b,t,h,:], one warp per row
 // in dout's order (contiguous reads).
 template <int D>
@@ -818,19 +986,49 @@ void flash_inputs(HeadView (&qkv_v)[3], const bf16* qkv, int B, int T, int C, in
     qkv_v[0] = head_rows(qk, T, C, NH), qkv_v[1] = head_rows(qk + BTC, T, C, NH);
 }
 
+// The TMA view of q, k or v: dims (channel, and the head, row and batch dimensions in the
+// order of their strides), 128-row boxes of 64 channels; head-major views put rows inside
+// heads, rows of qkv heads inside rows (flash_forward_tma_kernel's qk_head_major).
+CUtensorMap tma_view(const HeadView& v, int B, int T, int NH, int D) {
+    const uint64_t e = sizeof(bf16);
+    if (v.head >= v.row) return tensor_map_bf16(v.p, {(uint64_t)D, (uint64_t)T, (uint64_t)NH, (uint64_t)B},
+                                               {v.row * e, v.head * e, v.batch * e}, {64, 128, 1, 1});
+    return tensor_map_bf16(v.p, {(uint64_t)D, (uint64_t)NH, (uint64_t)T, (uint64_t)B},
+                           {v.head * e, v.row * e, v.batch * e}, {64, 1, 128, 1});
+}
+
 // The launch sequences, used by cuda_backend.
 // wgmma: the WG kernels (the caller checks wgmma_built()); RoPE is then rotated first.
-// warps: 4 or 8 per forward block (64 or 128 query rows).
+// warps: 4 or 8 per forward block (64 or 128 query rows). tma: flash_forward_tma_kernel
+// (sm_90a too; RoPE rotated first, warps and wgmma ignored).
 void flash_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH, float rope_theta,
-                   bool rope_on_load, bool wgmma, int warps) {
+                   bool rope_on_load, bool wgmma, int warps, bool tma = false) {
     const int hs = check_flash("attention_flash_forward", B, T, C, NH, rope_theta, {out, qkv});
     const float scale = 1.0f / std::sqrt((float)hs);
-    const Rope mode = rope_mode(rope_theta, rope_on_load && !wgmma);
+    const Rope mode = rope_mode(rope_theta, rope_on_load && !wgmma && !tma);
     const float2* rope = rope_table(T, hs, rope_theta);  // nullptr without RoPE
     HeadView in[3];
     flash_inputs(in, qkv, B, T, C, NH, rope, mode);
     if (mode != Rope::on_load) rope = nullptr;  // the tiles are plain copies
     LNS_CHECK(warps == 4 || warps == 8, "attention_flash_forward: %d warps per block (4 or 8)", warps);
+    if (tma) {
+        const CUtensorMap tq = tma_view(in[0], B, T, NH, hs), tk = tma_view(in[1], B, T, NH, hs),
+                          tv = tma_view(in[2], B, T, NH, hs);
+        const int qk_head_major = in[0].head >= in[0].row;
+        const dim3 grid(B * NH, ceil_div(T, tma_fwd::BM));
+        auto launch = [&](auto d) {
+            constexpr int D = decltype(d)::value;
+            auto* fwd = flash_forward_tma_kernel<D>;
+            static bool once = (allow_smem(fwd, tma_fwd::smem<D>()), true);
+            (void)once;
+            LNS_LAUNCH(fwd, grid, tma_fwd::THREADS, tma_fwd::smem<D>(), out, lse, tq, tk, tv, qk_head_major, T, NH,
+                       scale);
+        };
+        if (hs == 64) launch(std::integral_constant<int, 64>{});
+        else launch(std::integral_constant<int, 128>{});
+        cudaCheckLaunch();
+        return;
+    }
     dispatch(hs, mode, [&](auto d, auto r) {
         constexpr int D = decltype(d)::value;
         auto launch = [&](auto wg, auto qw) {

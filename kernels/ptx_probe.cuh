@@ -79,6 +79,78 @@ __global__ void __launch_bounds__(THREADS) probe_wgmma_kernel(float* s_out, floa
 #endif
 }
 
+// The TMA forward's loads and products (flash_forward_tma_kernel): three tiles copied
+// by TMA in the 128-byte swizzle (A: 128 rows of D of which rows >= a_rows lie outside the
+// tensor and arrive as zeros; B1: 128 x D; B2: 128 x D), then s = A[64..127] B1^T (both
+// by descriptor, tma_issue_nt) and o = A2 B2 (A2 64 x 128 from registers, B2 read
+// N-major, tma_issue_nn), all row-major. One warpgroup.
+template <int D>
+__global__ void __launch_bounds__(128)
+    probe_tma_kernel(float* s_out, float* o_out, const __grid_constant__ CUtensorMap ta,
+                     const __grid_constant__ CUtensorMap tb1, const __grid_constant__ CUtensorMap tb2, const bf16* a2) {
+#if defined(LNS_CUDA_EMU) || LNS_SM90A
+    using tma_fwd::TILE;
+    unsigned char* smem = dynamic_smem();
+    smem += (1024 - smem_addr(smem) % 1024) % 1024;
+    uint64_t* bar = reinterpret_cast<uint64_t*>(smem + 3 * TILE<D>);
+    if (threadIdx.x == 0) {
+        mbar_init(bar, 1);
+        fence_mbar_init();
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        mbar_arrive_expect_tx(bar, 3 * TILE<D>);
+        for (int c = 0; c < D / 64; c++) {
+            tma_rows(smem + c * tma_fwd::BOX, &ta, bar, true, c, 0, 0, 0);
+            tma_rows(smem + TILE<D> + c * tma_fwd::BOX, &tb1, bar, true, c, 0, 0, 0);
+            tma_rows(smem + 2 * TILE<D> + c * tma_fwd::BOX, &tb2, bar, true, c, 0, 0, 0);
+        }
+    }
+    mbar_wait(bar, 0);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    float s[16][4] = {};
+    tma_issue_nt<D>(s, smem + 64 * 128, smem + TILE<D>);
+    wgmma_wait<0>();
+    wgmma_fence_operands(s);
+    uint32_t p[8][4];  // the warp's 16 rows of A2 as mma.sync A fragments
+    auto pair = [&](int r, int c) {
+        const bf16* x = a2 + (size_t)(warp * 16 + r) * 128 + c;
+        uint32_t v;
+        memcpy(&v, x, 4);
+        return v;
+    };
+    for (int kk = 0; kk < 8; kk++) {
+        p[kk][0] = pair(g, 16 * kk + 2 * t), p[kk][1] = pair(g + 8, 16 * kk + 2 * t);
+        p[kk][2] = pair(g, 16 * kk + 2 * t + 8), p[kk][3] = pair(g + 8, 16 * kk + 2 * t + 8);
+    }
+    float o[D / 8][4] = {};
+    tma_issue_nn<D>(o, p, smem + 2 * TILE<D>);
+    wgmma_wait<0>();
+    wgmma_fence_operands(o);
+    wgmma_fence_operands(p);
+    store_acc<16>(s_out, 128, s, warp * 16);
+    store_acc<D / 8>(o_out, D, o, warp * 16);
+#elif defined(__CUDA_ARCH__)
+    __trap();  // launched only on sm_90 devices
+#endif
+}
+
+// A row-major (rows, D) bf16 matrix as a TMA tensor (D, rows, 1, 1) in 128-row boxes.
+inline CUtensorMap probe_tensor(const bf16* x, int rows, int D) {
+    const uint64_t row = (uint64_t)D * sizeof(bf16);
+    return tensor_map_bf16(x, {(uint64_t)D, (uint64_t)rows, 1, 1}, {row, row * rows, row * rows}, {64, 128, 1, 1});
+}
+
+template <int D>
+void probe_tma(float* s, float* o, const bf16* a, int a_rows, const bf16* b1, const bf16* b2, const bf16* a2) {
+    auto* kernel = probe_tma_kernel<D>;
+    const size_t bytes = 3 * tma_fwd::TILE<D> + 1024 + 8;
+    allow_smem(kernel, bytes);
+    LNS_LAUNCH(kernel, 1, 128, bytes, s, o, probe_tensor(a, a_rows, D), probe_tensor(b1, 128, D),
+               probe_tensor(b2, 128, D), a2);
+    cudaCheckLaunch();
+}
+
 void probe_mma(float* c_nt, float* c_nn, const bf16* a, const bf16* b_nt, const bf16* b_nn, int a_rows) {
     auto* kernel = probe_mma_kernel;
     LNS_LAUNCH(kernel, 1, THREADS, 3 * 16 * ROW_STRIDE<16> * sizeof(bf16), c_nt, c_nn, a, b_nt, b_nn, a_rows);

@@ -12,4 +12,9 @@ bool mma(float* c_nt, float* c_nn, const uint16_t* a, const uint16_t* b_nt, cons
 // (n, k, dv) in {(64, 64, 64), (64, 128, 128), (32, 128, 128)}
 bool wgmma(float* s, float* o, const uint16_t* a1, const uint16_t* b1, const uint16_t* a2, const uint16_t* b2, int n,
            int k, int dv);
+// TMA (128-byte swizzle) and both-operand-in-smem wgmma, as the TMA forward uses them:
+// a (a_rows x d; rows a_rows..127 arrive as zeros), b1, b2 (128 x d), a2 (64 x 128);
+// s = a[64..127] b1^T (64 x 128), o = a2 b2 (64 x d); d 64 or 128
+bool tma(float* s, float* o, const uint16_t* a, int a_rows, const uint16_t* b1, const uint16_t* b2,
+         const uint16_t* a2, int d);
 }  // namespace ptx_probe

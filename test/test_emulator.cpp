@@ -70,6 +70,7 @@ TEST_CASE("emulated backend: no result depends on which warp runs ahead", "[emul
         {"llama flash, RoPE on load", small_flash("llama-tiny"), AttentionKind::flash, {true, false}},
         {"llama flash, wgmma", small_flash("llama-tiny"), AttentionKind::flash, {false, true}},
         {"llama flash, wgmma, 8-warp forward", small_flash("llama-tiny"), AttentionKind::flash, {false, true, 8}},
+        {"llama flash, TMA forward", small_flash("llama-tiny"), AttentionKind::flash, {false, false, 4, true}},
 #endif
     };
     for (const Case& c : cases) {
@@ -106,13 +107,15 @@ struct Buf {
 };
 using floatX = cuda_backend::floatX;
 
-// The flash variants: RoPE rotated first, in the loads, on wgmma; 8-warp forward blocks.
+// The flash variants: RoPE rotated first, in the loads, on wgmma; 8-warp forward blocks;
+// the TMA forward.
 const std::pair<const char*, cuda_backend::FlashOptions> FLASH_VARIANTS[] = {
     {"default", {}},
     {"rope_on_load", {true, false, 4}},
     {"wgmma", {false, true, 4}},
     {"8 warps", {false, false, 8}},
-    {"wgmma, 8 warps", {false, true, 8}}};
+    {"wgmma, 8 warps", {false, true, 8}},
+    {"tma", {false, false, 4, true}}};
 
 // One head of T = 150 (three key tiles, the last partial) through the flash pair with
 // RoPE, in one of the variants, on fresh buffers.
@@ -236,6 +239,7 @@ TEST_CASE("the emulator counts shared-memory wavefronts and global sectors", "[e
 // The padded tiles (attention_flash.cuh: ROW_STRIDE) and the core-matrix tiles of the
 // wgmma path are laid out so that no ldmatrix or cp.async waits on a bank conflict, and
 // the tile loads read whole 32-byte sectors (head rows of 128 or 256 contiguous bytes).
+// The TMA forward uses neither: its tiles are TMA copies in the swizzled layout.
 TEST_CASE("emulated backend: the flash kernels' ldmatrix and cp.async are conflict-free and coalesced",
           "[emulation][flash]") {
 #ifndef ENABLE_FP32
@@ -249,6 +253,11 @@ TEST_CASE("emulated backend: the flash kernels' ldmatrix and cp.async are confli
                     if (pass == 0) run.forward();
                     else run.backward();
                     const emu::MemStats s = emu::mem_stats();
+                    if (pass == 0 && options.tma) {  // every tile by TMA, every product on wgmma
+                        CHECK(s.ldmatrix == 0);
+                        CHECK(s.cp_async == 0);
+                        continue;
+                    }
                     CHECK(s.ldmatrix > 0);
                     CHECK(s.cp_async > 0);
                     CHECK(s.ldmatrix_wavefronts == 4 * s.ldmatrix);
@@ -304,6 +313,59 @@ TEST_CASE("the emulated runtime catches what a GPU would fault on or leave undef
     CHECK(cublasGemmStridedBatchedEx(nullptr, CUBLAS_OP_N, CUBLAS_OP_N, 8, 8, 8, &one, a.data(), CUDA_R_32F, 7, 0,
                                      b.data(), CUDA_R_32F, 8, 0, &zero, c.data(), CUDA_R_32F, 8, 0, 1,
                                      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_INVALID_VALUE);
+}
+
+// One TMA box (rows x 64 bf16 of a tensor of `rows_valid` rows) to smem, then every bf16
+// of the box's smem as it lies there, read after the barrier's phase (wait) or at once.
+__global__ void tma_box_kernel(float* out, const __grid_constant__ CUtensorMap map, int rows, bool wait) {
+    unsigned char* smem = dynamic_smem();
+    uint64_t* bar = reinterpret_cast<uint64_t*>(smem + rows * 128);
+    if (threadIdx.x == 0) {
+        mbar_init(bar, 1);
+        mbar_arrive_expect_tx(bar, rows * 128);
+        tma_load_4d(smem, &map, bar, 0, 0, 0, 0);
+    }
+    __syncthreads();
+    if (wait) mbar_wait(bar, 0);
+    const __nv_bfloat16* s = reinterpret_cast<const __nv_bfloat16*>(smem);
+    for (int i = threadIdx.x; i < rows * 64; i += blockDim.x) out[i] = __bfloat162float(s[i]);
+}
+// Waits for a phase that needs two arrivals and gets one.
+__global__ void stalled_phase_kernel() {
+    uint64_t* bar = reinterpret_cast<uint64_t*>(dynamic_smem());
+    if (threadIdx.x == 0) mbar_init(bar, 2);
+    __syncthreads();
+    if (threadIdx.x == 0) mbar_arrive(bar);
+    mbar_wait(bar, 0);
+}
+
+TEST_CASE("the emulated TMA lands swizzled boxes at the barrier's phase, and stalled phases fail", "[emulation]") {
+    const int rows = 16, valid = 11;  // rows 11..15 lie outside the tensor
+    std::vector<__nv_bfloat16> src((size_t)valid * 64);
+    for (size_t i = 0; i < src.size(); i++) src[i] = __float2bfloat16_rn((float)(i % 251) + 1.0f);
+    alignas(64) CUtensorMap map;
+    emu::encode_tensor_map(&map, src.data(), {64, (uint64_t)valid, 1, 1}, {128, 128 * valid, 128 * valid},
+                           {64, (uint32_t)rows, 1, 1});
+    std::vector<float> out(rows * 64, -1.0f);
+    const size_t smem = rows * 128 + 8;
+    LNS_LAUNCH(tma_box_kernel, 1, 64, smem, out.data(), map, rows, true);
+    // element (r, c) at 16-byte chunk (c / 8) ^ (r % 8) of row r
+    int wrong = 0;
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < 64; c++) {
+            const float want = r < valid ? __bfloat162float(src[(size_t)r * 64 + c]) : 0.0f;
+            wrong += out[r * 64 + ((c / 8) ^ (r % 8)) * 8 + c % 8] != want;
+        }
+    CHECK(wrong == 0);
+    CHECK(out[1 * 64 + 0] != __bfloat162float(src[64]));  // row 1 is swizzled: chunk 0 holds chunk 1
+    // without the wait: the reads come before the copy lands, and the block exits with it in flight
+    CHECK_THROWS_WITH(LNS_LAUNCH(tma_box_kernel, 1, 64, smem, out.data(), map, rows, false),
+                      Catch::Contains("TMA copies in flight"));
+    CHECK(std::isnan(out[0]));
+    CHECK_THROWS_WITH(LNS_LAUNCH(stalled_phase_kernel, 1, 32, 8), Catch::Contains("mbarrier phases that never complete"));
+    CHECK_THROWS_WITH(emu::encode_tensor_map(&map, src.data(), {64, (uint64_t)valid, 1, 1},
+                                             {120, 120 * valid, 120 * valid}, {64, (uint32_t)rows, 1, 1}),
+                      Catch::Contains("multiples of 16"));
 }
 
 // 1/3 in each thread's rounding mode: the host's, also on fibers reused from an earlier launch

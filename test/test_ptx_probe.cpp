@@ -1,6 +1,7 @@
 // The PTX probes (kernels/ptx_probe.cuh) against a host GEMM, on the CPU emulator and,
 // where there is one, on the GPU. The flash kernels' emulated tests rest on the
-// emulator reading ldmatrix, mma.sync, cp.async and wgmma as the hardware does; the GPU
+// emulator reading ldmatrix, mma.sync, cp.async, wgmma, TMA and the 128-byte swizzle as
+// the hardware does; the GPU
 // half of this file checks exactly that, one instruction pattern at a time.
 //
 // Bound: bf16 x bf16 products are exact in fp32, so the only error is the fp32
@@ -59,6 +60,22 @@ struct WgmmaCase {
         want_s = gemm(a1.f, b1.f, 64, n, k, true), want_o = gemm(a2.f, b2.f, 64, dv, n, false);
     }
 };
+// The TMA forward's pattern: A's rows 100..127 lie outside its tensor (zeros); s takes
+// A's second 64 rows, as the second consumer warpgroup does.
+struct TmaCase {
+    static constexpr int a_rows = 100;
+    int d;
+    Bf16Vec a, b1, b2, a2;
+    std::vector<float> want_s, want_o;
+    explicit TmaCase(int d_)
+        : d(d_), a(rand_matrix(a_rows, d_, 720)), b1(rand_matrix(128, d_, 721)), b2(rand_matrix(128, d_, 722)),
+          a2(rand_matrix(64, 128, 723)) {
+        std::vector<float> a_hi((size_t)64 * d, 0.0f);  // rows 64..127, zero from a_rows on
+        std::copy(a.f.begin() + (size_t)64 * d, a.f.end(), a_hi.begin());
+        want_s = gemm(a_hi, b1.f, 64, 128, d, true), want_o = gemm(a2.f, b2.f, 64, d, 128, false);
+    }
+};
+
 // (N, K, DV) as the flash kernels use them: D = 64 (both passes), the forward at D = 128,
 // the backward at D = 128
 const int WGMMA_SHAPES[][3] = {{64, 64, 64}, {64, 128, 128}, {32, 128, 128}};
@@ -82,6 +99,15 @@ TEST_CASE("PTX probes on the CPU emulator match a host GEMM", "[flash][emulation
         CHECK(max_rel_err(s, w.want_s) < PROBE_TOL);
         CHECK(max_rel_err(o, w.want_o) < PROBE_TOL);
     }
+    for (int d : {64, 128}) {
+        const TmaCase t(d);
+        std::vector<float> s(64 * 128, NAN), o((size_t)64 * d, NAN);
+        if (d == 64) probe_tma<64>(s.data(), o.data(), t.a.v.data(), t.a_rows, t.b1.v.data(), t.b2.v.data(), t.a2.v.data());
+        else probe_tma<128>(s.data(), o.data(), t.a.v.data(), t.a_rows, t.b1.v.data(), t.b2.v.data(), t.a2.v.data());
+        INFO("tma d " << d);
+        CHECK(max_rel_err(s, t.want_s) < PROBE_TOL);
+        CHECK(max_rel_err(o, t.want_o) < PROBE_TOL);
+    }
 }
 
 TEST_CASE("PTX probes on the GPU match a host GEMM", "[gpu][flash]") {
@@ -101,6 +127,17 @@ TEST_CASE("PTX probes on the GPU match a host GEMM", "[gpu][flash]") {
         INFO("wgmma n " << w.n << " k " << w.k << " dv " << w.dv << ": K-major B1 (wgmma_nt), N-major B2 (wgmma_nn)");
         CHECK(max_rel_err(s, w.want_s) < PROBE_TOL);
         CHECK(max_rel_err(o, w.want_o) < PROBE_TOL);
+    }
+    for (int d : {64, 128}) {
+        const TmaCase t(d);
+        std::vector<float> s(64 * 128, NAN), o((size_t)64 * d, NAN);
+        if (!ptx_probe::tma(s.data(), o.data(), t.a.bits(), t.a_rows, t.b1.bits(), t.b2.bits(), t.a2.bits(), d)) {
+            WARN("no sm_90a kernels for this device: the TMA probe did not run");
+            break;
+        }
+        INFO("tma d " << d << ": TMA 128-byte swizzle with zero fill, A and B by descriptor (s), B N-major (o)");
+        CHECK(max_rel_err(s, t.want_s) < PROBE_TOL);
+        CHECK(max_rel_err(o, t.want_o) < PROBE_TOL);
     }
 }
 

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <array>
+#include <map>
 #include <memory>
 #include <string>
 #include <utility>
@@ -104,13 +105,38 @@ void context_refresh_fp(Context&) {}  // ucontext keeps each context's own FP en
 
 constexpr size_t STACK_BYTES = 256 * 1024;
 
-enum class State { ready, barrier, collective, done };
+enum class State { ready, barrier, collective, mbarrier, done };
 enum class Op { none, shfl, shfl_down, ldmatrix, ldmatrix_trans, mma, wgmma };
 
 struct AsyncCopy {
     unsigned char* dst;
     const unsigned char* src;
     int bytes;  // read from src; the rest of the 16 is zero-filled
+};
+
+// An mbarrier: arrivals still expected in the current phase, transaction bytes still to
+// land (negative when copies land before their expect_tx), completed phases.
+struct MBarrier {
+    unsigned expected = 0, pending = 0;
+    long tx = 0;
+    unsigned phase = 0;
+};
+
+// What encode_tensor_map stores in a CUtensorMap (128 opaque bytes on a GPU).
+struct TensorMap {
+    uint64_t magic;
+    const unsigned char* base;
+    uint64_t dims[4], strides[3];  // strides in bytes of dimensions 1..3
+    uint32_t box[4];
+};
+constexpr uint64_t TENSOR_MAP_MAGIC = 0x4c4e53544d415034ull;
+static_assert(sizeof(TensorMap) <= sizeof(CUtensorMap), "fits the opaque tensor map");
+
+struct TmaCopy {
+    unsigned char* dst;
+    TensorMap map;
+    int c[4];
+    size_t bar;  // smem offset of the barrier its bytes complete on
 };
 
 struct WgmmaResult {
@@ -162,12 +188,15 @@ struct Thread {
     long cp_issued = 0;  // cp.async calls so far: the k-th of each lane is the warp's k-th instruction
     // wgmma operands: accumulators (as pending or in registers), B descriptor, shape
     std::vector<float> wg_acc;
-    uint64_t desc = 0;
+    uint64_t desc = 0, desc_a = 0;
+    bool a_smem = false;  // A by descriptor (desc_a), not from registers
     int nt = 0;
     bool trans = false;
     float* wg_dst = nullptr;
     AsyncGroups<WgmmaResult> wg_pending;
     bool wg_fenced = false;  // a wgmma.fence since the last wgmma.wait_group
+    size_t mbar = 0;         // State::mbarrier: the barrier (smem offset) and the parity waited for
+    unsigned mbar_parity = 0;
 };
 
 struct Block {
@@ -184,6 +213,8 @@ struct Block {
     // async proxy (wgmma) since
     std::vector<int> unpublished, lander;
     std::vector<char> proxy_fenced;
+    std::map<size_t, MBarrier> mbars;  // by smem offset
+    std::vector<TmaCopy> tma_pending;
     Context scheduler;
     Thread* current = nullptr;
     const std::function<void()>* fn = nullptr;
@@ -366,38 +397,63 @@ void start_fiber(Thread& t, int i) {
     t.wg_fenced = false;
 }
 
+// The byte offset in shared memory of element (mn, k) of a wgmma operand (16 x N or
+// 64 x 16) by its descriptor, after the PTX ISA's canonical layouts (cute's
+// make_gmma_desc states them the same way): without swizzling, 8 x 16-byte core matrices,
+// K-major (mn%8)*16 + (mn/8)*sbo + (k%8)*2 + (k/8)*lbo, MN-major (mn%8)*2 + (mn/8)*sbo +
+// (k%8)*16 + (k/8)*lbo; with the 128-byte swizzle, rows of 128 bytes in 8-row atoms,
+// K-major (mn%8)*128 + (mn/8)*sbo + k*2, MN-major (mn%64)*2 + (mn/64)*lbo + (k%8)*128 +
+// (k/8)*sbo, and then address bits 4-6 XOR bits 7-9. A swizzled start must lie at a
+// row 0 of an atom (bits 7-9 clear): the base-offset field is not emulated.
+size_t desc_offset(uint64_t desc, int mn, int k, bool mn_major) {
+    const size_t start = (desc & 0x3FFF) << 4, lbo = ((desc >> 16) & 0x3FFF) << 4, sbo = ((desc >> 32) & 0x3FFF) << 4;
+    const unsigned mode = (unsigned)(desc >> 62);
+    if (((desc >> 49) & 7) != 0) fail("wgmma: a descriptor base offset is not emulated");
+    if (mode == 0)
+        return mn_major ? start + (mn % 8) * 2 + (mn / 8) * sbo + (k % 8) * 16 + (k / 8) * lbo
+                        : start + (mn % 8) * 16 + (mn / 8) * sbo + (k % 8) * 2 + (k / 8) * lbo;
+    if (mode != 1) fail("wgmma: only unswizzled and 128-byte swizzled descriptors are emulated");
+    if ((start >> 7) & 7) fail("wgmma: a 128-byte swizzled operand must start at row 0 of an atom");
+    const size_t off = mn_major ? start + (mn % 64) * 2 + (mn / 64) * lbo + (k % 8) * 128 + (k / 8) * sbo
+                                : start + (mn % 8) * 128 + (mn / 8) * sbo + k * 2;
+    return off ^ (((off >> 7) & 7) << 4);
+}
+
+// One bf16 of a wgmma operand in shared memory, with the checks on how it landed.
+float desc_element(size_t off, const char* what) {
+    check_smem(g.smem + (off & ~(size_t)15), 16, what);
+    const size_t ch = off / 16;
+    if (g.unpublished[ch] >= 0)
+        fail(std::string(what) + " reads shared memory a cp.async landed (thread " + std::to_string(g.unpublished[ch]) +
+             ") that no barrier has published since");
+    if (g.lander[ch] >= 0 && !g.proxy_fenced[ch])
+        fail(std::string(what) + " reads cp.async data without a fence.proxy.async by the thread that waited for it");
+    uint16_t u;
+    std::memcpy(&u, g.smem + off, 2);
+    return __bfloat162float(__ushort_as_bfloat16(u));
+}
+
 // Executes one warp's part of a wgmma: rows 16w..16w+15 of D (64 x N) += A B, the warp
-// giving those rows of A (mma.sync A fragments) and holding those rows of D. .sync waits
-// for the warp only, so each warp reads B when it gets there: a warp that runs ahead
-// and overwrites a tile another warp's wgmma has yet to read is caught.
+// giving those rows of A (mma.sync A fragments, or by descriptor) and holding those rows
+// of D. .sync waits for the warp only, so each warp reads B when it gets there: a warp
+// that runs ahead and overwrites a tile another warp's wgmma has yet to read is caught.
 void resolve_wgmma(Thread* th) {
     const int nt = th[0].nt, N = 8 * nt;
     for (int i = 0; i < 32; i++)
-        if (th[i].op != Op::wgmma || th[i].nt != nt || th[i].desc != th[0].desc || th[i].trans != th[0].trans)
+        if (th[i].op != Op::wgmma || th[i].nt != nt || th[i].desc != th[0].desc || th[i].trans != th[0].trans ||
+            th[i].a_smem != th[0].a_smem || th[i].desc_a != th[0].desc_a)
             fail("lanes of one warp wait in different wgmma operations");
-    const uint64_t desc = th[0].desc;
-    if ((desc >> 62) != 0 || ((desc >> 49) & 7) != 0) fail("wgmma: only unswizzled descriptors are emulated");
-    const size_t start = (desc & 0x3FFF) << 4, lbo = ((desc >> 16) & 0x3FFF) << 4, sbo = ((desc >> 32) & 0x3FFF) << 4;
-    // B (16 x N) by the canonical layouts without swizzling (bytes, 2-byte elements):
-    // K-major (n%8)*16 + (n/8)*sbo + (k%8)*2 + (k/8)*lbo; N-major (n%8)*2 + (n/8)*sbo + (k%8)*16 + (k/8)*lbo
     std::vector<float> Bm(16 * N);
     for (int k = 0; k < 16; k++)
-        for (int n = 0; n < N; n++) {
-            const size_t off = th[0].trans ? start + (n % 8) * 2 + (n / 8) * sbo + (k % 8) * 16 + (k / 8) * lbo
-                                           : start + (n % 8) * 16 + (n / 8) * sbo + (k % 8) * 2 + (k / 8) * lbo;
-            check_smem(g.smem + (off & ~(size_t)15), 16, "wgmma B");
-            const size_t ch = off / 16;
-            if (g.unpublished[ch] >= 0)
-                fail("wgmma B reads shared memory a cp.async landed (thread " + std::to_string(g.unpublished[ch]) +
-                     ") that no barrier has published since");
-            if (g.lander[ch] >= 0 && !g.proxy_fenced[ch])
-                fail("wgmma B reads cp.async data without a fence.proxy.async by the thread that waited for it");
-            uint16_t u;
-            std::memcpy(&u, g.smem + off, 2);
-            Bm[k * N + n] = __bfloat162float(__ushort_as_bfloat16(u));
-        }
+        for (int n = 0; n < N; n++) Bm[k * N + n] = desc_element(desc_offset(th[0].desc, n, k, th[0].trans), "wgmma B");
     float A[16][16];
-    unpack_a(th, A);
+    if (th[0].a_smem) {
+        const int row0 = 16 * (tid_of(th) / 32 % 4);  // the warp's rows of the warpgroup's 64
+        for (int m = 0; m < 16; m++)
+            for (int k = 0; k < 16; k++) A[m][k] = desc_element(desc_offset(th[0].desc_a, row0 + m, k, false), "wgmma A");
+    } else {
+        unpack_a(th, A);
+    }
     for (int l = 0; l < 32; l++) {
         const int gr = l / 4, t = l % 4;
         std::vector<float>& acc = th[l].wg_acc;  // acc[4 nt' + e]: row gr + 8(e/2), column 8nt' + 2t + e%2
@@ -438,12 +494,63 @@ void count_cp_async_accesses() {
         }
 }
 
+bool mbar_passed(const Thread& t) {
+    auto it = g.mbars.find(t.mbar);
+    return it != g.mbars.end() && (it->second.phase & 1) != t.mbar_parity;
+}
+
+void mbar_complete_tx(MBarrier& b, long bytes) {
+    b.tx -= bytes;
+    if (b.pending == 0 && b.tx == 0) b.phase++, b.pending = b.expected;
+}
+
+// TMA copies in flight land: the box, zeros outside the tensor, in the 128-byte
+// swizzle (16-byte chunk c of 128-byte row r at chunk c ^ (r % 8); destinations are
+// 1024-byte aligned), then their bytes complete on their barriers.
+// Only the copies for barriers some thread waits on land, when there are such: the
+// others stay in flight, so a read that waited on the wrong barrier sees NaNs.
+void land_tma() {
+    std::vector<TmaCopy> copies, keep;
+    for (const TmaCopy& c : g.tma_pending) {
+        bool waited = false;
+        for (const Thread& t : g.threads) waited = waited || (t.state == State::mbarrier && t.mbar == c.bar);
+        (waited ? copies : keep).push_back(c);
+    }
+    if (copies.empty()) copies.swap(keep);
+    g.tma_pending.swap(keep);
+    for (const TmaCopy& c : copies) {
+        const TensorMap& m = c.map;
+        const size_t rows = (size_t)m.box[1] * m.box[2] * m.box[3];
+        for (size_t r = 0; r < rows; r++) {
+            const int i1 = (int)(r % m.box[1]), i2 = (int)(r / m.box[1] % m.box[2]), i3 = (int)(r / m.box[1] / m.box[2]);
+            const long x1 = (long)c.c[1] + i1, x2 = (long)c.c[2] + i2, x3 = (long)c.c[3] + i3;
+            const bool in_row = x1 >= 0 && x1 < (long)m.dims[1] && x2 >= 0 && x2 < (long)m.dims[2] && x3 >= 0 &&
+                                x3 < (long)m.dims[3];
+            for (int i0 = 0; i0 < (int)m.box[0]; i0++) {
+                const long x0 = (long)c.c[0] + i0;
+                uint16_t v = 0;
+                if (in_row && x0 >= 0 && x0 < (long)m.dims[0])
+                    std::memcpy(&v, m.base + x0 * 2 + x1 * m.strides[0] + x2 * m.strides[1] + x3 * m.strides[2], 2);
+                size_t off = (size_t)(c.dst - g.smem) + r * 128 + i0 * 2;
+                off ^= ((off >> 7) & 7) << 4;
+                std::memcpy(g.smem + off, &v, 2);
+            }
+        }
+        const size_t bytes = rows * 128;
+        for (size_t ch = (size_t)(c.dst - g.smem) / 16; ch < (size_t)(c.dst - g.smem + bytes) / 16; ch++)
+            g.unpublished[ch] = g.lander[ch] = -1;  // async-proxy data: no cp.async rules
+        mbar_complete_tx(g.mbars.at(c.bar), (long)bytes);
+    }
+}
+
 void run_block() {
     const int n = (int)g.threads.size(), warps = n / 32;
     std::memset(g.smem, 0xff, g.smem_bytes);
     g.unpublished.assign(g.smem_bytes / 16 + 1, -1);
     g.lander.assign(g.smem_bytes / 16 + 1, -1);
     g.proxy_fenced.assign(g.smem_bytes / 16 + 1, 0);
+    g.mbars.clear();
+    g.tma_pending.clear();
     for (int i = 0; i < n; i++) start_fiber(g.threads[i], i);
     g.cp_lanes.assign(warps, {});
     for (;;) {
@@ -451,6 +558,8 @@ void run_block() {
         for (int k = 0; k < warps && !progressed; k++) {
             const int w = g.order == Order::forward ? k : warps - 1 - k;
             Thread* lanes = &g.threads[32 * w];
+            for (int l = 0; l < 32; l++)
+                if (lanes[l].state == State::mbarrier && mbar_passed(lanes[l])) lanes[l].state = State::ready;
             for (int l = 0; l < 32; l++)
                 if (lanes[l].state == State::ready) {
                     g.current = &lanes[l];
@@ -480,13 +589,22 @@ void run_block() {
             }
         }
         if (progressed) continue;
-        int at_barrier = 0, done = 0;
-        for (Thread& t : g.threads) at_barrier += t.state == State::barrier, done += t.state == State::done;
+        int at_barrier = 0, done = 0, at_mbar = 0;
+        for (Thread& t : g.threads)
+            at_barrier += t.state == State::barrier, done += t.state == State::done, at_mbar += t.state == State::mbarrier;
         if (done == n) {
+            if (!g.tma_pending.empty()) fail("the block exits with TMA copies in flight");
             count_cp_async_accesses();
             return;
         }
-        if (at_barrier + done < n) fail("deadlock: lanes wait in collectives their warps never complete");
+        if (at_barrier + done < n) {  // not a block barrier that every thread has reached
+            if (!g.tma_pending.empty()) {  // no thread can run on: the copies land now, as late as they may
+                land_tma();
+                continue;
+            }
+            if (at_mbar > 0) fail("deadlock: threads wait for mbarrier phases that never complete");
+            fail("deadlock: lanes wait in collectives their warps never complete");
+        }
         for (Thread& t : g.threads)
             if (t.state == State::barrier) t.state = State::ready;
         std::fill(g.unpublished.begin(), g.unpublished.end(), -1);
@@ -633,11 +751,10 @@ void fence_proxy_async() {
 
 void wgmma_fence() { self("wgmma.fence")->wg_fenced = true; }
 
-void wgmma(float* d, int nt, const uint32_t (&a)[4], uint64_t desc_b, bool trans_b) {
-    Thread* t = self("wgmma.mma_async");
+namespace {
+void wgmma_issue(Thread* t, float* d, int nt, uint64_t desc_b, bool trans_b) {
     if (!t->wg_fenced) fail("wgmma.mma_async without a wgmma.fence since the last wgmma.wait_group");
     t->op = Op::wgmma, t->nt = nt, t->desc = desc_b, t->trans = trans_b, t->wg_dst = d;
-    for (int i = 0; i < 4; i++) t->in[i] = a[i];
     // the accumulator: the newest pending result for these registers, else the registers
     t->wg_acc.assign(d, d + 4 * nt);
     for (const auto& r : t->wg_pending.ops)
@@ -646,7 +763,20 @@ void wgmma(float* d, int nt, const uint32_t (&a)[4], uint64_t desc_b, bool trans
     block_on(State::collective);
     t->op = Op::none;
 }
+}  // namespace
 
+void wgmma_ss(float* d, int nt, uint64_t desc_a, uint64_t desc_b, bool trans_b) {
+    Thread* t = self("wgmma.mma_async");
+    t->a_smem = true, t->desc_a = desc_a;
+    wgmma_issue(t, d, nt, desc_b, trans_b);
+}
+
+void wgmma(float* d, int nt, const uint32_t (&a)[4], uint64_t desc_b, bool trans_b) {
+    Thread* t = self("wgmma.mma_async");
+    t->a_smem = false, t->desc_a = 0;
+    for (int i = 0; i < 4; i++) t->in[i] = a[i];
+    wgmma_issue(t, d, nt, desc_b, trans_b);
+}
 void wgmma_commit() {
     self("wgmma.commit_group")->wg_pending.commit();
 }
@@ -656,6 +786,89 @@ void wgmma_wait(int pending_groups) {
     t->wg_fenced = false;
     t->wg_pending.retire(pending_groups,
                          [](const WgmmaResult& r) { std::copy(r.value.begin(), r.value.end(), r.dst); });
+}
+
+namespace {
+MBarrier& mbar_of(const void* bar, const char* op, size_t* off_out = nullptr) {
+    const unsigned char* c = static_cast<const unsigned char*>(bar);
+    if (c < g.smem || c + 8 > g.smem + g.smem_bytes || (uintptr_t)c % 8 != 0)
+        fail(std::string(op) + ": the mbarrier is not an aligned 8 bytes of the launch's shared memory");
+    const size_t off = (size_t)(c - g.smem);
+    auto it = g.mbars.find(off);
+    if (it == g.mbars.end()) fail(std::string(op) + ": mbarrier not initialised");
+    if (off_out) *off_out = off;
+    return it->second;
+}
+}  // namespace
+
+void mbar_init(void* bar, unsigned arrivals) {
+    self("mbarrier.init");
+    const unsigned char* c = static_cast<const unsigned char*>(bar);
+    if (c < g.smem || c + 8 > g.smem + g.smem_bytes || (uintptr_t)c % 8 != 0)
+        fail("mbarrier.init: not an aligned 8 bytes of the launch's shared memory");
+    if (arrivals == 0) fail("mbarrier.init: an arrival count of 0");
+    MBarrier& b = g.mbars[(size_t)(c - g.smem)];
+    b = MBarrier{};
+    b.expected = b.pending = arrivals;
+}
+
+void mbar_arrive(void* bar, unsigned tx_bytes) {
+    self("mbarrier.arrive");
+    MBarrier& b = mbar_of(bar, "mbarrier.arrive");
+    if (b.pending == 0) fail("mbarrier.arrive: more arrivals than the phase expects");
+    b.tx += tx_bytes;
+    b.pending--;
+    mbar_complete_tx(b, 0);
+}
+
+void mbar_wait(void* bar, unsigned parity) {
+    Thread* t = self("mbarrier.try_wait.parity");
+    size_t off = 0;
+    MBarrier& b = mbar_of(bar, "mbarrier.try_wait.parity", &off);
+    if ((b.phase & 1) != (parity & 1)) return;
+    t->mbar = off, t->mbar_parity = parity & 1;
+    block_on(State::mbarrier);
+}
+
+void tma_load(void* dst, const void* map, void* bar, const int (&c)[4]) {
+    self("cp.async.bulk.tensor");
+    TmaCopy copy;
+    std::memcpy(&copy.map, map, sizeof(TensorMap));
+    if (copy.map.magic != TENSOR_MAP_MAGIC) fail("cp.async.bulk.tensor: not a tensor map from encode_tensor_map");
+    const TensorMap& m = copy.map;
+    const size_t bytes = (size_t)m.box[1] * m.box[2] * m.box[3] * 128;
+    unsigned char* d = static_cast<unsigned char*>(dst);
+    check_smem(d, bytes, "cp.async.bulk.tensor");
+    if ((d - g.smem) % 1024 != 0) fail("cp.async.bulk.tensor: a 128-byte swizzled box must start 1024-byte aligned");
+    mbar_of(bar, "cp.async.bulk.tensor", &copy.bar);
+    copy.dst = d;
+    std::memcpy(copy.c, c, sizeof copy.c);
+    std::memset(d, 0xff, bytes);  // undefined until it lands
+    g.tma_pending.push_back(copy);
+}
+
+void encode_tensor_map(CUtensorMap* map, const void* base, const uint64_t (&dims)[4], const uint64_t (&strides)[3],
+                       const uint32_t (&box)[4]) {
+    auto refuse = [](const std::string& why) { throw Error("encode_tensor_map: " + why); };
+    if ((uintptr_t)map % 64 != 0) refuse("the tensor map must be 64-byte aligned");
+    if ((uintptr_t)base % 16 != 0) refuse("the global address must be 16-byte aligned");
+    for (int i = 0; i < 4; i++) {
+        if (dims[i] == 0 || dims[i] > (1ull << 32)) refuse("dimension " + std::to_string(i) + " out of (0, 2^32]");
+        if (box[i] == 0 || box[i] > 256) refuse("box dimension " + std::to_string(i) + " out of (0, 256]");
+    }
+    for (int i = 0; i < 3; i++)
+        if (strides[i] % 16 != 0 || strides[i] >= (1ull << 40)) refuse("strides must be multiples of 16 below 2^40");
+    // the driver's nesting of the strides (each includes the dimensions inside it)
+    if (strides[0] < dims[0] * 2 || strides[1] < strides[0] * dims[1] || strides[2] < strides[1] * dims[2])
+        refuse("strides must nest (each at least the previous one times its dimension)");
+    if (box[0] * 2 != 128) refuse("only boxes of 128-byte rows (the 128-byte swizzle's span) are emulated");
+    TensorMap m{};
+    m.magic = TENSOR_MAP_MAGIC;
+    m.base = static_cast<const unsigned char*>(base);
+    for (int i = 0; i < 4; i++) m.dims[i] = dims[i], m.box[i] = box[i];
+    for (int i = 0; i < 3; i++) m.strides[i] = strides[i];
+    std::memset(map, 0, sizeof(CUtensorMap));
+    std::memcpy(map, &m, sizeof m);
 }
 
 }  // namespace emu

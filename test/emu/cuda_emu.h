@@ -20,6 +20,17 @@
 //     canonical layouts; it needs a wgmma.fence since the thread's last wait, its
 //     registers read NaN until the wgmma.wait_group that retires it, and later wgmmas
 //     into the same registers chain on the pending values;
+//   - mbarriers (init, arrive, arrive.expect_tx, try_wait.parity) keep their arrival
+//     count, transaction bytes and phase; a thread that waits for a phase blocks until
+//     it completes. TMA tensor copies (cp.async.bulk.tensor, 128-byte swizzle) fill
+//     their destination with 0xFF at issue and land, completing their bytes on the
+//     barrier, only when no thread can run on (and then only those for barriers that a
+//     thread waits on, if any), so a read before its wait, or after a wait on another
+//     barrier, sees NaNs and a refill issued before the readers released the buffer is
+//     caught;
+//   - wgmma with A from shared memory (both operands by descriptor), and descriptors in
+//     the 128-byte swizzle mode (the layout TMA writes), decoded by the same canonical
+//     layouts with the 16-byte chunk bits XORed by the 128-byte row bits of the address;
 //   - scheduling is warp-serial: the first warp in the chosen order runs until it
 //     blocks on a barrier or exits before the next one runs, so a warp gets as far
 //     ahead of the others as the code allows and a missing barrier lets it overwrite
@@ -37,6 +48,7 @@
 #define LNS_CUDA_EMU  // kernel headers included after this one compile for the emulator
 #endif
 #include <cublas_v2.h>
+#include <cuda.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -108,8 +120,19 @@ void mma_m16n8k16_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint3
 void cp_async_16(void* dst, const void* src, int src_bytes);
 // wgmma.mma_async m64nNk16 bf16 -> f32, A from registers, B by descriptor (no swizzle)
 void wgmma(float* d, int nt, const uint32_t (&a)[4], uint64_t desc_b, bool trans_b);
+// the same with A (64 x 16, K-major) by descriptor too
+void wgmma_ss(float* d, int nt, uint64_t desc_a, uint64_t desc_b, bool trans_b);
 void wgmma_commit();
 void wgmma_wait(int pending_groups);
+void mbar_init(void* bar, unsigned arrivals);
+void mbar_arrive(void* bar, unsigned tx_bytes);  // expect_tx(tx_bytes) and one arrival
+void mbar_wait(void* bar, unsigned parity);
+// cp.async.bulk.tensor of the box at coordinates c (innermost first) to dst
+void tma_load(void* dst, const void* map, void* bar, const int (&c)[4]);
+// cuTensorMapEncodeTiled for a 4-d bf16 tensor with SWIZZLE_128B, zero fill; throws Error
+// where the driver would refuse the arguments
+void encode_tensor_map(CUtensorMap* map, const void* base, const uint64_t (&dims)[4], const uint64_t (&strides)[3],
+                       const uint32_t (&box)[4]);
 void wgmma_fence();
 void fence_proxy_async();
 uint32_t smem_offset(const void* p);
@@ -216,3 +239,19 @@ template <int TRANS_B, int NT>
 __device__ __forceinline__ void wgmma_bf16(float (&d)[NT][4], const uint32_t (&a)[4], uint64_t desc_b) {
     emu::wgmma(&d[0][0], NT, a, desc_b, TRANS_B != 0);
 }
+__device__ __forceinline__ void wgmma_bf16_ss(float (&d)[16][4], uint64_t desc_a, uint64_t desc_b) {
+    emu::wgmma_ss(&d[0][0], 16, desc_a, desc_b, false);
+}
+__device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t arrivals) { emu::mbar_init(bar, arrivals); }
+__device__ __forceinline__ void fence_mbar_init() {}
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, uint32_t bytes) { emu::mbar_arrive(bar, bytes); }
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) { emu::mbar_arrive(bar, 0); }
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) { emu::mbar_wait(bar, parity); }
+__device__ __forceinline__ void tma_load_4d(void* dst, const void* map, uint64_t* bar, int c0, int c1, int c2,
+                                            int c3) {
+    emu::tma_load(dst, map, bar, {c0, c1, c2, c3});
+}
+template <int REGS>
+__device__ __forceinline__ void setmaxnreg_inc() {}
+template <int REGS>
+__device__ __forceinline__ void setmaxnreg_dec() {}
