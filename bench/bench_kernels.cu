@@ -356,16 +356,15 @@ void bench_attention(Timer& tm) {
                        wg ? "flash_wgmma_8warps" : "flash_8warps", fwd_flops / (f8 * 1e9));
                 fflush(stdout);
             }
-            if (cuda_backend::attention_flash_has_wgmma()) {  // the TMA forward; its backward is the default's
+            if (cuda_backend::attention_flash_has_wgmma()) {  // the TMA kernels, without and with RoPE
                 cuda_backend::attention_flash_options({false, false, 4, true});
-                const double ft = tm.median_ms(
-                    [&] { cuda_backend::attention_flash_forward(O, L, Q, a.B, a.T, C, a.H, 0.0f); });
-                const double ftr = tm.median_ms(
-                    [&] { cuda_backend::attention_flash_forward(O, L, Q, a.B, a.T, C, a.H, 10000.0f); });
-                printf("attn_tflops %d %d %d %d flash_tma fwd %.1f bwd -\n", a.B, a.H, a.T, a.D, fwd_flops / (ft * 1e9));
-                printf("attn_tflops %d %d %d %d flash_tma_rope_first fwd %.1f bwd -\n", a.B, a.H, a.T, a.D,
-                       fwd_flops / (ftr * 1e9));
-                fflush(stdout);
+                for (float theta : {0.0f, 10000.0f}) {
+                    const double ft = tm.median_ms(
+                        [&] { cuda_backend::attention_flash_forward(O, L, Q, a.B, a.T, C, a.H, theta); });
+                    const double bt = tm.median_ms(
+                        [&] { cuda_backend::attention_flash_backward(DQ, DO, Q, O, L, a.B, a.T, C, a.H, theta); });
+                    report(theta > 0 ? "flash_tma_rope_first" : "flash_tma", ft, bt);
+                }
             }
             cuda_backend::attention_flash_options({});
         }

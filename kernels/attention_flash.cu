@@ -33,8 +33,9 @@ void cuda_backend::attention_flash_forward(floatX* out, float* lse, const floatX
 void cuda_backend::attention_flash_backward(floatX* dqkv, const floatX* dout, const floatX* qkv, const floatX* out,
                                             const float* lse, int B, int T, int C, int NH, float rope_theta) {
     NVTX_RANGE("attention_flash_backward");
-    const bool wgmma = g_options.wgmma && attention_flash_has_wgmma();
-    flash_backward(dqkv, dout, qkv, out, lse, B, T, C, NH, rope_theta, g_options.rope_on_load, wgmma);
+    const bool sm90a = attention_flash_has_wgmma();
+    flash_backward(dqkv, dout, qkv, out, lse, B, T, C, NH, rope_theta, g_options.rope_on_load, g_options.wgmma && sm90a,
+                   g_options.tma && sm90a);
 }
 
 #else  // ENABLE_FP32

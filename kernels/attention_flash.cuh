@@ -32,10 +32,10 @@
 // overlaps the softmax of one key tile with the product of the previous one; the
 // backward kernels wait for each product.
 //
-// Hopper, FlashAttention-3's structure (flash_forward_tma_kernel, sm_90a, opt-in:
-// FlashOptions::tma): the forward with a producer warpgroup issuing TMA copies into a
-// two-stage ring guarded by mbarriers, and two consumer warpgroups on wgmma over
-// 128 x 128 tiles in the 128-byte swizzle; the backward is the kernels above.
+// Hopper, FlashAttention-3's structure (the *_tma kernels, sm_90a, opt-in:
+// FlashOptions::tma): a producer warpgroup issues TMA copies into a two-stage ring
+// guarded by mbarriers, two consumer warpgroups compute on wgmma, tiles in the 128-byte
+// swizzle; forward over 128 x 128 tiles, backward as the two kernels below (dq; dk, dv).
 //
 // Pipelining. Tiles are cp.async copies (global -> smem, no register round trip),
 // issued one stage ahead: in forward V_j lands while S = Q K_j^T is computed and
@@ -268,6 +268,14 @@ __device__ __forceinline__ void store_row(bf16* dst, const float (&acc)[D / 8][4
         *reinterpret_cast<__nv_bfloat162*>(dst + nt * 8 + tig * 2) = __floats2bfloat162_rn(a[0], a[1]);
         *reinterpret_cast<__nv_bfloat162*>(dst + D / 2 + nt * 8 + tig * 2) = __floats2bfloat162_rn(b[0], b[1]);
     }
+}
+
+// store_row, rotated back where there is a RoPE table (rope non-null).
+template <int D>
+__device__ __forceinline__ void store_row_rope(bf16* dst, const float (&acc)[D / 8][4], int r, int t, float scale,
+                                               const float2* __restrict__ rope) {
+    if (rope) store_row<D, true>(dst, acc, r, t, scale, rope);
+    else store_row<D, false>(dst, acc, r, t, scale, nullptr);
 }
 
 // Rows [row0, row0 + ROWS) of one head (as load_tile, by cp.async, zeros at rows >= T)
@@ -560,39 +568,36 @@ template <int D> constexpr int TILE = D / 64 * BOX;  // bytes of a Q, K or V til
 template <int D> constexpr size_t smem() { return (1 + 2 * STAGES) * TILE<D> + 1024 + 128; }
 }  // namespace tma_fwd
 
-// Box `box` (channels 64 box..) of rows t0..t0+127 of head h of batch b, to dst.
+// Box `box` (channels 64 box..) of the map's box rows from t0, of head h of batch b, to dst.
 __device__ __forceinline__ void tma_rows(void* dst, const CUtensorMap* map, uint64_t* bar, bool head_major, int box,
                                          int t0, int h, int b) {
     if (head_major) tma_load_4d(dst, map, bar, 64 * box, t0, h, b);
     else tma_load_4d(dst, map, bar, 64 * box, h, t0, b);
 }
-// s (64 x 128) += A B^T over D channels, issued and committed, not waited for: A the 64
-// rows at sA, B the 128 rows at sB, both tiles of swizzled boxes (BOX bytes apart). A
-// k-step takes 16 channels: 32 bytes along the 128-byte rows of one box.
-template <int D>
-__device__ __forceinline__ void tma_issue_nt(float (&s)[tma_fwd::BN / 8][4], const unsigned char* sA,
-                                             const unsigned char* sB) {
-    using tma_fwd::BOX;
+// s (64 x N) += A B^T over D channels, issued and committed, not waited for: A the 64
+// rows at sA, B the N rows at sB, both tiles of swizzled boxes of 64 channels (a_box and
+// b_box bytes apart). A k-step takes 16 channels: 32 bytes along the boxes' 128-byte rows.
+template <int D, int N>
+__device__ __forceinline__ void tma_issue_nt(float (&s)[N / 8][4], const unsigned char* sA, int a_box,
+                                             const unsigned char* sB, int b_box) {
     wgmma_fence_operands(s);
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < D / 16; kk++) {
-        const int at = kk / 4 * BOX + kk % 4 * 32;
-        wgmma_bf16_ss(s, wgmma_desc_sw128(sA + at, 16, 1024), wgmma_desc_sw128(sB + at, 16, 1024));
-    }
+    for (int kk = 0; kk < D / 16; kk++)
+        wgmma_bf16_ss(s, wgmma_desc_sw128(sA + kk / 4 * a_box + kk % 4 * 32, 16, 1024),
+                      wgmma_desc_sw128(sB + kk / 4 * b_box + kk % 4 * 32, 16, 1024));
     wgmma_commit();
 }
-// o (64 x D) += P B over 128 rows, issued and committed: P as register fragments, B a tile
-// at sB read N-major (16 rows of 128 bytes per k-step; its boxes BOX bytes apart along N).
-template <int D>
-__device__ __forceinline__ void tma_issue_nn(float (&o)[D / 8][4], const uint32_t (&p)[tma_fwd::BN / 16][4],
-                                             const unsigned char* sB) {
-    using tma_fwd::BOX;
+// o (64 x D) += P B over K rows, issued and committed: P as register fragments, B the K
+// rows at sB read N-major (16 rows of 128 bytes per k-step; its boxes b_box bytes apart
+// along N).
+template <int D, int K>
+__device__ __forceinline__ void tma_issue_nn(float (&o)[D / 8][4], const uint32_t (&p)[K / 16][4],
+                                             const unsigned char* sB, int b_box) {
     wgmma_fence_operands(o);
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < tma_fwd::BN / 16; kk++)
-        wgmma_bf16<1>(o, p[kk], wgmma_desc_sw128(sB + kk * 16 * 128, BOX, 1024));
+    for (int kk = 0; kk < K / 16; kk++) wgmma_bf16<1>(o, p[kk], wgmma_desc_sw128(sB + kk * 16 * 128, b_box, 1024));
     wgmma_commit();
 }
 
@@ -652,9 +657,9 @@ __global__ void __launch_bounds__(tma_fwd::THREADS, 1)
         if (lane == 0) mbar_arrive(bar);  // after this warp's wgmma_wait: its reads are done
     };
     const unsigned char* sQw = sQ + wg * 64 * 128;  // the warpgroup's 64 rows of each Q box
-    auto issue_s = [&](float (&s)[NT][4], int stage) { tma_issue_nt<D>(s, sQw, sK(stage)); };
+    auto issue_s = [&](float (&s)[NT][4], int stage) { tma_issue_nt<D, BN>(s, sQw, BOX, sK(stage), BOX); };
     float o[D / 8][4] = {};
-    auto issue_pv = [&](const uint32_t (&p)[BN / 16][4], int stage) { tma_issue_nn<D>(o, p, sV(stage)); };
+    auto issue_pv = [&](const uint32_t (&p)[BN / 16][4], int stage) { tma_issue_nn<D, BN>(o, p, sV(stage), BOX); };
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, corr[2];
     uint32_t p[BN / 16][4];  // P_j: the A operand of O += P_j V_j
     mbar_wait(full_q, 0);
@@ -699,6 +704,225 @@ __global__ void __launch_bounds__(tma_fwd::THREADS, 1)
         }
     }
     store_forward<D>(out + (size_t)b * T * C + h * D, lse + (size_t)bh * T, o, m, l, row, T, C, scale);
+}
+
+// ---- backward on TMA and wgmma with warp specialisation (sm_90a, FlashOptions::tma): the
+// two kernels of the FlashAttention-2 backward below (dq per query block, dk and dv per
+// key block: no atomics, each output written once in a fixed order) in the structure of
+// flash_forward_tma_kernel. A block of three warpgroups owns 128 rows (64 per consumer
+// warpgroup), loaded once; the producer streams 64-row tiles of the other side into a
+// two-stage ring. Each step: two products with both operands in smem (m64n64k16), the
+// probabilities and score gradients in registers, then one or two products with them
+// from registers; the consumers wait for each.
+namespace tma_bwd {
+constexpr int BM = 128, BI = 64, STAGES = 2, THREADS = 384;
+constexpr int OUT_BOX = BM * 128, IN_BOX = BI * 128;  // bytes of one 64-channel box
+template <int D> constexpr int OUT = D / 64 * OUT_BOX;  // a 128-row tile of D channels
+template <int D> constexpr int IN = D / 64 * IN_BOX;    // a 64-row tile
+// two outer tiles, two stages of two inner tiles, (dk/dv) lse and Dv per stage; then the
+// barriers, and 1024 bytes to align the tiles
+template <int D> constexpr int BARS = 2 * OUT<D> + 2 * STAGES * IN<D> + STAGES * 2 * BI * 4;
+template <int D> constexpr size_t smem() { return BARS<D> + 128 + 1024; }
+}  // namespace tma_bwd
+
+// dq: query block of 128 rows (heaviest first); key tiles 0..diagonal.
+template <int D>
+__global__ void __launch_bounds__(tma_bwd::THREADS, 1)
+    flash_dq_tma_kernel(bf16* __restrict__ dqkv, const __grid_constant__ CUtensorMap tq,
+                        const __grid_constant__ CUtensorMap tdo, const __grid_constant__ CUtensorMap tk,
+                        const __grid_constant__ CUtensorMap tv, int qk_head_major, const float* __restrict__ lse,
+                        const float* __restrict__ Dv, const float2* __restrict__ rope, int T, int NH, float scale) {
+    using namespace tma_bwd;
+    trap_without_sm90a();
+    unsigned char* smem = dynamic_smem();
+    smem += (1024 - smem_addr(smem) % 1024) % 1024;
+    unsigned char *sQ = smem, *sdO = smem + OUT<D>;
+    auto sK = [&](int s) { return smem + 2 * OUT<D> + s * IN<D>; };
+    auto sV = [&](int s) { return smem + 2 * OUT<D> + (STAGES + s) * IN<D>; };
+    uint64_t* full_o = reinterpret_cast<uint64_t*>(smem + BARS<D>);
+    uint64_t *full = full_o + 1, *empty = full + STAGES;
+    const int bh = blockIdx.x, b = bh / NH, h = bh % NH, C = NH * D;
+    const int q0 = (gridDim.y - 1 - blockIdx.y) * BM;
+    const int tiles = (min(q0 + BM, T) + BI - 1) / BI;  // keys up to the block's last valid row
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (threadIdx.x == 0) {
+        mbar_init(full_o, 1);
+        for (int s = 0; s < STAGES; s++) mbar_init(full + s, 1), mbar_init(empty + s, 8);
+        fence_mbar_init();
+    }
+    __syncthreads();
+
+    if (warp < 4) {  // the producer warpgroup: Q and dout once, then K and V tiles
+        setmaxnreg_dec<24>();
+        if (threadIdx.x != 0) return;
+        mbar_arrive_expect_tx(full_o, 2 * OUT<D>);
+        for (int c = 0; c < D / 64; c++) {
+            tma_rows(sQ + c * OUT_BOX, &tq, full_o, qk_head_major, c, q0, h, b);
+            tma_rows(sdO + c * OUT_BOX, &tdo, full_o, false, c, q0, h, b);
+        }
+        for (int j = 0; j < tiles; j++) {
+            const int s = j % STAGES, use = j / STAGES;
+            if (use > 0) mbar_wait(empty + s, (use - 1) & 1);
+            mbar_arrive_expect_tx(full + s, 2 * IN<D>);
+            for (int c = 0; c < D / 64; c++) {
+                tma_rows(sK(s) + c * IN_BOX, &tk, full + s, qk_head_major, c, j * BI, h, b);
+                tma_rows(sV(s) + c * IN_BOX, &tv, full + s, false, c, j * BI, h, b);
+            }
+        }
+        return;
+    }
+
+    setmaxnreg_inc<240>();
+    const int wg = warp / 4 - 1, g = lane / 4, tig = lane % 4;
+    const int row[2] = {q0 + 64 * wg + 16 * (warp % 4) + g, q0 + 64 * wg + 16 * (warp % 4) + g + 8};
+    const float sl2 = scale * LOG2E;
+    float lse2[2], dv[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        lse2[r] = row[r] < T ? lse[(size_t)bh * T + row[r]] * LOG2E : 0.0f;
+        dv[r] = row[r] < T ? Dv[(size_t)bh * T + row[r]] : 0.0f;
+    }
+    float dq[D / 8][4] = {};
+    mbar_wait(full_o, 0);
+    for (int j = 0; j < tiles; j++) {
+        const int s = j % STAGES;
+        mbar_wait(full + s, j / STAGES & 1);
+        float sc[BI / 8][4] = {}, dp[BI / 8][4] = {};
+        tma_issue_nt<D, BI>(sc, sQ + wg * 64 * 128, OUT_BOX, sK(s), IN_BOX);
+        tma_issue_nt<D, BI>(dp, sdO + wg * 64 * 128, OUT_BOX, sV(s), IN_BOX);
+        wgmma_wait<0>();
+        wgmma_fence_operands(sc);
+        wgmma_fence_operands(dp);
+#pragma unroll
+        for (int nt = 0; nt < BI / 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int key = j * BI + nt * 8 + tig * 2 + e % 2, r = e / 2;
+                const float p = key <= row[r] && row[r] < T ? exp2f(__fmaf_rn(sc[nt][e], sl2, -lse2[r])) : 0.0f;
+                sc[nt][e] = p * (dp[nt][e] - dv[r]);
+            }
+        uint32_t a[BI / 16][4];
+        acc_to_a<BI / 8>(a, sc);
+        tma_issue_nn<D, BI>(dq, a, sK(s), IN_BOX);
+        wgmma_wait<0>();
+        wgmma_fence_operands(dq);
+        wgmma_fence_operands(a);
+        if (lane == 0) mbar_arrive(empty + s);  // this warp is done with K_j and V_j
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++)
+        if (row[r] < T)
+            store_row_rope<D>(dqkv + ((size_t)b * T + row[r]) * 3 * C + h * D, dq, r, row[r], scale, rope);
+}
+
+// dk, dv: key block of 128 rows (heaviest first); query tiles from the diagonal to T,
+// with their lse (log2 units) and Dv, which the producer warp stores beside each stage:
+// its 32 lanes are the stage's "full" arrivals, so the stores are visible with the copy.
+template <int D>
+__global__ void __launch_bounds__(tma_bwd::THREADS, 1)
+    flash_dkv_tma_kernel(bf16* __restrict__ dqkv, const __grid_constant__ CUtensorMap tq,
+                         const __grid_constant__ CUtensorMap tdo, const __grid_constant__ CUtensorMap tk,
+                         const __grid_constant__ CUtensorMap tv, int qk_head_major, const float* __restrict__ lse,
+                         const float* __restrict__ Dv, const float2* __restrict__ rope, int T, int NH, float scale) {
+    using namespace tma_bwd;
+    trap_without_sm90a();
+    unsigned char* smem = dynamic_smem();
+    smem += (1024 - smem_addr(smem) % 1024) % 1024;
+    unsigned char *sK = smem, *sV = smem + OUT<D>;
+    auto sQ = [&](int s) { return smem + 2 * OUT<D> + s * IN<D>; };
+    auto sdO = [&](int s) { return smem + 2 * OUT<D> + (STAGES + s) * IN<D>; };
+    float* stats = reinterpret_cast<float*>(smem + 2 * OUT<D> + 2 * STAGES * IN<D>);
+    auto sL = [&](int s) { return stats + s * 2 * BI; };  // lse * log2(e), then Dv
+    auto sD = [&](int s) { return stats + s * 2 * BI + BI; };
+    uint64_t* full_o = reinterpret_cast<uint64_t*>(smem + BARS<D>);
+    uint64_t *full = full_o + 1, *empty = full + STAGES;
+    const int bh = blockIdx.x, b = bh / NH, h = bh % NH, C = NH * D;
+    const int k0 = blockIdx.y * BM;
+    const int first = k0 / BI, tiles = (T + BI - 1) / BI;  // causal: no query tile before the diagonal
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (threadIdx.x == 0) {
+        mbar_init(full_o, 1);
+        for (int s = 0; s < STAGES; s++) mbar_init(full + s, 32), mbar_init(empty + s, 8);
+        fence_mbar_init();
+    }
+    __syncthreads();
+
+    if (warp < 4) {  // the producer warpgroup: K and V once, then Q, dout and their row stats
+        setmaxnreg_dec<24>();
+        if (warp != 0) return;
+        if (lane == 0) {
+            mbar_arrive_expect_tx(full_o, 2 * OUT<D>);
+            for (int c = 0; c < D / 64; c++) {
+                tma_rows(sK + c * OUT_BOX, &tk, full_o, qk_head_major, c, k0, h, b);
+                tma_rows(sV + c * OUT_BOX, &tv, full_o, false, c, k0, h, b);
+            }
+        }
+        const float *lse_h = lse + (size_t)bh * T, *Dv_h = Dv + (size_t)bh * T;
+        for (int i = first; i < tiles; i++) {
+            const int s = (i - first) % STAGES, use = (i - first) / STAGES;
+            if (use > 0) mbar_wait(empty + s, (use - 1) & 1);
+            for (int r = lane; r < BI; r += 32) {
+                const int t = i * BI + r;
+                sL(s)[r] = t < T ? lse_h[t] * LOG2E : 0.0f;
+                sD(s)[r] = t < T ? Dv_h[t] : 0.0f;
+            }
+            if (lane == 0) {
+                mbar_arrive_expect_tx(full + s, 2 * IN<D>);
+                for (int c = 0; c < D / 64; c++) {
+                    tma_rows(sQ(s) + c * IN_BOX, &tq, full + s, qk_head_major, c, i * BI, h, b);
+                    tma_rows(sdO(s) + c * IN_BOX, &tdo, full + s, false, c, i * BI, h, b);
+                }
+            } else {
+                mbar_arrive(full + s);
+            }
+        }
+        return;
+    }
+
+    setmaxnreg_inc<240>();
+    const int wg = warp / 4 - 1, g = lane / 4, tig = lane % 4;
+    const int key[2] = {k0 + 64 * wg + 16 * (warp % 4) + g, k0 + 64 * wg + 16 * (warp % 4) + g + 8};
+    const float sl2 = scale * LOG2E;
+    float dk[D / 8][4] = {}, dv[D / 8][4] = {};
+    mbar_wait(full_o, 0);
+    for (int i = first; i < tiles; i++) {
+        const int s = (i - first) % STAGES;
+        mbar_wait(full + s, (i - first) / STAGES & 1);
+        float sc[BI / 8][4] = {}, dp[BI / 8][4] = {};  // S^T = K Q^T, dP^T = V dout^T
+        tma_issue_nt<D, BI>(sc, sK + wg * 64 * 128, OUT_BOX, sQ(s), IN_BOX);
+        tma_issue_nt<D, BI>(dp, sV + wg * 64 * 128, OUT_BOX, sdO(s), IN_BOX);
+        wgmma_wait<0>();
+        wgmma_fence_operands(sc);
+        wgmma_fence_operands(dp);
+        const float *cL = sL(s), *cD = sD(s);
+#pragma unroll
+        for (int nt = 0; nt < BI / 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int qi = nt * 8 + tig * 2 + e % 2, t = i * BI + qi;
+                const float p = t >= key[e / 2] && t < T ? exp2f(__fmaf_rn(sc[nt][e], sl2, -cL[qi])) : 0.0f;
+                sc[nt][e] = p;
+                dp[nt][e] = p * (dp[nt][e] - cD[qi]);
+            }
+        uint32_t ap[BI / 16][4], ad[BI / 16][4];
+        acc_to_a<BI / 8>(ap, sc);
+        acc_to_a<BI / 8>(ad, dp);
+        tma_issue_nn<D, BI>(dv, ap, sdO(s), IN_BOX);  // dv += P^T dout
+        tma_issue_nn<D, BI>(dk, ad, sQ(s), IN_BOX);   // dk += dS^T Q
+        wgmma_wait<0>();
+        wgmma_fence_operands(dv);
+        wgmma_fence_operands(dk);
+        wgmma_fence_operands(ap);
+        wgmma_fence_operands(ad);
+        if (lane == 0) mbar_arrive(empty + s);  // this warp is done with the stage
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        if (key[r] >= T) continue;
+        bf16* dst = dqkv + ((size_t)b * T + key[r]) * 3 * C + h * D;
+        store_row_rope<D>(dst + C, dk, r, key[r], scale, rope);
+        store_row<D, false>(dst + 2 * C, dv, r, key[r], 1.0f, nullptr);
+    }
 }
 
 // ---- backward pre-pass: Dv[b,h,t] = dout[b,t,h,:] . out[b,t,h,:], one warp per row
@@ -986,15 +1210,16 @@ void flash_inputs(HeadView (&qkv_v)[3], const bf16* qkv, int B, int T, int C, in
     qkv_v[0] = head_rows(qk, T, C, NH), qkv_v[1] = head_rows(qk + BTC, T, C, NH);
 }
 
-// The TMA view of q, k or v: dims (channel, and the head, row and batch dimensions in the
-// order of their strides), 128-row boxes of 64 channels; head-major views put rows inside
-// heads, rows of qkv heads inside rows (flash_forward_tma_kernel's qk_head_major).
-CUtensorMap tma_view(const HeadView& v, int B, int T, int NH, int D) {
+// The TMA view of q, k, v or dout: dims (channel, and the head, row and batch dimensions
+// in the order of their strides: nested, as the driver wants them), boxes of 64 channels
+// by `rows` rows. A head-major view (the rotated copy) has rows inside heads, rows of qkv
+// or dout have heads inside rows; the kernels take the order as qk_head_major.
+CUtensorMap tma_view(const HeadView& v, bool head_major, int B, int T, int NH, int D, uint32_t rows) {
     const uint64_t e = sizeof(bf16);
-    if (v.head >= v.row) return tensor_map_bf16(v.p, {(uint64_t)D, (uint64_t)T, (uint64_t)NH, (uint64_t)B},
-                                               {v.row * e, v.head * e, v.batch * e}, {64, 128, 1, 1});
+    if (head_major) return tensor_map_bf16(v.p, {(uint64_t)D, (uint64_t)T, (uint64_t)NH, (uint64_t)B},
+                                               {v.row * e, v.head * e, v.batch * e}, {64, rows, 1, 1});
     return tensor_map_bf16(v.p, {(uint64_t)D, (uint64_t)NH, (uint64_t)T, (uint64_t)B},
-                           {v.head * e, v.row * e, v.batch * e}, {64, 1, 128, 1});
+                           {v.head * e, v.row * e, v.batch * e}, {64, 1, rows, 1});
 }
 
 // The launch sequences, used by cuda_backend.
@@ -1012,9 +1237,10 @@ void flash_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, 
     if (mode != Rope::on_load) rope = nullptr;  // the tiles are plain copies
     LNS_CHECK(warps == 4 || warps == 8, "attention_flash_forward: %d warps per block (4 or 8)", warps);
     if (tma) {
-        const CUtensorMap tq = tma_view(in[0], B, T, NH, hs), tk = tma_view(in[1], B, T, NH, hs),
-                          tv = tma_view(in[2], B, T, NH, hs);
-        const int qk_head_major = in[0].head >= in[0].row;
+        const bool qk_head_major = mode == Rope::prepass;  // the rotated copy
+        const CUtensorMap tq = tma_view(in[0], qk_head_major, B, T, NH, hs, 128),
+                          tk = tma_view(in[1], qk_head_major, B, T, NH, hs, 128),
+                          tv = tma_view(in[2], false, B, T, NH, hs, 128);
         const dim3 grid(B * NH, ceil_div(T, tma_fwd::BM));
         auto launch = [&](auto d) {
             constexpr int D = decltype(d)::value;
@@ -1060,16 +1286,48 @@ void flash_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, 
 }
 
 void flash_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out, const float* lse, int B, int T,
-                    int C, int NH, float rope_theta, bool rope_on_load, bool wgmma) {
+                    int C, int NH, float rope_theta, bool rope_on_load, bool wgmma, bool tma = false) {
     const int hs = check_flash("attention_flash_backward", B, T, C, NH, rope_theta, {dqkv, dout, qkv, out});
     const float scale = 1.0f / std::sqrt((float)hs);
-    const Rope mode = rope_mode(rope_theta, rope_on_load && !wgmma);
+    const Rope mode = rope_mode(rope_theta, rope_on_load && !wgmma && !tma);
     const float2* rope = rope_table(T, hs, rope_theta);  // also for dq, dk to rotate back
     HeadView in[3];
     flash_inputs(in, qkv, B, T, C, NH, rope, mode);
     const HeadView dout_v = token_rows(dout, 0, T, C, NH, C);
     const int rows = B * T * NH;
     float* Dv = (float*)cuda_scratch(SCRATCH_ATTN_B, (size_t)rows * sizeof(float));  // (B,NH,T)
+    if (tma) {
+        using tma_bwd::BI, tma_bwd::BM;
+        auto* dvec = hs == 64 ? flash_dvec_kernel<64> : flash_dvec_kernel<128>;
+        LNS_LAUNCH(dvec, ceil_div(rows, WARPS), THREADS, 0, Dv, dout, out, T, NH, rows);
+        cudaCheckLaunch();
+        // the dq kernel's own rows (q, dout) in 128-row boxes and its loop tiles (k, v) in 64;
+        // the dk/dv kernel the other way round
+        const bool qk_head_major = mode == Rope::prepass;  // the rotated copy
+        auto view = [&](const HeadView& v, bool hm, uint32_t rows) { return tma_view(v, hm, B, T, NH, hs, rows); };
+        const CUtensorMap q_out = view(in[0], qk_head_major, BM), q_in = view(in[0], qk_head_major, BI),
+                          k_out = view(in[1], qk_head_major, BM), k_in = view(in[1], qk_head_major, BI),
+                          v_out = view(in[2], false, BM), v_in = view(in[2], false, BI),
+                          do_out = view(dout_v, false, BM), do_in = view(dout_v, false, BI);
+        const float2* rope_back = mode == Rope::none ? nullptr : rope;
+        const dim3 grid(B * NH, ceil_div(T, BM));
+        auto launch = [&](auto d) {
+            constexpr int D = decltype(d)::value;
+            auto* dq = flash_dq_tma_kernel<D>;
+            auto* dkv = flash_dkv_tma_kernel<D>;
+            static bool once = (allow_smem(dq, tma_bwd::smem<D>()), allow_smem(dkv, tma_bwd::smem<D>()), true);
+            (void)once;
+            LNS_LAUNCH(dq, grid, tma_bwd::THREADS, tma_bwd::smem<D>(), dqkv, q_out, do_out, k_in, v_in, qk_head_major,
+                       lse, Dv, rope_back, T, NH, scale);
+            cudaCheckLaunch();
+            LNS_LAUNCH(dkv, grid, tma_bwd::THREADS, tma_bwd::smem<D>(), dqkv, q_in, do_in, k_out, v_out,
+                       qk_head_major, lse, Dv, rope_back, T, NH, scale);
+        };
+        if (hs == 64) launch(std::integral_constant<int, 64>{});
+        else launch(std::integral_constant<int, 128>{});
+        cudaCheckLaunch();
+        return;
+    }
     const dim3 grid(B * NH, ceil_div(T, BLOCK));
     dispatch(hs, mode, [&](auto d, auto r) {
         constexpr int D = decltype(d)::value;

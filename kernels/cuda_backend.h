@@ -75,9 +75,9 @@ struct cuda_backend {
     // before the kernels. wgmma: forward and backward on Hopper's warpgroup MMA where the
     // device runs sm_90a code (ignored elsewhere). forward_warps: 4 or 8 warps (64 or 128
     // query rows) per forward block; 8 halves the key and value reads and gives the same bits.
-    // tma: the forward as FlashAttention-3 structures it on Hopper (TMA copies from a
-    // producer warpgroup, two consumer warpgroups on wgmma, 128 x 128 tiles) where the
-    // device runs sm_90a code; RoPE is then rotated first and forward_warps is ignored.
+    // tma: forward and backward as FlashAttention-3 structures them on Hopper (TMA copies
+    // from a producer warpgroup, two consumer warpgroups on wgmma) where the device runs
+    // sm_90a code; RoPE is then rotated first and the other options are ignored.
     struct FlashOptions {
         bool rope_on_load = false;
         bool wgmma = false;

@@ -109,7 +109,7 @@ __global__ void __launch_bounds__(128)
     mbar_wait(bar, 0);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     float s[16][4] = {};
-    tma_issue_nt<D>(s, smem + 64 * 128, smem + TILE<D>);
+    tma_issue_nt<D, 128>(s, smem + 64 * 128, tma_fwd::BOX, smem + TILE<D>, tma_fwd::BOX);
     wgmma_wait<0>();
     wgmma_fence_operands(s);
     uint32_t p[8][4];  // the warp's 16 rows of A2 as mma.sync A fragments
@@ -124,7 +124,7 @@ __global__ void __launch_bounds__(128)
         p[kk][2] = pair(g, 16 * kk + 2 * t + 8), p[kk][3] = pair(g + 8, 16 * kk + 2 * t + 8);
     }
     float o[D / 8][4] = {};
-    tma_issue_nn<D>(o, p, smem + 2 * TILE<D>);
+    tma_issue_nn<D, 128>(o, p, smem + 2 * TILE<D>, tma_fwd::BOX);
     wgmma_wait<0>();
     wgmma_fence_operands(o);
     wgmma_fence_operands(p);

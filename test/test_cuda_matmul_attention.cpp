@@ -461,7 +461,7 @@ GPU_TEST_CASE("CUDA flash attention variants agree on partial tiles", "[attentio
                 CHECK(lse[i] == lse[i - 3]);
                 CHECK(dqkv[i] == dqkv[i - 3]);
             }
-            // the TMA forward sums 128-key tiles: another order, the same backward
+            // the TMA kernels sum 128-key tiles forward and wgmma products backward: another order
             CHECK(max_rel_err(out[6], out[0]) < FLASH_OUT_TOL);
             CHECK(max_rel_err(lse[6], lse[0]) < FLASH_LSE_TOL);
             CHECK(max_rel_err(dqkv[6], dqkv[0]) < FLASH_GRAD_TOL);

@@ -239,8 +239,10 @@ template <int TRANS_B, int NT>
 __device__ __forceinline__ void wgmma_bf16(float (&d)[NT][4], const uint32_t (&a)[4], uint64_t desc_b) {
     emu::wgmma(&d[0][0], NT, a, desc_b, TRANS_B != 0);
 }
-__device__ __forceinline__ void wgmma_bf16_ss(float (&d)[16][4], uint64_t desc_a, uint64_t desc_b) {
-    emu::wgmma_ss(&d[0][0], 16, desc_a, desc_b, false);
+template <int NT>
+__device__ __forceinline__ void wgmma_bf16_ss(float (&d)[NT][4], uint64_t desc_a, uint64_t desc_b) {
+    static_assert(NT == 8 || NT == 16, "the wrapped shapes: m64n64k16, m64n128k16");
+    emu::wgmma_ss(&d[0][0], NT, desc_a, desc_b, false);
 }
 __device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t arrivals) { emu::mbar_init(bar, arrivals); }
 __device__ __forceinline__ void fence_mbar_init() {}
