@@ -354,6 +354,8 @@ const FlashVariant FLASH_VARIANTS[] = {{"default", {}},
                                        {"rope_on_load, 8 warps", {true, false, 8}},
                                        {"wgmma, 8 warps", {false, true, 8}},
                                        {"tma", {false, false, 4, true}}};
+// the tests below pick variants by index: 3..5 the 8-warp twins of 0..2, 6 the TMA kernels
+static_assert(std::size(FLASH_VARIANTS) == 7, "variant indices");
 
 // n floats on the device (lse), released at scope exit.
 struct DevF32 {
@@ -477,15 +479,20 @@ GPU_TEST_CASE("CUDA flash attention backward is bitwise deterministic", "[attent
     DevBuf d_qkv(n3), d_out(n1), d_dout(n1), d_dqkv(n3);
     DevF32 d_lse((size_t)B * NH * T);
     d_qkv.set(randn(n3, 610)), d_dout.set(randn(n1, 611));
-    std::vector<float> first;
-    for (int run = 0; run < 2; run++) {
-        Gpu::attention_flash_forward(d_out.p, d_lse.p, d_qkv.p, B, T, C, NH, 10000.0f);
-        Gpu::attention_flash_backward(d_dqkv.p, d_dout.p, d_qkv.p, d_out.p, d_lse.p, B, T, C, NH, 10000.0f);
-        auto got = d_dqkv.get();
-        if (run == 0)
-            first = got;
-        else
-            CHECK(got == first);
+    for (const FlashVariant& variant : {FLASH_VARIANTS[0], FLASH_VARIANTS[6]}) {  // default, TMA
+        INFO("variant " << variant.name);
+        Gpu::attention_flash_options(variant.options);
+        std::vector<float> first;
+        for (int run = 0; run < 2; run++) {
+            Gpu::attention_flash_forward(d_out.p, d_lse.p, d_qkv.p, B, T, C, NH, 10000.0f);
+            Gpu::attention_flash_backward(d_dqkv.p, d_dout.p, d_qkv.p, d_out.p, d_lse.p, B, T, C, NH, 10000.0f);
+            auto got = d_dqkv.get();
+            if (run == 0)
+                first = got;
+            else
+                CHECK(got == first);
+        }
+        Gpu::attention_flash_options({});
     }
 #endif
 }
