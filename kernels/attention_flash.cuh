@@ -723,6 +723,32 @@ template <int D> constexpr int IN = D / 64 * IN_BOX;    // a 64-row tile
 // barriers, and 1024 bytes to align the tiles
 template <int D> constexpr int BARS = 2 * OUT<D> + 2 * STAGES * IN<D> + STAGES * 2 * BI * 4;
 template <int D> constexpr size_t smem() { return BARS<D> + 128 + 1024; }
+
+// The kernels' shared memory, from the 1024-byte-aligned start of the dynamic allocation.
+template <int D>
+struct Smem {
+    unsigned char* base;
+    __device__ explicit Smem(unsigned char* p) : base(p + (1024 - smem_addr(p) % 1024) % 1024) {}
+    __device__ unsigned char* outer(int i) const { return base + i * OUT<D>; }  // the block's rows, 2 tensors
+    __device__ unsigned char* inner(int i, int s) const { return base + 2 * OUT<D> + (i * STAGES + s) * IN<D>; }
+    __device__ float* stats(int s) const {  // lse (log2 units) then Dv of a stage's rows
+        return reinterpret_cast<float*>(base + 2 * OUT<D> + 2 * STAGES * IN<D>) + s * 2 * BI;
+    }
+    // full_o (the outer tiles), then full and empty per stage
+    __device__ uint64_t* full_o() const { return reinterpret_cast<uint64_t*>(base + BARS<D>); }
+    __device__ uint64_t* full(int s) const { return full_o() + 1 + s; }
+    __device__ uint64_t* empty(int s) const { return full_o() + 1 + STAGES + s; }
+    // by thread 0, then a block barrier: full_o takes the producer's one arrival, full
+    // full_arrivals, empty one per consumer warp
+    __device__ void init_barriers(int full_arrivals) const {
+        if (threadIdx.x == 0) {
+            mbar_init(full_o(), 1);
+            for (int s = 0; s < STAGES; s++) mbar_init(full(s), full_arrivals), mbar_init(empty(s), 8);
+            fence_mbar_init();
+        }
+        __syncthreads();
+    }
+};
 }  // namespace tma_bwd
 
 // dq: query block of 128 rows (heaviest first); key tiles 0..diagonal.
@@ -734,23 +760,16 @@ __global__ void __launch_bounds__(tma_bwd::THREADS, 1)
                         const float* __restrict__ Dv, const float2* __restrict__ rope, int T, int NH, float scale) {
     using namespace tma_bwd;
     trap_without_sm90a();
-    unsigned char* smem = dynamic_smem();
-    smem += (1024 - smem_addr(smem) % 1024) % 1024;
-    unsigned char *sQ = smem, *sdO = smem + OUT<D>;
-    auto sK = [&](int s) { return smem + 2 * OUT<D> + s * IN<D>; };
-    auto sV = [&](int s) { return smem + 2 * OUT<D> + (STAGES + s) * IN<D>; };
-    uint64_t* full_o = reinterpret_cast<uint64_t*>(smem + BARS<D>);
-    uint64_t *full = full_o + 1, *empty = full + STAGES;
+    const Smem<D> sm(dynamic_smem());
+    unsigned char *sQ = sm.outer(0), *sdO = sm.outer(1);
+    auto sK = [&](int s) { return sm.inner(0, s); };
+    auto sV = [&](int s) { return sm.inner(1, s); };
+    uint64_t* full_o = sm.full_o();
     const int bh = blockIdx.x, b = bh / NH, h = bh % NH, C = NH * D;
     const int q0 = (gridDim.y - 1 - blockIdx.y) * BM;
     const int tiles = (min(q0 + BM, T) + BI - 1) / BI;  // keys up to the block's last valid row
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (threadIdx.x == 0) {
-        mbar_init(full_o, 1);
-        for (int s = 0; s < STAGES; s++) mbar_init(full + s, 1), mbar_init(empty + s, 8);
-        fence_mbar_init();
-    }
-    __syncthreads();
+    sm.init_barriers(1);  // the producer's arrive_expect_tx
 
     if (warp < 4) {  // the producer warpgroup: Q and dout once, then K and V tiles
         setmaxnreg_dec<24>();
@@ -762,11 +781,11 @@ __global__ void __launch_bounds__(tma_bwd::THREADS, 1)
         }
         for (int j = 0; j < tiles; j++) {
             const int s = j % STAGES, use = j / STAGES;
-            if (use > 0) mbar_wait(empty + s, (use - 1) & 1);
-            mbar_arrive_expect_tx(full + s, 2 * IN<D>);
+            if (use > 0) mbar_wait(sm.empty(s), (use - 1) & 1);
+            mbar_arrive_expect_tx(sm.full(s), 2 * IN<D>);
             for (int c = 0; c < D / 64; c++) {
-                tma_rows(sK(s) + c * IN_BOX, &tk, full + s, qk_head_major, c, j * BI, h, b);
-                tma_rows(sV(s) + c * IN_BOX, &tv, full + s, false, c, j * BI, h, b);
+                tma_rows(sK(s) + c * IN_BOX, &tk, sm.full(s), qk_head_major, c, j * BI, h, b);
+                tma_rows(sV(s) + c * IN_BOX, &tv, sm.full(s), false, c, j * BI, h, b);
             }
         }
         return;
@@ -786,7 +805,7 @@ __global__ void __launch_bounds__(tma_bwd::THREADS, 1)
     mbar_wait(full_o, 0);
     for (int j = 0; j < tiles; j++) {
         const int s = j % STAGES;
-        mbar_wait(full + s, j / STAGES & 1);
+        mbar_wait(sm.full(s), j / STAGES & 1);
         float sc[BI / 8][4] = {}, dp[BI / 8][4] = {};
         tma_issue_nt<D, BI>(sc, sQ + wg * 64 * 128, OUT_BOX, sK(s), IN_BOX);
         tma_issue_nt<D, BI>(dp, sdO + wg * 64 * 128, OUT_BOX, sV(s), IN_BOX);
@@ -807,7 +826,7 @@ __global__ void __launch_bounds__(tma_bwd::THREADS, 1)
         wgmma_wait<0>();
         wgmma_fence_operands(dq);
         wgmma_fence_operands(a);
-        if (lane == 0) mbar_arrive(empty + s);  // this warp is done with K_j and V_j
+        if (lane == 0) mbar_arrive(sm.empty(s));  // this warp is done with K_j and V_j
     }
 #pragma unroll
     for (int r = 0; r < 2; r++)
@@ -826,26 +845,18 @@ __global__ void __launch_bounds__(tma_bwd::THREADS, 1)
                          const float* __restrict__ Dv, const float2* __restrict__ rope, int T, int NH, float scale) {
     using namespace tma_bwd;
     trap_without_sm90a();
-    unsigned char* smem = dynamic_smem();
-    smem += (1024 - smem_addr(smem) % 1024) % 1024;
-    unsigned char *sK = smem, *sV = smem + OUT<D>;
-    auto sQ = [&](int s) { return smem + 2 * OUT<D> + s * IN<D>; };
-    auto sdO = [&](int s) { return smem + 2 * OUT<D> + (STAGES + s) * IN<D>; };
-    float* stats = reinterpret_cast<float*>(smem + 2 * OUT<D> + 2 * STAGES * IN<D>);
-    auto sL = [&](int s) { return stats + s * 2 * BI; };  // lse * log2(e), then Dv
-    auto sD = [&](int s) { return stats + s * 2 * BI + BI; };
-    uint64_t* full_o = reinterpret_cast<uint64_t*>(smem + BARS<D>);
-    uint64_t *full = full_o + 1, *empty = full + STAGES;
+    const Smem<D> sm(dynamic_smem());
+    unsigned char *sK = sm.outer(0), *sV = sm.outer(1);
+    auto sQ = [&](int s) { return sm.inner(0, s); };
+    auto sdO = [&](int s) { return sm.inner(1, s); };
+    auto sL = [&](int s) { return sm.stats(s); };  // lse * log2(e)
+    auto sD = [&](int s) { return sm.stats(s) + BI; };
+    uint64_t* full_o = sm.full_o();
     const int bh = blockIdx.x, b = bh / NH, h = bh % NH, C = NH * D;
     const int k0 = blockIdx.y * BM;
     const int first = k0 / BI, tiles = (T + BI - 1) / BI;  // causal: no query tile before the diagonal
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (threadIdx.x == 0) {
-        mbar_init(full_o, 1);
-        for (int s = 0; s < STAGES; s++) mbar_init(full + s, 32), mbar_init(empty + s, 8);
-        fence_mbar_init();
-    }
-    __syncthreads();
+    sm.init_barriers(32);  // the producer warp's lanes, after their stores of the stage's stats
 
     if (warp < 4) {  // the producer warpgroup: K and V once, then Q, dout and their row stats
         setmaxnreg_dec<24>();
@@ -860,20 +871,20 @@ __global__ void __launch_bounds__(tma_bwd::THREADS, 1)
         const float *lse_h = lse + (size_t)bh * T, *Dv_h = Dv + (size_t)bh * T;
         for (int i = first; i < tiles; i++) {
             const int s = (i - first) % STAGES, use = (i - first) / STAGES;
-            if (use > 0) mbar_wait(empty + s, (use - 1) & 1);
+            if (use > 0) mbar_wait(sm.empty(s), (use - 1) & 1);
             for (int r = lane; r < BI; r += 32) {
                 const int t = i * BI + r;
                 sL(s)[r] = t < T ? lse_h[t] * LOG2E : 0.0f;
                 sD(s)[r] = t < T ? Dv_h[t] : 0.0f;
             }
             if (lane == 0) {
-                mbar_arrive_expect_tx(full + s, 2 * IN<D>);
+                mbar_arrive_expect_tx(sm.full(s), 2 * IN<D>);
                 for (int c = 0; c < D / 64; c++) {
-                    tma_rows(sQ(s) + c * IN_BOX, &tq, full + s, qk_head_major, c, i * BI, h, b);
-                    tma_rows(sdO(s) + c * IN_BOX, &tdo, full + s, false, c, i * BI, h, b);
+                    tma_rows(sQ(s) + c * IN_BOX, &tq, sm.full(s), qk_head_major, c, i * BI, h, b);
+                    tma_rows(sdO(s) + c * IN_BOX, &tdo, sm.full(s), false, c, i * BI, h, b);
                 }
             } else {
-                mbar_arrive(full + s);
+                mbar_arrive(sm.full(s));
             }
         }
         return;
@@ -887,7 +898,7 @@ __global__ void __launch_bounds__(tma_bwd::THREADS, 1)
     mbar_wait(full_o, 0);
     for (int i = first; i < tiles; i++) {
         const int s = (i - first) % STAGES;
-        mbar_wait(full + s, (i - first) / STAGES & 1);
+        mbar_wait(sm.full(s), (i - first) / STAGES & 1);
         float sc[BI / 8][4] = {}, dp[BI / 8][4] = {};  // S^T = K Q^T, dP^T = V dout^T
         tma_issue_nt<D, BI>(sc, sK + wg * 64 * 128, OUT_BOX, sQ(s), IN_BOX);
         tma_issue_nt<D, BI>(dp, sV + wg * 64 * 128, OUT_BOX, sdO(s), IN_BOX);
@@ -914,7 +925,7 @@ __global__ void __launch_bounds__(tma_bwd::THREADS, 1)
         wgmma_fence_operands(dk);
         wgmma_fence_operands(ap);
         wgmma_fence_operands(ad);
-        if (lane == 0) mbar_arrive(empty + s);  // this warp is done with the stage
+        if (lane == 0) mbar_arrive(sm.empty(s));  // this warp is done with the stage
     }
 #pragma unroll
     for (int r = 0; r < 2; r++) {
