@@ -109,7 +109,10 @@ fi
 # every GPU test
 export LNS_REQUIRE_GPU=1  # a [gpu] test that cannot find the device fails instead of skipping
 part "PTX probes" 30 ./build/test_all "PTX probes on the GPU*"
-part "GPU tests bf16" 120 ./build/test_all "[gpu]"
+# flash apart: a kernel that faults, or hangs until the part's time limit, ends its process
+# and with it the rest of that part's tests
+part "GPU tests bf16" 90 ./build/test_all "[gpu]~[flash]"
+part "GPU flash tests bf16" 90 ./build/test_all "[gpu][flash]"
 part "GPU tests fp32" 90 ./build-fp32/test_all "[gpu]"
 # 3. attention alone: the flash kernels (and the first version) against PyTorch's
 # scaled_dot_product_attention backends, same shapes, same run
