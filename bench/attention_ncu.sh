@@ -22,7 +22,8 @@ status=0
 # kernels by their mangled names (Itanium ABI: ILi128E is the template argument 128, Lb0E
 # false, LNS_4RopeE0E Rope::none): the first launch of each in the benchmark
 for k in flash_forward_kernelILi${D}ELi4ELb0E flash_forward_wg_kernelILi${D}ELi8E \
-         flash_dq_kernelILi${D}ELNS_4RopeE0ELb0E flash_dkv_kernelILi${D}ELNS_4RopeE0ELb0E; do
+         flash_dq_kernelILi${D}ELNS_4RopeE0ELb0E flash_dkv_kernelILi${D}ELNS_4RopeE0ELb0E \
+         flash_forward_tma_kernelILi${D}E flash_dq_tma_kernelILi${D}E flash_dkv_tma_kernelILi${D}E; do
     name=${k%%ILi*}
     out=$dir/ncu_${name}_d$D.txt
     if timeout --signal=KILL 40 "$ncu" --clock-control none --kernel-name-base mangled \
