@@ -660,13 +660,23 @@ __global__ void __launch_bounds__(tma_fwd::THREADS, 1)
     auto issue_s = [&](float (&s)[NT][4], int stage) { tma_issue_nt<D, BN>(s, sQw, BOX, sK(stage), BOX); };
     float o[D / 8][4] = {};
     auto issue_pv = [&](const uint32_t (&p)[BN / 16][4], int stage) { tma_issue_nn<D, BN>(o, p, sV(stage), BOX); };
+    // FlashAttention-3's ping-pong: the consumer warpgroups take turns to issue their
+    // products (named barriers 1 and 2 of 256 threads: one warpgroup syncs on its own, the
+    // other arrives), so that one's softmax runs while the other's products do. Every turn
+    // of one is preceded by one of the other; warpgroup 0 takes the first, and warpgroup
+    // 1 passes on none after its last, so both barriers end empty.
+    auto my_turn = [&] { named_barrier_sync(1 + wg, 256); };
+    auto your_turn = [&] { named_barrier_arrive(2 - wg, 256); };
+    if (wg == 1) your_turn();
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, corr[2];
     uint32_t p[BN / 16][4];  // P_j: the A operand of O += P_j V_j
     mbar_wait(full_q, 0);
     {  // tile 0: key 0 is at or below every row
         float s[NT][4] = {};
         mbar_wait(full_k, 0);
+        my_turn();
         issue_s(s, 0);
+        your_turn();
         wgmma_wait<0>();
         wgmma_fence_operands(s);
         release(empty_k);
@@ -680,9 +690,11 @@ __global__ void __launch_bounds__(tma_fwd::THREADS, 1)
             const int sn_stage = (j + 1) % STAGES;
             float sn[NT][4] = {};  // S_{j+1}
             mbar_wait(full_k + sn_stage, (j + 1) / STAGES & 1);
-            issue_s(sn, sn_stage);
             mbar_wait(full_v + s, j / STAGES & 1);
+            my_turn();
+            issue_s(sn, sn_stage);
             issue_pv(p, s);
+            your_turn();
             wgmma_wait<1>();  // S_{j+1} only: P_j V_j may still run
             wgmma_fence_operands(sn);
             release(empty_k + sn_stage);
@@ -696,7 +708,9 @@ __global__ void __launch_bounds__(tma_fwd::THREADS, 1)
             acc_to_a<NT>(p, sn);
         } else {
             mbar_wait(full_v + s, j / STAGES & 1);
+            my_turn();
             issue_pv(p, s);
+            if (wg == 0) your_turn();
             wgmma_wait<0>();
             wgmma_fence_operands(o);
             wgmma_fence_operands(p);

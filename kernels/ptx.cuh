@@ -1,6 +1,7 @@
-// Inline-PTX wrappers for the tensor-core kernels: ldmatrix, mma.sync and cp.async
-// (sm_80 and later), wgmma (sm_90a). test/emu/cuda_emu.h defines the same functions
-// for the CPU emulator, which compiles only the address helpers below.
+// Inline-PTX wrappers for the tensor-core kernels: ldmatrix, mma.sync, cp.async and named
+// barriers (sm_80 and later); wgmma, mbarriers, TMA and setmaxnreg (sm_90a).
+// test/emu/cuda_emu.h defines the same functions for the CPU emulator, which compiles
+// only the address helpers below.
 #pragma once
 #include <cstdint>
 
@@ -58,6 +59,15 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// Named barrier `id` (1..15; 0 is __syncthreads) of `count` threads, a multiple of 32:
+// sync waits until count threads have synced or arrived, arrive does not wait.
+__device__ __forceinline__ void named_barrier_sync(int id, int count) {
+    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
+__device__ __forceinline__ void named_barrier_arrive(int id, int count) {
+    asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
 }
 
 // ---- Hopper (sm_90a): warpgroup MMA. The kernels that use these run only where

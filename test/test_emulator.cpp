@@ -339,7 +339,15 @@ __global__ void stalled_phase_kernel() {
     mbar_wait(bar, 0);
 }
 
-TEST_CASE("the emulated TMA lands swizzled boxes at the barrier's phase, and stalled phases fail", "[emulation]") {
+// Warp 0 syncs on named barrier 1 of 64 threads, warp 1 arrives `arrivals` times.
+__global__ void named_barrier_kernel(int arrivals) {
+    if (threadIdx.x < 32) named_barrier_sync(1, 64);
+    else
+        for (int i = 0; i < arrivals; i++) named_barrier_arrive(1, 64);
+}
+
+TEST_CASE("the emulated TMA lands swizzled boxes at the barrier's phase; stalled phases and unbalanced named barriers fail",
+          "[emulation]") {
     const int rows = 16, valid = 11;  // rows 11..15 lie outside the tensor
     std::vector<__nv_bfloat16> src((size_t)valid * 64);
     for (size_t i = 0; i < src.size(); i++) src[i] = __float2bfloat16_rn((float)(i % 251) + 1.0f);
@@ -363,6 +371,9 @@ TEST_CASE("the emulated TMA lands swizzled boxes at the barrier's phase, and sta
                       Catch::Contains("TMA copies in flight"));
     CHECK(std::isnan(out[0]));
     CHECK_THROWS_WITH(LNS_LAUNCH(stalled_phase_kernel, 1, 32, 8), Catch::Contains("mbarrier phases that never complete"));
+    LNS_LAUNCH(named_barrier_kernel, 1, 64, 0, 1);  // one sync, one arrival: balanced
+    CHECK_THROWS_WITH(LNS_LAUNCH(named_barrier_kernel, 1, 64, 0, 0), Catch::Contains("named barriers that never fill"));
+    CHECK_THROWS_WITH(LNS_LAUNCH(named_barrier_kernel, 1, 64, 0, 2), Catch::Contains("partly arrived"));
     CHECK_THROWS_WITH(emu::encode_tensor_map(&map, src.data(), {64, (uint64_t)valid, 1, 1},
                                              {120, 120 * valid, 120 * valid}, {64, (uint32_t)rows, 1, 1}),
                       Catch::Contains("multiples of 16"));

@@ -105,7 +105,7 @@ void context_refresh_fp(Context&) {}  // ucontext keeps each context's own FP en
 
 constexpr size_t STACK_BYTES = 256 * 1024;
 
-enum class State { ready, barrier, collective, mbarrier, done };
+enum class State { ready, barrier, collective, mbarrier, named, done };
 enum class Op { none, shfl, shfl_down, ldmatrix, ldmatrix_trans, mma, wgmma };
 
 struct AsyncCopy {
@@ -195,6 +195,7 @@ struct Thread {
     float* wg_dst = nullptr;
     AsyncGroups<WgmmaResult> wg_pending;
     bool wg_fenced = false;  // a wgmma.fence since the last wgmma.wait_group
+    int named = 0;           // State::named: the named barrier waited at
     size_t mbar = 0;         // State::mbarrier: the barrier (smem offset) and the parity waited for
     unsigned mbar_parity = 0;
 };
@@ -214,6 +215,10 @@ struct Block {
     std::vector<int> unpublished, lander;
     std::vector<char> proxy_fenced;
     std::map<size_t, MBarrier> mbars;  // by smem offset
+    struct Named {
+        int count = 0, arrived = 0;  // threads expected and arrived in the current use
+    };
+    std::array<Named, 16> named;
     std::vector<TmaCopy> tma_pending;
     Context scheduler;
     Thread* current = nullptr;
@@ -551,6 +556,7 @@ void run_block() {
     g.proxy_fenced.assign(g.smem_bytes / 16 + 1, 0);
     g.mbars.clear();
     g.tma_pending.clear();
+    g.named = {};
     for (int i = 0; i < n; i++) start_fiber(g.threads[i], i);
     g.cp_lanes.assign(warps, {});
     for (;;) {
@@ -592,8 +598,14 @@ void run_block() {
         int at_barrier = 0, done = 0, at_mbar = 0;
         for (Thread& t : g.threads)
             at_barrier += t.state == State::barrier, done += t.state == State::done, at_mbar += t.state == State::mbarrier;
+        int at_named = 0;
+        for (Thread& t : g.threads) at_named += t.state == State::named;
         if (done == n) {
             if (!g.tma_pending.empty()) fail("the block exits with TMA copies in flight");
+            for (int id = 1; id < 16; id++)
+                if (g.named[id].arrived)
+                    fail("the block exits with named barrier " + std::to_string(id) + " partly arrived (" +
+                         std::to_string(g.named[id].arrived) + " of " + std::to_string(g.named[id].count) + ")");
             count_cp_async_accesses();
             return;
         }
@@ -603,6 +615,7 @@ void run_block() {
                 continue;
             }
             if (at_mbar > 0) fail("deadlock: threads wait for mbarrier phases that never complete");
+            if (at_named > 0) fail("deadlock: threads wait at named barriers that never fill");
             fail("deadlock: lanes wait in collectives their warps never complete");
         }
         for (Thread& t : g.threads)
@@ -800,6 +813,25 @@ MBarrier& mbar_of(const void* bar, const char* op, size_t* off_out = nullptr) {
     return it->second;
 }
 }  // namespace
+
+void named_barrier(int id, int count, bool wait) {
+    Thread* t = self(wait ? "bar.sync" : "bar.arrive");
+    if (id < 1 || id > 15) fail("named barriers: id " + std::to_string(id) + " (1..15; 0 is __syncthreads)");
+    if (count <= 0 || count % 32 != 0 || count > (int)g.threads.size())
+        fail("named barriers: a thread count of " + std::to_string(count));
+    Block::Named& b = g.named[id];
+    if (b.arrived == 0) b.count = count;
+    else if (b.count != count) fail("named barrier " + std::to_string(id) + ": thread counts differ in one use");
+    if (++b.arrived == b.count) {  // the last thread: the others waiting here go on
+        b.arrived = 0;
+        for (Thread& o : g.threads)
+            if (o.state == State::named && o.named == id) o.state = State::ready;
+        return;
+    }
+    if (!wait) return;
+    t->named = id;
+    block_on(State::named);
+}
 
 void mbar_init(void* bar, unsigned arrivals) {
     self("mbarrier.init");

@@ -28,6 +28,9 @@
 //     thread waits on, if any), so a read before its wait, or after a wait on another
 //     barrier, sees NaNs and a refill issued before the readers released the buffer is
 //     caught;
+//   - named barriers (bar.sync, bar.arrive with an id and a thread count): a sync blocks
+//     until the count of threads have synced or arrived; a block that exits with a
+//     named barrier partly arrived fails;
 //   - wgmma with A from shared memory (both operands by descriptor), and descriptors in
 //     the 128-byte swizzle mode (the layout TMA writes), decoded by the same canonical
 //     layouts with the 16-byte chunk bits XORed by the 128-byte row bits of the address;
@@ -124,6 +127,8 @@ void wgmma(float* d, int nt, const uint32_t (&a)[4], uint64_t desc_b, bool trans
 void wgmma_ss(float* d, int nt, uint64_t desc_a, uint64_t desc_b, bool trans_b);
 void wgmma_commit();
 void wgmma_wait(int pending_groups);
+// bar.sync / bar.arrive on named barrier id (1..15) of `count` threads
+void named_barrier(int id, int count, bool wait);
 void mbar_init(void* bar, unsigned arrivals);
 void mbar_arrive(void* bar, unsigned tx_bytes);  // expect_tx(tx_bytes) and one arrival
 void mbar_wait(void* bar, unsigned parity);
@@ -244,6 +249,8 @@ __device__ __forceinline__ void wgmma_bf16_ss(float (&d)[NT][4], uint64_t desc_a
     static_assert(NT == 8 || NT == 16, "the wrapped shapes: m64n64k16, m64n128k16");
     emu::wgmma_ss(&d[0][0], NT, desc_a, desc_b, false);
 }
+__device__ __forceinline__ void named_barrier_sync(int id, int count) { emu::named_barrier(id, count, true); }
+__device__ __forceinline__ void named_barrier_arrive(int id, int count) { emu::named_barrier(id, count, false); }
 __device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t arrivals) { emu::mbar_init(bar, arrivals); }
 __device__ __forceinline__ void fence_mbar_init() {}
 __device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, uint32_t bytes) { emu::mbar_arrive(bar, bytes); }
