@@ -70,7 +70,7 @@ TEST_CASE("emulated backend: no result depends on which warp runs ahead", "[emul
         {"llama flash, RoPE on load", small_flash("llama-tiny"), AttentionKind::flash, {true, false}},
         {"llama flash, wgmma", small_flash("llama-tiny"), AttentionKind::flash, {false, true}},
         {"llama flash, wgmma, 8-warp forward", small_flash("llama-tiny"), AttentionKind::flash, {false, true, 8}},
-        {"llama flash, TMA forward", small_flash("llama-tiny"), AttentionKind::flash, {false, false, 4, true}},
+        {"llama flash, TMA kernels", small_flash("llama-tiny"), AttentionKind::flash, {false, false, 4, true}},
 #endif
     };
     for (const Case& c : cases) {
