@@ -588,6 +588,28 @@ __device__ __forceinline__ void tma_issue_nt(float (&s)[N / 8][4], const unsigne
                       wgmma_desc_sw128(sB + kk / 4 * b_box + kk % 4 * 32, 16, 1024));
     wgmma_commit();
 }
+// The same with A as register fragments (load_a_sw128): no shared-memory reads for A.
+template <int D, int N>
+__device__ __forceinline__ void tma_issue_rs_nt(float (&s)[N / 8][4], const uint32_t (&a)[D / 16][4],
+                                                const unsigned char* sB, int b_box) {
+    wgmma_fence_operands(s);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++)
+        wgmma_bf16<0>(s, a[kk], wgmma_desc_sw128(sB + kk / 4 * b_box + kk % 4 * 32, 16, 1024));
+    wgmma_commit();
+}
+// This warp's 16 of the 64 rows at sA (a tile of swizzled boxes, box bytes apart) as
+// mma.sync A fragments over D channels: ldmatrix, chunk c of row r at chunk c ^ (r % 8).
+template <int D>
+__device__ __forceinline__ void load_a_sw128(uint32_t (&a)[D / 16][4], const unsigned char* sA, int box) {
+    const int lane = threadIdx.x % 32, r = threadIdx.x / 32 % 4 * 16 + lane % 16;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+        const int c = 2 * kk + lane / 16;  // the 8-channel chunk this lane addresses
+        ldsm_x4(a[kk], sA + c / 8 * box + r * 128 + ((c % 8) ^ (r % 8)) * 16);
+    }
+}
 // o (64 x D) += P B over K rows, issued and committed: P as register fragments, B the K
 // rows at sB read N-major (16 rows of 128 bytes per k-step; its boxes b_box bytes apart
 // along N).
@@ -817,12 +839,18 @@ __global__ void __launch_bounds__(tma_bwd::THREADS, 1)
     }
     float dq[D / 8][4] = {};
     mbar_wait(full_o, 0);
+    // this warpgroup's rows of Q and dout in registers, read once: A of S and dP from
+    // registers halves their shared-memory traffic, which with B tiles of 64 rows would
+    // otherwise bound the products
+    uint32_t qf[D / 16][4], df[D / 16][4];
+    load_a_sw128<D>(qf, sQ + wg * 64 * 128, OUT_BOX);
+    load_a_sw128<D>(df, sdO + wg * 64 * 128, OUT_BOX);
     for (int j = 0; j < tiles; j++) {
         const int s = j % STAGES;
         mbar_wait(sm.full(s), j / STAGES & 1);
         float sc[BI / 8][4] = {}, dp[BI / 8][4] = {};
-        tma_issue_nt<D, BI>(sc, sQ + wg * 64 * 128, OUT_BOX, sK(s), IN_BOX);
-        tma_issue_nt<D, BI>(dp, sdO + wg * 64 * 128, OUT_BOX, sV(s), IN_BOX);
+        tma_issue_rs_nt<D, BI>(sc, qf, sK(s), IN_BOX);
+        tma_issue_rs_nt<D, BI>(dp, df, sV(s), IN_BOX);
         wgmma_wait<0>();
         wgmma_fence_operands(sc);
         wgmma_fence_operands(dp);
