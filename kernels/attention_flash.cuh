@@ -785,16 +785,25 @@ struct Smem {
         __syncthreads();
     }
 };
+
+// What both kernels take: the tensor maps of q, dout, k and v (the block's own tensors in
+// BM-row boxes, the streamed ones in BI-row boxes), and the rest as flash_dq_kernel's.
+struct Args {
+    CUtensorMap q, dout, k, v;
+    bf16* dqkv;
+    const float *lse, *Dv;
+    const float2* rope;  // to rotate dq and dk back; null without RoPE
+    int qk_head_major, T, NH;
+    float scale;
+};
 }  // namespace tma_bwd
 
 // dq: query block of 128 rows (heaviest first); key tiles 0..diagonal.
 template <int D>
-__global__ void __launch_bounds__(tma_bwd::THREADS, 1)
-    flash_dq_tma_kernel(bf16* __restrict__ dqkv, const __grid_constant__ CUtensorMap tq,
-                        const __grid_constant__ CUtensorMap tdo, const __grid_constant__ CUtensorMap tk,
-                        const __grid_constant__ CUtensorMap tv, int qk_head_major, const float* __restrict__ lse,
-                        const float* __restrict__ Dv, const float2* __restrict__ rope, int T, int NH, float scale) {
+__global__ void __launch_bounds__(tma_bwd::THREADS, 1) flash_dq_tma_kernel(const __grid_constant__ tma_bwd::Args a) {
     using namespace tma_bwd;
+    const CUtensorMap *tq = &a.q, *tdo = &a.dout, *tk = &a.k, *tv = &a.v;
+    const int qk_head_major = a.qk_head_major, T = a.T, NH = a.NH;
     trap_without_sm90a();
     const Smem<D> sm(dynamic_smem());
     unsigned char *sQ = sm.outer(0), *sdO = sm.outer(1);
@@ -812,16 +821,16 @@ __global__ void __launch_bounds__(tma_bwd::THREADS, 1)
         if (threadIdx.x != 0) return;
         mbar_arrive_expect_tx(full_o, 2 * OUT<D>);
         for (int c = 0; c < D / 64; c++) {
-            tma_rows(sQ + c * OUT_BOX, &tq, full_o, qk_head_major, c, q0, h, b);
-            tma_rows(sdO + c * OUT_BOX, &tdo, full_o, false, c, q0, h, b);
+            tma_rows(sQ + c * OUT_BOX, tq, full_o, qk_head_major, c, q0, h, b);
+            tma_rows(sdO + c * OUT_BOX, tdo, full_o, false, c, q0, h, b);
         }
         for (int j = 0; j < tiles; j++) {
             const int s = j % STAGES, use = j / STAGES;
             if (use > 0) mbar_wait(sm.empty(s), (use - 1) & 1);
             mbar_arrive_expect_tx(sm.full(s), 2 * IN<D>);
             for (int c = 0; c < D / 64; c++) {
-                tma_rows(sK(s) + c * IN_BOX, &tk, sm.full(s), qk_head_major, c, j * BI, h, b);
-                tma_rows(sV(s) + c * IN_BOX, &tv, sm.full(s), false, c, j * BI, h, b);
+                tma_rows(sK(s) + c * IN_BOX, tk, sm.full(s), qk_head_major, c, j * BI, h, b);
+                tma_rows(sV(s) + c * IN_BOX, tv, sm.full(s), false, c, j * BI, h, b);
             }
         }
         return;
@@ -830,12 +839,12 @@ __global__ void __launch_bounds__(tma_bwd::THREADS, 1)
     setmaxnreg_inc<240>();
     const int wg = warp / 4 - 1, g = lane / 4, tig = lane % 4;
     const int row[2] = {q0 + 64 * wg + 16 * (warp % 4) + g, q0 + 64 * wg + 16 * (warp % 4) + g + 8};
-    const float sl2 = scale * LOG2E;
+    const float sl2 = a.scale * LOG2E;
     float lse2[2], dv[2];
 #pragma unroll
     for (int r = 0; r < 2; r++) {
-        lse2[r] = row[r] < T ? lse[(size_t)bh * T + row[r]] * LOG2E : 0.0f;
-        dv[r] = row[r] < T ? Dv[(size_t)bh * T + row[r]] : 0.0f;
+        lse2[r] = row[r] < T ? a.lse[(size_t)bh * T + row[r]] * LOG2E : 0.0f;
+        dv[r] = row[r] < T ? a.Dv[(size_t)bh * T + row[r]] : 0.0f;
     }
     float dq[D / 8][4] = {};
     mbar_wait(full_o, 0);
@@ -873,19 +882,17 @@ __global__ void __launch_bounds__(tma_bwd::THREADS, 1)
 #pragma unroll
     for (int r = 0; r < 2; r++)
         if (row[r] < T)
-            store_row_rope<D>(dqkv + ((size_t)b * T + row[r]) * 3 * C + h * D, dq, r, row[r], scale, rope);
+            store_row_rope<D>(a.dqkv + ((size_t)b * T + row[r]) * 3 * C + h * D, dq, r, row[r], a.scale, a.rope);
 }
 
 // dk, dv: key block of 128 rows (heaviest first); query tiles from the diagonal to T,
 // with their lse (log2 units) and Dv, which the producer warp stores beside each stage:
 // its 32 lanes are the stage's "full" arrivals, so the stores are visible with the copy.
 template <int D>
-__global__ void __launch_bounds__(tma_bwd::THREADS, 1)
-    flash_dkv_tma_kernel(bf16* __restrict__ dqkv, const __grid_constant__ CUtensorMap tq,
-                         const __grid_constant__ CUtensorMap tdo, const __grid_constant__ CUtensorMap tk,
-                         const __grid_constant__ CUtensorMap tv, int qk_head_major, const float* __restrict__ lse,
-                         const float* __restrict__ Dv, const float2* __restrict__ rope, int T, int NH, float scale) {
+__global__ void __launch_bounds__(tma_bwd::THREADS, 1) flash_dkv_tma_kernel(const __grid_constant__ tma_bwd::Args a) {
     using namespace tma_bwd;
+    const CUtensorMap *tq = &a.q, *tdo = &a.dout, *tk = &a.k, *tv = &a.v;
+    const int qk_head_major = a.qk_head_major, T = a.T, NH = a.NH;
     trap_without_sm90a();
     const Smem<D> sm(dynamic_smem());
     unsigned char *sK = sm.outer(0), *sV = sm.outer(1);
@@ -906,11 +913,11 @@ __global__ void __launch_bounds__(tma_bwd::THREADS, 1)
         if (lane == 0) {
             mbar_arrive_expect_tx(full_o, 2 * OUT<D>);
             for (int c = 0; c < D / 64; c++) {
-                tma_rows(sK + c * OUT_BOX, &tk, full_o, qk_head_major, c, k0, h, b);
-                tma_rows(sV + c * OUT_BOX, &tv, full_o, false, c, k0, h, b);
+                tma_rows(sK + c * OUT_BOX, tk, full_o, qk_head_major, c, k0, h, b);
+                tma_rows(sV + c * OUT_BOX, tv, full_o, false, c, k0, h, b);
             }
         }
-        const float *lse_h = lse + (size_t)bh * T, *Dv_h = Dv + (size_t)bh * T;
+        const float *lse_h = a.lse + (size_t)bh * T, *Dv_h = a.Dv + (size_t)bh * T;
         for (int i = first; i < tiles; i++) {
             const int s = (i - first) % STAGES, use = (i - first) / STAGES;
             if (use > 0) mbar_wait(sm.empty(s), (use - 1) & 1);
@@ -922,8 +929,8 @@ __global__ void __launch_bounds__(tma_bwd::THREADS, 1)
             if (lane == 0) {
                 mbar_arrive_expect_tx(sm.full(s), 2 * IN<D>);
                 for (int c = 0; c < D / 64; c++) {
-                    tma_rows(sQ(s) + c * IN_BOX, &tq, sm.full(s), qk_head_major, c, i * BI, h, b);
-                    tma_rows(sdO(s) + c * IN_BOX, &tdo, sm.full(s), false, c, i * BI, h, b);
+                    tma_rows(sQ(s) + c * IN_BOX, tq, sm.full(s), qk_head_major, c, i * BI, h, b);
+                    tma_rows(sdO(s) + c * IN_BOX, tdo, sm.full(s), false, c, i * BI, h, b);
                 }
             } else {
                 mbar_arrive(sm.full(s));
@@ -935,7 +942,7 @@ __global__ void __launch_bounds__(tma_bwd::THREADS, 1)
     setmaxnreg_inc<240>();
     const int wg = warp / 4 - 1, g = lane / 4, tig = lane % 4;
     const int key[2] = {k0 + 64 * wg + 16 * (warp % 4) + g, k0 + 64 * wg + 16 * (warp % 4) + g + 8};
-    const float sl2 = scale * LOG2E;
+    const float sl2 = a.scale * LOG2E;
     float dk[D / 8][4] = {}, dv[D / 8][4] = {};
     mbar_wait(full_o, 0);
     for (int i = first; i < tiles; i++) {
@@ -972,8 +979,8 @@ __global__ void __launch_bounds__(tma_bwd::THREADS, 1)
 #pragma unroll
     for (int r = 0; r < 2; r++) {
         if (key[r] >= T) continue;
-        bf16* dst = dqkv + ((size_t)b * T + key[r]) * 3 * C + h * D;
-        store_row_rope<D>(dst + C, dk, r, key[r], scale, rope);
+        bf16* dst = a.dqkv + ((size_t)b * T + key[r]) * 3 * C + h * D;
+        store_row_rope<D>(dst + C, dk, r, key[r], a.scale, a.rope);
         store_row<D, false>(dst + 2 * C, dv, r, key[r], 1.0f, nullptr);
     }
 }
@@ -1362,7 +1369,10 @@ void flash_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* o
                           k_out = view(in[1], qk_head_major, BM), k_in = view(in[1], qk_head_major, BI),
                           v_out = view(in[2], false, BM), v_in = view(in[2], false, BI),
                           do_out = view(dout_v, false, BM), do_in = view(dout_v, false, BI);
-        const float2* rope_back = mode == Rope::none ? nullptr : rope;
+        const tma_bwd::Args dq_args{q_out, do_out, k_in, v_in, dqkv, lse, Dv, mode == Rope::none ? nullptr : rope,
+                                    qk_head_major, T, NH, scale};
+        tma_bwd::Args dkv_args = dq_args;
+        dkv_args.q = q_in, dkv_args.dout = do_in, dkv_args.k = k_out, dkv_args.v = v_out;
         const dim3 grid(B * NH, ceil_div(T, BM));
         auto launch = [&](auto d) {
             constexpr int D = decltype(d)::value;
@@ -1370,11 +1380,9 @@ void flash_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* o
             auto* dkv = flash_dkv_tma_kernel<D>;
             static bool once = (allow_smem(dq, tma_bwd::smem<D>()), allow_smem(dkv, tma_bwd::smem<D>()), true);
             (void)once;
-            LNS_LAUNCH(dq, grid, tma_bwd::THREADS, tma_bwd::smem<D>(), dqkv, q_out, do_out, k_in, v_in, qk_head_major,
-                       lse, Dv, rope_back, T, NH, scale);
+            LNS_LAUNCH(dq, grid, tma_bwd::THREADS, tma_bwd::smem<D>(), dq_args);
             cudaCheckLaunch();
-            LNS_LAUNCH(dkv, grid, tma_bwd::THREADS, tma_bwd::smem<D>(), dqkv, q_in, do_in, k_out, v_out,
-                       qk_head_major, lse, Dv, rope_back, T, NH, scale);
+            LNS_LAUNCH(dkv, grid, tma_bwd::THREADS, tma_bwd::smem<D>(), dkv_args);
         };
         if (hs == 64) launch(std::integral_constant<int, 64>{});
         else launch(std::integral_constant<int, 128>{});
