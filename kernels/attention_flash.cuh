@@ -555,7 +555,8 @@ __global__ void __launch_bounds__(32 * QW)
 // warpgroup hands its registers to the consumers (setmaxnreg). Warpgroups 1 and 2 consume,
 // 64 query rows each: S = Q K^T with both operands in smem (m64n128k16), the online
 // softmax in registers, O += P V with P from registers and V read N-major. As in
-// flash_forward_wg_kernel, the softmax of tile j+1 runs while P_j V_j does. Every tile is
+// flash_forward_wg_kernel, the softmax of tile j+1 runs while P_j V_j does, and the two
+// consumers take turns to issue their products (ping-pong, below). Every tile is
 // boxes of 64 channels by 128 rows (two boxes at D = 128) in the 128-byte swizzle that
 // TMA writes and the descriptors read; copies past T or the tensor's end are zeros.
 // qk_head_major: q and k are the rotated head-major copy (TMA coordinates channel, row,
