@@ -142,6 +142,7 @@ struct TmaCopy {
 struct WgmmaResult {
     float* dst;  // the thread's accumulator registers
     std::vector<float> value;
+    size_t lo, hi;  // the shared memory its operands span, [lo, hi) bytes: not to be overwritten before its wait
 };
 
 // A thread's asynchronous operations of one kind (cp.async, wgmma) in commit groups:
@@ -220,6 +221,9 @@ struct Block {
     };
     std::array<Named, 16> named;
     std::vector<TmaCopy> tma_pending;
+    // threads an arrival just let through an mbarrier: they run next, before the arriving
+    // warp's other lanes, as a GPU may run them
+    std::vector<Thread*> priority;
     Context scheduler;
     Thread* current = nullptr;
     const std::function<void()>* fn = nullptr;
@@ -449,13 +453,18 @@ void resolve_wgmma(Thread* th) {
             th[i].a_smem != th[0].a_smem || th[i].desc_a != th[0].desc_a)
             fail("lanes of one warp wait in different wgmma operations");
     std::vector<float> Bm(16 * N);
+    size_t lo = SIZE_MAX, hi = 0;
+    auto read = [&](size_t off, const char* what) {
+        lo = std::min(lo, off), hi = std::max(hi, off + 2);
+        return desc_element(off, what);
+    };
     for (int k = 0; k < 16; k++)
-        for (int n = 0; n < N; n++) Bm[k * N + n] = desc_element(desc_offset(th[0].desc, n, k, th[0].trans), "wgmma B");
+        for (int n = 0; n < N; n++) Bm[k * N + n] = read(desc_offset(th[0].desc, n, k, th[0].trans), "wgmma B");
     float A[16][16];
     if (th[0].a_smem) {
         const int row0 = 16 * (tid_of(th) / 32 % 4);  // the warp's rows of the warpgroup's 64
         for (int m = 0; m < 16; m++)
-            for (int k = 0; k < 16; k++) A[m][k] = desc_element(desc_offset(th[0].desc_a, row0 + m, k, false), "wgmma A");
+            for (int k = 0; k < 16; k++) A[m][k] = read(desc_offset(th[0].desc_a, row0 + m, k, false), "wgmma A");
     } else {
         unpack_a(th, A);
     }
@@ -472,7 +481,7 @@ void resolve_wgmma(Thread* th) {
     }
     for (int i = 0; i < 32; i++) {
         Thread& t = th[i];
-        t.wg_pending.issue({t.wg_dst, t.wg_acc});
+        t.wg_pending.issue({t.wg_dst, t.wg_acc, lo, hi});
         t.state = State::ready;
     }
 }
@@ -556,26 +565,35 @@ void run_block() {
     g.proxy_fenced.assign(g.smem_bytes / 16 + 1, 0);
     g.mbars.clear();
     g.tma_pending.clear();
+    g.priority.clear();
     g.named = {};
     for (int i = 0; i < n; i++) start_fiber(g.threads[i], i);
     g.cp_lanes.assign(warps, {});
+    auto run = [](Thread* t) {
+        g.current = t;
+        context_switch(g.scheduler, t->ctx);
+        g.current = nullptr;
+        if (!g_error.empty()) {
+            const std::string e = g_error;
+            g_error.clear();
+            throw Error(e);
+        }
+    };
     for (;;) {
         bool progressed = false;
+        while (!g.priority.empty()) {
+            Thread* t = g.priority.front();
+            g.priority.erase(g.priority.begin());
+            if (t->state == State::ready) run(t), progressed = true;
+        }
         for (int k = 0; k < warps && !progressed; k++) {
             const int w = g.order == Order::forward ? k : warps - 1 - k;
             Thread* lanes = &g.threads[32 * w];
             for (int l = 0; l < 32; l++)
                 if (lanes[l].state == State::mbarrier && mbar_passed(lanes[l])) lanes[l].state = State::ready;
-            for (int l = 0; l < 32; l++)
+            for (int l = 0; l < 32 && g.priority.empty(); l++)
                 if (lanes[l].state == State::ready) {
-                    g.current = &lanes[l];
-                    context_switch(g.scheduler, lanes[l].ctx);
-                    g.current = nullptr;
-                    if (!g_error.empty()) {
-                        const std::string e = g_error;
-                        g_error.clear();
-                        throw Error(e);
-                    }
+                    run(&lanes[l]);
                     progressed = true;
                 }
             int waiting = 0, done = 0;
@@ -850,7 +868,13 @@ void mbar_arrive(void* bar, unsigned tx_bytes) {
     if (b.pending == 0) fail("mbarrier.arrive: more arrivals than the phase expects");
     b.tx += tx_bytes;
     b.pending--;
+    const unsigned phase = b.phase;
     mbar_complete_tx(b, 0);
+    if (b.phase == phase) return;
+    // the phase is complete: its waiters run at once, ahead of this warp's other lanes
+    for (Thread& t : g.threads)
+        if (t.state == State::mbarrier && mbar_passed(t)) t.state = State::ready, g.priority.push_back(&t);
+    if (!g.priority.empty()) block_on(State::ready);
 }
 
 void mbar_wait(void* bar, unsigned parity) {
@@ -873,6 +897,19 @@ void tma_load(void* dst, const void* map, void* bar, const int (&c)[4]) {
     check_smem(d, bytes, "cp.async.bulk.tensor");
     if ((d - g.smem) % 1024 != 0) fail("cp.async.bulk.tensor: a 128-byte swizzled box must start 1024-byte aligned");
     mbar_of(bar, "cp.async.bulk.tensor", &copy.bar);
+    // the hardware reads a wgmma's operands any time until its wait: a copy into them before
+    // then (a buffer released too early) races with it. A warp's lanes wait together on a
+    // GPU (.sync.aligned), so the lane that has retired the most speaks for its warp.
+    const size_t d0 = (size_t)(d - g.smem), d1 = d0 + bytes;
+    for (size_t w = 0; w < g.threads.size() / 32; w++) {
+        const Thread* t = &g.threads[32 * w];
+        for (int l = 1; l < 32; l++)
+            if (g.threads[32 * w + l].wg_pending.ops.size() < t->wg_pending.ops.size()) t = &g.threads[32 * w + l];
+        for (const auto& op : t->wg_pending.ops)
+            if (op.first.lo < d1 && d0 < op.first.hi)
+                fail("cp.async.bulk.tensor overwrites shared memory that a wgmma of warp " + std::to_string(w) +
+                     " still reads (not yet retired by its wgmma.wait_group)");
+    }
     copy.dst = d;
     std::memcpy(copy.c, c, sizeof copy.c);
     std::memset(d, 0xff, bytes);  // undefined until it lands

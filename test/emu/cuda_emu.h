@@ -27,7 +27,9 @@
 //     barrier, only when no thread can run on (and then only those for barriers that a
 //     thread waits on, if any), so a read before its wait, or after a wait on another
 //     barrier, sees NaNs and a refill issued before the readers released the buffer is
-//     caught;
+//     caught; the arrival that completes a phase lets its waiters run at once, and a TMA
+//     copy into shared memory that a wgmma not yet retired by its wait reads fails (a
+//     buffer released too early);
 //   - named barriers (bar.sync, bar.arrive with an id and a thread count): a sync blocks
 //     until the count of threads have synced or arrived; a block that exits with a
 //     named barrier partly arrived fails;
