@@ -688,8 +688,8 @@ __global__ void __launch_bounds__(tma_fwd::THREADS, 1)
     // other arrives), so that one's softmax runs while the other's products do. Every turn
     // of one is preceded by one of the other; warpgroup 0 takes the first, and warpgroup
     // 1 passes on none after its last, so both barriers end empty.
-    auto my_turn = [&] { named_barrier_sync(1 + wg, 256); };
-    auto your_turn = [&] { named_barrier_arrive(2 - wg, 256); };
+    auto my_turn = [&] { wg == 0 ? named_barrier_sync<1, 256>() : named_barrier_sync<2, 256>(); };
+    auto your_turn = [&] { wg == 0 ? named_barrier_arrive<2, 256>() : named_barrier_arrive<1, 256>(); };
     if (wg == 1) your_turn();
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, corr[2];
     uint32_t p[BN / 16][4];  // P_j: the A operand of O += P_j V_j

@@ -63,11 +63,14 @@ __device__ __forceinline__ void cp_async_wait() {
 
 // Named barrier `id` (1..15; 0 is __syncthreads) of `count` threads, a multiple of 32:
 // sync waits until count threads have synced or arrived, arrive does not wait.
-__device__ __forceinline__ void named_barrier_sync(int id, int count) {
-    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+// Constant ids: with an id in a register, ptxas reserves all 16 barriers.
+template <int ID, int COUNT>
+__device__ __forceinline__ void named_barrier_sync() {
+    asm volatile("bar.sync %0, %1;\n" ::"n"(ID), "n"(COUNT) : "memory");
 }
-__device__ __forceinline__ void named_barrier_arrive(int id, int count) {
-    asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+template <int ID, int COUNT>
+__device__ __forceinline__ void named_barrier_arrive() {
+    asm volatile("bar.arrive %0, %1;\n" ::"n"(ID), "n"(COUNT) : "memory");
 }
 
 // ---- Hopper (sm_90a): warpgroup MMA. The kernels that use these run only where

@@ -343,9 +343,9 @@ __global__ void stalled_phase_kernel() {
 
 // Warp 0 syncs on named barrier 1 of 64 threads, warp 1 arrives `arrivals` times.
 __global__ void named_barrier_kernel(int arrivals) {
-    if (threadIdx.x < 32) named_barrier_sync(1, 64);
+    if (threadIdx.x < 32) named_barrier_sync<1, 64>();
     else
-        for (int i = 0; i < arrivals; i++) named_barrier_arrive(1, 64);
+        for (int i = 0; i < arrivals; i++) named_barrier_arrive<1, 64>();
 }
 
 TEST_CASE("the emulated TMA lands swizzled boxes at the barrier's phase; stalled phases and unbalanced named barriers fail",

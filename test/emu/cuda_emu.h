@@ -251,8 +251,14 @@ __device__ __forceinline__ void wgmma_bf16_ss(float (&d)[NT][4], uint64_t desc_a
     static_assert(NT == 8 || NT == 16, "the wrapped shapes: m64n64k16, m64n128k16");
     emu::wgmma_ss(&d[0][0], NT, desc_a, desc_b, false);
 }
-__device__ __forceinline__ void named_barrier_sync(int id, int count) { emu::named_barrier(id, count, true); }
-__device__ __forceinline__ void named_barrier_arrive(int id, int count) { emu::named_barrier(id, count, false); }
+template <int ID, int COUNT>
+__device__ __forceinline__ void named_barrier_sync() {
+    emu::named_barrier(ID, COUNT, true);
+}
+template <int ID, int COUNT>
+__device__ __forceinline__ void named_barrier_arrive() {
+    emu::named_barrier(ID, COUNT, false);
+}
 __device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t arrivals) { emu::mbar_init(bar, arrivals); }
 __device__ __forceinline__ void fence_mbar_init() {}
 __device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, uint32_t bytes) { emu::mbar_arrive(bar, bytes); }
