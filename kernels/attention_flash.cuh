@@ -569,6 +569,11 @@ template <int D> constexpr int TILE = D / 64 * BOX;  // bytes of a Q, K or V til
 template <int D> constexpr size_t smem() { return (1 + 2 * STAGES) * TILE<D> + 1024 + 128; }
 }  // namespace tma_fwd
 
+// The first 1024-byte-aligned byte at or after p in shared memory: where 128-byte
+// swizzled boxes may start (the swizzle repeats every 8 rows of 128 bytes).
+__device__ __forceinline__ unsigned char* align_1024(unsigned char* p) {
+    return p + (1024 - smem_addr(p) % 1024) % 1024;
+}
 // Box `box` (channels 64 box..) of the map's box rows from t0, of head h of batch b, to dst.
 __device__ __forceinline__ void tma_rows(void* dst, const CUtensorMap* map, uint64_t* bar, bool head_major, int box,
                                          int t0, int h, int b) {
@@ -632,8 +637,7 @@ __global__ void __launch_bounds__(tma_fwd::THREADS, 1)
     using namespace tma_fwd;
     constexpr int NT = BN / 8;
     trap_without_sm90a();
-    unsigned char* smem = dynamic_smem();
-    smem += (1024 - smem_addr(smem) % 1024) % 1024;  // swizzled boxes start 1024-byte aligned
+    unsigned char* smem = align_1024(dynamic_smem());
     unsigned char* sQ = smem;
     auto sK = [&](int s) { return smem + (1 + s) * TILE<D>; };
     auto sV = [&](int s) { return smem + (1 + STAGES + s) * TILE<D>; };
@@ -765,7 +769,7 @@ template <int D> constexpr size_t smem() { return BARS<D> + 128 + 1024; }
 template <int D>
 struct Smem {
     unsigned char* base;
-    __device__ explicit Smem(unsigned char* p) : base(p + (1024 - smem_addr(p) % 1024) % 1024) {}
+    __device__ explicit Smem(unsigned char* p) : base(align_1024(p)) {}
     __device__ unsigned char* outer(int i) const { return base + i * OUT<D>; }  // the block's rows, 2 tensors
     __device__ unsigned char* inner(int i, int s) const { return base + 2 * OUT<D> + (i * STAGES + s) * IN<D>; }
     __device__ float* stats(int s) const {  // lse (log2 units) then Dv of a stage's rows
@@ -1206,15 +1210,19 @@ void allow_smem(Kernel* k, size_t bytes) {
 template <Rope R>
 using RopeC = std::integral_constant<Rope, R>;
 // Calls fn(integral_constant<int, D>, RopeC<mode>) for the runtime head size and mode.
+// Calls fn(integral_constant<int, D>) for the runtime head size.
+template <class Fn>
+void with_head_size(int hs, Fn&& fn) {
+    if (hs == 64) fn(std::integral_constant<int, 64>{});
+    else fn(std::integral_constant<int, 128>{});
+}
 template <class Fn>
 void dispatch(int hs, Rope mode, Fn&& fn) {
-    auto with_d = [&](auto d) {
+    with_head_size(hs, [&](auto d) {
         if (mode == Rope::none) fn(d, RopeC<Rope::none>{});
         else if (mode == Rope::prepass) fn(d, RopeC<Rope::prepass>{});
         else fn(d, RopeC<Rope::on_load>{});
-    };
-    if (hs == 64) with_d(std::integral_constant<int, 64>{});
-    else with_d(std::integral_constant<int, 128>{});
+    });
 }
 
 int check_flash(const char* op, int B, int T, int C, int NH, float rope_theta,
@@ -1303,16 +1311,14 @@ void flash_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, 
                           tk = tma_view(in[1], qk_head_major, B, T, NH, hs, 128),
                           tv = tma_view(in[2], false, B, T, NH, hs, 128);
         const dim3 grid(B * NH, ceil_div(T, tma_fwd::BM));
-        auto launch = [&](auto d) {
+        with_head_size(hs, [&](auto d) {
             constexpr int D = decltype(d)::value;
             auto* fwd = flash_forward_tma_kernel<D>;
             static bool once = (allow_smem(fwd, tma_fwd::smem<D>()), true);
             (void)once;
             LNS_LAUNCH(fwd, grid, tma_fwd::THREADS, tma_fwd::smem<D>(), out, lse, tq, tk, tv, qk_head_major, T, NH,
                        scale);
-        };
-        if (hs == 64) launch(std::integral_constant<int, 64>{});
-        else launch(std::integral_constant<int, 128>{});
+        });
         cudaCheckLaunch();
         return;
     }
@@ -1357,11 +1363,13 @@ void flash_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* o
     const HeadView dout_v = token_rows(dout, 0, T, C, NH, C);
     const int rows = B * T * NH;
     float* Dv = (float*)cuda_scratch(SCRATCH_ATTN_B, (size_t)rows * sizeof(float));  // (B,NH,T)
+    with_head_size(hs, [&](auto d) {
+        auto* dvec = flash_dvec_kernel<decltype(d)::value>;
+        LNS_LAUNCH(dvec, ceil_div(rows, WARPS), THREADS, 0, Dv, dout, out, T, NH, rows);
+    });
+    cudaCheckLaunch();
     if (tma) {
         using tma_bwd::BI, tma_bwd::BM;
-        auto* dvec = hs == 64 ? flash_dvec_kernel<64> : flash_dvec_kernel<128>;
-        LNS_LAUNCH(dvec, ceil_div(rows, WARPS), THREADS, 0, Dv, dout, out, T, NH, rows);
-        cudaCheckLaunch();
         // the dq kernel's own rows (q, dout) in 128-row boxes and its loop tiles (k, v) in 64;
         // the dk/dv kernel the other way round
         const bool qk_head_major = mode == Rope::prepass;  // the rotated copy
@@ -1375,7 +1383,7 @@ void flash_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* o
         tma_bwd::Args dkv_args = dq_args;
         dkv_args.q = q_in, dkv_args.dout = do_in, dkv_args.k = k_out, dkv_args.v = v_out;
         const dim3 grid(B * NH, ceil_div(T, BM));
-        auto launch = [&](auto d) {
+        with_head_size(hs, [&](auto d) {
             constexpr int D = decltype(d)::value;
             auto* dq = flash_dq_tma_kernel<D>;
             auto* dkv = flash_dkv_tma_kernel<D>;
@@ -1384,9 +1392,7 @@ void flash_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* o
             LNS_LAUNCH(dq, grid, tma_bwd::THREADS, tma_bwd::smem<D>(), dq_args);
             cudaCheckLaunch();
             LNS_LAUNCH(dkv, grid, tma_bwd::THREADS, tma_bwd::smem<D>(), dkv_args);
-        };
-        if (hs == 64) launch(std::integral_constant<int, 64>{});
-        else launch(std::integral_constant<int, 128>{});
+        });
         cudaCheckLaunch();
         return;
     }
@@ -1394,9 +1400,6 @@ void flash_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* o
     dispatch(hs, mode, [&](auto d, auto r) {
         constexpr int D = decltype(d)::value;
         constexpr Rope R = decltype(r)::value;
-        auto* dvec = flash_dvec_kernel<D>;
-        LNS_LAUNCH(dvec, ceil_div(rows, WARPS), THREADS, 0, Dv, dout, out, T, NH, rows);
-        cudaCheckLaunch();
         auto launch = [&](auto wg) {
             constexpr bool WG = decltype(wg)::value;
             auto* dq = flash_dq_kernel<D, R, WG>;

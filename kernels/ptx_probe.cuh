@@ -90,8 +90,7 @@ __global__ void __launch_bounds__(128)
                      const __grid_constant__ CUtensorMap tb1, const __grid_constant__ CUtensorMap tb2, const bf16* a2) {
 #if defined(LNS_CUDA_EMU) || LNS_SM90A
     using tma_fwd::TILE;
-    unsigned char* smem = dynamic_smem();
-    smem += (1024 - smem_addr(smem) % 1024) % 1024;
+    unsigned char* smem = align_1024(dynamic_smem());
     uint64_t* bar = reinterpret_cast<uint64_t*>(smem + 3 * TILE<D>);
     if (threadIdx.x == 0) {
         mbar_init(bar, 1);

@@ -820,11 +820,15 @@ void wgmma_wait(int pending_groups) {
 }
 
 namespace {
-MBarrier& mbar_of(const void* bar, const char* op, size_t* off_out = nullptr) {
+// The smem offset of an mbarrier: 8 aligned bytes of the launch's shared memory.
+size_t mbar_offset(const void* bar, const char* op) {
     const unsigned char* c = static_cast<const unsigned char*>(bar);
     if (c < g.smem || c + 8 > g.smem + g.smem_bytes || (uintptr_t)c % 8 != 0)
         fail(std::string(op) + ": the mbarrier is not an aligned 8 bytes of the launch's shared memory");
-    const size_t off = (size_t)(c - g.smem);
+    return (size_t)(c - g.smem);
+}
+MBarrier& mbar_of(const void* bar, const char* op, size_t* off_out = nullptr) {
+    const size_t off = mbar_offset(bar, op);
     auto it = g.mbars.find(off);
     if (it == g.mbars.end()) fail(std::string(op) + ": mbarrier not initialised");
     if (off_out) *off_out = off;
@@ -853,11 +857,9 @@ void named_barrier(int id, int count, bool wait) {
 
 void mbar_init(void* bar, unsigned arrivals) {
     self("mbarrier.init");
-    const unsigned char* c = static_cast<const unsigned char*>(bar);
-    if (c < g.smem || c + 8 > g.smem + g.smem_bytes || (uintptr_t)c % 8 != 0)
-        fail("mbarrier.init: not an aligned 8 bytes of the launch's shared memory");
+    const size_t off = mbar_offset(bar, "mbarrier.init");
     if (arrivals == 0) fail("mbarrier.init: an arrival count of 0");
-    MBarrier& b = g.mbars[(size_t)(c - g.smem)];
+    MBarrier& b = g.mbars[off];
     b = MBarrier{};
     b.expected = b.pending = arrivals;
 }
