@@ -23,8 +23,10 @@ status=0
 # false, LNS_4RopeE0E Rope::none): the first launch of each in the benchmark
 for k in flash_forward_kernelILi${D}ELi4ELb0E flash_forward_wg_kernelILi${D}ELi8E \
          flash_dq_kernelILi${D}ELNS_4RopeE0ELb0E flash_dkv_kernelILi${D}ELNS_4RopeE0ELb0E \
-         flash_forward_tma_kernelILi${D}E flash_dq_tma_kernelILi${D}E flash_dkv_tma_kernelILi${D}E; do
+         flash_forward_tma_kernelILi${D}E flash_dkv_tma_kernelILi${D}ELb1E flash_dq_convert_kernelILi${D}E \
+         flash_dq_tma_kernelILi${D}E flash_dkv_tma_kernelILi${D}ELb0E; do
     name=${k%%ILi*}
+    [[ $k == *Lb1E ]] && name+=_one_pass  # the TMA backward's single pass, not the dk/dv kernel of two
     out=$dir/ncu_${name}_d$D.txt
     if timeout --signal=KILL 40 "$ncu" --clock-control none --kernel-name-base mangled \
             --kernel-name "regex:$k" --launch-count 1 "${sections[@]}" \

@@ -302,7 +302,8 @@ std::vector<Row> bench_model(const std::string& name, int B, int T, Timer& tm) {
 // Causal attention alone, flash against the first version, no RoPE (as PyTorch's
 // scaled_dot_product_attention, which bench/bench_torch.py --attention times on the same
 // shapes); then flash with RoPE in its two placements, on wgmma, with 8-warp forward
-// blocks, and the TMA forward (without and with RoPE). FLOPs, FlashAttention's
+// blocks, and the TMA kernels (without and with RoPE; the backward also as two kernels,
+// flash_tma_dq_kernel). FLOPs, FlashAttention's
 // convention: forward 4*B*H*T*T*D / 2 (the causal half of QK^T and PV), backward 2.5x the
 // forward (five products of the same size against two). One line per (shape, kernel):
 // attn_tflops B H T D kernel fwd X bwd Y.
@@ -365,6 +366,13 @@ void bench_attention(Timer& tm) {
                         [&] { cuda_backend::attention_flash_backward(DQ, DO, Q, O, L, a.B, a.T, C, a.H, theta); });
                     report(theta > 0 ? "flash_tma_rope_first" : "flash_tma", ft, bt);
                 }
+                // the backward as two kernels (dq, then dk and dv) instead of one pass
+                cuda_backend::attention_flash_options({false, false, 4, true, true});
+                const double bk = tm.median_ms(
+                    [&] { cuda_backend::attention_flash_backward(DQ, DO, Q, O, L, a.B, a.T, C, a.H, 0.0f); });
+                printf("attn_tflops %d %d %d %d flash_tma_dq_kernel fwd - bwd %.1f\n", a.B, a.H, a.T, a.D,
+                       2.5 * fwd_flops / (bk * 1e9));
+                fflush(stdout);
             }
             cuda_backend::attention_flash_options({});
         }

@@ -747,26 +747,42 @@ __global__ void __launch_bounds__(tma_fwd::THREADS, 1)
     store_forward<D>(out + (size_t)b * T * C + h * D, lse + (size_t)bh * T, o, m, l, row, T, C, scale);
 }
 
-// ---- backward on TMA and wgmma with warp specialisation (sm_90a, FlashOptions::tma): the
-// two kernels of the FlashAttention-2 backward below (dq per query block, dk and dv per
-// key block: no atomics, each output written once in a fixed order) in the structure of
-// flash_forward_tma_kernel. A block of three warpgroups owns 128 rows (64 per consumer
-// warpgroup), loaded once; the producer streams 64-row tiles of the other side into a
-// two-stage ring. Each step: two products with both operands in smem (m64n64k16), the
-// probabilities and score gradients in registers, then one or two products with them
-// from registers; the consumers wait for each.
+// ---- backward on TMA and wgmma with warp specialisation (sm_90a, FlashOptions::tma), in
+// the structure of flash_forward_tma_kernel: a block of three warpgroups owns 128 rows
+// (64 per consumer warpgroup), loaded once; the producer streams 64-row tiles of the
+// other side into a two-stage ring. Each step: two products with both operands in smem
+// (m64n64k16), the probabilities and score gradients in registers, then the products
+// with them from registers; the consumers wait for each.
+//
+// The default is FlashAttention-3's single pass: flash_dkv_tma_kernel<D, true> per key
+// block also computes that block's part of dq, dS K, and adds it into an fp32 dq in
+// global memory, and flash_dq_convert_kernel rounds that into dqkv. Five products per
+// step instead of the seven of two kernels (dq and dk/dv each recompute S and dP).
+// Deterministic: the parts of a 64-row query tile are added in a fixed order, key block
+// ceil down to 0, each block waiting on a counter per tile until the blocks after it
+// have added theirs. Blocks run their query tiles upward from the diagonal and are
+// launched lightest (last key block) first, so key block n + 1 reaches each tile two
+// steps before block n does and the waits are short. FlashOptions::tma_dq_kernel runs
+// the two kernels of the FlashAttention-2 backward instead (flash_dq_tma_kernel, and
+// flash_dkv_tma_kernel<D, false>: each output written once).
 namespace tma_bwd {
 constexpr int BM = 128, BI = 64, STAGES = 2, THREADS = 384;
+static_assert(BM == 2 * BI, "key block n adds to the query tiles 2n.. (the counters' order)");
 constexpr int OUT_BOX = BM * 128, IN_BOX = BI * 128;  // bytes of one 64-channel box
 template <int D> constexpr int OUT = D / 64 * OUT_BOX;  // a 128-row tile of D channels
 template <int D> constexpr int IN = D / 64 * IN_BOX;    // a 64-row tile
-// two outer tiles, two stages of two inner tiles, (dk/dv) lse and Dv per stage; then the
-// barriers, and 1024 bytes to align the tiles
-template <int D> constexpr int BARS = 2 * OUT<D> + 2 * STAGES * IN<D> + STAGES * 2 * BI * 4;
-template <int D> constexpr size_t smem() { return BARS<D> + 128 + 1024; }
+constexpr int STATS = STAGES * 2 * BI * 4;              // lse and Dv of each stage's rows
+constexpr int DS = BM * 128;                            // dS of a step: 128 keys x 64 queries, bf16
+template <int D> constexpr int DQ = BI * D / 2 * 4;     // a warpgroup's dq part: 64 rows x D/2, fp32
+// two outer tiles, two stages of two inner tiles, (dk/dv) the stats; fused: two dS
+// buffers and a dq part per consumer warpgroup; then the barriers, and 1024 bytes to
+// align the tiles
+template <int D, bool FUSED>
+constexpr int BARS = 2 * OUT<D> + 2 * STAGES * IN<D> + STATS + (FUSED ? 2 * DS + 2 * DQ<D> : 0);
+template <int D, bool FUSED = false> constexpr size_t smem() { return BARS<D, FUSED> + 128 + 1024; }
 
 // The kernels' shared memory, from the 1024-byte-aligned start of the dynamic allocation.
-template <int D>
+template <int D, bool FUSED = false>
 struct Smem {
     unsigned char* base;
     __device__ explicit Smem(unsigned char* p) : base(align_1024(p)) {}
@@ -775,24 +791,36 @@ struct Smem {
     __device__ float* stats(int s) const {  // lse (log2 units) then Dv of a stage's rows
         return reinterpret_cast<float*>(base + 2 * OUT<D> + 2 * STAGES * IN<D>) + s * 2 * BI;
     }
-    // full_o (the outer tiles), then full and empty per stage
-    __device__ uint64_t* full_o() const { return reinterpret_cast<uint64_t*>(base + BARS<D>); }
+    __device__ unsigned char* ds(int i) const { return base + 2 * OUT<D> + 2 * STAGES * IN<D> + STATS + i * DS; }
+    __device__ float* dq(int wg) const {
+        return reinterpret_cast<float*>(base + 2 * OUT<D> + 2 * STAGES * IN<D> + STATS + 2 * DS + wg * DQ<D>);
+    }
+    // full_o (the outer tiles), full and empty per stage, (fused) dq_full and dq_empty
+    // per consumer warpgroup
+    __device__ uint64_t* full_o() const { return reinterpret_cast<uint64_t*>(base + BARS<D, FUSED>); }
     __device__ uint64_t* full(int s) const { return full_o() + 1 + s; }
     __device__ uint64_t* empty(int s) const { return full_o() + 1 + STAGES + s; }
+    __device__ uint64_t* dq_full(int wg) const { return full_o() + 1 + 2 * STAGES + wg; }
+    __device__ uint64_t* dq_empty(int wg) const { return full_o() + 3 + 2 * STAGES + wg; }
     // by thread 0, then a block barrier: full_o takes the producer's one arrival, full
-    // full_arrivals, empty one per consumer warp
+    // full_arrivals, empty one per consumer warp; dq_full every thread of its warpgroup,
+    // dq_empty the writer's one
     __device__ void init_barriers(int full_arrivals) const {
         if (threadIdx.x == 0) {
             mbar_init(full_o(), 1);
             for (int s = 0; s < STAGES; s++) mbar_init(full(s), full_arrivals), mbar_init(empty(s), 8);
+            if (FUSED)
+                for (int w = 0; w < 2; w++) mbar_init(dq_full(w), 128), mbar_init(dq_empty(w), 1);
             fence_mbar_init();
         }
         __syncthreads();
     }
 };
 
-// What both kernels take: the tensor maps of q, dout, k and v (the block's own tensors in
-// BM-row boxes, the streamed ones in BI-row boxes), and the rest as flash_dq_kernel's.
+// What the kernels take: the tensor maps of q, dout, k and v (the block's own tensors in
+// BM-row boxes, the streamed ones in BI-row boxes), the rest as flash_dq_kernel's, and
+// for the single pass the fp32 dq (B, NH, query tiles, 2 warpgroup parts of 64 x D/2 in
+// the accumulator order of dq_part_index) with its counters (B, NH, query tiles), zeros.
 struct Args {
     CUtensorMap q, dout, k, v;
     bf16* dqkv;
@@ -800,7 +828,13 @@ struct Args {
     const float2* rope;  // to rotate dq and dk back; null without RoPE
     int qk_head_major, T, NH;
     float scale;
+    float* dq_acc;
+    int* dq_sem;
 };
+
+// Where a consumer thread's element e of n-tile nt of its 64 x D/2 dq part lies in the
+// part: thread-minor, so that a warp's stores fill 32 consecutive words.
+__device__ __forceinline__ int dq_part_index(int nt, int e, int thread) { return (nt * 4 + e) * 128 + thread; }
 }  // namespace tma_bwd
 
 // dq: query block of 128 rows (heaviest first); key tiles 0..diagonal.
@@ -890,30 +924,56 @@ __global__ void __launch_bounds__(tma_bwd::THREADS, 1) flash_dq_tma_kernel(const
             store_row_rope<D>(a.dqkv + ((size_t)b * T + row[r]) * 3 * C + h * D, dq, r, row[r], a.scale, a.rope);
 }
 
-// dk, dv: key block of 128 rows (heaviest first); query tiles from the diagonal to T,
-// with their lse (log2 units) and Dv, which the producer warp stores beside each stage:
-// its 32 lanes are the stage's "full" arrivals, so the stores are visible with the copy.
-template <int D>
+// dk, dv (and with FUSED dq's parts): key block of 128 rows; query tiles from the
+// diagonal to T, with their lse (log2 units) and Dv, which the producer warp stores
+// beside each stage: its 32 lanes are the stage's "full" arrivals, so the stores are
+// visible with the copy. With FUSED the producer warpgroup's second warp adds dq's
+// parts into global memory (bulk copies from shared memory, in the counters' order).
+template <int D, bool FUSED>
 __global__ void __launch_bounds__(tma_bwd::THREADS, 1) flash_dkv_tma_kernel(const __grid_constant__ tma_bwd::Args a) {
     using namespace tma_bwd;
     const CUtensorMap *tq = &a.q, *tdo = &a.dout, *tk = &a.k, *tv = &a.v;
     const int qk_head_major = a.qk_head_major, T = a.T, NH = a.NH;
     trap_without_sm90a();
-    const Smem<D> sm(dynamic_smem());
+    const Smem<D, FUSED> sm(dynamic_smem());
     unsigned char *sK = sm.outer(0), *sV = sm.outer(1);
     auto sQ = [&](int s) { return sm.inner(0, s); };
     auto sdO = [&](int s) { return sm.inner(1, s); };
     auto sL = [&](int s) { return sm.stats(s); };  // lse * log2(e)
     auto sD = [&](int s) { return sm.stats(s) + BI; };
     uint64_t* full_o = sm.full_o();
-    const int bh = blockIdx.x, b = bh / NH, h = bh % NH, C = NH * D;
-    const int k0 = blockIdx.y * BM;
+    // FUSED: a 1-d grid, each head's key blocks lightest (last) first; else (B*NH, key
+    // blocks), heaviest first
+    const int blocks = (T + BM - 1) / BM;
+    const int bh = FUSED ? blockIdx.x / blocks : blockIdx.x, b = bh / NH, h = bh % NH, C = NH * D;
+    const int n = FUSED ? blocks - 1 - blockIdx.x % blocks : blockIdx.y, k0 = n * BM;
     const int first = k0 / BI, tiles = (T + BI - 1) / BI;  // causal: no query tile before the diagonal
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     sm.init_barriers(32);  // the producer warp's lanes, after their stores of the stage's stats
 
     if (warp < 4) {  // the producer warpgroup: K and V once, then Q, dout and their row stats
         setmaxnreg_dec<24>();
+        if constexpr (FUSED) {
+            if (warp == 1 && lane == 0) {  // the dq writer
+                float* acc = a.dq_acc + (size_t)bh * tiles * BI * D;
+                int* sem = a.dq_sem + (size_t)bh * tiles;
+                for (int i = first; i < tiles; i++) {
+                    const int use = i - first;
+                    semaphore_wait(sem + i, i / 2 - n);  // blocks i/2 .. n+1 have added theirs
+                    for (int w = 0; w < 2; w++) {
+                        mbar_wait(sm.dq_full(w), use & 1);
+                        float* dst = acc + (size_t)i * BI * D + w * BI * D / 2;
+                        if (i / 2 == n) bulk_store(dst, sm.dq(w), DQ<D>);  // the first part of this tile
+                        else bulk_reduce_add(dst, sm.dq(w), DQ<D>);
+                    }
+                    bulk_commit();
+                    bulk_wait_read<0>();
+                    for (int w = 0; w < 2; w++) mbar_arrive(sm.dq_empty(w));
+                    bulk_wait<0>();
+                    semaphore_add(sem + i, 1);
+                }
+            }
+        }
         if (warp != 0) return;
         if (lane == 0) {
             mbar_arrive_expect_tx(full_o, 2 * OUT<D>);
@@ -946,13 +1006,14 @@ __global__ void __launch_bounds__(tma_bwd::THREADS, 1) flash_dkv_tma_kernel(cons
 
     setmaxnreg_inc<240>();
     const int wg = warp / 4 - 1, g = lane / 4, tig = lane % 4;
-    const int key[2] = {k0 + 64 * wg + 16 * (warp % 4) + g, k0 + 64 * wg + 16 * (warp % 4) + g + 8};
+    const int krow[2] = {64 * wg + 16 * (warp % 4) + g, 64 * wg + 16 * (warp % 4) + g + 8};  // in the block
+    const int key[2] = {k0 + krow[0], k0 + krow[1]};
     const float sl2 = a.scale * LOG2E;
     float dk[D / 8][4] = {}, dv[D / 8][4] = {};
     mbar_wait(full_o, 0);
     for (int i = first; i < tiles; i++) {
-        const int s = (i - first) % STAGES;
-        mbar_wait(sm.full(s), (i - first) / STAGES & 1);
+        const int s = (i - first) % STAGES, use = i - first;
+        mbar_wait(sm.full(s), use / STAGES & 1);
         float sc[BI / 8][4] = {}, dp[BI / 8][4] = {};  // S^T = K Q^T, dP^T = V dout^T
         tma_issue_nt<D, BI>(sc, sK + wg * 64 * 128, OUT_BOX, sQ(s), IN_BOX);
         tma_issue_nt<D, BI>(dp, sV + wg * 64 * 128, OUT_BOX, sdO(s), IN_BOX);
@@ -972,14 +1033,63 @@ __global__ void __launch_bounds__(tma_bwd::THREADS, 1) flash_dkv_tma_kernel(cons
         uint32_t ap[BI / 16][4], ad[BI / 16][4];
         acc_to_a<BI / 8>(ap, sc);
         acc_to_a<BI / 8>(ad, dp);
+        if constexpr (FUSED) {
+            // dS^T as the A operand of dq = dS K, M-major: key row r of the block holds its
+            // 64 queries, 128 bytes in the 128-byte swizzle (chunk c at c ^ r % 8). Two
+            // buffers: a warp that stores step i + 1's has passed this step's barrier, after
+            // every warp's wait for step i - 1's product.
+            unsigned char* ds = sm.ds(use % 2);
+#pragma unroll
+            for (int kk = 0; kk < BI / 16; kk++)
+#pragma unroll
+                for (int j = 0; j < 4; j++) {  // ad[kk][j]: row g + 8 (j % 2), queries 8 (2kk + j / 2) + 2 tig, +1
+                    const int r = krow[j % 2], c = 2 * kk + j / 2;
+                    *reinterpret_cast<uint32_t*>(ds + r * 128 + ((c ^ (r % 8)) * 16) + tig * 4) = ad[kk][j];
+                }
+            fence_proxy_async();  // the stores, for wgmma's reads
+        }
         tma_issue_nn<D, BI>(dv, ap, sdO(s), IN_BOX);  // dv += P^T dout
         tma_issue_nn<D, BI>(dk, ad, sQ(s), IN_BOX);   // dk += dS^T Q
-        wgmma_wait<0>();
-        wgmma_fence_operands(dv);
-        wgmma_fence_operands(dk);
-        wgmma_fence_operands(ap);
-        wgmma_fence_operands(ad);
-        if (lane == 0) mbar_arrive(sm.empty(s));  // this warp is done with the stage
+        if constexpr (FUSED) {
+            // this warpgroup's half of dq's channels over all 128 keys: dq (64 x D/2) =
+            // dS (64 x 128, from both warpgroups) K (128 x D/2, N-major: box wg at D = 128,
+            // the half row of the one box at D = 64)
+            float dq[D / 16][4] = {};
+            named_barrier_sync<1, 256>();  // both warpgroups' dS stored
+            const unsigned char* ds = sm.ds(use % 2);
+            const unsigned char* kb = D == 128 ? sK + wg * OUT_BOX : sK + wg * 64;
+            wgmma_fence_operands(dq);
+            wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < BM / 16; kk++)
+                wgmma_bf16_ss<1, 1>(dq, wgmma_desc_sw128(ds + kk * 16 * 128, DS, 1024),
+                                    wgmma_desc_sw128(kb + kk * 16 * 128, OUT_BOX, 1024));
+            wgmma_commit();
+            wgmma_wait<0>();
+            wgmma_fence_operands(dq);
+            wgmma_fence_operands(dv);
+            wgmma_fence_operands(dk);
+            wgmma_fence_operands(ap);
+            wgmma_fence_operands(ad);
+            if (lane == 0) mbar_arrive(sm.empty(s));  // this warp is done with the stage
+            // the part to shared memory once the writer has read the last one, then to it
+            if (use > 0) mbar_wait(sm.dq_empty(wg), (use - 1) & 1);
+            float* part = sm.dq(wg);
+            const int thread = threadIdx.x % 128;
+#pragma unroll
+            for (int nt = 0; nt < D / 16; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) part[dq_part_index(nt, e, thread)] = dq[nt][e];
+            fence_proxy_async();  // for the bulk copy's reads
+            mbar_arrive(sm.dq_full(wg));
+        } else {
+            wgmma_wait<0>();
+            wgmma_fence_operands(dv);
+            wgmma_fence_operands(dk);
+            wgmma_fence_operands(ap);
+            wgmma_fence_operands(ad);
+            if (lane == 0) mbar_arrive(sm.empty(s));  // this warp is done with the stage
+        }
     }
 #pragma unroll
     for (int r = 0; r < 2; r++) {
@@ -987,6 +1097,32 @@ __global__ void __launch_bounds__(tma_bwd::THREADS, 1) flash_dkv_tma_kernel(cons
         bf16* dst = a.dqkv + ((size_t)b * T + key[r]) * 3 * C + h * D;
         store_row_rope<D>(dst + C, dk, r, key[r], a.scale, a.rope);
         store_row<D, false>(dst + 2 * C, dv, r, key[r], 1.0f, nullptr);
+    }
+}
+
+// dq of the single pass: a query tile's two fp32 parts (tma_bwd::Args::dq_acc), scaled,
+// rotated back with RoPE and rounded into dqkv. A block of 128 threads per tile, each
+// thread reading the elements the kernel's thread of the same index wrote (coalesced),
+// which are that thread's accumulator rows.
+template <int D>
+__global__ void __launch_bounds__(128)
+    flash_dq_convert_kernel(bf16* __restrict__ dqkv, const float* __restrict__ acc, const float2* __restrict__ rope,
+                            int T, int NH, float scale) {
+    using namespace tma_bwd;
+    const int i = blockIdx.x, bh = blockIdx.y, b = bh / NH, h = bh % NH, C = NH * D;
+    const float* src = acc + ((size_t)bh * gridDim.x + i) * BI * D;
+    float dq[D / 8][4];  // channels: part 0 the first D/2, part 1 the rest
+#pragma unroll
+    for (int w = 0; w < 2; w++)
+#pragma unroll
+        for (int nt = 0; nt < D / 16; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) dq[w * D / 16 + nt][e] = src[w * BI * D / 2 + dq_part_index(nt, e, threadIdx.x)];
+    const int row0 = i * BI + 16 * (threadIdx.x / 32) + threadIdx.x % 32 / 4;
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const int row = row0 + 8 * r;
+        if (row < T) store_row_rope<D>(dqkv + ((size_t)b * T + row) * 3 * C + h * D, dq, r, row, scale, rope);
     }
 }
 
@@ -1353,7 +1489,8 @@ void flash_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, 
 }
 
 void flash_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out, const float* lse, int B, int T,
-                    int C, int NH, float rope_theta, bool rope_on_load, bool wgmma, bool tma = false) {
+                    int C, int NH, float rope_theta, bool rope_on_load, bool wgmma, bool tma = false,
+                    bool tma_dq_kernel = false) {
     const int hs = check_flash("attention_flash_backward", B, T, C, NH, rope_theta, {dqkv, dout, qkv, out});
     const float scale = 1.0f / std::sqrt((float)hs);
     const Rope mode = rope_mode(rope_theta, rope_on_load && !wgmma && !tma);
@@ -1378,15 +1515,32 @@ void flash_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* o
                           k_out = view(in[1], qk_head_major, BM), k_in = view(in[1], qk_head_major, BI),
                           v_out = view(in[2], false, BM), v_in = view(in[2], false, BI),
                           do_out = view(dout_v, false, BM), do_in = view(dout_v, false, BI);
-        const tma_bwd::Args dq_args{q_out, do_out, k_in, v_in, dqkv, lse, Dv, mode == Rope::none ? nullptr : rope,
-                                    qk_head_major, T, NH, scale};
+        const float2* rope_back = mode == Rope::none ? nullptr : rope;
+        const tma_bwd::Args dq_args{q_out, do_out, k_in, v_in, dqkv, lse, Dv, rope_back, qk_head_major, T, NH, scale,
+                                    nullptr, nullptr};
         tma_bwd::Args dkv_args = dq_args;
         dkv_args.q = q_in, dkv_args.dout = do_in, dkv_args.k = k_out, dkv_args.v = v_out;
-        const dim3 grid(B * NH, ceil_div(T, BM));
+        const int tiles = ceil_div(T, BI), blocks = ceil_div(T, BM);
         with_head_size(hs, [&](auto d) {
             constexpr int D = decltype(d)::value;
+            if (!tma_dq_kernel) {  // the single pass, then dq's rounding
+                const size_t acc_bytes = (size_t)B * NH * tiles * BI * D * sizeof(float);
+                char* ws = (char*)cuda_scratch(SCRATCH_ATTN_DQ, acc_bytes + (size_t)B * NH * tiles * sizeof(int));
+                dkv_args.dq_acc = (float*)ws, dkv_args.dq_sem = (int*)(ws + acc_bytes);
+                cudaCheck(cudaMemsetAsync(dkv_args.dq_sem, 0, (size_t)B * NH * tiles * sizeof(int), g_stream));
+                auto* dkv = flash_dkv_tma_kernel<D, true>;
+                constexpr size_t smem = tma_bwd::smem<D, true>();
+                static bool once = (allow_smem(dkv, smem), true);
+                (void)once;
+                LNS_LAUNCH(dkv, B * NH * blocks, tma_bwd::THREADS, smem, dkv_args);
+                cudaCheckLaunch();
+                auto* convert = flash_dq_convert_kernel<D>;
+                LNS_LAUNCH(convert, dim3(tiles, B * NH), 128, 0, dqkv, dkv_args.dq_acc, rope_back, T, NH, scale);
+                return;
+            }
+            const dim3 grid(B * NH, blocks);
             auto* dq = flash_dq_tma_kernel<D>;
-            auto* dkv = flash_dkv_tma_kernel<D>;
+            auto* dkv = flash_dkv_tma_kernel<D, false>;
             static bool once = (allow_smem(dq, tma_bwd::smem<D>()), allow_smem(dkv, tma_bwd::smem<D>()), true);
             (void)once;
             LNS_LAUNCH(dq, grid, tma_bwd::THREADS, tma_bwd::smem<D>(), dq_args);

@@ -77,12 +77,15 @@ struct cuda_backend {
     // query rows) per forward block; 8 halves the key and value reads and gives the same bits.
     // tma: forward and backward as FlashAttention-3 structures them on Hopper (TMA copies
     // from a producer warpgroup, two consumer warpgroups on wgmma) where the device runs
-    // sm_90a code; RoPE is then rotated first and the other options are ignored.
+    // sm_90a code; RoPE is then rotated first and the other options are ignored. Its
+    // backward is one pass with dq added in a fixed order (FlashAttention-3's deterministic
+    // mode); tma_dq_kernel: FlashAttention-2's two kernels instead (dq, then dk and dv).
     struct FlashOptions {
         bool rope_on_load = false;
         bool wgmma = false;
         int forward_warps = 4;
         bool tma = false;
+        bool tma_dq_kernel = false;
     };
     static void attention_flash_options(FlashOptions options);
     static bool attention_flash_has_wgmma();  // the device runs this build's sm_90a kernels

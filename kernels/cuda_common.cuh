@@ -52,6 +52,7 @@ enum ScratchSlot {
     SCRATCH_ATTN_A,         // attention: permuted / unpermuted temporaries
     SCRATCH_ATTN_B,
     SCRATCH_ATTN_C,         // flash attention: q, k rotated before the kernels
+    SCRATCH_ATTN_DQ,        // flash attention (TMA): dq in fp32 and the counters that order its sums
     SCRATCH_ROPE,           // attention: the (T, hs/2) RoPE cos/sin table
     SCRATCH_MATMUL_WORKSPACE,  // cuBLASLt workspace
     SCRATCH_MATMUL_DBIAS,   // per-block dbias partials

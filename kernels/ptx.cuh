@@ -170,8 +170,22 @@ __device__ __forceinline__ void wgmma_bf16(float (&d)[16][4], const uint32_t (&a
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1), "n"(TRANS_B));
 #endif
 }
-// d (64 x N fp32, as above) += A (64 x 16 bf16 in smem, desc_a, K-major) * B (16 x N in
-// smem, desc_b, K-major): both operands by descriptor, no registers for A. N 64 or 128.
+// d (64 x N fp32, as above) += A (64 x 16 bf16 in smem, desc_a) * B (16 x N in smem,
+// desc_b): both operands by descriptor, no registers for A. TRANS_A / TRANS_B 0: K-major,
+// 1: M- or N-major. N 32, 64 or 128.
+template <int TRANS_A = 0, int TRANS_B = 0>
+__device__ __forceinline__ void wgmma_bf16_ss(float (&d)[4][4], uint64_t desc_a, uint64_t desc_b) {
+#if LNS_SM90A
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"
+        "}, %16, %17, p, 1, 1, %19, %20;\n}\n"
+        : LNS_WGMMA_D4(d)
+        : "l"(desc_a), "l"(desc_b), "r"(1), "n"(TRANS_A), "n"(TRANS_B));
+#endif
+}
+template <int TRANS_A = 0, int TRANS_B = 0>
 __device__ __forceinline__ void wgmma_bf16_ss(float (&d)[8][4], uint64_t desc_a, uint64_t desc_b) {
 #if LNS_SM90A
     asm volatile(
@@ -179,11 +193,12 @@ __device__ __forceinline__ void wgmma_bf16_ss(float (&d)[8][4], uint64_t desc_a,
         "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
         "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, "
         "%18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
-        "}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+        "}, %32, %33, p, 1, 1, %35, %36;\n}\n"
         : LNS_WGMMA_D8(d)
-        : "l"(desc_a), "l"(desc_b), "r"(1));
+        : "l"(desc_a), "l"(desc_b), "r"(1), "n"(TRANS_A), "n"(TRANS_B));
 #endif
 }
+template <int TRANS_A = 0, int TRANS_B = 0>
 __device__ __forceinline__ void wgmma_bf16_ss(float (&d)[16][4], uint64_t desc_a, uint64_t desc_b) {
 #if LNS_SM90A
     asm volatile(
@@ -193,9 +208,9 @@ __device__ __forceinline__ void wgmma_bf16_ss(float (&d)[16][4], uint64_t desc_a
         "%18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, "
         "%34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, "
         "%50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
-        "}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+        "}, %64, %65, p, 1, 1, %67, %68;\n}\n"
         : LNS_WGMMA_D16(d)
-        : "l"(desc_a), "l"(desc_b), "r"(1));
+        : "l"(desc_a), "l"(desc_b), "r"(1), "n"(TRANS_A), "n"(TRANS_B));
 #endif
 }
 
@@ -249,6 +264,61 @@ __device__ __forceinline__ void tma_load_4d(void* dst, const void* map, uint64_t
         " [%0], [%1, {%2, %3, %4, %5}], [%6];\n" ::"r"(smem_addr(dst)),
         "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(smem_addr(bar))
         : "memory");
+#endif
+}
+// Bulk copies from shared to global memory (the async proxy: the threads that wrote the
+// source fence.proxy.async first), in bulk groups of the issuing thread. bytes: a
+// multiple of 16, both addresses 16-byte aligned.
+__device__ __forceinline__ void bulk_store(void* gdst, const void* ssrc, uint32_t bytes) {
+#if LNS_SM90A
+    asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;\n" ::"l"(gdst), "r"(smem_addr(ssrc)),
+                 "r"(bytes)
+                 : "memory");
+#endif
+}
+// gdst[i] += ssrc[i] in fp32, each element atomically (in the L2)
+__device__ __forceinline__ void bulk_reduce_add(float* gdst, const float* ssrc, uint32_t bytes) {
+#if LNS_SM90A
+    asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(gdst),
+                 "r"(smem_addr(ssrc)), "r"(bytes)
+                 : "memory");
+#endif
+}
+__device__ __forceinline__ void bulk_commit() {
+#if LNS_SM90A
+    asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+#endif
+}
+// Until at most N of this thread's bulk groups have yet to read their shared memory
+// (it may then be overwritten) ...
+template <int N>
+__device__ __forceinline__ void bulk_wait_read() {
+#if LNS_SM90A
+    asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");
+#endif
+}
+// ... or to complete their writes.
+template <int N>
+__device__ __forceinline__ void bulk_wait() {
+#if LNS_SM90A
+    asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
+}
+// A counter in global memory that orders blocks: one thread spins until it reads `value`
+// (acquire), and the async proxy's later accesses (bulk copies) come after; add (release,
+// after the fence: every access of the block that a barrier ordered before it) passes on.
+__device__ __forceinline__ void semaphore_wait(const int* p, int value) {
+#if LNS_SM90A
+    int v;
+    do {
+        asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+    } while (v != value);
+    asm volatile("fence.proxy.async.global;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void semaphore_add(int* p, int value) {
+#if LNS_SM90A
+    asm volatile("fence.acq_rel.gpu;\nred.relaxed.gpu.global.add.s32 [%0], %1;\n" ::"l"(p), "r"(value) : "memory");
 #endif
 }
 // The warpgroup's register budget per thread, raised or lowered (all its warps execute it).

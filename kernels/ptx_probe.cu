@@ -52,15 +52,15 @@ bool ptx_probe::wgmma(float* s, float* o, const uint16_t* a1, const uint16_t* b1
     return true;
 }
 
-bool ptx_probe::tma(float* s, float* o, const uint16_t* a, int a_rows, const uint16_t* b1, const uint16_t* b2,
-                    const uint16_t* a2, int d) {
+bool ptx_probe::tma(float* s, float* o, float* u, const uint16_t* a, int a_rows, const uint16_t* b1,
+                    const uint16_t* b2, const uint16_t* a2, int d) {
     if (!have_device() || !wgmma_built() || (d != 64 && d != 128)) return false;
     Dev<bf16> da((size_t)a_rows * d, a), db1((size_t)128 * d, b1), db2((size_t)128 * d, b2), da2(64 * 128, a2);
-    Dev<float> ds(64 * 128), dout((size_t)64 * d);
-    if (d == 64) probe_tma<64>(ds.p, dout.p, da.p, a_rows, db1.p, db2.p, da2.p);
-    else probe_tma<128>(ds.p, dout.p, da.p, a_rows, db1.p, db2.p, da2.p);
+    Dev<float> ds(64 * 128), dout((size_t)64 * d), du((size_t)64 * d / 2);
+    if (d == 64) probe_tma<64>(ds.p, dout.p, du.p, da.p, a_rows, db1.p, db2.p, da2.p);
+    else probe_tma<128>(ds.p, dout.p, du.p, da.p, a_rows, db1.p, db2.p, da2.p);
     cudaCheck(cudaStreamSynchronize(g_stream));
-    ds.get(s, 64 * 128), dout.get(o, (size_t)64 * d);
+    ds.get(s, 64 * 128), dout.get(o, (size_t)64 * d), du.get(u, (size_t)64 * d / 2);
     return true;
 }
 
@@ -72,7 +72,8 @@ bool ptx_probe::wgmma(float*, float*, const uint16_t*, const uint16_t*, const ui
     return false;
 }
 
-bool ptx_probe::tma(float*, float*, const uint16_t*, int, const uint16_t*, const uint16_t*, const uint16_t*, int) {
+bool ptx_probe::tma(float*, float*, float*, const uint16_t*, int, const uint16_t*, const uint16_t*, const uint16_t*,
+                    int) {
     return false;
 }
 

@@ -245,7 +245,8 @@ attn_table() {
     echo "flash: the default (mma.sync, 4-warp blocks); naive: the first version; flash_rope_first /"
     echo "flash_rope_on_load: with RoPE in its two placements (the faster should be the default);"
     echo "flash_wgmma: sm_90a products; *_8warps: 128-row forward blocks (the backward is unchanged);"
-    echo "flash_tma: the warp-specialised TMA + wgmma forward (sm_90a; _rope_first: with RoPE rotated first)."
+    echo "flash_tma: the warp-specialised TMA + wgmma kernels (sm_90a; _rope_first: with RoPE rotated first),"
+    echo "the backward in one pass with dq added in order; flash_tma_dq_kernel: that backward as two kernels."
     echo
     attn_table
     echo

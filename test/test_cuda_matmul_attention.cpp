@@ -342,7 +342,7 @@ const AttShape FLASH_SHAPES[] = {{2, 1, 2, 64}, {2, 7, 3, 64}, {1, 64, 2, 64}, {
 // The kernel variants (cuda_backend::FlashOptions): RoPE rotated before the kernels
 // (default) or in the tile loads; the products on wgmma (sm_90a builds on sm_90
 // devices; elsewhere the option is ignored); forward blocks of 4 or 8 warps; the TMA
-// forward (sm_90a as well).
+// kernels (sm_90a as well), with the backward in one pass or with a dq kernel of its own.
 struct FlashVariant {
     const char* name;
     Gpu::FlashOptions options;
@@ -353,9 +353,10 @@ const FlashVariant FLASH_VARIANTS[] = {{"default", {}},
                                        {"8 warps", {false, false, 8}},
                                        {"rope_on_load, 8 warps", {true, false, 8}},
                                        {"wgmma, 8 warps", {false, true, 8}},
-                                       {"tma", {false, false, 4, true}}};
-// the tests below pick variants by index: 3..5 the 8-warp twins of 0..2, 6 the TMA kernels
-static_assert(std::size(FLASH_VARIANTS) == 7, "variant indices");
+                                       {"tma", {false, false, 4, true}},
+                                       {"tma, dq kernel", {false, false, 4, true, true}}};
+// the tests below pick variants by index: 3..5 the 8-warp twins of 0..2, 6 and 7 the TMA kernels
+static_assert(std::size(FLASH_VARIANTS) == 8, "variant indices");
 
 // n floats on the device (lse), released at scope exit.
 struct DevF32 {
@@ -467,6 +468,14 @@ GPU_TEST_CASE("CUDA flash attention variants agree on partial tiles", "[attentio
             CHECK(max_rel_err(out[6], out[0]) < FLASH_OUT_TOL);
             CHECK(max_rel_err(lse[6], lse[0]) < FLASH_LSE_TOL);
             CHECK(max_rel_err(dqkv[6], dqkv[0]) < FLASH_GRAD_TOL);
+            // the same forward; the backward's dk, dv from the same products in the same
+            // order, its dq summed per key block (one pass) or per key tile (dq kernel)
+            CHECK(out[7] == out[6]);
+            CHECK(lse[7] == lse[6]);
+            const int BT = B * T;
+            CHECK(max_rel_err(qkv_part(dqkv[7], BT, C, 0), qkv_part(dqkv[6], BT, C, 0)) < FLASH_GRAD_TOL);
+            CHECK(qkv_part(dqkv[7], BT, C, 1) == qkv_part(dqkv[6], BT, C, 1));
+            CHECK(qkv_part(dqkv[7], BT, C, 2) == qkv_part(dqkv[6], BT, C, 2));
         }
     }
 #endif
@@ -479,7 +488,7 @@ GPU_TEST_CASE("CUDA flash attention backward is bitwise deterministic", "[attent
     DevBuf d_qkv(n3), d_out(n1), d_dout(n1), d_dqkv(n3);
     DevF32 d_lse((size_t)B * NH * T);
     d_qkv.set(randn(n3, 610)), d_dout.set(randn(n1, 611));
-    for (const FlashVariant& variant : {FLASH_VARIANTS[0], FLASH_VARIANTS[6]}) {  // default, TMA
+    for (const FlashVariant& variant : {FLASH_VARIANTS[0], FLASH_VARIANTS[6]}) {  // default, TMA (dq in order)
         INFO("variant " << variant.name);
         Gpu::attention_flash_options(variant.options);
         std::vector<float> first;

@@ -19,8 +19,14 @@ namespace {
 
 // The emulator's warp order for a scope.
 struct WarpOrder {
-    explicit WarpOrder(emu::Order o) { emu::set_order(o); }
-    ~WarpOrder() { emu::set_order(emu::Order::forward); }
+    explicit WarpOrder(emu::Order o, emu::Landing l = emu::Landing::late) {
+        emu::set_order(o);
+        emu::set_landing(l);
+    }
+    ~WarpOrder() {
+        emu::set_order(emu::Order::forward);
+        emu::set_landing(emu::Landing::late);
+    }
 };
 
 struct Outcome {
@@ -108,14 +114,15 @@ struct Buf {
 using floatX = cuda_backend::floatX;
 
 // The flash variants: RoPE rotated first, in the loads, on wgmma; 8-warp forward blocks;
-// the TMA forward.
+// the TMA kernels, with the backward in one pass (dq added in order) or in two kernels.
 const std::pair<const char*, cuda_backend::FlashOptions> FLASH_VARIANTS[] = {
     {"default", {}},
     {"rope_on_load", {true, false, 4}},
     {"wgmma", {false, true, 4}},
     {"8 warps", {false, false, 8}},
     {"wgmma, 8 warps", {false, true, 8}},
-    {"tma", {false, false, 4, true}}};
+    {"tma", {false, false, 4, true}},
+    {"tma, dq kernel", {false, false, 4, true, true}}};
 
 // One head of T = 150 (three key tiles, the last partial) through the flash pair with
 // RoPE, in one of the variants, on fresh buffers.
@@ -147,22 +154,28 @@ struct FlashRun {
 };
 
 // Ops at shapes past the model's: several key tiles in the flash pipelines, several row
-// groups per block combined through shared memory in the norm backward.
+// groups per block combined through shared memory in the norm backward. The TMA kernels
+// also with their copies landing at issue: consumers then run ahead as far as the
+// barriers let them, where they otherwise wait for each copy.
 TEST_CASE("emulated backend: multi-tile flash and norm backward give the same bits whichever warp runs ahead",
           "[emulation][flash][norm]") {
 #ifndef ENABLE_FP32
     for (int hs : {64, 128})
         for (const auto& [name, options] : FLASH_VARIANTS) {
             DYNAMIC_SECTION("flash hs " << hs << " variant " << name) {
-                std::vector<unsigned char> got[2];
-                for (int o = 0; o < 2; o++) {
-                    WarpOrder w(o ? emu::Order::reverse : emu::Order::forward);
+                const int schedules = options.tma ? 3 : 2;
+                std::vector<unsigned char> got[3];
+                for (int o = 0; o < schedules; o++) {
+                    INFO("schedule " << o);
+                    WarpOrder w(o == 1 ? emu::Order::reverse : emu::Order::forward,
+                                o == 2 ? emu::Landing::eager : emu::Landing::late);
                     FlashRun run(hs, options);
                     run.forward();
                     run.backward();
                     got[o] = run.results();
                 }
                 CHECK(got[0] == got[1]);
+                if (options.tma) CHECK(got[0] == got[2]);
             }
         }
 #endif
@@ -239,8 +252,9 @@ TEST_CASE("the emulator counts shared-memory wavefronts and global sectors", "[e
 // The padded tiles (attention_flash.cuh: ROW_STRIDE) and the core-matrix tiles of the
 // wgmma path are laid out so that no ldmatrix or cp.async waits on a bank conflict, and
 // the tile loads read whole 32-byte sectors (head rows of 128 or 256 contiguous bytes).
-// The TMA kernels copy by TMA only; the dq kernel reads its rows' A fragments from the
-// 128-byte swizzled tiles with ldmatrix, which the swizzle keeps free of conflicts too.
+// The TMA kernels copy by TMA only; the separate dq kernel (tma_dq_kernel) reads its rows'
+// A fragments from the 128-byte swizzled tiles with ldmatrix, which the swizzle keeps
+// free of conflicts too.
 TEST_CASE("emulated backend: the flash kernels' ldmatrix and cp.async are conflict-free and coalesced",
           "[emulation][flash]") {
 #ifndef ENABLE_FP32
@@ -256,7 +270,7 @@ TEST_CASE("emulated backend: the flash kernels' ldmatrix and cp.async are confli
                     const emu::MemStats s = emu::mem_stats();
                     if (options.tma) {  // every tile by TMA; ldmatrix only for the dq kernel's A fragments
                         CHECK(s.cp_async == 0);
-                        CHECK((s.ldmatrix > 0) == (pass == 1));
+                        CHECK((s.ldmatrix > 0) == (pass == 1 && options.tma_dq_kernel));
                         CHECK(s.ldmatrix_wavefronts == 4 * s.ldmatrix);  // the swizzle spreads the rows
                         continue;
                     }
@@ -379,6 +393,63 @@ TEST_CASE("the emulated TMA lands swizzled boxes at the barrier's phase; stalled
     CHECK_THROWS_WITH(emu::encode_tensor_map(&map, src.data(), {64, (uint64_t)valid, 1, 1},
                                              {120, 120 * valid, 120 * valid}, {64, (uint32_t)rows, 1, 1}),
                       Catch::Contains("multiples of 16"));
+}
+
+// 16 floats of shared memory (i + 1) to dst by a bulk copy, then added by a bulk reduction
+// (dst = 2 (i + 1)); `early` overwrites the source with -1 after the copy's commit but
+// before its read wait, `skip_wait` exits without waiting.
+__global__ void bulk_copy_kernel(float* dst, bool early, bool skip_wait) {
+    float* s = reinterpret_cast<float*>(dynamic_smem());
+    if (threadIdx.x != 0) return;
+    for (int i = 0; i < 16; i++) s[i] = (float)(i + 1);
+    bulk_store(dst, s, 64);
+    bulk_commit();
+    if (skip_wait) return;
+    if (early)
+        for (int i = 0; i < 16; i++) s[i] = -1.0f;
+    bulk_wait_read<0>();
+    bulk_wait<0>();
+    bulk_reduce_add(dst, s, 64);
+    bulk_commit();
+    bulk_wait<0>();
+}
+// Block x waits until the counter reads `first ? x : gridDim.x - 1 - x`, then adds 1; with
+// `unfinished` it adds before its bulk copy's writes are complete.
+__global__ void semaphore_kernel(int* counter, float* dst, bool first, bool unfinished) {
+    if (threadIdx.x != 0) return;
+    semaphore_wait(counter, first ? blockIdx.x : gridDim.x - 1 - blockIdx.x);
+    if (unfinished) {
+        float* s = reinterpret_cast<float*>(dynamic_smem());
+        s[0] = s[1] = s[2] = s[3] = 0.0f;
+        bulk_store(dst, s, 16);
+        bulk_commit();
+        bulk_wait_read<0>();
+    }
+    semaphore_add(counter, 1);
+    if (unfinished) bulk_wait<0>();
+}
+
+TEST_CASE("emulated bulk copies read at their read wait and write at completion; semaphores order blocks",
+          "[emulation]") {
+    alignas(16) float dst[16];
+    LNS_LAUNCH(bulk_copy_kernel, 1, 32, 64, dst, false, false);
+    int wrong = 0;
+    for (int i = 0; i < 16; i++) wrong += dst[i] != 2.0f * (i + 1);
+    CHECK(wrong == 0);
+    // a source overwritten before the read wait: the copy reads what is there at the wait
+    LNS_LAUNCH(bulk_copy_kernel, 1, 32, 64, dst, true, false);
+    CHECK(dst[0] == -2.0f);
+    CHECK_THROWS_WITH(LNS_LAUNCH(bulk_copy_kernel, 1, 32, 64, dst, false, true),
+                      Catch::Contains("bulk copies it has not waited for"));
+    int counter = 0;
+    LNS_LAUNCH(semaphore_kernel, 4, 32, 16, &counter, dst, true, false);  // block x after blocks 0..x-1
+    CHECK(counter == 4);
+    counter = 0;  // block x after blocks x+1..: they run later here
+    CHECK_THROWS_WITH(LNS_LAUNCH(semaphore_kernel, 4, 32, 16, &counter, dst, false, false),
+                      Catch::Contains("semaphore_wait reads 0, waits for 3"));
+    counter = 0;
+    CHECK_THROWS_WITH(LNS_LAUNCH(semaphore_kernel, 1, 32, 16, &counter, dst, true, true),
+                      Catch::Contains("before this thread's bulk copies have completed"));
 }
 
 // 1/3 in each thread's rounding mode: the host's, also on fibers reused from an earlier launch

@@ -105,7 +105,7 @@ void context_refresh_fp(Context&) {}  // ucontext keeps each context's own FP en
 
 constexpr size_t STACK_BYTES = 256 * 1024;
 
-enum class State { ready, barrier, collective, mbarrier, named, done };
+enum class State { ready, barrier, collective, mbarrier, named, bulk, done };
 enum class Op { none, shfl, shfl_down, ldmatrix, ldmatrix_trans, mma, wgmma };
 
 struct AsyncCopy {
@@ -170,6 +170,17 @@ struct AsyncGroups {
     void clear() { ops.clear(), committed = 0; }
 };
 
+// A bulk copy from shared to global memory: read at the wait that retires it for reading,
+// written at the wait that completes it.
+struct BulkCopy {
+    unsigned char* dst = nullptr;
+    size_t src = 0;  // smem offset
+    uint32_t bytes = 0;
+    bool add = false, read = false;
+    long group = -1;  // -1 while its group is open
+    std::vector<unsigned char> data;
+};
+
 struct Thread {
     // Its fiber runs one emulated thread after another (fiber_loop); `parked` while it
     // waits between them, so starting the next needs no new context.
@@ -191,6 +202,7 @@ struct Thread {
     std::vector<float> wg_acc;
     uint64_t desc = 0, desc_a = 0;
     bool a_smem = false;  // A by descriptor (desc_a), not from registers
+    bool trans_a = false;  // ... M-major
     int nt = 0;
     bool trans = false;
     float* wg_dst = nullptr;
@@ -199,6 +211,10 @@ struct Thread {
     int named = 0;           // State::named: the named barrier waited at
     size_t mbar = 0;         // State::mbarrier: the barrier (smem offset) and the parity waited for
     unsigned mbar_parity = 0;
+    std::vector<BulkCopy> bulk;  // bulk copies not yet written
+    long bulk_committed = 0;
+    int bulk_pending = 0;  // State::bulk: the wait_group's argument, and whether it is .read
+    bool bulk_read_only = false;
 };
 
 struct Block {
@@ -230,6 +246,7 @@ struct Block {
     unsigned char* smem = nullptr;
     size_t smem_bytes = 0;
     Order order = Order::forward;
+    Landing landing = Landing::late;
 };
 Block g;
 
@@ -283,6 +300,9 @@ std::string g_error;
         g.current->parked = false;
         try {
             (*g.fn)();
+            if (!g.current->bulk.empty())
+                throw Error("thread " + std::to_string(tid_of(g.current)) +
+                            " exits with bulk copies it has not waited for (cp.async.bulk.wait_group)");
         } catch (const std::exception& e) {
             g_error = e.what();
         }
@@ -404,6 +424,8 @@ void start_fiber(Thread& t, int i) {
     t.cp_issued = 0;
     t.wg_pending.clear();
     t.wg_fenced = false;
+    t.bulk.clear();
+    t.bulk_committed = 0;
 }
 
 // The byte offset in shared memory of element (mn, k) of a wgmma operand (16 x N or
@@ -450,7 +472,7 @@ void resolve_wgmma(Thread* th) {
     const int nt = th[0].nt, N = 8 * nt;
     for (int i = 0; i < 32; i++)
         if (th[i].op != Op::wgmma || th[i].nt != nt || th[i].desc != th[0].desc || th[i].trans != th[0].trans ||
-            th[i].a_smem != th[0].a_smem || th[i].desc_a != th[0].desc_a)
+            th[i].a_smem != th[0].a_smem || th[i].desc_a != th[0].desc_a || th[i].trans_a != th[0].trans_a)
             fail("lanes of one warp wait in different wgmma operations");
     std::vector<float> Bm(16 * N);
     size_t lo = SIZE_MAX, hi = 0;
@@ -464,7 +486,7 @@ void resolve_wgmma(Thread* th) {
     if (th[0].a_smem) {
         const int row0 = 16 * (tid_of(th) / 32 % 4);  // the warp's rows of the warpgroup's 64
         for (int m = 0; m < 16; m++)
-            for (int k = 0; k < 16; k++) A[m][k] = read(desc_offset(th[0].desc_a, row0 + m, k, false), "wgmma A");
+            for (int k = 0; k < 16; k++) A[m][k] = read(desc_offset(th[0].desc_a, row0 + m, k, th[0].trans_a), "wgmma A");
     } else {
         unpack_a(th, A);
     }
@@ -523,6 +545,30 @@ void mbar_complete_tx(MBarrier& b, long bytes) {
 // 1024-byte aligned), then their bytes complete on their barriers.
 // Only the copies for barriers some thread waits on land, when there are such: the
 // others stay in flight, so a read that waited on the wrong barrier sees NaNs.
+void land(const TmaCopy& c) {
+    const TensorMap& m = c.map;
+    const size_t rows = (size_t)m.box[1] * m.box[2] * m.box[3];
+    for (size_t r = 0; r < rows; r++) {
+        const int i1 = (int)(r % m.box[1]), i2 = (int)(r / m.box[1] % m.box[2]), i3 = (int)(r / m.box[1] / m.box[2]);
+        const long x1 = (long)c.c[1] + i1, x2 = (long)c.c[2] + i2, x3 = (long)c.c[3] + i3;
+        const bool in_row = x1 >= 0 && x1 < (long)m.dims[1] && x2 >= 0 && x2 < (long)m.dims[2] && x3 >= 0 &&
+                            x3 < (long)m.dims[3];
+        for (int i0 = 0; i0 < (int)m.box[0]; i0++) {
+            const long x0 = (long)c.c[0] + i0;
+            uint16_t v = 0;
+            if (in_row && x0 >= 0 && x0 < (long)m.dims[0])
+                std::memcpy(&v, m.base + x0 * 2 + x1 * m.strides[0] + x2 * m.strides[1] + x3 * m.strides[2], 2);
+            size_t off = (size_t)(c.dst - g.smem) + r * 128 + i0 * 2;
+            off ^= ((off >> 7) & 7) << 4;
+            std::memcpy(g.smem + off, &v, 2);
+        }
+    }
+    const size_t bytes = rows * 128;
+    for (size_t ch = (size_t)(c.dst - g.smem) / 16; ch < (size_t)(c.dst - g.smem + bytes) / 16; ch++)
+        g.unpublished[ch] = g.lander[ch] = -1;  // async-proxy data: no cp.async rules
+    mbar_complete_tx(g.mbars.at(c.bar), (long)bytes);
+}
+
 void land_tma() {
     std::vector<TmaCopy> copies, keep;
     for (const TmaCopy& c : g.tma_pending) {
@@ -532,29 +578,34 @@ void land_tma() {
     }
     if (copies.empty()) copies.swap(keep);
     g.tma_pending.swap(keep);
-    for (const TmaCopy& c : copies) {
-        const TensorMap& m = c.map;
-        const size_t rows = (size_t)m.box[1] * m.box[2] * m.box[3];
-        for (size_t r = 0; r < rows; r++) {
-            const int i1 = (int)(r % m.box[1]), i2 = (int)(r / m.box[1] % m.box[2]), i3 = (int)(r / m.box[1] / m.box[2]);
-            const long x1 = (long)c.c[1] + i1, x2 = (long)c.c[2] + i2, x3 = (long)c.c[3] + i3;
-            const bool in_row = x1 >= 0 && x1 < (long)m.dims[1] && x2 >= 0 && x2 < (long)m.dims[2] && x3 >= 0 &&
-                                x3 < (long)m.dims[3];
-            for (int i0 = 0; i0 < (int)m.box[0]; i0++) {
-                const long x0 = (long)c.c[0] + i0;
-                uint16_t v = 0;
-                if (in_row && x0 >= 0 && x0 < (long)m.dims[0])
-                    std::memcpy(&v, m.base + x0 * 2 + x1 * m.strides[0] + x2 * m.strides[1] + x3 * m.strides[2], 2);
-                size_t off = (size_t)(c.dst - g.smem) + r * 128 + i0 * 2;
-                off ^= ((off >> 7) & 7) << 4;
-                std::memcpy(g.smem + off, &v, 2);
-            }
+    for (const TmaCopy& c : copies) land(c);
+}
+
+// Retires a thread's bulk copies as its wait_group asked (t.bulk_pending groups may stay
+// in flight): reads the sources of those not read yet and, unless .read, writes them.
+void bulk_retire(Thread& t) {
+    const long below = t.bulk_committed - t.bulk_pending;
+    std::vector<BulkCopy> keep;
+    for (BulkCopy& c : t.bulk) {
+        if (c.group < 0 || c.group >= below) {
+            keep.push_back(std::move(c));
+            continue;
         }
-        const size_t bytes = rows * 128;
-        for (size_t ch = (size_t)(c.dst - g.smem) / 16; ch < (size_t)(c.dst - g.smem + bytes) / 16; ch++)
-            g.unpublished[ch] = g.lander[ch] = -1;  // async-proxy data: no cp.async rules
-        mbar_complete_tx(g.mbars.at(c.bar), (long)bytes);
+        if (!c.read) c.data.assign(g.smem + c.src, g.smem + c.src + c.bytes), c.read = true;
+        if (t.bulk_read_only) {
+            keep.push_back(std::move(c));
+        } else if (c.add) {
+            for (uint32_t i = 0; i < c.bytes; i += 4) {
+                float a, b;
+                std::memcpy(&a, c.dst + i, 4), std::memcpy(&b, c.data.data() + i, 4);
+                a += b;
+                std::memcpy(c.dst + i, &a, 4);
+            }
+        } else {
+            std::memcpy(c.dst, c.data.data(), c.bytes);
+        }
     }
+    t.bulk.swap(keep);
 }
 
 void run_block() {
@@ -632,6 +683,10 @@ void run_block() {
                 land_tma();
                 continue;
             }
+            bool bulk = false;  // then bulk copies read (and write), as late as they may
+            for (Thread& t : g.threads)
+                if (t.state == State::bulk) bulk_retire(t), t.state = State::ready, bulk = true;
+            if (bulk) continue;
             if (at_mbar > 0) fail("deadlock: threads wait for mbarrier phases that never complete");
             if (at_named > 0) fail("deadlock: threads wait at named barriers that never fill");
             fail("deadlock: lanes wait in collectives their warps never complete");
@@ -652,6 +707,7 @@ Thread* self(const char* what) {
 const Index& thread_idx() { return self("threadIdx")->idx; }
 
 void set_order(Order o) { g.order = o; }
+void set_landing(Landing l) { g.landing = l; }
 
 MemStats mem_stats() { return g_stats; }
 void reset_mem_stats() { g_stats = MemStats{}; }
@@ -763,6 +819,48 @@ void cp_async_wait(int pending_groups) {
     });
 }
 
+void bulk_copy(void* dst, const void* src, uint32_t bytes, bool add) {
+    Thread* t = self(add ? "cp.reduce.async.bulk" : "cp.async.bulk");
+    const unsigned char* s = static_cast<const unsigned char*>(src);
+    check_smem(s, bytes, "cp.async.bulk");
+    if (bytes == 0 || bytes % 16 != 0 || (uintptr_t)dst % 16 != 0 || (s - g.smem) % 16 != 0)
+        fail("cp.async.bulk: sizes and addresses must be multiples of 16 bytes");
+    BulkCopy c;
+    c.dst = static_cast<unsigned char*>(dst), c.src = (size_t)(s - g.smem), c.bytes = bytes, c.add = add;
+    t->bulk.push_back(std::move(c));
+}
+
+void bulk_commit() {
+    Thread* t = self("cp.async.bulk.commit_group");
+    for (BulkCopy& c : t->bulk)
+        if (c.group < 0) c.group = t->bulk_committed;
+    t->bulk_committed++;
+}
+
+void bulk_wait(int pending_groups, bool read_only) {
+    Thread* t = self("cp.async.bulk.wait_group");
+    const long below = t->bulk_committed - pending_groups;
+    bool work = false;
+    for (const BulkCopy& c : t->bulk) work = work || (c.group >= 0 && c.group < below && !(c.read && read_only));
+    if (!work) return;
+    t->bulk_pending = pending_groups, t->bulk_read_only = read_only;
+    block_on(State::bulk);  // until no thread can run on (bulk_retire)
+}
+
+void semaphore_wait(const int* p, int value) {
+    self("semaphore_wait");
+    if (*p != value)
+        fail("semaphore_wait reads " + std::to_string(*p) + ", waits for " + std::to_string(value) +
+             ": blocks run one after another in launch order here, and those that would add to it have not run "
+             "(on a GPU they must be launched earlier, or the wait never ends)");
+}
+
+void semaphore_add(int* p, int value) {
+    Thread* t = self("semaphore_add");
+    if (!t->bulk.empty()) fail("semaphore_add before this thread's bulk copies have completed their writes");
+    *p += value;
+}
+
 unsigned char* dynamic_smem() {
     self("dynamic shared memory");
     return g.smem;
@@ -796,15 +894,15 @@ void wgmma_issue(Thread* t, float* d, int nt, uint64_t desc_b, bool trans_b) {
 }
 }  // namespace
 
-void wgmma_ss(float* d, int nt, uint64_t desc_a, uint64_t desc_b, bool trans_b) {
+void wgmma_ss(float* d, int nt, uint64_t desc_a, uint64_t desc_b, bool trans_a, bool trans_b) {
     Thread* t = self("wgmma.mma_async");
-    t->a_smem = true, t->desc_a = desc_a;
+    t->a_smem = true, t->desc_a = desc_a, t->trans_a = trans_a;
     wgmma_issue(t, d, nt, desc_b, trans_b);
 }
 
 void wgmma(float* d, int nt, const uint32_t (&a)[4], uint64_t desc_b, bool trans_b) {
     Thread* t = self("wgmma.mma_async");
-    t->a_smem = false, t->desc_a = 0;
+    t->a_smem = false, t->desc_a = 0, t->trans_a = false;
     for (int i = 0; i < 4; i++) t->in[i] = a[i];
     wgmma_issue(t, d, nt, desc_b, trans_b);
 }
@@ -915,7 +1013,8 @@ void tma_load(void* dst, const void* map, void* bar, const int (&c)[4]) {
     copy.dst = d;
     std::memcpy(copy.c, c, sizeof copy.c);
     std::memset(d, 0xff, bytes);  // undefined until it lands
-    g.tma_pending.push_back(copy);
+    if (g.landing == Landing::eager) land(copy);
+    else g.tma_pending.push_back(copy);
 }
 
 void encode_tensor_map(CUtensorMap* map, const void* base, const uint64_t (&dims)[4], const uint64_t (&strides)[3],

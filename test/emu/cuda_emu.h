@@ -27,15 +27,24 @@
 //     barrier, only when no thread can run on (and then only those for barriers that a
 //     thread waits on, if any), so a read before its wait, or after a wait on another
 //     barrier, sees NaNs and a refill issued before the readers released the buffer is
-//     caught; the arrival that completes a phase lets its waiters run at once, and a TMA
-//     copy into shared memory that a wgmma not yet retired by its wait reads fails (a
-//     buffer released too early);
+//     caught (Landing::eager lands them at issue instead, so that consumers run as far
+//     ahead as the barriers let them); the arrival that completes a phase lets its
+//     waiters run at once, and a TMA copy into shared memory that a wgmma not yet retired
+//     by its wait reads fails (a buffer released too early);
 //   - named barriers (bar.sync, bar.arrive with an id and a thread count): a sync blocks
 //     until the count of threads have synced or arrived; a block that exits with a
 //     named barrier partly arrived fails;
 //   - wgmma with A from shared memory (both operands by descriptor), and descriptors in
 //     the 128-byte swizzle mode (the layout TMA writes), decoded by the same canonical
 //     layouts with the 16-byte chunk bits XORed by the 128-byte row bits of the address;
+//   - bulk copies and reductions from shared to global memory (cp.async.bulk,
+//     cp.reduce.async.bulk .add.f32) read their source at the wait_group.read that
+//     retires them, once no thread can run on (after TMA copies land), and write at the
+//     full wait_group, so a buffer released before the
+//     read, or a semaphore passed on before the writes, is caught; a thread that exits
+//     with bulk copies not waited for fails. Semaphores in global memory (blocks ordered
+//     by a counter) fail where the counter is not yet the awaited value: blocks run one
+//     after another in launch order;
 //   - scheduling is warp-serial: the first warp in the chosen order runs until it
 //     blocks on a barrier or exits before the next one runs, so a warp gets as far
 //     ahead of the others as the code allows and a missing barrier lets it overwrite
@@ -88,6 +97,8 @@
 namespace emu {
 
 enum class Order { forward, reverse };
+// When TMA copies land: as late as they may (when no thread can run on), or at once
+enum class Landing { late, eager };
 
 struct Index {
     unsigned x = 0, y = 0, z = 0;
@@ -105,6 +116,7 @@ void launch(dim3 grid, dim3 block, size_t smem_bytes, const std::function<void()
             const char* name);
 void set_max_dynamic_smem(const void* kernel, size_t bytes);
 void set_order(Order o);
+void set_landing(Landing l);
 
 // The memory accesses the emulator sees as warp instructions: shared-memory wavefronts of
 // ldmatrix (ideal: 4 per .x4, one per matrix) and of cp.async's writes (ideal: 4 per warp
@@ -125,8 +137,8 @@ void mma_m16n8k16_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint3
 void cp_async_16(void* dst, const void* src, int src_bytes);
 // wgmma.mma_async m64nNk16 bf16 -> f32, A from registers, B by descriptor (no swizzle)
 void wgmma(float* d, int nt, const uint32_t (&a)[4], uint64_t desc_b, bool trans_b);
-// the same with A (64 x 16, K-major) by descriptor too
-void wgmma_ss(float* d, int nt, uint64_t desc_a, uint64_t desc_b, bool trans_b);
+// the same with A (64 x 16; trans_a: M-major) by descriptor too
+void wgmma_ss(float* d, int nt, uint64_t desc_a, uint64_t desc_b, bool trans_a, bool trans_b);
 void wgmma_commit();
 void wgmma_wait(int pending_groups);
 // bar.sync / bar.arrive on named barrier id (1..15) of `count` threads
@@ -140,6 +152,14 @@ void tma_load(void* dst, const void* map, void* bar, const int (&c)[4]);
 // where the driver would refuse the arguments
 void encode_tensor_map(CUtensorMap* map, const void* base, const uint64_t (&dims)[4], const uint64_t (&strides)[3],
                        const uint32_t (&box)[4]);
+// cp.async.bulk (add: cp.reduce.async.bulk .add.f32) of bytes from shared memory at src to
+// global memory at dst, in the thread's bulk groups
+void bulk_copy(void* dst, const void* src, uint32_t bytes, bool add);
+void bulk_commit();
+void bulk_wait(int pending_groups, bool read_only);
+// a block-ordering counter in global memory: the wait fails unless it already reads value
+void semaphore_wait(const int* p, int value);
+void semaphore_add(int* p, int value);
 void wgmma_fence();
 void fence_proxy_async();
 uint32_t smem_offset(const void* p);
@@ -246,10 +266,10 @@ template <int TRANS_B, int NT>
 __device__ __forceinline__ void wgmma_bf16(float (&d)[NT][4], const uint32_t (&a)[4], uint64_t desc_b) {
     emu::wgmma(&d[0][0], NT, a, desc_b, TRANS_B != 0);
 }
-template <int NT>
+template <int TRANS_A = 0, int TRANS_B = 0, int NT>
 __device__ __forceinline__ void wgmma_bf16_ss(float (&d)[NT][4], uint64_t desc_a, uint64_t desc_b) {
-    static_assert(NT == 8 || NT == 16, "the wrapped shapes: m64n64k16, m64n128k16");
-    emu::wgmma_ss(&d[0][0], NT, desc_a, desc_b, false);
+    static_assert(NT == 4 || NT == 8 || NT == 16, "the wrapped shapes: m64n32k16, m64n64k16, m64n128k16");
+    emu::wgmma_ss(&d[0][0], NT, desc_a, desc_b, TRANS_A != 0, TRANS_B != 0);
 }
 template <int ID, int COUNT>
 __device__ __forceinline__ void named_barrier_sync() {
@@ -268,6 +288,23 @@ __device__ __forceinline__ void tma_load_4d(void* dst, const void* map, uint64_t
                                             int c3) {
     emu::tma_load(dst, map, bar, {c0, c1, c2, c3});
 }
+__device__ __forceinline__ void bulk_store(void* gdst, const void* ssrc, uint32_t bytes) {
+    emu::bulk_copy(gdst, ssrc, bytes, false);
+}
+__device__ __forceinline__ void bulk_reduce_add(float* gdst, const float* ssrc, uint32_t bytes) {
+    emu::bulk_copy(gdst, ssrc, bytes, true);
+}
+__device__ __forceinline__ void bulk_commit() { emu::bulk_commit(); }
+template <int N>
+__device__ __forceinline__ void bulk_wait_read() {
+    emu::bulk_wait(N, true);
+}
+template <int N>
+__device__ __forceinline__ void bulk_wait() {
+    emu::bulk_wait(N, false);
+}
+__device__ __forceinline__ void semaphore_wait(const int* p, int value) { emu::semaphore_wait(p, value); }
+__device__ __forceinline__ void semaphore_add(int* p, int value) { emu::semaphore_add(p, value); }
 template <int REGS>
 __device__ __forceinline__ void setmaxnreg_inc() {}
 template <int REGS>
