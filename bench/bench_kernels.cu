@@ -11,7 +11,9 @@
 //                                (what scripts/ncu_table.py --ceilings reads)
 //   bench_kernels --attention    only the attention comparison: flash against the first
 //                                version at (B,H,T,D) = (8,12,1024,64), (4,16,2048,128),
-//                                (64,12,256,64), as `attn_tflops ...` lines (scripts/gpu_check.sh)
+//                                (64,12,256,64), as `attn_tflops ...` lines (scripts/gpu_check.sh);
+//                                --attention-rows classic or tma: all but the TMA kernels' rows,
+//                                or only those (a kernel that hangs then takes only its own)
 //
 // Bytes are each op's compulsory DRAM traffic (every input read once, every output
 // written once, in the activation type), FLOPs the nominal count (2 per multiply-add,
@@ -40,11 +42,12 @@ struct Opts {
     std::string model = "all";
     int B = 0, T = 0, reps = 20, warmup = 3;
     bool ceilings_only = false, attention_only = false;
+    std::string attention_rows = "all";
 };
 
 [[noreturn]] void usage(const char* msg) {
     fprintf(stderr, "bench_kernels: %s\nusage: bench_kernels [--model gpt2-124m|llama-130m|all] [-b B] [-t T] "
-            "[--reps N] [--warmup W] | --ceilings | --attention\n", msg);
+            "[--reps N] [--warmup W] | --ceilings | --attention [--attention-rows all|classic|tma]\n", msg);
     exit(2);
 }
 
@@ -58,6 +61,7 @@ Opts parse(int argc, char** argv) {
         };
         if (a == "--ceilings") o.ceilings_only = true;
         else if (a == "--attention") o.attention_only = true;
+        else if (a == "--attention-rows") o.attention_rows = val();
         else if (a == "--model") o.model = val();
         else if (a == "-b") o.B = atoi(val());
         else if (a == "-t") o.T = atoi(val());
@@ -67,6 +71,8 @@ Opts parse(int argc, char** argv) {
         else usage(("unknown argument " + a).c_str());
     }
     if (o.reps < 1 || o.warmup < 0) usage("--reps must be >= 1 and --warmup >= 0");
+    if (o.attention_rows != "all" && o.attention_rows != "classic" && o.attention_rows != "tma")
+        usage(("--attention-rows: expected all, classic or tma, got " + o.attention_rows).c_str());
     if (o.model != "all" && o.model != "gpt2-124m" && o.model != "llama-130m")
         usage(("--model: expected gpt2-124m, llama-130m or all, got " + o.model).c_str());
     return o;
@@ -307,7 +313,9 @@ std::vector<Row> bench_model(const std::string& name, int B, int T, Timer& tm) {
 // convention: forward 4*B*H*T*T*D / 2 (the causal half of QK^T and PV), backward 2.5x the
 // forward (five products of the same size against two). One line per (shape, kernel):
 // attn_tflops B H T D kernel fwd X bwd Y.
-void bench_attention(Timer& tm) {
+// rows: "all", "classic" (all but the TMA kernels) or "tma" (those only).
+void bench_attention(Timer& tm, const std::string& rows) {
+    const bool classic = rows != "tma", tma = rows != "classic";
     struct S { int B, H, T, D; };
     const S shapes[] = {{8, 12, 1024, 64}, {4, 16, 2048, 128}, {64, 12, 256, 64}};  // the last: the paper's T = 256
     printf("\n## Causal attention, no RoPE (TFLOP/s: forward 2*B*H*T*T*D, backward 2.5x)\n\n");
@@ -325,39 +333,41 @@ void bench_attention(Timer& tm) {
         };
         if (cuda_backend::attention_flash_supported(a.D)) {
             float* L = lse.as<float>();
-            const double f = tm.median_ms([&] { cuda_backend::attention_flash_forward(O, L, Q, a.B, a.T, C, a.H, 0.0f); });
-            const double b = tm.median_ms(
-                [&] { cuda_backend::attention_flash_backward(DQ, DO, Q, O, L, a.B, a.T, C, a.H, 0.0f); });
-            report("flash", f, b);
-            // with RoPE: q, k rotated into a copy before the kernels (the default), or
-            // rotated inside the kernels' tile loads; the better one should stay the default
-            for (bool on_load : {false, true}) {
-                cuda_backend::attention_flash_options({on_load, false});
-                const double fr = tm.median_ms(
-                    [&] { cuda_backend::attention_flash_forward(O, L, Q, a.B, a.T, C, a.H, 10000.0f); });
-                const double br = tm.median_ms(
-                    [&] { cuda_backend::attention_flash_backward(DQ, DO, Q, O, L, a.B, a.T, C, a.H, 10000.0f); });
-                report(on_load ? "flash_rope_on_load" : "flash_rope_first", fr, br);
-            }
-            if (cuda_backend::attention_flash_has_wgmma()) {  // every product on wgmma
-                cuda_backend::attention_flash_options({false, true});
-                const double fw = tm.median_ms(
-                    [&] { cuda_backend::attention_flash_forward(O, L, Q, a.B, a.T, C, a.H, 0.0f); });
-                const double bw = tm.median_ms(
+            if (classic) {  // mma.sync and wgmma kernels, and their variants
+                const double f = tm.median_ms([&] { cuda_backend::attention_flash_forward(O, L, Q, a.B, a.T, C, a.H, 0.0f); });
+                const double b = tm.median_ms(
                     [&] { cuda_backend::attention_flash_backward(DQ, DO, Q, O, L, a.B, a.T, C, a.H, 0.0f); });
-                report("flash_wgmma", fw, bw);
+                report("flash", f, b);
+                // with RoPE: q, k rotated into a copy before the kernels (the default), or
+                // rotated inside the kernels' tile loads; the better one should stay the default
+                for (bool on_load : {false, true}) {
+                    cuda_backend::attention_flash_options({on_load, false});
+                    const double fr = tm.median_ms(
+                        [&] { cuda_backend::attention_flash_forward(O, L, Q, a.B, a.T, C, a.H, 10000.0f); });
+                    const double br = tm.median_ms(
+                        [&] { cuda_backend::attention_flash_backward(DQ, DO, Q, O, L, a.B, a.T, C, a.H, 10000.0f); });
+                    report(on_load ? "flash_rope_on_load" : "flash_rope_first", fr, br);
+                }
+                if (cuda_backend::attention_flash_has_wgmma()) {  // every product on wgmma
+                    cuda_backend::attention_flash_options({false, true});
+                    const double fw = tm.median_ms(
+                        [&] { cuda_backend::attention_flash_forward(O, L, Q, a.B, a.T, C, a.H, 0.0f); });
+                    const double bw = tm.median_ms(
+                        [&] { cuda_backend::attention_flash_backward(DQ, DO, Q, O, L, a.B, a.T, C, a.H, 0.0f); });
+                    report("flash_wgmma", fw, bw);
+                }
+                // forward blocks of 8 warps (128 query rows); the backward is the same kernels as above
+                for (bool wg : {false, true}) {
+                    if (wg && !cuda_backend::attention_flash_has_wgmma()) continue;
+                    cuda_backend::attention_flash_options({false, wg, 8});
+                    const double f8 = tm.median_ms(
+                        [&] { cuda_backend::attention_flash_forward(O, L, Q, a.B, a.T, C, a.H, 0.0f); });
+                    printf("attn_tflops %d %d %d %d %s fwd %.1f bwd -\n", a.B, a.H, a.T, a.D,
+                           wg ? "flash_wgmma_8warps" : "flash_8warps", fwd_flops / (f8 * 1e9));
+                    fflush(stdout);
+                }
             }
-            // forward blocks of 8 warps (128 query rows); the backward is the same kernels as above
-            for (bool wg : {false, true}) {
-                if (wg && !cuda_backend::attention_flash_has_wgmma()) continue;
-                cuda_backend::attention_flash_options({false, wg, 8});
-                const double f8 = tm.median_ms(
-                    [&] { cuda_backend::attention_flash_forward(O, L, Q, a.B, a.T, C, a.H, 0.0f); });
-                printf("attn_tflops %d %d %d %d %s fwd %.1f bwd -\n", a.B, a.H, a.T, a.D,
-                       wg ? "flash_wgmma_8warps" : "flash_8warps", fwd_flops / (f8 * 1e9));
-                fflush(stdout);
-            }
-            if (cuda_backend::attention_flash_has_wgmma()) {  // the TMA kernels, without and with RoPE
+            if (tma && cuda_backend::attention_flash_has_wgmma()) {  // the TMA kernels, without and with RoPE
                 cuda_backend::attention_flash_options({false, false, 4, true});
                 for (float theta : {0.0f, 10000.0f}) {
                     const double ft = tm.median_ms(
@@ -376,6 +386,7 @@ void bench_attention(Timer& tm) {
             }
             cuda_backend::attention_flash_options({});
         }
+        if (!classic) continue;  // the first version
         Buf qkvr(N * 3 * C * s), dqkvr(N * 3 * C * s), att(TT * s), datt(TT * s);
         floatX *QR = qkvr.as<floatX>(), *A = att.as<floatX>();
         const double f = tm.median_ms([&] { cuda_backend::attention_forward(O, QR, A, Q, a.B, a.T, C, a.H, 0.0f); });
@@ -422,7 +433,7 @@ int main(int argc, char** argv) {
     printf("device %s\ncopy_gbs %.1f\ngemm_tflops %.1f\n", dev, c.copy_gbs, c.gemm_tflops);
     if (o.ceilings_only) return 0;
     if (o.attention_only) {
-        bench_attention(tm);
+        bench_attention(tm, o.attention_rows);
         return 0;
     }
     printf("\n# Kernel micro-benchmarks: median of %d, %d warm-up, L2 flushed before each (%s)\n", o.reps, o.warmup,
@@ -437,6 +448,6 @@ int main(int argc, char** argv) {
         printf("\n## %s, B=%d, T=%d\n\n", m.c_str(), B, T);
         print_rows(rows, c);
     }
-    bench_attention(tm);
+    bench_attention(tm, o.attention_rows);
     return 0;
 }

@@ -120,7 +120,10 @@ attn_ours=$dir/bench_attention_ours.log attn_torch=$dir/bench_attention_torch.lo
 : >"$attn_ours"
 : >"$attn_torch"
 if [ -x build/bench_kernels ]; then
-    part "attention bench (ours)" 60 bash -c "./build/bench_kernels --attention --reps 10 >'$attn_ours'"
+    # the TMA kernels apart, as the flash tests: one that hangs takes only its own rows
+    part "attention bench (ours)" 60 bash -c "./build/bench_kernels --attention --attention-rows classic --reps 10 >'$attn_ours'"
+    part "attention bench (ours, TMA)" 60 bash -c \
+        "./build/bench_kernels --attention --attention-rows tma --reps 10 | grep '^attn_tflops' >>'$attn_ours'"
     # a baseline binary carried along (gpu_bundle.sh BASELINE_BENCH=...): the same table from an
     # earlier commit in the same run, rows named baseline:KERNEL, so a change is judged
     # against run-to-run noise of the same machine
