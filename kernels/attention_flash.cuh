@@ -773,12 +773,16 @@ template <int D> constexpr int OUT = D / 64 * OUT_BOX;  // a 128-row tile of D c
 template <int D> constexpr int IN = D / 64 * IN_BOX;    // a 64-row tile
 constexpr int STATS = STAGES * 2 * BI * 4;              // lse and Dv of each stage's rows
 constexpr int DS = BM * 128;                            // dS of a step: 128 keys x 64 queries, bf16
-template <int D> constexpr int DQ = BI * D / 2 * 4;     // a warpgroup's dq part: 64 rows x D/2, fp32
+constexpr int DQ = BI * 64 * 4;                        // a warpgroup's dq part: 64 rows x 64, fp32
+// dq's parts of a step: at D = 128 each warpgroup's is half of the channels (over all 128
+// keys), at D = 64 all of them over its own 64 keys, and the two parts sum. Either way
+// each product is m64n64 with both operands in the canonical 64-wide swizzled layouts.
+template <int D> constexpr bool DQ_HALVES = D == 128;
 // two outer tiles, two stages of two inner tiles, (dk/dv) the stats; fused: two dS
 // buffers and a dq part per consumer warpgroup; then the barriers, and 1024 bytes to
 // align the tiles
 template <int D, bool FUSED>
-constexpr int BARS = 2 * OUT<D> + 2 * STAGES * IN<D> + STATS + (FUSED ? 2 * DS + 2 * DQ<D> : 0);
+constexpr int BARS = 2 * OUT<D> + 2 * STAGES * IN<D> + STATS + (FUSED ? 2 * DS + 2 * DQ : 0);
 template <int D, bool FUSED = false> constexpr size_t smem() { return BARS<D, FUSED> + 128 + 1024; }
 
 // The kernels' shared memory, from the 1024-byte-aligned start of the dynamic allocation.
@@ -793,7 +797,7 @@ struct Smem {
     }
     __device__ unsigned char* ds(int i) const { return base + 2 * OUT<D> + 2 * STAGES * IN<D> + STATS + i * DS; }
     __device__ float* dq(int wg) const {
-        return reinterpret_cast<float*>(base + 2 * OUT<D> + 2 * STAGES * IN<D> + STATS + 2 * DS + wg * DQ<D>);
+        return reinterpret_cast<float*>(base + 2 * OUT<D> + 2 * STAGES * IN<D> + STATS + 2 * DS + wg * DQ);
     }
     // full_o (the outer tiles), full and empty per stage, (fused) dq_full and dq_empty
     // per consumer warpgroup
@@ -819,8 +823,8 @@ struct Smem {
 
 // What the kernels take: the tensor maps of q, dout, k and v (the block's own tensors in
 // BM-row boxes, the streamed ones in BI-row boxes), the rest as flash_dq_kernel's, and
-// for the single pass the fp32 dq (B, NH, query tiles, 2 warpgroup parts of 64 x D/2 in
-// the accumulator order of dq_part_index) with its counters (B, NH, query tiles), zeros.
+// for the single pass the fp32 dq (B, NH, query tiles, 64 x D in parts of 64 x 64 in the
+// accumulator order of dq_part_index) with its counters (B, NH, query tiles), zeros.
 struct Args {
     CUtensorMap q, dout, k, v;
     bf16* dqkv;
@@ -832,7 +836,7 @@ struct Args {
     int* dq_sem;
 };
 
-// Where a consumer thread's element e of n-tile nt of its 64 x D/2 dq part lies in the
+// Where a consumer thread's element e of n-tile nt of its 64 x 64 dq part lies in the
 // part: thread-minor, so that a warp's stores fill 32 consecutive words.
 __device__ __forceinline__ int dq_part_index(int nt, int e, int thread) { return (nt * 4 + e) * 128 + thread; }
 }  // namespace tma_bwd
@@ -962,9 +966,12 @@ __global__ void __launch_bounds__(tma_bwd::THREADS, 1) flash_dkv_tma_kernel(cons
                     semaphore_wait(sem + i, i / 2 - n);  // blocks i/2 .. n+1 have added theirs
                     for (int w = 0; w < 2; w++) {
                         mbar_wait(sm.dq_full(w), use & 1);
-                        float* dst = acc + (size_t)i * BI * D + w * BI * D / 2;
-                        if (i / 2 == n) bulk_store(dst, sm.dq(w), DQ<D>);  // the first part of this tile
-                        else bulk_reduce_add(dst, sm.dq(w), DQ<D>);
+                        float* dst = acc + (size_t)i * BI * D + (DQ_HALVES<D> ? w * BI * 64 : 0);
+                        // the tile's first part is stored (nothing to zero); at D = 64 the
+                        // second adds to the first once that is written: a fixed order
+                        if (i / 2 == n && (DQ_HALVES<D> || w == 0)) bulk_store(dst, sm.dq(w), DQ);
+                        else bulk_reduce_add(dst, sm.dq(w), DQ);
+                        if (!DQ_HALVES<D> && w == 0) bulk_commit(), bulk_wait<0>();
                     }
                     bulk_commit();
                     bulk_wait_read<0>();
@@ -1051,17 +1058,18 @@ __global__ void __launch_bounds__(tma_bwd::THREADS, 1) flash_dkv_tma_kernel(cons
         tma_issue_nn<D, BI>(dv, ap, sdO(s), IN_BOX);  // dv += P^T dout
         tma_issue_nn<D, BI>(dk, ad, sQ(s), IN_BOX);   // dk += dS^T Q
         if constexpr (FUSED) {
-            // this warpgroup's half of dq's channels over all 128 keys: dq (64 x D/2) =
-            // dS (64 x 128, from both warpgroups) K (128 x D/2, N-major: box wg at D = 128,
-            // the half row of the one box at D = 64)
-            float dq[D / 16][4] = {};
+            // dq's part (64 x 64) = dS K: D = 128, channels 64 wg.. over all 128 keys (dS of
+            // both warpgroups, K's box wg); D = 64, every channel over this warpgroup's 64
+            // keys. A is dS M-major, B K's rows N-major.
+            constexpr int KEYS = DQ_HALVES<D> ? BM : BM / 2;
+            float dq[8][4] = {};
             named_barrier_sync<1, 256>();  // both warpgroups' dS stored
-            const unsigned char* ds = sm.ds(use % 2);
-            const unsigned char* kb = D == 128 ? sK + wg * OUT_BOX : sK + wg * 64;
+            const unsigned char* ds = sm.ds(use % 2) + (DQ_HALVES<D> ? 0 : wg * 64 * 128);
+            const unsigned char* kb = DQ_HALVES<D> ? sK + wg * OUT_BOX : sK + wg * 64 * 128;
             wgmma_fence_operands(dq);
             wgmma_fence();
 #pragma unroll
-            for (int kk = 0; kk < BM / 16; kk++)
+            for (int kk = 0; kk < KEYS / 16; kk++)
                 wgmma_bf16_ss<1, 1>(dq, wgmma_desc_sw128(ds + kk * 16 * 128, DS, 1024),
                                     wgmma_desc_sw128(kb + kk * 16 * 128, OUT_BOX, 1024));
             wgmma_commit();
@@ -1077,7 +1085,7 @@ __global__ void __launch_bounds__(tma_bwd::THREADS, 1) flash_dkv_tma_kernel(cons
             float* part = sm.dq(wg);
             const int thread = threadIdx.x % 128;
 #pragma unroll
-            for (int nt = 0; nt < D / 16; nt++)
+            for (int nt = 0; nt < 8; nt++)
 #pragma unroll
                 for (int e = 0; e < 4; e++) part[dq_part_index(nt, e, thread)] = dq[nt][e];
             fence_proxy_async();  // for the bulk copy's reads
@@ -1100,24 +1108,24 @@ __global__ void __launch_bounds__(tma_bwd::THREADS, 1) flash_dkv_tma_kernel(cons
     }
 }
 
-// dq of the single pass: a query tile's two fp32 parts (tma_bwd::Args::dq_acc), scaled,
-// rotated back with RoPE and rounded into dqkv. A block of 128 threads per tile, each
-// thread reading the elements the kernel's thread of the same index wrote (coalesced),
-// which are that thread's accumulator rows.
+// dq of the single pass: a query tile's fp32 parts of 64 channels (tma_bwd::Args::dq_acc),
+// scaled, rotated back with RoPE and rounded into dqkv. A block of 128 threads per tile,
+// each thread reading the elements the kernel's thread of the same index wrote
+// (coalesced), which are that thread's accumulator rows.
 template <int D>
 __global__ void __launch_bounds__(128)
     flash_dq_convert_kernel(bf16* __restrict__ dqkv, const float* __restrict__ acc, const float2* __restrict__ rope,
                             int T, int NH, float scale) {
     using namespace tma_bwd;
-    const int i = blockIdx.x, bh = blockIdx.y, b = bh / NH, h = bh % NH, C = NH * D;
-    const float* src = acc + ((size_t)bh * gridDim.x + i) * BI * D;
-    float dq[D / 8][4];  // channels: part 0 the first D/2, part 1 the rest
+    const int bh = blockIdx.x, i = blockIdx.y, b = bh / NH, h = bh % NH, C = NH * D;
+    const float* src = acc + ((size_t)bh * gridDim.y + i) * BI * D;
+    float dq[D / 8][4];  // channels 64c.. from part c
 #pragma unroll
-    for (int w = 0; w < 2; w++)
+    for (int c = 0; c < D / 64; c++)
 #pragma unroll
-        for (int nt = 0; nt < D / 16; nt++)
+        for (int nt = 0; nt < 8; nt++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) dq[w * D / 16 + nt][e] = src[w * BI * D / 2 + dq_part_index(nt, e, threadIdx.x)];
+            for (int e = 0; e < 4; e++) dq[c * 8 + nt][e] = src[c * BI * 64 + dq_part_index(nt, e, threadIdx.x)];
     const int row0 = i * BI + 16 * (threadIdx.x / 32) + threadIdx.x % 32 / 4;
 #pragma unroll
     for (int r = 0; r < 2; r++) {
@@ -1535,7 +1543,7 @@ void flash_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* o
                 LNS_LAUNCH(dkv, B * NH * blocks, tma_bwd::THREADS, smem, dkv_args);
                 cudaCheckLaunch();
                 auto* convert = flash_dq_convert_kernel<D>;
-                LNS_LAUNCH(convert, dim3(tiles, B * NH), 128, 0, dqkv, dkv_args.dq_acc, rope_back, T, NH, scale);
+                LNS_LAUNCH(convert, dim3(B * NH, tiles), 128, 0, dqkv, dkv_args.dq_acc, rope_back, T, NH, scale);
                 return;
             }
             const dim3 grid(B * NH, blocks);

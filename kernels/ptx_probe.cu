@@ -56,11 +56,11 @@ bool ptx_probe::tma(float* s, float* o, float* u, const uint16_t* a, int a_rows,
                     const uint16_t* b2, const uint16_t* a2, int d) {
     if (!have_device() || !wgmma_built() || (d != 64 && d != 128)) return false;
     Dev<bf16> da((size_t)a_rows * d, a), db1((size_t)128 * d, b1), db2((size_t)128 * d, b2), da2(64 * 128, a2);
-    Dev<float> ds(64 * 128), dout((size_t)64 * d), du((size_t)64 * d / 2);
+    Dev<float> ds(64 * 128), dout((size_t)64 * d), du(64 * 64);
     if (d == 64) probe_tma<64>(ds.p, dout.p, du.p, da.p, a_rows, db1.p, db2.p, da2.p);
     else probe_tma<128>(ds.p, dout.p, du.p, da.p, a_rows, db1.p, db2.p, da2.p);
     cudaCheck(cudaStreamSynchronize(g_stream));
-    ds.get(s, 64 * 128), dout.get(o, (size_t)64 * d), du.get(u, (size_t)64 * d / 2);
+    ds.get(s, 64 * 128), dout.get(o, (size_t)64 * d), du.get(u, 64 * 64);
     return true;
 }
 

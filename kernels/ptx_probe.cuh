@@ -84,10 +84,9 @@ __global__ void __launch_bounds__(THREADS) probe_wgmma_kernel(float* s_out, floa
 // tensor and arrive as zeros; B1: 128 x D; B2: 128 x D), then s = A[64..127] B1^T (both
 // by descriptor, tma_issue_nt) and o = A2 B2 (A2 64 x 128 from registers, B2 read
 // N-major, tma_issue_nn), all row-major. Then the single-pass backward's dq product and
-// its bulk copies (flash_dkv_tma_kernel<D, true>): u = A^T B2[:, D/2..] over A's 128 rows
-// and first 64 channels (A M-major, B2's second half of channels N-major: a box at
-// D = 128, half a box row at D = 64), stored to u_out by a bulk copy and then added to it
-// by a bulk reduction: u_out = 2u (64 x D/2). One warpgroup.
+// its bulk copies (flash_dkv_tma_kernel<D, true>): u = A^T B2[:, D-64..] over A's 128
+// rows and first 64 channels (A M-major, B2's last box N-major), stored to u_out by a
+// bulk copy and then added to it by a bulk reduction: u_out = 2u (64 x 64). One warpgroup.
 template <int D>
 __global__ void __launch_bounds__(128)
     probe_tma_kernel(float* s_out, float* o_out, float* u_out, const __grid_constant__ CUtensorMap ta,
@@ -133,25 +132,25 @@ __global__ void __launch_bounds__(128)
     wgmma_fence_operands(p);
     store_acc<16>(s_out, 128, s, warp * 16);
     store_acc<D / 8>(o_out, D, o, warp * 16);
-    float u[D / 16][4] = {};
-    const unsigned char* b2_half = smem + 2 * TILE<D> + (D == 128 ? tma_fwd::BOX : 64);
+    float u[8][4] = {};
+    const unsigned char* b2_box = smem + 2 * TILE<D> + (D / 64 - 1) * tma_fwd::BOX;
     wgmma_fence();
     for (int kk = 0; kk < 8; kk++)
         wgmma_bf16_ss<1, 1>(u, wgmma_desc_sw128(smem + kk * 16 * 128, tma_fwd::BOX, 1024),
-                            wgmma_desc_sw128(b2_half + kk * 16 * 128, tma_fwd::BOX, 1024));
+                            wgmma_desc_sw128(b2_box + kk * 16 * 128, tma_fwd::BOX, 1024));
     wgmma_commit();
     wgmma_wait<0>();
     wgmma_fence_operands(u);
-    float* su = reinterpret_cast<float*>(smem + 3 * TILE<D> + 128);  // 64 x D/2, row-major
-    for (int nt = 0; nt < D / 16; nt++)
-        for (int e = 0; e < 4; e++) su[(warp * 16 + g + 8 * (e / 2)) * (D / 2) + nt * 8 + 2 * t + e % 2] = u[nt][e];
+    float* su = reinterpret_cast<float*>(smem + 3 * TILE<D> + 128);  // 64 x 64, row-major
+    for (int nt = 0; nt < 8; nt++)
+        for (int e = 0; e < 4; e++) su[(warp * 16 + g + 8 * (e / 2)) * 64 + nt * 8 + 2 * t + e % 2] = u[nt][e];
     fence_proxy_async();
     __syncthreads();
     if (threadIdx.x == 0) {
-        bulk_store(u_out, su, 64 * D / 2 * 4);
+        bulk_store(u_out, su, 64 * 64 * 4);
         bulk_commit();
         bulk_wait<0>();
-        bulk_reduce_add(u_out, su, 64 * D / 2 * 4);
+        bulk_reduce_add(u_out, su, 64 * 64 * 4);
         bulk_commit();
         bulk_wait<0>();
     }
@@ -170,7 +169,7 @@ template <int D>
 void probe_tma(float* s, float* o, float* u, const bf16* a, int a_rows, const bf16* b1, const bf16* b2,
                const bf16* a2) {
     auto* kernel = probe_tma_kernel<D>;
-    const size_t bytes = 3 * tma_fwd::TILE<D> + 1024 + 128 + 64 * D / 2 * 4;  // tiles, alignment, barrier, u
+    const size_t bytes = 3 * tma_fwd::TILE<D> + 1024 + 128 + 64 * 64 * 4;  // tiles, alignment, barrier, u
     allow_smem(kernel, bytes);
     LNS_LAUNCH(kernel, 1, 128, bytes, s, o, u, probe_tensor(a, a_rows, D), probe_tensor(b1, 128, D),
                probe_tensor(b2, 128, D), a2);

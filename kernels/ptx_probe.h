@@ -15,8 +15,8 @@ bool wgmma(float* s, float* o, const uint16_t* a1, const uint16_t* b1, const uin
 // TMA (128-byte swizzle) and both-operand-in-smem wgmma, as the TMA forward uses them:
 // a (a_rows x d; rows a_rows..127 arrive as zeros), b1, b2 (128 x d), a2 (64 x 128);
 // s = a[64..127] b1^T (64 x 128), o = a2 b2 (64 x d); and as the single-pass backward's
-// dq product (M-major A, half of B's channels) with its bulk copies, u = 2 a[:, 0..63]^T
-// b2[:, d/2..] (64 x d/2, a's rows from a_rows on zeros); d 64 or 128
+// dq product (M-major A) with its bulk copies, u = 2 a[:, 0..63]^T b2[:, d-64..] (64 x 64,
+// a's rows from a_rows on zeros); d 64 or 128
 bool tma(float* s, float* o, float* u, const uint16_t* a, int a_rows, const uint16_t* b1, const uint16_t* b2,
          const uint16_t* a2, int d);
 }  // namespace ptx_probe

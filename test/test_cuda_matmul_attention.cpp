@@ -487,22 +487,21 @@ GPU_TEST_CASE("CUDA flash attention variants agree on partial tiles", "[attentio
 GPU_TEST_CASE("CUDA flash attention backward is bitwise deterministic", "[attention][flash]") {
 #ifndef ENABLE_FP32
     struct Shape {
-        int B, T, NH;
+        int B, T, NH, hs;
     };
 #ifdef LNS_CUDA_EMU
-    const Shape shapes[] = {{2, 300, 2}};  // the emulator runs blocks in turn, in one order
+    const Shape shapes[] = {{2, 300, 2, 128}};  // the emulator runs blocks in turn, in one order
 #else
-    const Shape shapes[] = {{2, 300, 2}, {2, 2048, 16}};
+    const Shape shapes[] = {{2, 300, 2, 128}, {2, 2048, 16, 128}, {2, 2048, 16, 64}};
 #endif
-    const int hs = 128;
     for (const Shape& sh : shapes) {
-        const int B = sh.B, T = sh.T, NH = sh.NH, C = NH * hs;
+        const int B = sh.B, T = sh.T, NH = sh.NH, hs = sh.hs, C = NH * hs;
         const size_t n3 = (size_t)B * T * 3 * C, n1 = (size_t)B * T * C;
         DevBuf d_qkv(n3), d_out(n1), d_dout(n1), d_dqkv(n3);
         DevF32 d_lse((size_t)B * NH * T);
         d_qkv.set(randn(n3, 610)), d_dout.set(randn(n1, 611));
         for (const FlashVariant& variant : {FLASH_VARIANTS[0], FLASH_VARIANTS[6]}) {  // default, TMA (dq in order)
-            INFO("variant " << variant.name << ", B " << B << " T " << T << " NH " << NH);
+            INFO("variant " << variant.name << ", B " << B << " T " << T << " NH " << NH << " hs " << hs);
             Gpu::attention_flash_options(variant.options);
             std::vector<float> first;
             for (int run = 0; run < 2; run++) {

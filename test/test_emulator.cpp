@@ -397,13 +397,15 @@ TEST_CASE("the emulated TMA lands swizzled boxes at the barrier's phase; stalled
 
 // 16 floats of shared memory (i + 1) to dst by a bulk copy, then added by a bulk reduction
 // (dst = 2 (i + 1)); `early` overwrites the source with -1 after the copy's commit but
-// before its read wait, `skip_wait` exits without waiting.
-__global__ void bulk_copy_kernel(float* dst, bool early, bool skip_wait) {
+// before its read wait, `skip_wait` exits without waiting, `overlap` reduces onto dst
+// before the copy has written it.
+__global__ void bulk_copy_kernel(float* dst, bool early, bool skip_wait, bool overlap = false) {
     float* s = reinterpret_cast<float*>(dynamic_smem());
     if (threadIdx.x != 0) return;
     for (int i = 0; i < 16; i++) s[i] = (float)(i + 1);
     bulk_store(dst, s, 64);
     bulk_commit();
+    if (overlap) bulk_reduce_add(dst + 12, s, 16);
     if (skip_wait) return;
     if (early)
         for (int i = 0; i < 16; i++) s[i] = -1.0f;
@@ -441,6 +443,8 @@ TEST_CASE("emulated bulk copies read at their read wait and write at completion;
     CHECK(dst[0] == -2.0f);
     CHECK_THROWS_WITH(LNS_LAUNCH(bulk_copy_kernel, 1, 32, 64, dst, false, true),
                       Catch::Contains("bulk copies it has not waited for"));
+    CHECK_THROWS_WITH(LNS_LAUNCH(bulk_copy_kernel, 1, 32, 64, dst, false, false, true),
+                      Catch::Contains("has yet to write"));
     int counter = 0;
     LNS_LAUNCH(semaphore_kernel, 4, 32, 16, &counter, dst, true, false);  // block x after blocks 0..x-1
     CHECK(counter == 4);

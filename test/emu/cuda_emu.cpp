@@ -825,8 +825,14 @@ void bulk_copy(void* dst, const void* src, uint32_t bytes, bool add) {
     check_smem(s, bytes, "cp.async.bulk");
     if (bytes == 0 || bytes % 16 != 0 || (uintptr_t)dst % 16 != 0 || (s - g.smem) % 16 != 0)
         fail("cp.async.bulk: sizes and addresses must be multiples of 16 bytes");
+    // two in flight onto the same bytes land in either order: results that vary by run
+    unsigned char* d = static_cast<unsigned char*>(dst);
+    for (const BulkCopy& o : t->bulk)
+        if (o.dst < d + bytes && d < o.dst + o.bytes)
+            fail("cp.async.bulk onto global memory that an earlier bulk copy of this thread has yet to write "
+                 "(their order is undefined: wait for it first)");
     BulkCopy c;
-    c.dst = static_cast<unsigned char*>(dst), c.src = (size_t)(s - g.smem), c.bytes = bytes, c.add = add;
+    c.dst = d, c.src = (size_t)(s - g.smem), c.bytes = bytes, c.add = add;
     t->bulk.push_back(std::move(c));
 }
 

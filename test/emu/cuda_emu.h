@@ -42,7 +42,8 @@
 //     retires them, once no thread can run on (after TMA copies land), and write at the
 //     full wait_group, so a buffer released before the
 //     read, or a semaphore passed on before the writes, is caught; a thread that exits
-//     with bulk copies not waited for fails. Semaphores in global memory (blocks ordered
+//     with bulk copies not waited for fails, as does a bulk copy onto global memory that
+//     an earlier one of the thread has yet to write (their order is undefined). Semaphores in global memory (blocks ordered
 //     by a counter) fail where the counter is not yet the awaited value: blocks run one
 //     after another in launch order;
 //   - scheduling is warp-serial: the first warp in the chosen order runs until it
