@@ -806,7 +806,9 @@ struct Smem {
     __device__ uint64_t* empty(int s) const { return full_o() + 1 + STAGES + s; }
     __device__ uint64_t* dq_full(int wg) const { return full_o() + 1 + 2 * STAGES + wg; }
     __device__ uint64_t* dq_empty(int wg) const { return full_o() + 3 + 2 * STAGES + wg; }
-    // by thread 0, then a block barrier: full_o takes the producer's one arrival, full
+    __device__ int* ticket() const { return reinterpret_cast<int*>(full_o() + 5 + 2 * STAGES); }  // (fused)
+    // by thread 0, then a block barrier (which also publishes the ticket): full_o takes the
+    // producer's one arrival, full
     // full_arrivals, empty one per consumer warp; dq_full every thread of its warpgroup,
     // dq_empty the writer's one
     __device__ void init_barriers(int full_arrivals) const {
@@ -824,7 +826,8 @@ struct Smem {
 // What the kernels take: the tensor maps of q, dout, k and v (the block's own tensors in
 // BM-row boxes, the streamed ones in BI-row boxes), the rest as flash_dq_kernel's, and
 // for the single pass the fp32 dq (B, NH, query tiles, 64 x D in parts of 64 x 64 in the
-// accumulator order of dq_part_index) with its counters (B, NH, query tiles), zeros.
+// accumulator order of dq_part_index) and the block ticket then the counters (B, NH,
+// query tiles), zeros.
 struct Args {
     CUtensorMap q, dout, k, v;
     bf16* dqkv;
@@ -946,21 +949,23 @@ __global__ void __launch_bounds__(tma_bwd::THREADS, 1) flash_dkv_tma_kernel(cons
     auto sL = [&](int s) { return sm.stats(s); };  // lse * log2(e)
     auto sD = [&](int s) { return sm.stats(s) + BI; };
     uint64_t* full_o = sm.full_o();
-    // FUSED: a 1-d grid, each head's key blocks lightest (last) first; else (B*NH, key
-    // blocks), heaviest first
-    const int blocks = (T + BM - 1) / BM;
-    const int bh = FUSED ? blockIdx.x / blocks : blockIdx.x, b = bh / NH, h = bh % NH, C = NH * D;
-    const int n = FUSED ? blocks - 1 - blockIdx.x % blocks : blockIdx.y, k0 = n * BM;
+    // FUSED: blocks take their work in the order they start, by a ticket, each head's key
+    // blocks lightest (last) first: a block then waits only for blocks that have started,
+    // whatever order the GPU launches them in. Else a (B*NH, key blocks) grid, heaviest first.
+    if (FUSED && threadIdx.x == 0) *sm.ticket() = block_ticket(a.dq_sem);
+    sm.init_barriers(32);  // the producer warp's lanes, after their stores of the stage's stats
+    const int blocks = (T + BM - 1) / BM, job = FUSED ? *sm.ticket() : 0;
+    const int bh = FUSED ? job / blocks : blockIdx.x, b = bh / NH, h = bh % NH, C = NH * D;
+    const int n = FUSED ? blocks - 1 - job % blocks : blockIdx.y, k0 = n * BM;
     const int first = k0 / BI, tiles = (T + BI - 1) / BI;  // causal: no query tile before the diagonal
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    sm.init_barriers(32);  // the producer warp's lanes, after their stores of the stage's stats
 
     if (warp < 4) {  // the producer warpgroup: K and V once, then Q, dout and their row stats
         setmaxnreg_dec<24>();
         if constexpr (FUSED) {
             if (warp == 1 && lane == 0) {  // the dq writer
                 float* acc = a.dq_acc + (size_t)bh * tiles * BI * D;
-                int* sem = a.dq_sem + (size_t)bh * tiles;
+                int* sem = a.dq_sem + 1 + (size_t)bh * tiles;
                 for (int i = first; i < tiles; i++) {
                     const int use = i - first;
                     semaphore_wait(sem + i, i / 2 - n);  // blocks i/2 .. n+1 have added theirs
@@ -1533,9 +1538,10 @@ void flash_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* o
             constexpr int D = decltype(d)::value;
             if (!tma_dq_kernel) {  // the single pass, then dq's rounding
                 const size_t acc_bytes = (size_t)B * NH * tiles * BI * D * sizeof(float);
-                char* ws = (char*)cuda_scratch(SCRATCH_ATTN_DQ, acc_bytes + (size_t)B * NH * tiles * sizeof(int));
+                const size_t sem_bytes = (1 + (size_t)B * NH * tiles) * sizeof(int);  // the ticket, the counters
+                char* ws = (char*)cuda_scratch(SCRATCH_ATTN_DQ, acc_bytes + sem_bytes);
                 dkv_args.dq_acc = (float*)ws, dkv_args.dq_sem = (int*)(ws + acc_bytes);
-                cudaCheck(cudaMemsetAsync(dkv_args.dq_sem, 0, (size_t)B * NH * tiles * sizeof(int), g_stream));
+                cudaCheck(cudaMemsetAsync(dkv_args.dq_sem, 0, sem_bytes, g_stream));
                 auto* dkv = flash_dkv_tma_kernel<D, true>;
                 constexpr size_t smem = tma_bwd::smem<D, true>();
                 static bool once = (allow_smem(dkv, smem), true);

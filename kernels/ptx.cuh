@@ -321,6 +321,9 @@ __device__ __forceinline__ void semaphore_add(int* p, int value) {
     asm volatile("fence.acq_rel.gpu;\nred.relaxed.gpu.global.add.s32 [%0], %1;\n" ::"l"(p), "r"(value) : "memory");
 #endif
 }
+// The next number of a counter in global memory (zeroed before the launch): blocks that
+// take their work by it take it in the order they start.
+__device__ __forceinline__ int block_ticket(int* counter) { return atomicAdd(counter, 1); }
 // The warpgroup's register budget per thread, raised or lowered (all its warps execute it).
 template <int REGS>
 __device__ __forceinline__ void setmaxnreg_inc() {

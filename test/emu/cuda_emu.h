@@ -306,6 +306,7 @@ __device__ __forceinline__ void bulk_wait() {
 }
 __device__ __forceinline__ void semaphore_wait(const int* p, int value) { emu::semaphore_wait(p, value); }
 __device__ __forceinline__ void semaphore_add(int* p, int value) { emu::semaphore_add(p, value); }
+__device__ __forceinline__ int block_ticket(int* counter) { return (*counter)++; }  // blocks run in turn
 template <int REGS>
 __device__ __forceinline__ void setmaxnreg_inc() {}
 template <int REGS>
