@@ -409,6 +409,42 @@ __device__ __forceinline__ void store_forward(bf16* out, float* lse, const float
     }
 }
 
+// The backward's recomputed tile, the same in every backward kernel: P = exp2(S sl2 -
+// lse2) where the key is at or before the query and the query is below T (else 0), and
+// dS = P (dP - Dv). Rows are queries (dq): s (S) becomes dS; columns are keys key0 +
+// 8nt + 2tig + e%2.
+template <int NT>
+__device__ __forceinline__ void score_grads(float (&s)[NT][4], const float (&dp)[NT][4], int key0,
+                                            const int (&row)[2], int T, float sl2, const float (&lse2)[2],
+                                            const float (&dv)[2]) {
+    const int tig = threadIdx.x % 4;
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int key = key0 + nt * 8 + tig * 2 + e % 2, r = e / 2;
+            const float p = key <= row[r] && row[r] < T ? exp2f(__fmaf_rn(s[nt][e], sl2, -lse2[r])) : 0.0f;
+            s[nt][e] = p * (dp[nt][e] - dv[r]);
+        }
+}
+// Transposed (dk, dv): rows are keys, columns queries t0 + qi with their lse2[qi] and
+// Dv[qi]; s (S^T) becomes P^T and dp (dP^T) dS^T.
+template <int NT>
+__device__ __forceinline__ void probs_score_grads_t(float (&s)[NT][4], float (&dp)[NT][4], int t0,
+                                                    const int (&key)[2], int T, float sl2, const float* lse2,
+                                                    const float* Dv) {
+    const int tig = threadIdx.x % 4;
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int qi = nt * 8 + tig * 2 + e % 2, t = t0 + qi;
+            const float p = t >= key[e / 2] && t < T ? exp2f(__fmaf_rn(s[nt][e], sl2, -lse2[qi])) : 0.0f;
+            s[nt][e] = p;
+            dp[nt][e] = p * (dp[nt][e] - Dv[qi]);
+        }
+}
+
 // ---- forward (mma.sync): grid (B*NH, query blocks), heaviest (last) query block first.
 // A block of QW warps owns BQ = 16 QW query rows (QW 4: one 64-row tile; QW 8: two
 // groups of 4 sharing each key tile, half the key and value traffic per row) and loops
@@ -883,7 +919,7 @@ __global__ void __launch_bounds__(tma_bwd::THREADS, 1) flash_dq_tma_kernel(const
     }
 
     setmaxnreg_inc<240>();
-    const int wg = warp / 4 - 1, g = lane / 4, tig = lane % 4;
+    const int wg = warp / 4 - 1, g = lane / 4;
     const int row[2] = {q0 + 64 * wg + 16 * (warp % 4) + g, q0 + 64 * wg + 16 * (warp % 4) + g + 8};
     const float sl2 = a.scale * LOG2E;
     float lse2[2], dv[2];
@@ -909,14 +945,7 @@ __global__ void __launch_bounds__(tma_bwd::THREADS, 1) flash_dq_tma_kernel(const
         wgmma_wait<0>();
         wgmma_fence_operands(sc);
         wgmma_fence_operands(dp);
-#pragma unroll
-        for (int nt = 0; nt < BI / 8; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int key = j * BI + nt * 8 + tig * 2 + e % 2, r = e / 2;
-                const float p = key <= row[r] && row[r] < T ? exp2f(__fmaf_rn(sc[nt][e], sl2, -lse2[r])) : 0.0f;
-                sc[nt][e] = p * (dp[nt][e] - dv[r]);
-            }
+        score_grads<BI / 8>(sc, dp, j * BI, row, T, sl2, lse2, dv);
         uint32_t a[BI / 16][4];
         acc_to_a<BI / 8>(a, sc);
         tma_issue_nn<D, BI>(dq, a, sK(s), IN_BOX);
@@ -1032,16 +1061,7 @@ __global__ void __launch_bounds__(tma_bwd::THREADS, 1) flash_dkv_tma_kernel(cons
         wgmma_wait<0>();
         wgmma_fence_operands(sc);
         wgmma_fence_operands(dp);
-        const float *cL = sL(s), *cD = sD(s);
-#pragma unroll
-        for (int nt = 0; nt < BI / 8; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int qi = nt * 8 + tig * 2 + e % 2, t = i * BI + qi;
-                const float p = t >= key[e / 2] && t < T ? exp2f(__fmaf_rn(sc[nt][e], sl2, -cL[qi])) : 0.0f;
-                sc[nt][e] = p;
-                dp[nt][e] = p * (dp[nt][e] - cD[qi]);
-            }
+        probs_score_grads_t<BI / 8>(sc, dp, i * BI, key, T, sl2, sL(s), sD(s));
         uint32_t ap[BI / 16][4], ad[BI / 16][4];
         acc_to_a<BI / 8>(ap, sc);
         acc_to_a<BI / 8>(ad, dp);
@@ -1179,7 +1199,7 @@ __global__ void __launch_bounds__(THREADS, D == 128 && !WG ? D128_MIN_BLOCKS : 0
     bf16* sV = sK + 2 * KN * S;                // 2 x (KN, D)
     const int bh = blockIdx.x, b = bh / NH, h = bh % NH, C = NH * D;
     const int q0 = (gridDim.y - 1 - blockIdx.y) * BLOCK;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tig = lane % 4;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4;
     const bf16 *kh = k.at(b, h), *vh = v.at(b, h);
     const float sl2 = scale * LOG2E;
 
@@ -1221,14 +1241,7 @@ __global__ void __launch_bounds__(THREADS, D == 128 && !WG ? D128_MIN_BLOCKS : 0
             mma_ss_nt<KN / 8, D>(s, sQ + warp * 16 * S, S, sK + cur, S);
             mma_ss_nt<KN / 8, D>(dp, sdO + warp * 16 * S, S, sV + cur, S);
         }
-#pragma unroll
-        for (int nt = 0; nt < KN / 8; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int key = j * KN + nt * 8 + tig * 2 + e % 2, r = e / 2;
-                const float p = key <= row[r] && row[r] < T ? exp2f(__fmaf_rn(s[nt][e], sl2, -lse2[r])) : 0.0f;
-                s[nt][e] = p * (dp[nt][e] - dv[r]);
-            }
+        score_grads<KN / 8>(s, dp, j * KN, row, T, sl2, lse2, dv);
         uint32_t a[KN / 16][4];
         acc_to_a<KN / 8>(a, s);
         if constexpr (WG) wgmma_nn<D, KN>(dq, a, sK + cur);
@@ -1274,7 +1287,7 @@ __global__ void __launch_bounds__(THREADS)
     float* sD = sL + 2 * QN;                                  // 2 x (QN)
     const int bh = blockIdx.x, b = bh / NH, h = bh % NH, C = NH * D;
     const int k0 = blockIdx.y * BLOCK;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tig = lane % 4;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4;
     const bf16 *qh = q.at(b, h), *dh = dout.at(b, h);
     const float *lse_h = lse + (size_t)bh * T, *Dv_h = Dv + (size_t)bh * T;
     const float sl2 = scale * LOG2E;
@@ -1315,15 +1328,7 @@ __global__ void __launch_bounds__(THREADS)
             mma_ss_nt<QN / 8, D>(s, sK + warp * 16 * S, S, cQ, S);
             mma_ss_nt<QN / 8, D>(dp, sV + warp * 16 * S, S, cdO, S);
         }
-#pragma unroll
-        for (int nt = 0; nt < QN / 8; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int qi = nt * 8 + tig * 2 + e % 2, t = i * QN + qi;
-                const float p = t >= key[e / 2] && t < T ? exp2f(__fmaf_rn(s[nt][e], sl2, -cL[qi])) : 0.0f;
-                s[nt][e] = p;
-                dp[nt][e] = p * (dp[nt][e] - cD[qi]);
-            }
+        probs_score_grads_t<QN / 8>(s, dp, i * QN, key, T, sl2, cL, cD);
         uint32_t a[QN / 16][4];
         acc_to_a<QN / 8>(a, s);
         if constexpr (WG) wgmma_nn<D, QN>(dv, a, cdO);
