@@ -27,7 +27,7 @@ void cuda_backend::attention_flash_forward(floatX* out, float* lse, const floatX
     NVTX_RANGE("attention_flash_forward");
     const bool sm90a = attention_flash_has_wgmma();  // the wgmma and TMA kernels: sm_90a images only
     flash_forward(out, lse, qkv, B, T, C, NH, rope_theta, g_options.rope_on_load, g_options.wgmma && sm90a,
-                  g_options.forward_warps, g_options.tma && sm90a);
+                  g_options.forward_warps, g_options.tma && sm90a, g_options.tma_block_per_work);
 }
 
 void cuda_backend::attention_flash_backward(floatX* dqkv, const floatX* dout, const floatX* qkv, const floatX* out,
@@ -35,7 +35,7 @@ void cuda_backend::attention_flash_backward(floatX* dqkv, const floatX* dout, co
     NVTX_RANGE("attention_flash_backward");
     const bool sm90a = attention_flash_has_wgmma();
     flash_backward(dqkv, dout, qkv, out, lse, B, T, C, NH, rope_theta, g_options.rope_on_load, g_options.wgmma && sm90a,
-                   g_options.tma && sm90a, g_options.tma_dq_kernel);
+                   g_options.tma && sm90a, g_options.tma_dq_kernel, g_options.tma_bwd_by_key_block);
 }
 
 #else  // ENABLE_FP32

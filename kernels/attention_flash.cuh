@@ -35,7 +35,8 @@
 // Hopper, FlashAttention-3's structure (the *_tma kernels, sm_90a, opt-in:
 // FlashOptions::tma): a producer warpgroup issues TMA copies into a two-stage ring
 // guarded by mbarriers, two consumer warpgroups compute on wgmma, tiles in the 128-byte
-// swizzle; forward over 128 x 128 tiles, backward as the two kernels below (dq; dk, dv).
+// swizzle; forward over 128 x 128 tiles in persistent blocks, backward in one pass per
+// key block with dq's parts added in a fixed order (or as two kernels: dq; dk, dv).
 //
 // Pipelining. Tiles are cp.async copies (global -> smem, no register round trip),
 // issued one stage ahead: in forward V_j lands while S = Q K_j^T is computed and
@@ -62,10 +63,12 @@
 // which (__fmaf_rn, or __fmul_rn to keep them apart), so every instantiation rounds alike
 // and the variants that should agree bit for bit do on the GPU too.
 //
-// Determinism: no atomics. The dq kernel (one block per query block, looping over
-// key tiles in order) and the dk/dv kernel (one block per key block, looping over
-// query tiles in order) each write their outputs once; D = rowsum(dout * out) is
-// one warp's fixed-order sum per row.
+// Determinism: no atomics in any sum. The dq kernel (one block per query block, looping
+// over key tiles in order) and the dk/dv kernel (one block per key block, looping over
+// query tiles in order) each write their outputs once; D = rowsum(dout * out) is one
+// warp's fixed-order sum per row. The TMA kernels' atomics only hand out work (tickets)
+// and order the one-pass backward's additions into dq (counters), so no result depends
+// on which block does what, or when.
 //
 // PRECISION=FP32 builds have no flash kernels (mma.sync takes bf16): the model uses
 // the first attention there (attention_flash_supported is false).
@@ -584,26 +587,40 @@ __global__ void __launch_bounds__(32 * QW)
 }
 
 // ---- forward on TMA and wgmma with warp specialisation (sm_90a), FlashAttention-3's
-// structure: a block of three warpgroups owns 128 query rows. Warpgroup 0 produces: one
-// thread issues the TMA copies of Q (once) and of 128-key tiles of K and V into a ring of
-// two stages, each guarded by a "full" mbarrier (the copy's bytes have landed) and an
-// "empty" one (all 8 consumer warps are done reading it); the other warps leave, and the
-// warpgroup hands its registers to the consumers (setmaxnreg). Warpgroups 1 and 2 consume,
-// 64 query rows each: S = Q K^T with both operands in smem (m64n128k16), the online
-// softmax in registers, O += P V with P from registers and V read N-major. As in
-// flash_forward_wg_kernel, the softmax of tile j+1 runs while P_j V_j does, and the two
-// consumers take turns to issue their products (ping-pong, below). Every tile is
-// boxes of 64 channels by 128 rows (two boxes at D = 128) in the 128-byte swizzle that
-// TMA writes and the descriptors read; copies past T or the tensor's end are zeros.
-// qk_head_major: q and k are the rotated head-major copy (TMA coordinates channel, row,
-// head, batch) rather than rows of qkv (channel, head, row, batch); v is always rows of qkv.
+// structure: a block of three warpgroups computes 128 query rows of one head at a time.
+// Warpgroup 0 produces: one thread issues the TMA copies of Q and of 128-key tiles of K
+// and V into a ring of two stages, each guarded by a "full" mbarrier (the copy's bytes
+// have landed) and an "empty" one (all 8 consumer warps are done reading it); the other
+// warps leave, and the warpgroup hands its registers to the consumers (setmaxnreg).
+// Warpgroups 1 and 2 consume, 64 query rows each: S = Q K^T with both operands in smem
+// (m64n128k16), the online softmax in registers, O += P V with P from registers and V
+// read N-major. As in flash_forward_wg_kernel, the softmax of tile j+1 runs while P_j V_j
+// does, and the two consumers take turns to issue their products (ping-pong, below).
+// Every tile is boxes of 64 channels by 128 rows (two boxes at D = 128) in the 128-byte
+// swizzle that TMA writes and the descriptors read; copies past T or the tensor's end are
+// zeros. qk_head_major: q and k are the rotated head-major copy (TMA coordinates channel,
+// row, head, batch) rather than rows of qkv (channel, head, row, batch); v is always rows
+// of qkv.
+//
+// Persistent: the grid is at most one block per SM, and a block takes one (head, query
+// block) after another from a ticket counter, heaviest (last) query blocks first, so
+// that the loads of the next Q and its first K and V tiles overlap the last products and
+// the stores of the one before. The producer takes the ticket, writes it to shared
+// memory and then arrives on full_q, which the consumers wait on before they read it;
+// they release Q (empty_q) after their last S product, which also says that they have
+// read the ticket. The ring's stages and phases run on across a block's work, and the
+// block that finishes last zeroes the counter for the next launch. persistent = 0: a
+// block per work, each taking one ticket (the GPU's block scheduler then does the rest).
 namespace tma_fwd {
 constexpr int BM = 128, BN = 128, STAGES = 2, THREADS = 384;
 constexpr int BOX = 128 * 128;  // bytes of one box: 128 rows of 64 channels
 template <int D> constexpr int TILE = D / 64 * BOX;  // bytes of a Q, K or V tile
-// the tiles, 1024 bytes to align them, and the 9 mbarriers
+// the tiles, 1024 bytes to align them, the 10 mbarriers and the ticket's slot
 template <int D> constexpr size_t smem() { return (1 + 2 * STAGES) * TILE<D> + 1024 + 128; }
 }  // namespace tma_fwd
+// The forward's ticket counter and count of finished blocks (zero between launches). One
+// per device: TMA forwards on one device run one at a time (the backend's one stream).
+__device__ int flash_forward_tickets[2];
 
 // The first 1024-byte-aligned byte at or after p in shared memory: where 128-byte
 // swizzled boxes may start (the swizzle repeats every 8 rows of 128 bytes).
@@ -669,7 +686,7 @@ template <int D>
 __global__ void __launch_bounds__(tma_fwd::THREADS, 1)
     flash_forward_tma_kernel(bf16* __restrict__ out, float* __restrict__ lse, const __grid_constant__ CUtensorMap tq,
                              const __grid_constant__ CUtensorMap tk, const __grid_constant__ CUtensorMap tv,
-                             int qk_head_major, int T, int NH, float scale) {
+                             int qk_head_major, int B, int T, int NH, float scale, int persistent) {
     using namespace tma_fwd;
     constexpr int NT = BN / 8;
     trap_without_sm90a();
@@ -679,12 +696,14 @@ __global__ void __launch_bounds__(tma_fwd::THREADS, 1)
     auto sV = [&](int s) { return smem + (1 + STAGES + s) * TILE<D>; };
     uint64_t* full_q = reinterpret_cast<uint64_t*>(smem + (1 + 2 * STAGES) * TILE<D>);
     uint64_t *full_k = full_q + 1, *full_v = full_k + STAGES, *empty_k = full_v + STAGES, *empty_v = empty_k + STAGES;
-    const int bh = blockIdx.x, b = bh / NH, h = bh % NH, C = NH * D;
-    const int q0 = (gridDim.y - 1 - blockIdx.y) * BM;  // heaviest first
-    const int tiles = (min(q0 + BM, T) + BN - 1) / BN;   // causal: keys up to the last valid row
+    uint64_t* empty_q = empty_v + STAGES;
+    int* work_slot = reinterpret_cast<int*>(empty_q + 1);  // the (head, query block) of the Q in sQ
+    const int C = NH * D, heads = B * NH, works = heads * ((T + BM - 1) / BM);
+    // work w: head w % heads, query block (query blocks - 1 - w / heads): heaviest first
+    auto work_q0 = [&](int w) { return ((works - 1 - w) / heads) * BM; };
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     if (threadIdx.x == 0) {
-        mbar_init(full_q, 1);
+        mbar_init(full_q, 1), mbar_init(empty_q, 8);
         for (int s = 0; s < STAGES; s++) {
             mbar_init(full_k + s, 1), mbar_init(full_v + s, 1);  // the producer's arrive_expect_tx
             mbar_init(empty_k + s, 8), mbar_init(empty_v + s, 8);  // one arrival per consumer warp
@@ -696,91 +715,116 @@ __global__ void __launch_bounds__(tma_fwd::THREADS, 1)
     if (warp < 4) {  // the producer warpgroup
         setmaxnreg_dec<24>();
         if (threadIdx.x != 0) return;
-        mbar_arrive_expect_tx(full_q, TILE<D>);
-        for (int c = 0; c < D / 64; c++) tma_rows(sQ + c * BOX, &tq, full_q, qk_head_major, c, q0, h, b);
-        for (int j = 0; j < tiles; j++) {
-            const int s = j % STAGES, use = j / STAGES;
-            if (use > 0) mbar_wait(empty_k + s, (use - 1) & 1);  // K_{j-2} read by every consumer warp
-            mbar_arrive_expect_tx(full_k + s, TILE<D>);
-            for (int c = 0; c < D / 64; c++)
-                tma_rows(sK(s) + c * BOX, &tk, full_k + s, qk_head_major, c, j * BN, h, b);
-            if (use > 0) mbar_wait(empty_v + s, (use - 1) & 1);
-            mbar_arrive_expect_tx(full_v + s, TILE<D>);
-            for (int c = 0; c < D / 64; c++) tma_rows(sV(s) + c * BOX, &tv, full_v + s, false, c, j * BN, h, b);
+        int w = block_ticket(flash_forward_tickets);
+        for (int i = 0, kv = 0;; i++) {  // kv: the K and V tiles issued so far, the ring's position
+            if (i > 0) mbar_wait(empty_q, (i - 1) & 1);  // Q_{i-1} read, the slot too
+            *work_slot = w < works ? w : -1;
+            if (w >= works) {
+                mbar_arrive(full_q);  // the consumers' sign to leave
+                break;
+            }
+            const int b = w % heads / NH, h = w % NH, q0 = work_q0(w);
+            const int tiles = (min(q0 + BM, T) + BN - 1) / BN;  // causal: keys up to the last valid row
+            mbar_arrive_expect_tx(full_q, TILE<D>);  // (releases the slot's store)
+            for (int c = 0; c < D / 64; c++) tma_rows(sQ + c * BOX, &tq, full_q, qk_head_major, c, q0, h, b);
+            // the next work (its latency hides behind the copies); a block per work takes one
+            w = persistent ? block_ticket(flash_forward_tickets) : works;
+            for (int j = 0; j < tiles; j++, kv++) {
+                const int s = kv % STAGES, use = kv / STAGES;
+                if (use > 0) mbar_wait(empty_k + s, (use - 1) & 1);  // K_{kv-2} read by every consumer warp
+                mbar_arrive_expect_tx(full_k + s, TILE<D>);
+                for (int c = 0; c < D / 64; c++)
+                    tma_rows(sK(s) + c * BOX, &tk, full_k + s, qk_head_major, c, j * BN, h, b);
+                if (use > 0) mbar_wait(empty_v + s, (use - 1) & 1);
+                mbar_arrive_expect_tx(full_v + s, TILE<D>);
+                for (int c = 0; c < D / 64; c++) tma_rows(sV(s) + c * BOX, &tv, full_v + s, false, c, j * BN, h, b);
+            }
         }
+        block_tickets_done(flash_forward_tickets);
         return;
     }
 
     setmaxnreg_inc<240>();  // the consumers: 2 x 128 threads x 240 + 128 x 24 fit 64 K registers
     const int wg = warp / 4 - 1, g = lane / 4;
-    const int first = q0 + 64 * wg;  // the warpgroup's rows
-    const int row[2] = {first + 16 * (warp % 4) + g, first + 16 * (warp % 4) + g + 8};
     const float sl2 = scale * LOG2E;
     auto release = [&](uint64_t* bar) {
         if (lane == 0) mbar_arrive(bar);  // after this warp's wgmma_wait: its reads are done
     };
     const unsigned char* sQw = sQ + wg * 64 * 128;  // the warpgroup's 64 rows of each Q box
     auto issue_s = [&](float (&s)[NT][4], int stage) { tma_issue_nt<D, BN>(s, sQw, BOX, sK(stage), BOX); };
-    float o[D / 8][4] = {};
+    float o[D / 8][4];
     auto issue_pv = [&](const uint32_t (&p)[BN / 16][4], int stage) { tma_issue_nn<D, BN>(o, p, sV(stage), BOX); };
     // FlashAttention-3's ping-pong: the consumer warpgroups take turns to issue their
     // products (named barriers 1 and 2 of 256 threads: one warpgroup syncs on its own, the
     // other arrives), so that one's softmax runs while the other's products do. Every turn
-    // of one is preceded by one of the other; warpgroup 0 takes the first, and warpgroup
-    // 1 passes on none after its last, so both barriers end empty.
+    // of one is preceded by one of the other; warpgroup 0 takes the first of each work,
+    // and warpgroup 1 passes on none after its last, so both barriers end each work empty.
     auto my_turn = [&] { wg == 0 ? named_barrier_sync<1, 256>() : named_barrier_sync<2, 256>(); };
     auto your_turn = [&] { wg == 0 ? named_barrier_arrive<2, 256>() : named_barrier_arrive<1, 256>(); };
-    if (wg == 1) your_turn();
-    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, corr[2];
-    uint32_t p[BN / 16][4];  // P_j: the A operand of O += P_j V_j
-    mbar_wait(full_q, 0);
-    {  // tile 0: key 0 is at or below every row
-        float s[NT][4] = {};
-        mbar_wait(full_k, 0);
-        my_turn();
-        issue_s(s, 0);
-        your_turn();
-        wgmma_wait<0>();
-        wgmma_fence_operands(s);
-        release(empty_k);
-        softmax_tile<NT>(s, m, l, corr, row, 0, BN - 1 > first, sl2);
-        acc_to_a<NT>(p, s);
-    }
-    for (int j = 0; j < tiles; j++) {
-        const int s = j % STAGES;
-        // each branch a whole pipeline stage, issue to wait (see flash_forward_wg_kernel)
-        if (j + 1 < tiles) {
-            const int sn_stage = (j + 1) % STAGES;
-            float sn[NT][4] = {};  // S_{j+1}
-            mbar_wait(full_k + sn_stage, (j + 1) / STAGES & 1);
-            mbar_wait(full_v + s, j / STAGES & 1);
+    for (int i = 0, kv = 0;; i++) {  // kv: the K and V tiles consumed so far
+        mbar_wait(full_q, i & 1);
+        const int w = *work_slot;
+        if (w < 0) break;
+        const int bh = w % heads, b = bh / NH, h = bh % NH, q0 = work_q0(w);
+        const int tiles = (min(q0 + BM, T) + BN - 1) / BN;
+        const int first = q0 + 64 * wg;  // the warpgroup's rows
+        const int row[2] = {first + 16 * (warp % 4) + g, first + 16 * (warp % 4) + g + 8};
+        if (wg == 1) your_turn();
+        float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, corr[2];
+        uint32_t p[BN / 16][4];  // P_j: the A operand of O += P_j V_j
+#pragma unroll
+        for (int nt = 0; nt < D / 8; nt++) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.0f;
+        {  // tile 0: key 0 is at or below every row
+            float s[NT][4] = {};
+            const int stage = kv % STAGES;
+            mbar_wait(full_k + stage, kv / STAGES & 1);
             my_turn();
-            issue_s(sn, sn_stage);
-            issue_pv(p, s);
+            issue_s(s, stage);
             your_turn();
-            wgmma_wait<1>();  // S_{j+1} only: P_j V_j may still run
-            wgmma_fence_operands(sn);
-            release(empty_k + sn_stage);
-            const int key0 = (j + 1) * BN;
-            softmax_tile<NT>(sn, m, l, corr, row, key0, key0 + BN - 1 > first, sl2);
-            wgmma_wait<0>();  // P_j V_j
-            wgmma_fence_operands(o);
-            wgmma_fence_operands(p);  // P_j's registers stay P_j's until here
-            release(empty_v + s);
-            rescale_rows<D / 8>(o, corr);
-            acc_to_a<NT>(p, sn);
-        } else {
-            mbar_wait(full_v + s, j / STAGES & 1);
-            my_turn();
-            issue_pv(p, s);
-            if (wg == 0) your_turn();
             wgmma_wait<0>();
-            wgmma_fence_operands(o);
-            wgmma_fence_operands(p);
-            release(empty_v + s);
+            wgmma_fence_operands(s);
+            release(empty_k + stage);
+            if (tiles == 1) __syncwarp(), release(empty_q);  // its last S product (and every lane's read of w)
+            softmax_tile<NT>(s, m, l, corr, row, 0, BN - 1 > first, sl2);
+            acc_to_a<NT>(p, s);
         }
+        for (int j = 0; j < tiles; j++, kv++) {
+            const int s = kv % STAGES;
+            // each branch a whole pipeline stage, issue to wait (see flash_forward_wg_kernel)
+            if (j + 1 < tiles) {
+                const int sn_stage = (kv + 1) % STAGES;
+                float sn[NT][4] = {};  // S_{j+1}
+                mbar_wait(full_k + sn_stage, (kv + 1) / STAGES & 1);
+                mbar_wait(full_v + s, kv / STAGES & 1);
+                my_turn();
+                issue_s(sn, sn_stage);
+                issue_pv(p, s);
+                your_turn();
+                wgmma_wait<1>();  // S_{j+1} only: P_j V_j may still run
+                wgmma_fence_operands(sn);
+                release(empty_k + sn_stage);
+                if (j + 2 == tiles) __syncwarp(), release(empty_q);
+                const int key0 = (j + 1) * BN;
+                softmax_tile<NT>(sn, m, l, corr, row, key0, key0 + BN - 1 > first, sl2);
+                wgmma_wait<0>();  // P_j V_j
+                wgmma_fence_operands(o);
+                wgmma_fence_operands(p);  // P_j's registers stay P_j's until here
+                release(empty_v + s);
+                rescale_rows<D / 8>(o, corr);
+                acc_to_a<NT>(p, sn);
+            } else {
+                mbar_wait(full_v + s, kv / STAGES & 1);
+                my_turn();
+                issue_pv(p, s);
+                if (wg == 0) your_turn();
+                wgmma_wait<0>();
+                wgmma_fence_operands(o);
+                wgmma_fence_operands(p);
+                release(empty_v + s);
+            }
+        }
+        store_forward<D>(out + (size_t)b * T * C + h * D, lse + (size_t)bh * T, o, m, l, row, T, C, scale);
     }
-    store_forward<D>(out + (size_t)b * T * C + h * D, lse + (size_t)bh * T, o, m, l, row, T, C, scale);
 }
 
 // ---- backward on TMA and wgmma with warp specialisation (sm_90a, FlashOptions::tma), in
@@ -844,9 +888,8 @@ struct Smem {
     __device__ uint64_t* dq_empty(int wg) const { return full_o() + 3 + 2 * STAGES + wg; }
     __device__ int* ticket() const { return reinterpret_cast<int*>(full_o() + 5 + 2 * STAGES); }  // (fused)
     // by thread 0, then a block barrier (which also publishes the ticket): full_o takes the
-    // producer's one arrival, full
-    // full_arrivals, empty one per consumer warp; dq_full every thread of its warpgroup,
-    // dq_empty the writer's one
+    // producer's one arrival, full full_arrivals, empty one per consumer warp; dq_full every
+    // thread of its warpgroup, dq_empty the writer's one
     __device__ void init_barriers(int full_arrivals) const {
         if (threadIdx.x == 0) {
             mbar_init(full_o(), 1);
@@ -873,6 +916,7 @@ struct Args {
     float scale;
     float* dq_acc;
     int* dq_sem;
+    int by_key_block;  // (single pass) the tickets' order, below
 };
 
 // Where a consumer thread's element e of n-tile nt of its 64 x 64 dq part lies in the
@@ -980,12 +1024,18 @@ __global__ void __launch_bounds__(tma_bwd::THREADS, 1) flash_dkv_tma_kernel(cons
     uint64_t* full_o = sm.full_o();
     // FUSED: blocks take their work in the order they start, by a ticket, each head's key
     // blocks lightest (last) first: a block then waits only for blocks that have started,
-    // whatever order the GPU launches them in. Else a (B*NH, key blocks) grid, heaviest first.
+    // whatever order the GPU launches them in. The tickets go through the heads one after
+    // another, so that the blocks running at once share their heads' Q and dout in L2, or
+    // (by_key_block) through the last key block of every head, then the one before, so that
+    // the heaviest blocks run last, side by side, and the SMs finish closer together (one
+    // block per SM, T = 2048, 64 heads: 144 steps of a block against 152, if every step took
+    // the same time). Else a (B*NH, key blocks) grid, heaviest first.
     if (FUSED && threadIdx.x == 0) *sm.ticket() = block_ticket(a.dq_sem);
     sm.init_barriers(32);  // the producer warp's lanes, after their stores of the stage's stats
-    const int blocks = (T + BM - 1) / BM, job = FUSED ? *sm.ticket() : 0;
-    const int bh = FUSED ? job / blocks : blockIdx.x, b = bh / NH, h = bh % NH, C = NH * D;
-    const int n = FUSED ? blocks - 1 - job % blocks : blockIdx.y, k0 = n * BM;
+    const int blocks = (T + BM - 1) / BM, job = FUSED ? *sm.ticket() : 0, heads = gridDim.x / blocks;
+    const int bh = !FUSED ? blockIdx.x : a.by_key_block ? job % heads : job / blocks;
+    const int n = !FUSED ? blockIdx.y : blocks - 1 - (a.by_key_block ? job / heads : job % blocks);
+    const int b = bh / NH, h = bh % NH, C = NH * D, k0 = n * BM;
     const int first = k0 / BI, tiles = (T + BI - 1) / BI;  // causal: no query tile before the diagonal
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 
@@ -1448,9 +1498,11 @@ CUtensorMap tma_view(const HeadView& v, bool head_major, int B, int T, int NH, i
 // The launch sequences, used by cuda_backend.
 // wgmma: the WG kernels (the caller checks wgmma_built()); RoPE is then rotated first.
 // warps: 4 or 8 per forward block (64 or 128 query rows). tma: flash_forward_tma_kernel
-// (sm_90a too; RoPE rotated first, warps and wgmma ignored).
+// (sm_90a too; RoPE rotated first, warps and wgmma ignored), on one block per SM, or
+// (tma_block_per_work) as many blocks as works, so that the GPU's own block scheduler
+// runs them.
 void flash_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH, float rope_theta,
-                   bool rope_on_load, bool wgmma, int warps, bool tma = false) {
+                   bool rope_on_load, bool wgmma, int warps, bool tma = false, bool tma_block_per_work = false) {
     const int hs = check_flash("attention_flash_forward", B, T, C, NH, rope_theta, {out, qkv});
     const float scale = 1.0f / std::sqrt((float)hs);
     const Rope mode = rope_mode(rope_theta, rope_on_load && !wgmma && !tma);
@@ -1464,14 +1516,18 @@ void flash_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, 
         const CUtensorMap tq = tma_view(in[0], qk_head_major, B, T, NH, hs, 128),
                           tk = tma_view(in[1], qk_head_major, B, T, NH, hs, 128),
                           tv = tma_view(in[2], false, B, T, NH, hs, 128);
-        const dim3 grid(B * NH, ceil_div(T, tma_fwd::BM));
+        const int works = B * NH * ceil_div(T, tma_fwd::BM);  // (head, query block) pairs
+        int device = 0, sms = 0;
+        cudaCheck(cudaGetDevice(&device));
+        cudaCheck(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+        const int grid = tma_block_per_work ? works : std::min(works, sms);
         with_head_size(hs, [&](auto d) {
             constexpr int D = decltype(d)::value;
             auto* fwd = flash_forward_tma_kernel<D>;
             static bool once = (allow_smem(fwd, tma_fwd::smem<D>()), true);
             (void)once;
-            LNS_LAUNCH(fwd, grid, tma_fwd::THREADS, tma_fwd::smem<D>(), out, lse, tq, tk, tv, qk_head_major, T, NH,
-                       scale);
+            LNS_LAUNCH(fwd, grid, tma_fwd::THREADS, tma_fwd::smem<D>(), out, lse, tq, tk, tv, qk_head_major, B, T,
+                       NH, scale, (int)!tma_block_per_work);
         });
         cudaCheckLaunch();
         return;
@@ -1508,7 +1564,7 @@ void flash_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, 
 
 void flash_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out, const float* lse, int B, int T,
                     int C, int NH, float rope_theta, bool rope_on_load, bool wgmma, bool tma = false,
-                    bool tma_dq_kernel = false) {
+                    bool tma_dq_kernel = false, bool tma_by_key_block = false) {
     const int hs = check_flash("attention_flash_backward", B, T, C, NH, rope_theta, {dqkv, dout, qkv, out});
     const float scale = 1.0f / std::sqrt((float)hs);
     const Rope mode = rope_mode(rope_theta, rope_on_load && !wgmma && !tma);
@@ -1535,7 +1591,7 @@ void flash_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* o
                           do_out = view(dout_v, false, BM), do_in = view(dout_v, false, BI);
         const float2* rope_back = mode == Rope::none ? nullptr : rope;
         const tma_bwd::Args dq_args{q_out, do_out, k_in, v_in, dqkv, lse, Dv, rope_back, qk_head_major, T, NH, scale,
-                                    nullptr, nullptr};
+                                    nullptr, nullptr, tma_by_key_block};
         tma_bwd::Args dkv_args = dq_args;
         dkv_args.q = q_in, dkv_args.dout = do_in, dkv_args.k = k_out, dkv_args.v = v_out;
         const int tiles = ceil_div(T, BI), blocks = ceil_div(T, BM);

@@ -324,6 +324,16 @@ __device__ __forceinline__ void semaphore_add(int* p, int value) {
 // The next number of a counter in global memory (zeroed before the launch): blocks that
 // take their work by it take it in the order they start.
 __device__ __forceinline__ int block_ticket(int* counter) { return atomicAdd(counter, 1); }
+// For counters that reset themselves: t[0] the ticket counter, t[1] the blocks that have
+// taken their last ticket. One thread per block calls this after its last block_ticket(t);
+// the grid's last zeroes both, so that the next launch finds them zero.
+__device__ __forceinline__ void block_tickets_done(int* t) {
+    __threadfence();  // this block's tickets before its count
+    if (atomicAdd(t + 1, 1) == (int)(gridDim.x * gridDim.y * gridDim.z) - 1) {
+        __threadfence();  // every block's count (and so its tickets) before the reset
+        atomicExch(t, 0), atomicExch(t + 1, 0);
+    }
+}
 // The warpgroup's register budget per thread, raised or lowered (all its warps execute it).
 template <int REGS>
 __device__ __forceinline__ void setmaxnreg_inc() {

@@ -249,7 +249,9 @@ attn_table() {
     echo "flash_rope_on_load: with RoPE in its two placements (the faster should be the default);"
     echo "flash_wgmma: sm_90a products; *_8warps: 128-row forward blocks (the backward is unchanged);"
     echo "flash_tma: the warp-specialised TMA + wgmma kernels (sm_90a; _rope_first: with RoPE rotated first),"
-    echo "the backward in one pass with dq added in order; flash_tma_dq_kernel: that backward as two kernels."
+    echo "the forward persistent, the backward in one pass with dq added in order; flash_tma_dq_kernel: that"
+    echo "backward as two kernels; flash_tma_block_per_work: that forward on a block per (head, query block);"
+    echo "flash_tma_bwd_by_key_block: that backward's blocks in turn by key block across heads, not head by head."
     echo
     attn_table
     echo

@@ -354,9 +354,11 @@ const FlashVariant FLASH_VARIANTS[] = {{"default", {}},
                                        {"rope_on_load, 8 warps", {true, false, 8}},
                                        {"wgmma, 8 warps", {false, true, 8}},
                                        {"tma", {false, false, 4, true}},
-                                       {"tma, dq kernel", {false, false, 4, true, true}}};
-// the tests below pick variants by index: 3..5 the 8-warp twins of 0..2, 6 and 7 the TMA kernels
-static_assert(std::size(FLASH_VARIANTS) == 8, "variant indices");
+                                       {"tma, dq kernel", {false, false, 4, true, true}},
+                                       {"tma, forward block per work", {false, false, 4, true, false, true}},
+                                       {"tma, backward by key block", {false, false, 4, true, false, false, true}}};
+// the tests below pick variants by index: 3..5 the 8-warp twins of 0..2, 6..9 the TMA kernels
+static_assert(std::size(FLASH_VARIANTS) == 10, "variant indices");
 
 // n floats on the device (lse), released at scope exit.
 struct DevF32 {
@@ -476,6 +478,14 @@ GPU_TEST_CASE("CUDA flash attention variants agree on partial tiles", "[attentio
             CHECK(max_rel_err(qkv_part(dqkv[7], BT, C, 0), qkv_part(dqkv[6], BT, C, 0)) < FLASH_GRAD_TOL);
             CHECK(qkv_part(dqkv[7], BT, C, 1) == qkv_part(dqkv[6], BT, C, 1));
             CHECK(qkv_part(dqkv[7], BT, C, 2) == qkv_part(dqkv[6], BT, C, 2));
+            // a work's rows come out the same whichever block takes it, and dq's parts add
+            // in the same order whichever order the blocks start in
+            for (int i : {8, 9}) {
+                INFO("variant " << FLASH_VARIANTS[i].name);
+                CHECK(out[i] == out[6]);
+                CHECK(lse[i] == lse[6]);
+                CHECK(dqkv[i] == dqkv[6]);
+            }
         }
     }
 #endif
@@ -483,7 +493,10 @@ GPU_TEST_CASE("CUDA flash attention variants agree on partial tiles", "[attentio
 
 // The TMA backward's dq is summed in global memory in an order its blocks agree on
 // through counters: a larger shape on a GPU (16 key blocks per head, 32 heads: many
-// blocks at once, several waiting) gives a wrong order more chances to show.
+// blocks at once, several waiting) gives a wrong order more chances to show. There the
+// persistent TMA forward's blocks also take many works each, in an order that varies
+// between runs: its output must be that of one block per work; and the backward's blocks
+// taken in another order must give the same bits.
 GPU_TEST_CASE("CUDA flash attention backward is bitwise deterministic", "[attention][flash]") {
 #ifndef ENABLE_FP32
     struct Shape {
@@ -500,7 +513,10 @@ GPU_TEST_CASE("CUDA flash attention backward is bitwise deterministic", "[attent
         DevBuf d_qkv(n3), d_out(n1), d_dout(n1), d_dqkv(n3);
         DevF32 d_lse((size_t)B * NH * T);
         d_qkv.set(randn(n3, 610)), d_dout.set(randn(n1, 611));
-        for (const FlashVariant& variant : {FLASH_VARIANTS[0], FLASH_VARIANTS[6]}) {  // default, TMA (dq in order)
+        std::vector<float> tma_out, tma_lse, tma_dqkv;
+        // default, TMA (dq in order), and the TMA variants that change only which block does what
+        for (int v : {0, 6, 8, 9}) {
+            const FlashVariant& variant = FLASH_VARIANTS[v];
             INFO("variant " << variant.name << ", B " << B << " T " << T << " NH " << NH << " hs " << hs);
             Gpu::attention_flash_options(variant.options);
             std::vector<float> first;
@@ -514,6 +530,12 @@ GPU_TEST_CASE("CUDA flash attention backward is bitwise deterministic", "[attent
                     CHECK(got == first);
             }
             Gpu::attention_flash_options({});
+            if (v == 6) tma_out = d_out.get(), tma_lse = d_lse.get(), tma_dqkv = first;
+            if (v > 6) {
+                CHECK(d_out.get() == tma_out);
+                CHECK(d_lse.get() == tma_lse);
+                CHECK(first == tma_dqkv);
+            }
         }
     }
 #endif

@@ -122,7 +122,8 @@ const std::pair<const char*, cuda_backend::FlashOptions> FLASH_VARIANTS[] = {
     {"8 warps", {false, false, 8}},
     {"wgmma, 8 warps", {false, true, 8}},
     {"tma", {false, false, 4, true}},
-    {"tma, dq kernel", {false, false, 4, true, true}}};
+    {"tma, dq kernel", {false, false, 4, true, true}},
+    {"tma, forward block per work", {false, false, 4, true, false, true}}};
 
 // One head of T = 150 (three key tiles, the last partial) through the flash pair with
 // RoPE, in one of the variants, on fresh buffers.

@@ -200,6 +200,8 @@ template <class T>
 inline T __shfl_down_sync(unsigned mask, T v, unsigned delta) {
     return emu_shfl(mask, v, (int)delta, true);
 }
+// a shuffle is a warp collective: every lane arrives before any goes on
+inline void __syncwarp(unsigned mask = 0xffffffffu) { (void)emu_shfl(mask, 0u, 0, false); }
 // Explicit roundings: each a separate fp32 rounding, as on the GPU. The empty asm makes the
 // result opaque, so a build that contracts to FMA (EMU_FMA=1) cannot fuse them.
 inline float emu_rounded(float r) {
@@ -307,6 +309,9 @@ __device__ __forceinline__ void bulk_wait() {
 __device__ __forceinline__ void semaphore_wait(const int* p, int value) { emu::semaphore_wait(p, value); }
 __device__ __forceinline__ void semaphore_add(int* p, int value) { emu::semaphore_add(p, value); }
 __device__ __forceinline__ int block_ticket(int* counter) { return (*counter)++; }  // blocks run in turn
+__device__ __forceinline__ void block_tickets_done(int* t) {
+    if (++t[1] == (int)(emu::grid_dim.x * emu::grid_dim.y * emu::grid_dim.z)) t[0] = t[1] = 0;
+}
 template <int REGS>
 __device__ __forceinline__ void setmaxnreg_inc() {}
 template <int REGS>

@@ -72,6 +72,15 @@ cudaError_t get_device_count(int* n) {
 
 cudaError_t set_device(int device) { return device == 0 ? cudaSuccess : cudaErrorInvalidDevice; }
 
+cudaError_t device_get_attribute(int* value, cudaDeviceAttr attr, int device) {
+    if (device != 0) return cudaErrorInvalidDevice;
+    if (attr != cudaDevAttrMultiProcessorCount) return cudaErrorInvalidValue;
+    cudaDeviceProp p;
+    get_device_properties(&p, device);
+    *value = p.multiProcessorCount;
+    return cudaSuccess;
+}
+
 cudaError_t get_device_properties(cudaDeviceProp* p, int device) {
     if (device != 0) return cudaErrorInvalidDevice;
     *p = cudaDeviceProp{};

@@ -35,6 +35,7 @@ constexpr size_t DEVICE_BYTES = (size_t)16 << 30;  // what cudaMemGetInfo report
 cudaError_t get_device_count(int* n);
 cudaError_t set_device(int device);
 cudaError_t get_device_properties(cudaDeviceProp* p, int device);
+cudaError_t device_get_attribute(int* value, cudaDeviceAttr attr, int device);  // the SM count only
 cudaError_t stream_create(cudaStream_t* s);
 cudaError_t stream_synchronize(cudaStream_t s);
 cudaError_t device_malloc(void** p, size_t bytes);
@@ -99,6 +100,8 @@ ncclResult_t nccl_broadcast(const void* send, void* recv, size_t count, ncclData
 #define cudaGetDeviceCount(n) emu::get_device_count(n)
 #define cudaSetDevice(d) emu::set_device(d)
 #define cudaGetDeviceProperties(p, d) emu::get_device_properties(p, d)
+#define cudaGetDevice(d) (*(d) = 0, cudaSuccess)
+#define cudaDeviceGetAttribute(v, attr, d) emu::device_get_attribute(v, attr, d)
 #define cudaFuncGetAttributes(attr, kernel) ((void)(attr), (void)(kernel), cudaSuccess)
 #define cudaStreamCreate(s) emu::stream_create(s)
 #define cudaStreamSynchronize(s) emu::stream_synchronize(s)
