@@ -89,3 +89,20 @@ TEST_CASE("train_gpt --attention flash and naive give the same losses on the CPU
     CHECK(run_command(repo_root() + "/train_gpt --device cpu --attention fast --steps 1", &out) != 0);
     CHECK(out.find("--attention") != std::string::npos);
 }
+
+// The helper the GPU flash tests print on a failure: which rows and columns are off.
+TEST_CASE("mismatch_map names the rows and columns that are off, as ranges", "[flash]") {
+    const size_t rows = 130, cols = 128;
+    std::vector<float> want = randn(rows * cols, 5), got = want;
+    CHECK(mismatch_map(got, want, rows, cols, 1e-3) == "none");
+    for (size_t r = 64; r < 130; r++)
+        for (size_t c = 64; c < 128; c++) got[r * cols + c] += 0.5f;  // a whole box of channels, past a tile
+    got[3 * cols + 7] = NAN;
+    CHECK(mismatch_map(got, want, rows, cols, 1e-3) == "rows 3 64-129; cols 7 64-127");
+    // within the tolerance, relative to the largest |want|: not off
+    CHECK(mismatch_map(got, want, rows, cols, 10.0) == "rows 3; cols 7");
+    CHECK(mismatch_map(got, want, rows, cols + 1, 1e-3) == "sizes differ");
+    std::vector<float> every_other = want;
+    for (size_t r = 0; r < 40; r += 2) every_other[r * cols] += 1.0f;
+    CHECK(mismatch_map(every_other, want, rows, cols, 1e-3) == "rows 0 2 4 6 8 10 12 14 ...; cols 0");
+}

@@ -68,6 +68,39 @@ inline double max_rel_err(const std::vector<float>& a, const std::vector<float>&
     return a.size() == b.size() ? max_rel_err(a.data(), b.data(), a.size()) : INFINITY;
 }
 
+// Where a (rows, cols) row-major tensor a is off b by more than tol * max|b| (or NaN where
+// b is not): its rows and columns with such entries, as ranges, "rows 64-129; cols 0-63",
+// or "none". A failing GPU kernel's pattern (whole column blocks, rows past a tile,
+// every other head) points at its cause.
+inline std::string mismatch_map(const std::vector<float>& a, const std::vector<float>& b, size_t rows, size_t cols,
+                                double tol) {
+    if (a.size() != b.size() || a.size() != rows * cols) return "sizes differ";
+    double scale = 0.0;
+    for (float v : b)
+        if (std::isfinite(v)) scale = std::fmax(scale, std::fabs((double)v));
+    std::vector<char> bad_row(rows, 0), bad_col(cols, 0);
+    for (size_t r = 0; r < rows; r++)
+        for (size_t c = 0; c < cols; c++) {
+            const float x = a[r * cols + c], y = b[r * cols + c];
+            const bool ok = std::isfinite(x) && std::isfinite(y) ? std::fabs((double)x - y) <= tol * scale : x == y;
+            if (!ok) bad_row[r] = bad_col[c] = 1;
+        }
+    auto ranges = [](const std::vector<char>& bad) {
+        std::string s;
+        int shown = 0;
+        for (size_t i = 0; i < bad.size(); i++) {
+            if (!bad[i] || (i > 0 && bad[i - 1])) continue;
+            size_t j = i;
+            while (j + 1 < bad.size() && bad[j + 1]) j++;
+            if (++shown > 8) return s + " ...";
+            s += (s.empty() ? "" : " ") + std::to_string(i) + (j > i ? "-" + std::to_string(j) : "");
+        }
+        return s.empty() ? std::string("none") : s;
+    };
+    const std::string r = ranges(bad_row);
+    return r == "none" ? r : "rows " + r + "; cols " + ranges(bad_col);
+}
+
 // Part `part` (0 q, 1 k, 2 v) of a (B*T, 3C) tensor, as (B*T, C).
 inline std::vector<float> qkv_part(const std::vector<float>& x, int BT, int C, int part) {
     std::vector<float> r((size_t)BT * C);
