@@ -88,14 +88,22 @@ struct TmaCase {
 // the backward at D = 128
 const int WGMMA_SHAPES[][3] = {{64, 64, 64}, {64, 128, 128}, {32, 128, 128}};
 
+// got against the host GEMM's want (rows x cols) within PROBE_TOL; if not, where it is off
+// (whole column blocks: a descriptor's stride; rows past 8 or 16: a fragment's layout)
+void check_gemm(const std::vector<float>& got, const std::vector<float>& want, size_t rows, size_t cols) {
+    const double err = max_rel_err(got, want);
+    INFO("error " << err << (err < PROBE_TOL ? "" : ", off at " + mismatch_map(got, want, rows, cols, PROBE_TOL)));
+    CHECK(err < PROBE_TOL);
+}
+
 }  // namespace
 
 TEST_CASE("PTX probes on the CPU emulator match a host GEMM", "[flash][emulation]") {
     const MmaCase c;
     std::vector<float> nt(256, NAN), nn(256, NAN);
     probe_mma(nt.data(), nn.data(), c.a.v.data(), c.bt.v.data(), c.bn.v.data(), c.a_rows);
-    CHECK(max_rel_err(nt, c.want_nt) < PROBE_TOL);
-    CHECK(max_rel_err(nn, c.want_nn) < PROBE_TOL);
+    check_gemm(nt, c.want_nt, 16, 16);
+    check_gemm(nn, c.want_nn, 16, 16);
     for (const auto& sh : WGMMA_SHAPES) {
         const WgmmaCase w(sh[0], sh[1], sh[2]);
         std::vector<float> s((size_t)64 * w.n, NAN), o((size_t)64 * w.dv, NAN);
@@ -104,8 +112,8 @@ TEST_CASE("PTX probes on the CPU emulator match a host GEMM", "[flash][emulation
                 s.data(), o.data(), w.a1.v.data(), w.b1.v.data(), w.a2.v.data(), w.b2.v.data());
         }));
         INFO("n " << w.n << " k " << w.k << " dv " << w.dv);
-        CHECK(max_rel_err(s, w.want_s) < PROBE_TOL);
-        CHECK(max_rel_err(o, w.want_o) < PROBE_TOL);
+        check_gemm(s, w.want_s, 64, w.n);
+        check_gemm(o, w.want_o, 64, w.dv);
     }
     for (int d : {64, 128}) {
         const TmaCase t(d);
@@ -117,9 +125,9 @@ TEST_CASE("PTX probes on the CPU emulator match a host GEMM", "[flash][emulation
             probe_tma<128>(s.data(), o.data(), u.data(), t.a.v.data(), t.a_rows, t.b1.v.data(), t.b2.v.data(),
                            t.a2.v.data());
         INFO("tma d " << d);
-        CHECK(max_rel_err(s, t.want_s) < PROBE_TOL);
-        CHECK(max_rel_err(o, t.want_o) < PROBE_TOL);
-        CHECK(max_rel_err(u, t.want_u) < PROBE_TOL);
+        check_gemm(s, t.want_s, 64, 128);
+        check_gemm(o, t.want_o, 64, d);
+        check_gemm(u, t.want_u, 64, 64);
     }
 }
 
@@ -128,8 +136,8 @@ TEST_CASE("PTX probes on the GPU match a host GEMM", "[gpu][flash]") {
     std::vector<float> nt(256, NAN), nn(256, NAN);
     REQUIRE(ptx_probe::mma(nt.data(), nn.data(), c.a.bits(), c.bt.bits(), c.bn.bits(), c.a_rows));
     INFO("ldmatrix + mma.sync (A B^T), then ldmatrix.trans (A B); cp.async zero-fill of A's last rows");
-    CHECK(max_rel_err(nt, c.want_nt) < PROBE_TOL);
-    CHECK(max_rel_err(nn, c.want_nn) < PROBE_TOL);
+    check_gemm(nt, c.want_nt, 16, 16);
+    check_gemm(nn, c.want_nn, 16, 16);
     for (const auto& sh : WGMMA_SHAPES) {
         const WgmmaCase w(sh[0], sh[1], sh[2]);
         std::vector<float> s((size_t)64 * w.n, NAN), o((size_t)64 * w.dv, NAN);
@@ -138,8 +146,8 @@ TEST_CASE("PTX probes on the GPU match a host GEMM", "[gpu][flash]") {
             break;
         }
         INFO("wgmma n " << w.n << " k " << w.k << " dv " << w.dv << ": K-major B1 (wgmma_nt), N-major B2 (wgmma_nn)");
-        CHECK(max_rel_err(s, w.want_s) < PROBE_TOL);
-        CHECK(max_rel_err(o, w.want_o) < PROBE_TOL);
+        check_gemm(s, w.want_s, 64, w.n);
+        check_gemm(o, w.want_o, 64, w.dv);
     }
     for (int d : {64, 128}) {
         const TmaCase t(d);
@@ -151,9 +159,9 @@ TEST_CASE("PTX probes on the GPU match a host GEMM", "[gpu][flash]") {
         }
         INFO("tma d " << d << ": TMA 128-byte swizzle with zero fill, A and B by descriptor (s), B N-major (o); "
                              "A M-major, bulk copy then bulk reduction (u)");
-        CHECK(max_rel_err(s, t.want_s) < PROBE_TOL);
-        CHECK(max_rel_err(o, t.want_o) < PROBE_TOL);
-        CHECK(max_rel_err(u, t.want_u) < PROBE_TOL);
+        check_gemm(s, t.want_s, 64, 128);
+        check_gemm(o, t.want_o, 64, d);
+        check_gemm(u, t.want_u, 64, 64);
     }
 }
 
