@@ -29,6 +29,12 @@ struct WarpOrder {
     }
 };
 
+// The emulator's resident blocks for a scope.
+struct ResidentBlocks {
+    explicit ResidentBlocks(int n) { emu::set_resident_blocks(n); }
+    ~ResidentBlocks() { emu::set_resident_blocks(1); }
+};
+
 struct Outcome {
     float loss;
     std::vector<float> grads, params, decoded;
@@ -123,17 +129,18 @@ const std::pair<const char*, cuda_backend::FlashOptions> FLASH_VARIANTS[] = {
     {"wgmma, 8 warps", {false, true, 8}},
     {"tma", {false, false, 4, true}},
     {"tma, dq kernel", {false, false, 4, true, true}},
-    {"tma, forward block per work", {false, false, 4, true, false, true}}};
+    {"tma, forward block per work", {false, false, 4, true, false, true}},
+    {"tma, backward by key block", {false, false, 4, true, false, false, true}}};
 
-// One head of T = 150 (three key tiles, the last partial) through the flash pair with
-// RoPE, in one of the variants, on fresh buffers.
+// One head of T = 150 (three key tiles, the last partial), or NH heads of T, through the
+// flash pair with RoPE, in one of the variants, on fresh buffers.
 struct FlashRun {
-    static constexpr int B = 1, T = 150, NH = 1;
-    const int C;
+    static constexpr int B = 1;
+    const int T, NH, C;
     const size_t n3, n1;
     Buf qkv, dout, out, lse, dqkv;
-    FlashRun(int hs, cuda_backend::FlashOptions options)
-        : C(NH * hs), n3((size_t)B * T * 3 * C), n1((size_t)B * T * C), qkv(n3 * sizeof(floatX)),
+    FlashRun(int hs, cuda_backend::FlashOptions options, int T_ = 150, int NH_ = 1)
+        : T(T_), NH(NH_), C(NH * hs), n3((size_t)B * T * 3 * C), n1((size_t)B * T * C), qkv(n3 * sizeof(floatX)),
           dout(n1 * sizeof(floatX)), out(n1 * sizeof(floatX)), lse((size_t)B * NH * T * 4), dqkv(n3 * sizeof(floatX)) {
         cuda_backend::upload_f32(qkv.x(), randn(n3, 610).data(), n3);
         cuda_backend::upload_f32(dout.x(), randn(n1, 611).data(), n1);
@@ -248,6 +255,36 @@ TEST_CASE("the emulator counts shared-memory wavefronts and global sectors", "[e
         CHECK(s.cp_async_sectors == (stride == 16 ? 16 : 32));
         CHECK(s.cp_async_wavefronts == (stride == 16 ? 4 : 32));  // 128-byte destination rows: 8-way
     }
+}
+
+// The TMA kernels' blocks wait on one another (the one-pass backward's counters) and share
+// their work (the forward's and the backward's tickets). Four at a time, taking turns a
+// step each or the newest first (which then gets ahead of the blocks it must wait for),
+// they must give the bits they give one after another: two heads of T = 300, three key
+// blocks each (the last waits for none, the first for both others) over five query
+// tiles, and six forward works.
+TEST_CASE("emulated backend: TMA flash blocks running at once give the bits of blocks in turn",
+          "[emulation][flash]") {
+#ifndef ENABLE_FP32
+    for (int hs : {64, 128})
+        for (const auto& [name, options] : FLASH_VARIANTS) {
+            if (!options.tma) continue;
+            DYNAMIC_SECTION("hs " << hs << " variant " << name) {
+                std::vector<unsigned char> got[3];
+                for (int r = 0; r < 3; r++) {
+                    INFO((r == 0 ? "in turn" : r == 1 ? "4 at once, taking turns" : "4 at once, newest first"));
+                    ResidentBlocks resident(r ? 4 : 1);
+                    WarpOrder w(r == 2 ? emu::Order::reverse : emu::Order::forward);
+                    FlashRun run(hs, options, 300, 2);
+                    run.forward();
+                    run.backward();
+                    got[r] = run.results();
+                }
+                CHECK(got[1] == got[0]);
+                CHECK(got[2] == got[0]);
+            }
+        }
+#endif
 }
 
 // The padded tiles (attention_flash.cuh: ROW_STRIDE) and the core-matrix tiles of the
@@ -455,6 +492,18 @@ TEST_CASE("emulated bulk copies read at their read wait and write at completion;
     counter = 0;
     CHECK_THROWS_WITH(LNS_LAUNCH(semaphore_kernel, 1, 32, 16, &counter, dst, true, true),
                       Catch::Contains("before this thread's bulk copies have completed"));
+    {  // blocks at once: a wait on a later block ends if that block is resident too
+        ResidentBlocks resident(4);
+        counter = 0;
+        LNS_LAUNCH(semaphore_kernel, 4, 32, 16, &counter, dst, false, false);
+        CHECK(counter == 4);
+        counter = 0;  // 5 blocks, 4 at a time: blocks 0..3 wait for block 4, which never starts
+        CHECK_THROWS_WITH(LNS_LAUNCH(semaphore_kernel, 5, 32, 16, &counter, dst, false, false),
+                          Catch::Contains("every resident block waits so"));
+        counter = 0;  // and after that failure, a launch starts afresh
+        LNS_LAUNCH(semaphore_kernel, 3, 32, 16, &counter, dst, false, false);
+        CHECK(counter == 3);
+    }
 }
 
 // 1/3 in each thread's rounding mode: the host's, also on fibers reused from an earlier launch

@@ -105,7 +105,7 @@ void context_refresh_fp(Context&) {}  // ucontext keeps each context's own FP en
 
 constexpr size_t STACK_BYTES = 256 * 1024;
 
-enum class State { ready, barrier, collective, mbarrier, named, bulk, done };
+enum class State { ready, barrier, collective, mbarrier, named, bulk, semaphore, done };
 enum class Op { none, shfl, shfl_down, ldmatrix, ldmatrix_trans, mma, wgmma };
 
 struct AsyncCopy {
@@ -215,6 +215,8 @@ struct Thread {
     long bulk_committed = 0;
     int bulk_pending = 0;  // State::bulk: the wait_group's argument, and whether it is .read
     bool bulk_read_only = false;
+    const int* sem = nullptr;  // State::semaphore: the counter and the value waited for
+    int sem_value = 0;
 };
 
 struct Block {
@@ -245,10 +247,20 @@ struct Block {
     const std::function<void()>* fn = nullptr;
     unsigned char* smem = nullptr;
     size_t smem_bytes = 0;
-    Order order = Order::forward;
-    Landing landing = Landing::late;
+    Index idx;  // its blockIdx
+    unsigned long seq = 0;  // its place in the launch order
+    std::vector<unsigned char> own_smem;  // (resident blocks) its shared memory, aligned within
 };
-Block g;
+// The blocks of a launch that may run at once (set_resident_blocks), and the one running.
+std::vector<std::unique_ptr<Block>> g_blocks = [] {
+    std::vector<std::unique_ptr<Block>> v;
+    v.push_back(std::make_unique<Block>());
+    return v;
+}();
+Block* g = g_blocks[0].get();
+Order g_order = Order::forward;
+Landing g_landing = Landing::late;
+int g_resident = 1;
 
 MemStats g_stats;
 
@@ -269,25 +281,25 @@ int wavefronts8(const unsigned char* const (&chunk)[8], int n = 8) {
 
 [[noreturn]] void fail(const std::string& what) {
     throw Error("emulated block (" + std::to_string(block_idx.x) + "," + std::to_string(block_idx.y) +
-                ") thread " + std::to_string(g.current ? g.current->idx.x : 0) + ": " + what);
+                ") thread " + std::to_string(g->current ? g->current->idx.x : 0) + ": " + what);
 }
 
-int tid_of(const Thread* t) { return (int)(t - g.threads.data()); }
-size_t chunk_of(const void* p) { return (size_t)(static_cast<const unsigned char*>(p) - g.smem) / 16; }
+int tid_of(const Thread* t) { return (int)(t - g->threads.data()); }
+size_t chunk_of(const void* p) { return (size_t)(static_cast<const unsigned char*>(p) - g->smem) / 16; }
 
 void check_smem(const void* p, size_t bytes, const char* op) {
     const unsigned char* c = static_cast<const unsigned char*>(p);
-    if (c < g.smem || c + bytes > g.smem + g.smem_bytes)
-        fail(std::string(op) + ": shared-memory access at offset " + std::to_string((long)(c - g.smem)) +
-             " outside the launch's " + std::to_string(g.smem_bytes) + " bytes");
+    if (c < g->smem || c + bytes > g->smem + g->smem_bytes)
+        fail(std::string(op) + ": shared-memory access at offset " + std::to_string((long)(c - g->smem)) +
+             " outside the launch's " + std::to_string(g->smem_bytes) + " bytes");
     if ((uintptr_t)c % 16 != 0) fail(std::string(op) + ": shared-memory address not 16-byte aligned");
 }
 
 // Leaves the fiber for the scheduler until it is made ready again.
 void block_on(State s) {
-    Thread* t = g.current;
+    Thread* t = g->current;
     t->state = s;
-    context_switch(t->ctx, g.scheduler);
+    context_switch(t->ctx, g->scheduler);
 }
 
 // Errors inside a fiber cannot unwind through a context switch; they are carried out
@@ -297,18 +309,18 @@ std::string g_error;
 // A fiber's whole life: the emulated threads the scheduler starts on it, one by one.
 [[noreturn]] void fiber_loop() {
     for (;;) {
-        g.current->parked = false;
+        g->current->parked = false;
         try {
-            (*g.fn)();
-            if (!g.current->bulk.empty())
-                throw Error("thread " + std::to_string(tid_of(g.current)) +
+            (*g->fn)();
+            if (!g->current->bulk.empty())
+                throw Error("thread " + std::to_string(tid_of(g->current)) +
                             " exits with bulk copies it has not waited for (cp.async.bulk.wait_group)");
         } catch (const std::exception& e) {
             g_error = e.what();
         }
-        g.current->state = State::done;
-        g.current->parked = true;
-        context_switch(g.current->ctx, g.scheduler);
+        g->current->state = State::done;
+        g->current->parked = true;
+        context_switch(g->current->ctx, g->scheduler);
     }
 }
 
@@ -356,7 +368,7 @@ void resolve(Thread* lanes) {
             g_stats.ldmatrix_wavefronts += wavefronts8(rows);
             uint16_t m[8][8];
             for (int r = 0; r < 8; r++) {
-                const int owner = g.unpublished[chunk_of(lanes[8 * i + r].ptr)];
+                const int owner = g->unpublished[chunk_of(lanes[8 * i + r].ptr)];
                 if (owner >= 0 && owner != tid_of(&lanes[8 * i + r]))
                     fail("ldmatrix reads shared memory thread " + std::to_string(owner) +
                          "'s cp.async wait landed, with no barrier since");
@@ -452,15 +464,15 @@ size_t desc_offset(uint64_t desc, int mn, int k, bool mn_major) {
 
 // One bf16 of a wgmma operand in shared memory, with the checks on how it landed.
 float desc_element(size_t off, const char* what) {
-    check_smem(g.smem + (off & ~(size_t)15), 16, what);
+    check_smem(g->smem + (off & ~(size_t)15), 16, what);
     const size_t ch = off / 16;
-    if (g.unpublished[ch] >= 0)
-        fail(std::string(what) + " reads shared memory a cp.async landed (thread " + std::to_string(g.unpublished[ch]) +
+    if (g->unpublished[ch] >= 0)
+        fail(std::string(what) + " reads shared memory a cp.async landed (thread " + std::to_string(g->unpublished[ch]) +
              ") that no barrier has published since");
-    if (g.lander[ch] >= 0 && !g.proxy_fenced[ch])
+    if (g->lander[ch] >= 0 && !g->proxy_fenced[ch])
         fail(std::string(what) + " reads cp.async data without a fence.proxy.async by the thread that waited for it");
     uint16_t u;
-    std::memcpy(&u, g.smem + off, 2);
+    std::memcpy(&u, g->smem + off, 2);
     return __bfloat162float(__ushort_as_bfloat16(u));
 }
 
@@ -511,7 +523,7 @@ void resolve_wgmma(Thread* th) {
 // A warp's 128-bit accesses are served a quarter-warp (8 lanes) at a time. Its global
 // reads touch 32-byte sectors: at best its bytes / 32 of them.
 void count_cp_async_accesses() {
-    for (const auto& warp : g.cp_lanes)
+    for (const auto& warp : g->cp_lanes)
         for (const auto& instr : warp) {
             g_stats.cp_async++;
             for (int phase = 0; phase < 4; phase++) {
@@ -531,8 +543,8 @@ void count_cp_async_accesses() {
 }
 
 bool mbar_passed(const Thread& t) {
-    auto it = g.mbars.find(t.mbar);
-    return it != g.mbars.end() && (it->second.phase & 1) != t.mbar_parity;
+    auto it = g->mbars.find(t.mbar);
+    return it != g->mbars.end() && (it->second.phase & 1) != t.mbar_parity;
 }
 
 void mbar_complete_tx(MBarrier& b, long bytes) {
@@ -558,26 +570,26 @@ void land(const TmaCopy& c) {
             uint16_t v = 0;
             if (in_row && x0 >= 0 && x0 < (long)m.dims[0])
                 std::memcpy(&v, m.base + x0 * 2 + x1 * m.strides[0] + x2 * m.strides[1] + x3 * m.strides[2], 2);
-            size_t off = (size_t)(c.dst - g.smem) + r * 128 + i0 * 2;
+            size_t off = (size_t)(c.dst - g->smem) + r * 128 + i0 * 2;
             off ^= ((off >> 7) & 7) << 4;
-            std::memcpy(g.smem + off, &v, 2);
+            std::memcpy(g->smem + off, &v, 2);
         }
     }
     const size_t bytes = rows * 128;
-    for (size_t ch = (size_t)(c.dst - g.smem) / 16; ch < (size_t)(c.dst - g.smem + bytes) / 16; ch++)
-        g.unpublished[ch] = g.lander[ch] = -1;  // async-proxy data: no cp.async rules
-    mbar_complete_tx(g.mbars.at(c.bar), (long)bytes);
+    for (size_t ch = (size_t)(c.dst - g->smem) / 16; ch < (size_t)(c.dst - g->smem + bytes) / 16; ch++)
+        g->unpublished[ch] = g->lander[ch] = -1;  // async-proxy data: no cp.async rules
+    mbar_complete_tx(g->mbars.at(c.bar), (long)bytes);
 }
 
 void land_tma() {
     std::vector<TmaCopy> copies, keep;
-    for (const TmaCopy& c : g.tma_pending) {
+    for (const TmaCopy& c : g->tma_pending) {
         bool waited = false;
-        for (const Thread& t : g.threads) waited = waited || (t.state == State::mbarrier && t.mbar == c.bar);
+        for (const Thread& t : g->threads) waited = waited || (t.state == State::mbarrier && t.mbar == c.bar);
         (waited ? copies : keep).push_back(c);
     }
     if (copies.empty()) copies.swap(keep);
-    g.tma_pending.swap(keep);
+    g->tma_pending.swap(keep);
     for (const TmaCopy& c : copies) land(c);
 }
 
@@ -591,7 +603,7 @@ void bulk_retire(Thread& t) {
             keep.push_back(std::move(c));
             continue;
         }
-        if (!c.read) c.data.assign(g.smem + c.src, g.smem + c.src + c.bytes), c.read = true;
+        if (!c.read) c.data.assign(g->smem + c.src, g->smem + c.src + c.bytes), c.read = true;
         if (t.bulk_read_only) {
             keep.push_back(std::move(c));
         } else if (c.add) {
@@ -608,106 +620,138 @@ void bulk_retire(Thread& t) {
     t.bulk.swap(keep);
 }
 
-void run_block() {
-    const int n = (int)g.threads.size(), warps = n / 32;
-    std::memset(g.smem, 0xff, g.smem_bytes);
-    g.unpublished.assign(g.smem_bytes / 16 + 1, -1);
-    g.lander.assign(g.smem_bytes / 16 + 1, -1);
-    g.proxy_fenced.assign(g.smem_bytes / 16 + 1, 0);
-    g.mbars.clear();
-    g.tma_pending.clear();
-    g.priority.clear();
-    g.named = {};
-    for (int i = 0; i < n; i++) start_fiber(g.threads[i], i);
-    g.cp_lanes.assign(warps, {});
-    auto run = [](Thread* t) {
-        g.current = t;
-        context_switch(g.scheduler, t->ctx);
-        g.current = nullptr;
-        if (!g_error.empty()) {
-            const std::string e = g_error;
-            g_error.clear();
-            throw Error(e);
-        }
-    };
-    for (;;) {
-        bool progressed = false;
-        while (!g.priority.empty()) {
-            Thread* t = g.priority.front();
-            g.priority.erase(g.priority.begin());
-            if (t->state == State::ready) run(t), progressed = true;
-        }
-        for (int k = 0; k < warps && !progressed; k++) {
-            const int w = g.order == Order::forward ? k : warps - 1 - k;
-            Thread* lanes = &g.threads[32 * w];
-            for (int l = 0; l < 32; l++)
-                if (lanes[l].state == State::mbarrier && mbar_passed(lanes[l])) lanes[l].state = State::ready;
-            for (int l = 0; l < 32 && g.priority.empty(); l++)
-                if (lanes[l].state == State::ready) {
-                    run(&lanes[l]);
-                    progressed = true;
-                }
-            int waiting = 0, done = 0;
-            for (int l = 0; l < 32; l++) {
-                waiting += lanes[l].state == State::collective;
-                done += lanes[l].state == State::done;
-            }
-            if (waiting == 32 && lanes[0].op == Op::wgmma) {
-                if (warps < 4 * (w / 4 + 1)) fail("wgmma in a block without a whole warpgroup");
-                resolve_wgmma(lanes);
-                progressed = true;
-            } else if (waiting == 32) {
-                resolve(lanes);
-                progressed = true;
-            } else if (waiting > 0 && waiting + done == 32) {
-                fail("warp " + std::to_string(w) + ": a collective waits for lanes that have exited");
-            }
-        }
-        if (progressed) continue;
-        int at_barrier = 0, done = 0, at_mbar = 0;
-        for (Thread& t : g.threads)
-            at_barrier += t.state == State::barrier, done += t.state == State::done, at_mbar += t.state == State::mbarrier;
-        int at_named = 0;
-        for (Thread& t : g.threads) at_named += t.state == State::named;
-        if (done == n) {
-            if (!g.tma_pending.empty()) fail("the block exits with TMA copies in flight");
-            for (int id = 1; id < 16; id++)
-                if (g.named[id].arrived)
-                    fail("the block exits with named barrier " + std::to_string(id) + " partly arrived (" +
-                         std::to_string(g.named[id].arrived) + " of " + std::to_string(g.named[id].count) + ")");
-            count_cp_async_accesses();
-            return;
-        }
-        if (at_barrier + done < n) {  // not a block barrier that every thread has reached
-            if (!g.tma_pending.empty()) {  // no thread can run on: the copies land now, as late as they may
-                land_tma();
-                continue;
-            }
-            bool bulk = false;  // then bulk copies read (and write), as late as they may
-            for (Thread& t : g.threads)
-                if (t.state == State::bulk) bulk_retire(t), t.state = State::ready, bulk = true;
-            if (bulk) continue;
-            if (at_mbar > 0) fail("deadlock: threads wait for mbarrier phases that never complete");
-            if (at_named > 0) fail("deadlock: threads wait at named barriers that never fill");
-            fail("deadlock: lanes wait in collectives their warps never complete");
-        }
-        for (Thread& t : g.threads)
-            if (t.state == State::barrier) t.state = State::ready;
-        std::fill(g.unpublished.begin(), g.unpublished.end(), -1);
+// The current block (g) at the start of the kernel: fresh shared memory, barriers, fibers.
+void start_block() {
+    const int n = (int)g->threads.size(), warps = n / 32;
+    std::memset(g->smem, 0xff, g->smem_bytes);
+    g->unpublished.assign(g->smem_bytes / 16 + 1, -1);
+    g->lander.assign(g->smem_bytes / 16 + 1, -1);
+    g->proxy_fenced.assign(g->smem_bytes / 16 + 1, 0);
+    g->mbars.clear();
+    g->tma_pending.clear();
+    g->priority.clear();
+    g->named = {};
+    for (int i = 0; i < n; i++) start_fiber(g->threads[i], i);
+    g->cp_lanes.assign(warps, {});
+}
+
+void run_thread(Thread* t) {
+    g->current = t;
+    context_switch(g->scheduler, t->ctx);
+    g->current = nullptr;
+    if (!g_error.empty()) {
+        const std::string e = g_error;
+        g_error.clear();
+        throw Error(e);
     }
 }
 
+// One step of the current block: `ran` when some thread ran or something landed, `done`
+// when every thread has exited, `waiting` when the threads that have not exited can go on
+// only once another block adds to the counters they wait on (semaphore_wait).
+enum class Step { ran, done, waiting };
+Step step_block(Order order) {
+    const int n = (int)g->threads.size(), warps = n / 32;
+    for (Thread& t : g->threads)
+        if (t.state == State::semaphore && *t.sem == t.sem_value) t.state = State::ready;
+        else if (t.state == State::semaphore && *t.sem > t.sem_value)
+            fail("semaphore_wait: the counter went past " + std::to_string(t.sem_value) + " to " +
+                 std::to_string(*t.sem) + " while a thread waited for it");
+    bool progressed = false;
+    while (!g->priority.empty()) {
+        Thread* t = g->priority.front();
+        g->priority.erase(g->priority.begin());
+        if (t->state == State::ready) run_thread(t), progressed = true;
+    }
+    for (int k = 0; k < warps && !progressed; k++) {
+        const int w = order == Order::forward ? k : warps - 1 - k;
+        Thread* lanes = &g->threads[32 * w];
+        for (int l = 0; l < 32; l++)
+            if (lanes[l].state == State::mbarrier && mbar_passed(lanes[l])) lanes[l].state = State::ready;
+        for (int l = 0; l < 32 && g->priority.empty(); l++)
+            if (lanes[l].state == State::ready) {
+                run_thread(&lanes[l]);
+                progressed = true;
+            }
+        int waiting = 0, done = 0;
+        for (int l = 0; l < 32; l++) {
+            waiting += lanes[l].state == State::collective;
+            done += lanes[l].state == State::done;
+        }
+        if (waiting == 32 && lanes[0].op == Op::wgmma) {
+            if (warps < 4 * (w / 4 + 1)) fail("wgmma in a block without a whole warpgroup");
+            resolve_wgmma(lanes);
+            progressed = true;
+        } else if (waiting == 32) {
+            resolve(lanes);
+            progressed = true;
+        } else if (waiting > 0 && waiting + done == 32) {
+            fail("warp " + std::to_string(w) + ": a collective waits for lanes that have exited");
+        }
+    }
+    if (progressed) return Step::ran;
+    int at_barrier = 0, done = 0, at_mbar = 0, at_named = 0, at_sem = 0;
+    for (Thread& t : g->threads) {
+        at_barrier += t.state == State::barrier, done += t.state == State::done, at_mbar += t.state == State::mbarrier;
+        at_named += t.state == State::named, at_sem += t.state == State::semaphore;
+    }
+    if (done == n) {
+        if (!g->tma_pending.empty()) fail("the block exits with TMA copies in flight");
+        for (int id = 1; id < 16; id++)
+            if (g->named[id].arrived)
+                fail("the block exits with named barrier " + std::to_string(id) + " partly arrived (" +
+                     std::to_string(g->named[id].arrived) + " of " + std::to_string(g->named[id].count) + ")");
+        count_cp_async_accesses();
+        return Step::done;
+    }
+    if (at_barrier + done < n) {  // not a block barrier that every thread has reached
+        if (!g->tma_pending.empty()) {  // no thread can run on: the copies land now, as late as they may
+            land_tma();
+            return Step::ran;
+        }
+        bool bulk = false;  // then bulk copies read (and write), as late as they may
+        for (Thread& t : g->threads)
+            if (t.state == State::bulk) bulk_retire(t), t.state = State::ready, bulk = true;
+        if (bulk) return Step::ran;
+        if (at_sem > 0) return Step::waiting;  // on another block, or on none (the caller decides)
+        if (at_mbar > 0) fail("deadlock: threads wait for mbarrier phases that never complete");
+        if (at_named > 0) fail("deadlock: threads wait at named barriers that never fill");
+        fail("deadlock: lanes wait in collectives their warps never complete");
+    }
+    for (Thread& t : g->threads)
+        if (t.state == State::barrier) t.state = State::ready;
+    std::fill(g->unpublished.begin(), g->unpublished.end(), -1);
+    return Step::ran;
+}
+
+// A thread's wait that no block left can end, named for the failure.
+[[noreturn]] void fail_semaphore(bool others) {
+    for (const Thread& t : g->threads)
+        if (t.state == State::semaphore) {
+            g->current = const_cast<Thread*>(&t);
+            fail("semaphore_wait reads " + std::to_string(*t.sem) + ", waits for " + std::to_string(t.sem_value) +
+                 (others ? ": every resident block waits so, a deadlock"
+                         : ": blocks run one after another in launch order here, and those that would add to it "
+                           "have not run (on a GPU they must have started, or the wait never ends)"));
+        }
+    fail("internal: no semaphore wait");
+}
+
 Thread* self(const char* what) {
-    if (!g.current) throw Error(std::string(what) + " called outside an emulated kernel");
-    return g.current;
+    if (!g->current) throw Error(std::string(what) + " called outside an emulated kernel");
+    return g->current;
 }
 
 }  // namespace
 
 const Index& thread_idx() { return self("threadIdx")->idx; }
 
-void set_order(Order o) { g.order = o; }
-void set_landing(Landing l) { g.landing = l; }
+void set_order(Order o) { g_order = o; }
+void set_landing(Landing l) { g_landing = l; }
+void set_resident_blocks(int n) {
+    if (n < 1) throw Error("set_resident_blocks: at least one block");
+    g_resident = n;
+}
 
 MemStats mem_stats() { return g_stats; }
 void reset_mem_stats() { g_stats = MemStats{}; }
@@ -741,19 +785,58 @@ void launch(dim3 grid, dim3 block, size_t smem_bytes, const std::function<void()
     if (smem_bytes > SMEM_CAPACITY - 1024)
         throw Error("launch: " + std::to_string(smem_bytes) + " bytes of shared memory, above the 227 KiB a block may have");
     if (grid.x == 0 || grid.y == 0 || grid.z == 0) throw Error("launch: empty grid");
-    g.threads.resize(n);
-    g.fn = &fn;
-    alignas(128) static unsigned char memory[SMEM_CAPACITY];
-    g.smem = memory;
-    g.smem_bytes = smem_bytes;
     grid_dim = Index{grid.x, grid.y, grid.z};
     block_dim = Index{block.x, block.y, block.z};
-    for (unsigned z = 0; z < grid.z; z++)
-        for (unsigned y = 0; y < grid.y; y++)
-            for (unsigned x = 0; x < grid.x; x++) {
-                block_idx = Index{x, y, z};
-                run_block();
+    // resident blocks: block 0's shared memory is a static array, the others' their own
+    const int resident = (int)std::min<size_t>((size_t)g_resident, (size_t)grid.x * grid.y * grid.z);
+    while ((int)g_blocks.size() < resident) g_blocks.push_back(std::make_unique<Block>());
+    alignas(128) static unsigned char memory[SMEM_CAPACITY];
+    for (int r = 0; r < resident; r++) {
+        Block& b = *g_blocks[r];
+        if (r > 0 && b.own_smem.empty()) b.own_smem.resize(SMEM_CAPACITY + 128);
+        unsigned char* own = b.own_smem.data();
+        b.smem = r == 0 ? memory : own + (128 - (uintptr_t)own % 128) % 128;
+        b.threads.resize(n);
+        b.fn = &fn;
+        b.smem_bytes = smem_bytes;
+    }
+    // blocks start in launch order (x fastest) as slots free, each taking its first step
+    // then (its first warp runs, as it would on the SM it starts on: a block takes a
+    // ticket when it starts, not when others let it run); the resident ones
+    // take turns a step at a time (Order::forward), or the newest that can go on runs
+    // (reverse), so that a block started later gets ahead of those before it
+    unsigned long next = 0;
+    const unsigned long blocks = (unsigned long)grid.x * grid.y * grid.z;
+    std::vector<Block*> slots(resident, nullptr);
+    for (;;) {
+        for (int r = 0; r < resident && next < blocks; r++)
+            if (!slots[r]) {
+                g = slots[r] = g_blocks[r].get();
+                g->idx = block_idx = Index{(unsigned)(next % grid.x), (unsigned)(next / grid.x % grid.y),
+                                           (unsigned)(next / grid.x / grid.y)};
+                g->seq = next++;
+                start_block();
+                // (one block at a time: as it is, so that Order::reverse runs the last warp first)
+                if (step_block(resident > 1 ? Order::forward : g_order) == Step::done) slots[r--] = nullptr;
             }
+        std::vector<int> turn;  // the slots in the order they step
+        for (int r = 0; r < resident; r++)
+            if (slots[r]) turn.push_back(r);
+        if (g_order == Order::reverse)
+            std::sort(turn.begin(), turn.end(), [&](int a, int b) { return slots[a]->seq > slots[b]->seq; });
+        const bool any = !turn.empty();
+        bool ran = false;
+        for (int r : turn) {
+            g = slots[r], block_idx = g->idx;
+            const Step st = step_block(g_order);
+            if (st == Step::done) slots[r] = nullptr;
+            ran = ran || st != Step::waiting;
+            if (ran && g_order == Order::reverse) break;
+        }
+        if (!any) break;
+        if (!ran) fail_semaphore(resident > 1);
+    }
+    g = g_blocks[0].get();
     check_red_zones((std::string("kernel ") + name).c_str());
 }
 
@@ -796,7 +879,7 @@ void cp_async_16(void* dst, const void* src, int src_bytes) {
     if (src_bytes > 0 && (uintptr_t)src % 16 != 0) fail("cp.async: global address not 16-byte aligned");
     t->copies.issue({(unsigned char*)dst, (const unsigned char*)src, src_bytes});
     const int tid = tid_of(t);
-    auto& warp = g.cp_lanes[tid / 32];
+    auto& warp = g->cp_lanes[tid / 32];
     if ((long)warp.size() <= t->cp_issued) warp.resize(t->cp_issued + 1);
     Block::CpLanes& instr = warp[t->cp_issued++];
     instr.dst[tid % 32] = static_cast<const unsigned char*>(dst);
@@ -814,8 +897,8 @@ void cp_async_wait(int pending_groups) {
         if (c.bytes > 0) std::memcpy(c.dst, c.src, c.bytes);
         std::memset(c.dst + c.bytes, 0, 16 - c.bytes);
         const size_t ch = chunk_of(c.dst);
-        g.unpublished[ch] = g.lander[ch] = tid_of(t);
-        g.proxy_fenced[ch] = 0;
+        g->unpublished[ch] = g->lander[ch] = tid_of(t);
+        g->proxy_fenced[ch] = 0;
     });
 }
 
@@ -823,7 +906,7 @@ void bulk_copy(void* dst, const void* src, uint32_t bytes, bool add) {
     Thread* t = self(add ? "cp.reduce.async.bulk" : "cp.async.bulk");
     const unsigned char* s = static_cast<const unsigned char*>(src);
     check_smem(s, bytes, "cp.async.bulk");
-    if (bytes == 0 || bytes % 16 != 0 || (uintptr_t)dst % 16 != 0 || (s - g.smem) % 16 != 0)
+    if (bytes == 0 || bytes % 16 != 0 || (uintptr_t)dst % 16 != 0 || (s - g->smem) % 16 != 0)
         fail("cp.async.bulk: sizes and addresses must be multiples of 16 bytes");
     // two in flight onto the same bytes land in either order: results that vary by run
     unsigned char* d = static_cast<unsigned char*>(dst);
@@ -832,7 +915,7 @@ void bulk_copy(void* dst, const void* src, uint32_t bytes, bool add) {
             fail("cp.async.bulk onto global memory that an earlier bulk copy of this thread has yet to write "
                  "(their order is undefined: wait for it first)");
     BulkCopy c;
-    c.dst = d, c.src = (size_t)(s - g.smem), c.bytes = bytes, c.add = add;
+    c.dst = d, c.src = (size_t)(s - g->smem), c.bytes = bytes, c.add = add;
     t->bulk.push_back(std::move(c));
 }
 
@@ -854,11 +937,12 @@ void bulk_wait(int pending_groups, bool read_only) {
 }
 
 void semaphore_wait(const int* p, int value) {
-    self("semaphore_wait");
-    if (*p != value)
-        fail("semaphore_wait reads " + std::to_string(*p) + ", waits for " + std::to_string(value) +
-             ": blocks run one after another in launch order here, and those that would add to it have not run "
-             "(on a GPU they must be launched earlier, or the wait never ends)");
+    Thread* t = self("semaphore_wait");
+    if (*p == value) return;
+    if (*p > value)
+        fail("semaphore_wait reads " + std::to_string(*p) + ", past the " + std::to_string(value) + " it waits for");
+    t->sem = p, t->sem_value = value;
+    block_on(State::semaphore);
 }
 
 void semaphore_add(int* p, int value) {
@@ -869,19 +953,19 @@ void semaphore_add(int* p, int value) {
 
 unsigned char* dynamic_smem() {
     self("dynamic shared memory");
-    return g.smem;
+    return g->smem;
 }
 
 uint32_t smem_offset(const void* p) {
     const unsigned char* c = static_cast<const unsigned char*>(p);
-    if (!g.smem || c < g.smem || c >= g.smem + SMEM_CAPACITY) fail("shared-memory address outside shared memory");
-    return (uint32_t)(c - g.smem);
+    if (!g->smem || c < g->smem || c >= g->smem + SMEM_CAPACITY) fail("shared-memory address outside shared memory");
+    return (uint32_t)(c - g->smem);
 }
 
 void fence_proxy_async() {
     const int tid = tid_of(self("fence.proxy.async"));
-    for (size_t ch = 0; ch < g.lander.size(); ch++)
-        if (g.lander[ch] == tid) g.proxy_fenced[ch] = 1;
+    for (size_t ch = 0; ch < g->lander.size(); ch++)
+        if (g->lander[ch] == tid) g->proxy_fenced[ch] = 1;
 }
 
 void wgmma_fence() { self("wgmma.fence")->wg_fenced = true; }
@@ -927,14 +1011,14 @@ namespace {
 // The smem offset of an mbarrier: 8 aligned bytes of the launch's shared memory.
 size_t mbar_offset(const void* bar, const char* op) {
     const unsigned char* c = static_cast<const unsigned char*>(bar);
-    if (c < g.smem || c + 8 > g.smem + g.smem_bytes || (uintptr_t)c % 8 != 0)
+    if (c < g->smem || c + 8 > g->smem + g->smem_bytes || (uintptr_t)c % 8 != 0)
         fail(std::string(op) + ": the mbarrier is not an aligned 8 bytes of the launch's shared memory");
-    return (size_t)(c - g.smem);
+    return (size_t)(c - g->smem);
 }
 MBarrier& mbar_of(const void* bar, const char* op, size_t* off_out = nullptr) {
     const size_t off = mbar_offset(bar, op);
-    auto it = g.mbars.find(off);
-    if (it == g.mbars.end()) fail(std::string(op) + ": mbarrier not initialised");
+    auto it = g->mbars.find(off);
+    if (it == g->mbars.end()) fail(std::string(op) + ": mbarrier not initialised");
     if (off_out) *off_out = off;
     return it->second;
 }
@@ -943,14 +1027,14 @@ MBarrier& mbar_of(const void* bar, const char* op, size_t* off_out = nullptr) {
 void named_barrier(int id, int count, bool wait) {
     Thread* t = self(wait ? "bar.sync" : "bar.arrive");
     if (id < 1 || id > 15) fail("named barriers: id " + std::to_string(id) + " (1..15; 0 is __syncthreads)");
-    if (count <= 0 || count % 32 != 0 || count > (int)g.threads.size())
+    if (count <= 0 || count % 32 != 0 || count > (int)g->threads.size())
         fail("named barriers: a thread count of " + std::to_string(count));
-    Block::Named& b = g.named[id];
+    Block::Named& b = g->named[id];
     if (b.arrived == 0) b.count = count;
     else if (b.count != count) fail("named barrier " + std::to_string(id) + ": thread counts differ in one use");
     if (++b.arrived == b.count) {  // the last thread: the others waiting here go on
         b.arrived = 0;
-        for (Thread& o : g.threads)
+        for (Thread& o : g->threads)
             if (o.state == State::named && o.named == id) o.state = State::ready;
         return;
     }
@@ -963,7 +1047,7 @@ void mbar_init(void* bar, unsigned arrivals) {
     self("mbarrier.init");
     const size_t off = mbar_offset(bar, "mbarrier.init");
     if (arrivals == 0) fail("mbarrier.init: an arrival count of 0");
-    MBarrier& b = g.mbars[off];
+    MBarrier& b = g->mbars[off];
     b = MBarrier{};
     b.expected = b.pending = arrivals;
 }
@@ -978,9 +1062,9 @@ void mbar_arrive(void* bar, unsigned tx_bytes) {
     mbar_complete_tx(b, 0);
     if (b.phase == phase) return;
     // the phase is complete: its waiters run at once, ahead of this warp's other lanes
-    for (Thread& t : g.threads)
-        if (t.state == State::mbarrier && mbar_passed(t)) t.state = State::ready, g.priority.push_back(&t);
-    if (!g.priority.empty()) block_on(State::ready);
+    for (Thread& t : g->threads)
+        if (t.state == State::mbarrier && mbar_passed(t)) t.state = State::ready, g->priority.push_back(&t);
+    if (!g->priority.empty()) block_on(State::ready);
 }
 
 void mbar_wait(void* bar, unsigned parity) {
@@ -1001,16 +1085,16 @@ void tma_load(void* dst, const void* map, void* bar, const int (&c)[4]) {
     const size_t bytes = (size_t)m.box[1] * m.box[2] * m.box[3] * 128;
     unsigned char* d = static_cast<unsigned char*>(dst);
     check_smem(d, bytes, "cp.async.bulk.tensor");
-    if ((d - g.smem) % 1024 != 0) fail("cp.async.bulk.tensor: a 128-byte swizzled box must start 1024-byte aligned");
+    if ((d - g->smem) % 1024 != 0) fail("cp.async.bulk.tensor: a 128-byte swizzled box must start 1024-byte aligned");
     mbar_of(bar, "cp.async.bulk.tensor", &copy.bar);
     // the hardware reads a wgmma's operands any time until its wait: a copy into them before
     // then (a buffer released too early) races with it. A warp's lanes wait together on a
     // GPU (.sync.aligned), so the lane that has retired the most speaks for its warp.
-    const size_t d0 = (size_t)(d - g.smem), d1 = d0 + bytes;
-    for (size_t w = 0; w < g.threads.size() / 32; w++) {
-        const Thread* t = &g.threads[32 * w];
+    const size_t d0 = (size_t)(d - g->smem), d1 = d0 + bytes;
+    for (size_t w = 0; w < g->threads.size() / 32; w++) {
+        const Thread* t = &g->threads[32 * w];
         for (int l = 1; l < 32; l++)
-            if (g.threads[32 * w + l].wg_pending.ops.size() < t->wg_pending.ops.size()) t = &g.threads[32 * w + l];
+            if (g->threads[32 * w + l].wg_pending.ops.size() < t->wg_pending.ops.size()) t = &g->threads[32 * w + l];
         for (const auto& op : t->wg_pending.ops)
             if (op.first.lo < d1 && d0 < op.first.hi)
                 fail("cp.async.bulk.tensor overwrites shared memory that a wgmma of warp " + std::to_string(w) +
@@ -1019,8 +1103,8 @@ void tma_load(void* dst, const void* map, void* bar, const int (&c)[4]) {
     copy.dst = d;
     std::memcpy(copy.c, c, sizeof copy.c);
     std::memset(d, 0xff, bytes);  // undefined until it lands
-    if (g.landing == Landing::eager) land(copy);
-    else g.tma_pending.push_back(copy);
+    if (g_landing == Landing::eager) land(copy);
+    else g->tma_pending.push_back(copy);
 }
 
 void encode_tensor_map(CUtensorMap* map, const void* base, const uint64_t (&dims)[4], const uint64_t (&strides)[3],

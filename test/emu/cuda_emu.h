@@ -5,8 +5,9 @@
 //
 // What is emulated:
 //   - every thread of a block is a fiber with its own stack (cuda_emu.cpp); blocks run one
-//     after another, each starting with shared memory filled with 0xFF (NaN in bf16
-//     and fp32), so a read before a write poisons the result;
+//     after another (or, set_resident_blocks, a few at once, taking turns), each starting
+//     with shared memory filled with 0xFF (NaN in bf16 and fp32), so a read before a
+//     write poisons the result;
 //   - __syncthreads is a block barrier; warp collectives (__shfl_xor/down_sync, ldmatrix,
 //     mma.sync) wait until all 32 lanes of the warp arrive and are computed from the
 //     PTX ISA's definitions of their fragment layouts;
@@ -43,9 +44,12 @@
 //     full wait_group, so a buffer released before the
 //     read, or a semaphore passed on before the writes, is caught; a thread that exits
 //     with bulk copies not waited for fails, as does a bulk copy onto global memory that
-//     an earlier one of the thread has yet to write (their order is undefined). Semaphores in global memory (blocks ordered
-//     by a counter) fail where the counter is not yet the awaited value: blocks run one
-//     after another in launch order;
+//     an earlier one of the thread has yet to write (their order is undefined);
+//   - semaphores in global memory (blocks ordered by a counter): a wait blocks until the
+//     counter reads its value (past it fails). With blocks one after another, a wait
+//     that the block's own threads cannot end fails, as one on a block not yet started
+//     would hang a GPU; with resident blocks, a wait that no resident block can end
+//     (a deadlock);
 //   - scheduling is warp-serial: the first warp in the chosen order runs until it
 //     blocks on a barrier or exits before the next one runs, so a warp gets as far
 //     ahead of the others as the code allows and a missing barrier lets it overwrite
@@ -118,6 +122,13 @@ void launch(dim3 grid, dim3 block, size_t smem_bytes, const std::function<void()
 void set_max_dynamic_smem(const void* kernel, size_t bytes);
 void set_order(Order o);
 void set_landing(Landing l);
+// How many blocks of a launch run at once (default 1: one after another, in launch order).
+// More run side by side, each with its own shared memory, as the blocks resident on a GPU
+// do, so that blocks waiting on one another (semaphore_wait) can be tested: taking turns a
+// step at a time, or (Order::reverse) the newest that can go on first. Only
+// for kernels whose shared memory is all dynamic: static __shared__ arrays are one per
+// kernel here.
+void set_resident_blocks(int n);
 
 // The memory accesses the emulator sees as warp instructions: shared-memory wavefronts of
 // ldmatrix (ideal: 4 per .x4, one per matrix) and of cp.async's writes (ideal: 4 per warp
@@ -158,7 +169,7 @@ void encode_tensor_map(CUtensorMap* map, const void* base, const uint64_t (&dims
 void bulk_copy(void* dst, const void* src, uint32_t bytes, bool add);
 void bulk_commit();
 void bulk_wait(int pending_groups, bool read_only);
-// a block-ordering counter in global memory: the wait fails unless it already reads value
+// a block-ordering counter in global memory: the wait blocks until it reads value
 void semaphore_wait(const int* p, int value);
 void semaphore_add(int* p, int value);
 void wgmma_fence();
