@@ -310,7 +310,8 @@ std::vector<Row> bench_model(const std::string& name, int B, int T, Timer& tm) {
 // shapes); then flash with RoPE in its two placements, on wgmma, with 8-warp forward
 // blocks, and the TMA kernels (without and with RoPE; the backward also as two kernels,
 // flash_tma_dq_kernel; the forward also on a block per work, flash_tma_block_per_work; the
-// one-pass backward's blocks by key block across heads, flash_tma_bwd_by_key_block).
+// one-pass backward's key blocks handed out across 32 heads or all, flash_tma_bwd_group32
+// and flash_tma_bwd_group_all).
 // FLOPs, FlashAttention's
 // convention: forward 4*B*H*T*T*D / 2 (the causal half of QK^T and PV), backward 2.5x the
 // forward (five products of the same size against two). One line per (shape, kernel):
@@ -384,19 +385,23 @@ void bench_attention(Timer& tm, const std::string& rows) {
                     [&] { cuda_backend::attention_flash_backward(DQ, DO, Q, O, L, a.B, a.T, C, a.H, 0.0f); });
                 printf("attn_tflops %d %d %d %d flash_tma_dq_kernel fwd - bwd %.1f\n", a.B, a.H, a.T, a.D,
                        2.5 * fwd_flops / (bk * 1e9));
+                fflush(stdout);
                 // the forward on a block per work, not persistent
                 cuda_backend::attention_flash_options({false, false, 4, true, false, true});
                 const double fb = tm.median_ms(
                     [&] { cuda_backend::attention_flash_forward(O, L, Q, a.B, a.T, C, a.H, 0.0f); });
                 printf("attn_tflops %d %d %d %d flash_tma_block_per_work fwd %.1f bwd -\n", a.B, a.H, a.T, a.D,
                        fwd_flops / (fb * 1e9));
-                // the one-pass backward's blocks in turn by key block across heads, not head by head
-                cuda_backend::attention_flash_options({false, false, 4, true, false, false, true});
-                const double bb = tm.median_ms(
-                    [&] { cuda_backend::attention_flash_backward(DQ, DO, Q, O, L, a.B, a.T, C, a.H, 0.0f); });
-                printf("attn_tflops %d %d %d %d flash_tma_bwd_by_key_block fwd - bwd %.1f\n", a.B, a.H, a.T, a.D,
-                       2.5 * fwd_flops / (bb * 1e9));
                 fflush(stdout);
+                // the one-pass backward's key blocks handed out across 32 heads, or all, not head by head
+                for (int group : {32, 0}) {
+                    cuda_backend::attention_flash_options({false, false, 4, true, false, false, group});
+                    const double bg = tm.median_ms(
+                        [&] { cuda_backend::attention_flash_backward(DQ, DO, Q, O, L, a.B, a.T, C, a.H, 0.0f); });
+                    printf("attn_tflops %d %d %d %d %s fwd - bwd %.1f\n", a.B, a.H, a.T, a.D,
+                           group ? "flash_tma_bwd_group32" : "flash_tma_bwd_group_all", 2.5 * fwd_flops / (bg * 1e9));
+                    fflush(stdout);
+                }
             }
             cuda_backend::attention_flash_options({});
         }

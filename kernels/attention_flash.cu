@@ -35,7 +35,7 @@ void cuda_backend::attention_flash_backward(floatX* dqkv, const floatX* dout, co
     NVTX_RANGE("attention_flash_backward");
     const bool sm90a = attention_flash_has_wgmma();
     flash_backward(dqkv, dout, qkv, out, lse, B, T, C, NH, rope_theta, g_options.rope_on_load, g_options.wgmma && sm90a,
-                   g_options.tma && sm90a, g_options.tma_dq_kernel, g_options.tma_bwd_by_key_block);
+                   g_options.tma && sm90a, g_options.tma_dq_kernel, g_options.tma_bwd_head_group);
 }
 
 #else  // ENABLE_FP32

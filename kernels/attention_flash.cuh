@@ -916,7 +916,7 @@ struct Args {
     float scale;
     float* dq_acc;
     int* dq_sem;
-    int by_key_block;  // (single pass) the tickets' order, below
+    int head_group;  // (single pass) the tickets' order, below
 };
 
 // Where a consumer thread's element e of n-tile nt of its 64 x 64 dq part lies in the
@@ -1024,17 +1024,23 @@ __global__ void __launch_bounds__(tma_bwd::THREADS, 1) flash_dkv_tma_kernel(cons
     uint64_t* full_o = sm.full_o();
     // FUSED: blocks take their work in the order they start, by a ticket, each head's key
     // blocks lightest (last) first: a block then waits only for blocks that have started,
-    // whatever order the GPU launches them in. The tickets go through the heads one after
-    // another, so that the blocks running at once share their heads' Q and dout in L2, or
-    // (by_key_block) through the last key block of every head, then the one before, so that
-    // the heaviest blocks run last, side by side, and the SMs finish closer together (one
-    // block per SM, T = 2048, 64 heads: 144 steps of a block against 152, if every step took
-    // the same time). Else a (B*NH, key blocks) grid, heaviest first.
+    // whatever order the GPU launches them in. head_group heads at a time (0: all) hand out
+    // their last key blocks, then the ones before, and so on. 1, head by head, has the
+    // blocks running at once share few heads' Q and dout in L2, but ends the launch on the
+    // last heads' heaviest blocks; more heads put the heaviest blocks last, side by side,
+    // so the SMs finish closer together (one block per SM, T = 2048, 64 heads, equal
+    // steps: 152 steps for 1, 146 for 32, 144 for all). Else a (B*NH, key blocks) grid,
+    // heaviest first.
     if (FUSED && threadIdx.x == 0) *sm.ticket() = block_ticket(a.dq_sem);
     sm.init_barriers(32);  // the producer warp's lanes, after their stores of the stage's stats
-    const int blocks = (T + BM - 1) / BM, job = FUSED ? *sm.ticket() : 0, heads = gridDim.x / blocks;
-    const int bh = !FUSED ? blockIdx.x : a.by_key_block ? job % heads : job / blocks;
-    const int n = !FUSED ? blockIdx.y : blocks - 1 - (a.by_key_block ? job / heads : job % blocks);
+    const int blocks = (T + BM - 1) / BM;
+    int bh = blockIdx.x, n = blockIdx.y;
+    if constexpr (FUSED) {
+        const int job = *sm.ticket(), heads = gridDim.x / blocks;
+        const int group = a.head_group > 0 ? min(a.head_group, heads) : heads;
+        const int g0 = job / (group * blocks) * group, in_group = min(group, heads - g0), r = job - g0 * blocks;
+        bh = g0 + r % in_group, n = blocks - 1 - r / in_group;
+    }
     const int b = bh / NH, h = bh % NH, C = NH * D, k0 = n * BM;
     const int first = k0 / BI, tiles = (T + BI - 1) / BI;  // causal: no query tile before the diagonal
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -1564,7 +1570,7 @@ void flash_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, 
 
 void flash_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out, const float* lse, int B, int T,
                     int C, int NH, float rope_theta, bool rope_on_load, bool wgmma, bool tma = false,
-                    bool tma_dq_kernel = false, bool tma_by_key_block = false) {
+                    bool tma_dq_kernel = false, int tma_head_group = 1) {
     const int hs = check_flash("attention_flash_backward", B, T, C, NH, rope_theta, {dqkv, dout, qkv, out});
     const float scale = 1.0f / std::sqrt((float)hs);
     const Rope mode = rope_mode(rope_theta, rope_on_load && !wgmma && !tma);
@@ -1591,7 +1597,7 @@ void flash_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* o
                           do_out = view(dout_v, false, BM), do_in = view(dout_v, false, BI);
         const float2* rope_back = mode == Rope::none ? nullptr : rope;
         const tma_bwd::Args dq_args{q_out, do_out, k_in, v_in, dqkv, lse, Dv, rope_back, qk_head_major, T, NH, scale,
-                                    nullptr, nullptr, tma_by_key_block};
+                                    nullptr, nullptr, tma_head_group};
         tma_bwd::Args dkv_args = dq_args;
         dkv_args.q = q_in, dkv_args.dout = do_in, dkv_args.k = k_out, dkv_args.v = v_out;
         const int tiles = ceil_div(T, BI), blocks = ceil_div(T, BM);

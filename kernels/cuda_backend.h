@@ -80,7 +80,7 @@ struct cuda_backend {
     // sm_90a code; RoPE is then rotated first and the other options are ignored. Its
     // backward is one pass with dq added in a fixed order (FlashAttention-3's deterministic
     // mode); tma_dq_kernel: FlashAttention-2's two kernels instead (dq, then dk and dv).
-    // tma_block_per_work and tma_bwd_by_key_block change only which block does what, and
+    // tma_block_per_work and tma_bwd_head_group change only which block does what, and
     // when: the same bits, for the benchmark to weigh.
     struct FlashOptions {
         bool rope_on_load = false;
@@ -89,7 +89,9 @@ struct cuda_backend {
         bool tma = false;
         bool tma_dq_kernel = false;
         bool tma_block_per_work = false;  // the TMA forward on a block per (head, query block), not persistent
-        bool tma_bwd_by_key_block = false;  // the one-pass backward's blocks in turn by key block, not by head
+        // the one-pass backward's blocks: key blocks handed out in turn across this many
+        // heads (1: head by head; 0: all heads)
+        int tma_bwd_head_group = 1;
     };
     static void attention_flash_options(FlashOptions options);
     static bool attention_flash_has_wgmma();  // the device runs this build's sm_90a kernels

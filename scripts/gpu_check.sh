@@ -251,7 +251,8 @@ attn_table() {
     echo "flash_tma: the warp-specialised TMA + wgmma kernels (sm_90a; _rope_first: with RoPE rotated first),"
     echo "the forward persistent, the backward in one pass with dq added in order; flash_tma_dq_kernel: that"
     echo "backward as two kernels; flash_tma_block_per_work: that forward on a block per (head, query block);"
-    echo "flash_tma_bwd_by_key_block: that backward's blocks in turn by key block across heads, not head by head."
+    echo "flash_tma_bwd_group32 / _group_all: that backward's key blocks handed out across 32 heads / all heads,"
+    echo "not head by head (fewer SMs idle at the end; more heads' Q and dout in L2 at once)."
     echo
     attn_table
     echo

@@ -356,7 +356,7 @@ const FlashVariant FLASH_VARIANTS[] = {{"default", {}},
                                        {"tma", {false, false, 4, true}},
                                        {"tma, dq kernel", {false, false, 4, true, true}},
                                        {"tma, forward block per work", {false, false, 4, true, false, true}},
-                                       {"tma, backward by key block", {false, false, 4, true, false, false, true}}};
+                                       {"tma, backward heads in threes", {false, false, 4, true, false, false, 3}}};
 // the tests below pick variants by index: 3..5 the 8-warp twins of 0..2, 6..9 the TMA kernels
 static_assert(std::size(FLASH_VARIANTS) == 10, "variant indices");
 

@@ -130,7 +130,7 @@ const std::pair<const char*, cuda_backend::FlashOptions> FLASH_VARIANTS[] = {
     {"tma", {false, false, 4, true}},
     {"tma, dq kernel", {false, false, 4, true, true}},
     {"tma, forward block per work", {false, false, 4, true, false, true}},
-    {"tma, backward by key block", {false, false, 4, true, false, false, true}}};
+    {"tma, backward heads in threes", {false, false, 4, true, false, false, 3}}};
 
 // One head of T = 150 (three key tiles, the last partial), or NH heads of T, through the
 // flash pair with RoPE, in one of the variants, on fresh buffers.
