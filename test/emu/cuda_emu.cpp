@@ -279,10 +279,12 @@ int wavefronts8(const unsigned char* const (&chunk)[8], int n = 8) {
     return w;
 }
 
-[[noreturn]] void fail(const std::string& what) {
+// The failure of thread t of the running block (the current one by default).
+[[noreturn]] void fail_at(const Thread* t, const std::string& what) {
     throw Error("emulated block (" + std::to_string(block_idx.x) + "," + std::to_string(block_idx.y) +
-                ") thread " + std::to_string(g->current ? g->current->idx.x : 0) + ": " + what);
+                ") thread " + std::to_string(t ? t->idx.x : 0) + ": " + what);
 }
+[[noreturn]] void fail(const std::string& what) { fail_at(g->current, what); }
 
 int tid_of(const Thread* t) { return (int)(t - g->threads.data()); }
 size_t chunk_of(const void* p) { return (size_t)(static_cast<const unsigned char*>(p) - g->smem) / 16; }
@@ -655,7 +657,7 @@ Step step_block(Order order) {
     for (Thread& t : g->threads)
         if (t.state == State::semaphore && *t.sem == t.sem_value) t.state = State::ready;
         else if (t.state == State::semaphore && *t.sem > t.sem_value)
-            fail("semaphore_wait: the counter went past " + std::to_string(t.sem_value) + " to " +
+            fail_at(&t, "semaphore_wait: the counter went past " + std::to_string(t.sem_value) + " to " +
                  std::to_string(*t.sem) + " while a thread waited for it");
     bool progressed = false;
     while (!g->priority.empty()) {
@@ -727,13 +729,13 @@ Step step_block(Order order) {
 // A thread's wait that no block left can end, named for the failure.
 [[noreturn]] void fail_semaphore(bool others) {
     for (const Thread& t : g->threads)
-        if (t.state == State::semaphore) {
-            g->current = const_cast<Thread*>(&t);
-            fail("semaphore_wait reads " + std::to_string(*t.sem) + ", waits for " + std::to_string(t.sem_value) +
-                 (others ? ": every resident block waits so, a deadlock"
-                         : ": blocks run one after another in launch order here, and those that would add to it "
-                           "have not run (on a GPU they must have started, or the wait never ends)"));
-        }
+        if (t.state == State::semaphore)
+            fail_at(&t, "semaphore_wait reads " + std::to_string(*t.sem) + ", waits for " +
+                            std::to_string(t.sem_value) +
+                            (others ? ": every resident block waits so, a deadlock"
+                                    : ": blocks run one after another in launch order here, and those that would "
+                                      "add to it have not run (on a GPU they must have started, or the wait never "
+                                      "ends)"));
     fail("internal: no semaphore wait");
 }
 
@@ -800,20 +802,29 @@ void launch(dim3 grid, dim3 block, size_t smem_bytes, const std::function<void()
         b.fn = &fn;
         b.smem_bytes = smem_bytes;
     }
-    // blocks start in launch order (x fastest) as slots free, each taking its first step
-    // then (its first warp runs, as it would on the SM it starts on: a block takes a
-    // ticket when it starts, not when others let it run); the resident ones
-    // take turns a step at a time (Order::forward), or the newest that can go on runs
-    // (reverse), so that a block started later gets ahead of those before it
+    // Blocks start as slots free, each taking its first step then (its first warp runs, as
+    // it would on the SM it starts on: a block takes a ticket when it starts, not when
+    // others let it run). Order::forward: in launch order (x fastest), the resident ones
+    // taking turns a step at a time. reverse (with resident blocks): from the last block
+    // back, which a kernel must not rely on either, and the newest that can go on runs, so
+    // that a block started later gets ahead of those before it.
+    struct Done {  // however the launch ends: no block running, no thread current
+        ~Done() {
+            for (auto& b : g_blocks) b->current = nullptr;
+            g = g_blocks[0].get();
+        }
+    } done;
+    const bool backward = resident > 1 && g_order == Order::reverse;
     unsigned long next = 0;
     const unsigned long blocks = (unsigned long)grid.x * grid.y * grid.z;
     std::vector<Block*> slots(resident, nullptr);
     for (;;) {
         for (int r = 0; r < resident && next < blocks; r++)
             if (!slots[r]) {
+                const unsigned long i = backward ? blocks - 1 - next : next;
                 g = slots[r] = g_blocks[r].get();
-                g->idx = block_idx = Index{(unsigned)(next % grid.x), (unsigned)(next / grid.x % grid.y),
-                                           (unsigned)(next / grid.x / grid.y)};
+                g->idx = block_idx = Index{(unsigned)(i % grid.x), (unsigned)(i / grid.x % grid.y),
+                                           (unsigned)(i / grid.x / grid.y)};
                 g->seq = next++;
                 start_block();
                 // (one block at a time: as it is, so that Order::reverse runs the last warp first)
@@ -836,7 +847,6 @@ void launch(dim3 grid, dim3 block, size_t smem_bytes, const std::function<void()
         if (!any) break;
         if (!ran) fail_semaphore(resident > 1);
     }
-    g = g_blocks[0].get();
     check_red_zones((std::string("kernel ") + name).c_str());
 }
 

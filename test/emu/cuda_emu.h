@@ -124,8 +124,9 @@ void set_order(Order o);
 void set_landing(Landing l);
 // How many blocks of a launch run at once (default 1: one after another, in launch order).
 // More run side by side, each with its own shared memory, as the blocks resident on a GPU
-// do, so that blocks waiting on one another (semaphore_wait) can be tested: taking turns a
-// step at a time, or (Order::reverse) the newest that can go on first. Only
+// do, so that blocks waiting on one another (semaphore_wait) can be tested: started in
+// launch order and taking turns a step at a time, or (Order::reverse) started from the
+// last block back, the newest that can go on first. Only
 // for kernels whose shared memory is all dynamic: static __shared__ arrays are one per
 // kernel here.
 void set_resident_blocks(int n);
