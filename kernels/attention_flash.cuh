@@ -1523,9 +1523,12 @@ void flash_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, 
                           tk = tma_view(in[1], qk_head_major, B, T, NH, hs, 128),
                           tv = tma_view(in[2], false, B, T, NH, hs, 128);
         const int works = B * NH * ceil_div(T, tma_fwd::BM);  // (head, query block) pairs
-        int device = 0, sms = 0;
-        cudaCheck(cudaGetDevice(&device));
-        cudaCheck(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+        static const int sms = [] {  // the backend drives one device per process
+            int device = 0, n = 0;
+            cudaCheck(cudaGetDevice(&device));
+            cudaCheck(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
+            return n;
+        }();
         const int grid = tma_block_per_work ? works : std::min(works, sms);
         with_head_size(hs, [&](auto d) {
             constexpr int D = decltype(d)::value;

@@ -411,21 +411,17 @@ GPU_TEST_CASE("CUDA flash attention matches the CPU twin, forward and backward",
                                                   theta);
                     Gpu::attention_flash_options({});
                     // on a failure, where: rows (b*T + t) and columns (h*hs + channel; lse: rows b*NH + h)
-                    auto where = [](const std::vector<float>& got, const std::vector<float>& want, size_t rows,
-                                    size_t cols, double err, double tol) {
-                        return err < tol ? std::string() : ", off at " + mismatch_map(got, want, rows, cols, tol);
-                    };
                     const auto g_out = d_out.get(), g_lse = d_lse.get();
                     const double e_out = max_rel_err(g_out, out), e_lse = max_rel_err(g_lse, lse);
-                    INFO("out " << e_out << where(g_out, out, BT, C, e_out, FLASH_OUT_TOL) << "; lse " << e_lse
-                                << where(g_lse, lse, (size_t)s.B * s.NH, s.T, e_lse, FLASH_LSE_TOL));
+                    INFO("out " << e_out << off_at(g_out, out, BT, C, e_out, FLASH_OUT_TOL) << "; lse " << e_lse
+                                << off_at(g_lse, lse, (size_t)s.B * s.NH, s.T, e_lse, FLASH_LSE_TOL));
                     CHECK(e_out < FLASH_OUT_TOL);
                     CHECK(e_lse < FLASH_LSE_TOL);
                     const auto g = d_dqkv.get();
                     for (int part = 0; part < 3; part++) {
                         const auto got = qkv_part(g, BT, C, part), want = qkv_part(dqkv, BT, C, part);
                         const double err = max_rel_err(got, want);
-                        INFO("d" << "qkv"[part] << " error " << err << where(got, want, BT, C, err, FLASH_GRAD_TOL));
+                        INFO("d" << "qkv"[part] << " error " << err << off_at(got, want, BT, C, err, FLASH_GRAD_TOL));
                         CHECK(err < FLASH_GRAD_TOL);
                     }
                 }

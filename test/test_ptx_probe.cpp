@@ -92,7 +92,7 @@ const int WGMMA_SHAPES[][3] = {{64, 64, 64}, {64, 128, 128}, {32, 128, 128}};
 // (whole column blocks: a descriptor's stride; rows past 8 or 16: a fragment's layout)
 void check_gemm(const std::vector<float>& got, const std::vector<float>& want, size_t rows, size_t cols) {
     const double err = max_rel_err(got, want);
-    INFO("error " << err << (err < PROBE_TOL ? "" : ", off at " + mismatch_map(got, want, rows, cols, PROBE_TOL)));
+    INFO("error " << err << off_at(got, want, rows, cols, err, PROBE_TOL));
     CHECK(err < PROBE_TOL);
 }
 

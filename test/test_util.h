@@ -101,6 +101,13 @@ inline std::string mismatch_map(const std::vector<float>& a, const std::vector<f
     return r == "none" ? r : "rows " + r + "; cols " + ranges(bad_col);
 }
 
+// For a check's message: ", off at <mismatch_map>" when err (max_rel_err(a, b)) is not
+// below tol, else nothing.
+inline std::string off_at(const std::vector<float>& a, const std::vector<float>& b, size_t rows, size_t cols,
+                          double err, double tol) {
+    return err < tol ? std::string() : ", off at " + mismatch_map(a, b, rows, cols, tol);
+}
+
 // Part `part` (0 q, 1 k, 2 v) of a (B*T, 3C) tensor, as (B*T, C).
 inline std::vector<float> qkv_part(const std::vector<float>& x, int BT, int C, int part) {
     std::vector<float> r((size_t)BT * C);
