@@ -477,6 +477,20 @@ __global__ void semaphore_kernel(int* counter, float* dst, bool first, bool unfi
     if (unfinished) bulk_wait<0>();
 }
 
+// out[block] = the sum of its threads' indices, through a static shared array of one
+// entry per warp (blocks of at most 32 warps).
+__global__ void static_shared_sum_kernel(int* out) {
+    __shared__ int part[32];
+    const int w = threadIdx.x / 32;
+    if (threadIdx.x % 32 == 0) part[w] = 32 * 32 * w + 31 * 32 / 2;  // its warp's indices
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int sum = 0;
+        for (unsigned i = 0; i < blockDim.x / 32; i++) sum += part[i];
+        out[blockIdx.x] = sum;
+    }
+}
+
 TEST_CASE("emulated bulk copies read at their read wait and write at completion; semaphores order blocks",
           "[emulation]") {
     alignas(16) float dst[16];
@@ -512,7 +526,16 @@ TEST_CASE("emulated bulk copies read at their read wait and write at completion;
         counter = 0;  // and after that failure, a launch starts afresh
         LNS_LAUNCH(semaphore_kernel, 3, 32, 16, &counter, dst, false, false);
         CHECK(counter == 3);
+        // static shared arrays are one per kernel here: blocks resident together would share it
+        int sums[2] = {-1, -1};
+        CHECK_THROWS_WITH(LNS_LAUNCH(static_shared_sum_kernel, 2, 64, 0, sums),
+                          Catch::Contains("a static __shared__ array with 2 blocks resident"));
+        LNS_LAUNCH(static_shared_sum_kernel, 1, 64, 0, sums);  // one block: nothing shares it
+        CHECK(sums[0] == 63 * 64 / 2);
     }
+    int sums[2] = {-1, -1};  // blocks in turn
+    LNS_LAUNCH(static_shared_sum_kernel, 2, 64, 0, sums);
+    CHECK((sums[0] == 63 * 64 / 2 && sums[1] == 63 * 64 / 2));
 }
 
 // 1/3 in each thread's rounding mode: the host's, also on fibers reused from an earlier launch

@@ -261,6 +261,7 @@ Block* g = g_blocks[0].get();
 Order g_order = Order::forward;
 Landing g_landing = Landing::late;
 int g_resident = 1;
+int g_launch_resident = 1;  // the running launch's resident blocks
 
 MemStats g_stats;
 
@@ -754,6 +755,12 @@ void set_resident_blocks(int n) {
     if (n < 1) throw Error("set_resident_blocks: at least one block");
     g_resident = n;
 }
+void static_shared() {
+    if (g_launch_resident > 1)
+        fail("a static __shared__ array with " + std::to_string(g_launch_resident) +
+             " blocks resident: here it is one array for all of them (set_resident_blocks needs kernels "
+             "whose shared memory is all dynamic_smem())");
+}
 
 MemStats mem_stats() { return g_stats; }
 void reset_mem_stats() { g_stats = MemStats{}; }
@@ -812,8 +819,10 @@ void launch(dim3 grid, dim3 block, size_t smem_bytes, const std::function<void()
         ~Done() {
             for (auto& b : g_blocks) b->current = nullptr;
             g = g_blocks[0].get();
+            g_launch_resident = 1;
         }
     } done;
+    g_launch_resident = resident;
     const bool backward = resident > 1 && g_order == Order::reverse;
     unsigned long next = 0;
     const unsigned long blocks = (unsigned long)grid.x * grid.y * grid.z;

@@ -96,8 +96,9 @@
 #define __align__(n) __attribute__((aligned(n)))
 #define __grid_constant__
 // static shared arrays are one per kernel instantiation, which serves every block as
-// blocks run one after another; dynamic shared memory is dynamic_smem()
-#define __shared__ static
+// blocks run one after another (a declaration with blocks resident at once fails: see
+// set_resident_blocks); dynamic shared memory is dynamic_smem()
+#define __shared__ ::emu::static_shared(); static
 
 namespace emu {
 
@@ -128,8 +129,11 @@ void set_landing(Landing l);
 // launch order and taking turns a step at a time, or (Order::reverse) started from the
 // last block back, the newest that can go on first. Only
 // for kernels whose shared memory is all dynamic: static __shared__ arrays are one per
-// kernel here.
+// kernel here, so a thread that reaches such a declaration with more than one block
+// resident fails.
 void set_resident_blocks(int n);
+// (what a __shared__ declaration runs first)
+void static_shared();
 
 // The memory accesses the emulator sees as warp instructions: shared-memory wavefronts of
 // ldmatrix (ideal: 4 per .x4, one per matrix) and of cp.async's writes (ideal: 4 per warp
