@@ -75,7 +75,7 @@ struct Options {
     int eval_every = 0, val_batches = 8, val_tokens = 0, threads = 0;
     int ckpt_every = 0, ckpt_keep = 2, ckpt_keep_every = 0;
     bool resume = false, resume_changes = false, eval_only = false, recompute = false;
-    std::string attention = "auto";
+    std::string attention = "auto", flash_kernels = "auto";
     int sample_every = 0, sample_tokens = 0, top_k = 0;
     int diag_every = 0;
     bool eval_prune = false;
@@ -158,6 +158,9 @@ static void add_options(CLI::App& app, Options& o) {
     app.add_flag("--recompute", o.recompute, "recompute the MLP activation in backward instead of storing it")->group(R);
     app.add_option("--attention", o.attention, "flash (stores only each row's log-sum-exp), naive (the first version, "
                    "stores the (T,T) probabilities) or auto (flash where the backend supports the head size)")->group(R);
+    app.add_option("--flash-kernels", o.flash_kernels, "the CUDA backend's flash attention kernels: mma (mma.sync, "
+                   "any sm_80+ GPU), tma (TMA + wgmma, warp-specialised: sm_90 GPUs) or auto (the default, mma)")
+        ->group(R);
     app.add_option("--out-dir", o.out_dir, "run directory: log.jsonl, config.toml, checkpoints")->group(R);
     app.add_option("--ckpt-every", o.ckpt_every, "checkpoint every N steps (0 = only when stopped by a signal)")
         ->group(R);
@@ -244,6 +247,10 @@ static void validate_options(const Options& o, const ModelConfig& c) {
                   "--device: expected auto, cpu or cuda, got '%s'", o.device.c_str());
     REQUIRE_INPUT(o.attention == "auto" || o.attention == "flash" || o.attention == "naive",
                   "--attention: expected auto, flash or naive, got '%s'", o.attention.c_str());
+    REQUIRE_INPUT(o.flash_kernels == "auto" || o.flash_kernels == "mma" || o.flash_kernels == "tma",
+                  "--flash-kernels: expected auto, mma or tma, got '%s'", o.flash_kernels.c_str());
+    REQUIRE_INPUT(o.flash_kernels == "auto" || o.attention != "naive",
+                  "--flash-kernels %s: flash kernels, but --attention naive", o.flash_kernels.c_str());
     REQUIRE_INPUT(o.batch_size >= 1, "--batch-size: expected >= 1, got %d", o.batch_size);
     REQUIRE_INPUT(o.seq_len >= 1 && o.seq_len <= c.max_seq_len,
                   "--seq-len: expected 1..%d (the model's maximum sequence length), got %d", c.max_seq_len, o.seq_len);
@@ -932,6 +939,19 @@ int main(int argc, char** argv) {
             char desc[256];
             cuda_backend::describe(desc, sizeof desc);
             printf("backend cuda | %s\n", desc);
+            if (o.flash_kernels != "auto") {  // asked for by name: they must be what runs
+                REQUIRE_INPUT(cuda_backend::attention_flash_supported(cfg.head_dim()),
+                              "--flash-kernels %s: no flash kernels for the model's head size %d here (bf16 builds: "
+                              "64 and 128)",
+                              o.flash_kernels.c_str(), cfg.head_dim());
+                REQUIRE_INPUT(o.flash_kernels != "tma" || cuda_backend::attention_flash_has_wgmma(),
+                              "--flash-kernels tma: this GPU does not run the build's sm_90a kernels (TMA and "
+                              "wgmma need an H100 or H200 and a bf16 build); use mma");
+                cuda_backend::FlashOptions flash;
+                flash.tma = o.flash_kernels == "tma";
+                cuda_backend::attention_flash_options(flash);
+                printf("flash attention kernels: %s\n", flash.tma ? "TMA + wgmma (sm_90a)" : "mma.sync");
+            }
             // LNS_NCCL_SINGLE=1 (tests): NCCL even for one rank, so one GPU exercises that path
             if (boot.size() > 1 || getenv("LNS_NCCL_SINGLE")) ranks.data = make_nccl_comm(boot, o.comm_timeout);
 #ifdef ENABLE_FP32
@@ -941,7 +961,11 @@ int main(int argc, char** argv) {
 #endif
         }
         if (o.device == "auto") printf("device: no GPU found, using the CPU backend\n");
+        REQUIRE_INPUT(o.flash_kernels == "auto", "--flash-kernels %s: CUDA kernels, but this run uses the CPU backend "
+                      "(no GPU, or --device cpu)", o.flash_kernels.c_str());
 #else
+        REQUIRE_INPUT(o.flash_kernels == "auto", "--flash-kernels %s: CUDA kernels, but this build has no CUDA backend",
+                      o.flash_kernels.c_str());
         REQUIRE_INPUT(o.device != "cuda", "--device cuda: this build has no CUDA backend (built without nvcc); "
                       "use --device cpu or auto");
         if (o.device == "auto") printf("device: built without CUDA, using the CPU backend\n");

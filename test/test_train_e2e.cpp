@@ -115,7 +115,7 @@ TEST_CASE("--save-to, then --init-from --eval-only reproduces the final validati
     }
 }
 
-TEST_CASE("bad flags exit non-zero with a message that names the flag (44 cases)", "[e2e][cli]") {
+TEST_CASE("bad flags exit non-zero with a message that names the flag (47 cases)", "[e2e][cli]") {
     TextShards data;
     const std::string ok = " --device cpu --model gpt2-tiny --steps 1";
     const std::string train = " --train-data " + data.train;
@@ -164,6 +164,9 @@ TEST_CASE("bad flags exit non-zero with a message that names the flag (44 cases)
         {train + " --val-data '/nonexistent/v_*.bin'", "--val-data: /nonexistent/v_*.bin: no file matches"},
         {train + " --save-to /proc/version", "--save-to"},  // a file, not a directory
         {train + " --out-dir /proc/version/run", "--out-dir: cannot create the directory /proc/version/run"},
+        {train + " --flash-kernels fast", "--flash-kernels: expected auto, mma or tma"},
+        {train + " --attention naive --flash-kernels mma", "--flash-kernels mma: flash kernels, but --attention naive"},
+        {train + " --flash-kernels tma", "--flash-kernels tma: CUDA kernels, but this"},  // the CPU backend
     };
     for (auto& c : cases) {
         std::string out;
