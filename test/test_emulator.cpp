@@ -11,6 +11,7 @@
 #include "test/emu/cuda_emu.h"
 // after the emulator: cuda_backend is the emulated backend here
 #include "kernels/cuda_backend.h"
+#include "kernels/ptx.cuh"
 #include "test/model_compare.h"
 
 using namespace model_compare;
@@ -444,11 +445,13 @@ TEST_CASE("the emulated TMA lands swizzled boxes at the barrier's phase; stalled
 // 16 floats of shared memory (i + 1) to dst by a bulk copy, then added by a bulk reduction
 // (dst = 2 (i + 1)); `early` overwrites the source with -1 after the copy's commit but
 // before its read wait, `skip_wait` exits without waiting, `overlap` reduces onto dst
-// before the copy has written it.
-__global__ void bulk_copy_kernel(float* dst, bool early, bool skip_wait, bool overlap = false) {
+// before the copy has written it, `unfenced` leaves out the fence.proxy.async between the
+// stores and the copy.
+__global__ void bulk_copy_kernel(float* dst, bool early, bool skip_wait, bool overlap = false, bool unfenced = false) {
     float* s = reinterpret_cast<float*>(dynamic_smem());
     if (threadIdx.x != 0) return;
     for (int i = 0; i < 16; i++) s[i] = (float)(i + 1);
+    if (!unfenced) fence_proxy_async();
     bulk_store(dst, s, 64);
     bulk_commit();
     if (overlap) bulk_reduce_add(dst + 12, s, 16);
@@ -469,6 +472,7 @@ __global__ void semaphore_kernel(int* counter, float* dst, bool first, bool unfi
     if (unfinished) {
         float* s = reinterpret_cast<float*>(dynamic_smem());
         s[0] = s[1] = s[2] = s[3] = 0.0f;
+        fence_proxy_async();
         bulk_store(dst, s, 16);
         bulk_commit();
         bulk_wait_read<0>();
@@ -498,9 +502,12 @@ TEST_CASE("emulated bulk copies read at their read wait and write at completion;
     int wrong = 0;
     for (int i = 0; i < 16; i++) wrong += dst[i] != 2.0f * (i + 1);
     CHECK(wrong == 0);
-    // a source overwritten before the read wait: the copy reads what is there at the wait
-    LNS_LAUNCH(bulk_copy_kernel, 1, 32, 64, dst, true, false);
-    CHECK(dst[0] == -2.0f);
+    // a source overwritten before the read wait (a race), or stored without a fence
+    CHECK_THROWS_WITH(LNS_LAUNCH(bulk_copy_kernel, 1, 32, 64, dst, true, false),
+                      Catch::Contains("cp.async.bulk reads shared memory that ordinary stores changed after the last "
+                                      "fence.proxy.async"));
+    CHECK_THROWS_WITH(LNS_LAUNCH(bulk_copy_kernel, 1, 32, 64, dst, false, false, false, true),
+                      Catch::Contains("cp.async.bulk reads shared memory that ordinary stores changed"));
     CHECK_THROWS_WITH(LNS_LAUNCH(bulk_copy_kernel, 1, 32, 64, dst, false, true),
                       Catch::Contains("bulk copies it has not waited for"));
     CHECK_THROWS_WITH(LNS_LAUNCH(bulk_copy_kernel, 1, 32, 64, dst, false, false, true),
@@ -536,6 +543,37 @@ TEST_CASE("emulated bulk copies read at their read wait and write at completion;
     int sums[2] = {-1, -1};  // blocks in turn
     LNS_LAUNCH(static_shared_sum_kernel, 2, 64, 0, sums);
     CHECK((sums[0] == 63 * 64 / 2 && sums[1] == 63 * 64 / 2));
+}
+
+// c = A B^T (64 x 32) by one wgmma with both operands by descriptor (K-major core
+// matrices of 8 rows x 16 bytes), A (64 x 16) and B (32 x 16) all ones, put in shared
+// memory by ordinary stores, with or without the fence.proxy.async the async proxy needs
+// to see them. c: each thread's 16 accumulators.
+__global__ void wgmma_after_stores_kernel(float* c, bool fence) {
+    unsigned char* smem = dynamic_smem();
+    __nv_bfloat16* s = reinterpret_cast<__nv_bfloat16*>(smem);
+    for (int i = threadIdx.x; i < (64 + 32) * 16; i += blockDim.x) s[i] = __float2bfloat16(1.0f);
+    if (fence) fence_proxy_async();
+    __syncthreads();
+    float d[4][4] = {};
+    wgmma_fence();
+    wgmma_bf16_ss(d, wgmma_desc(smem, 128, 256), wgmma_desc(smem + 64 * 16 * 2, 128, 256));
+    wgmma_commit();
+    wgmma_wait<0>();
+    for (int nt = 0; nt < 4; nt++)
+        for (int e = 0; e < 4; e++) c[threadIdx.x * 16 + nt * 4 + e] = d[nt][e];
+}
+
+TEST_CASE("the emulated async proxy sees ordinary shared-memory stores only through fence.proxy.async",
+          "[emulation]") {
+    std::vector<float> c(128 * 16, 0.0f);
+    LNS_LAUNCH(wgmma_after_stores_kernel, 1, 128, 3072, c.data(), true);
+    int wrong = 0;
+    for (float x : c) wrong += x != 16.0f;
+    CHECK(wrong == 0);
+    CHECK_THROWS_WITH(LNS_LAUNCH(wgmma_after_stores_kernel, 1, 128, 3072, c.data(), false),
+                      Catch::Contains("wgmma B reads shared memory that ordinary stores changed after the last "
+                                      "fence.proxy.async"));
 }
 
 // 1/3 in each thread's rounding mode: the host's, also on fibers reused from an earlier launch

@@ -233,6 +233,11 @@ struct Block {
     // async proxy (wgmma) since
     std::vector<int> unpublished, lander;
     std::vector<char> proxy_fenced;
+    // the shared memory as the async proxy (wgmma's descriptors, bulk copies) sees it: its
+    // own writes (TMA) land in both, ordinary stores only through a fence.proxy.async. A
+    // fence by any thread brings over every store so far: a fence missing in some threads
+    // only is not caught, one missing in all is.
+    std::vector<unsigned char> async_view;
     std::map<size_t, MBarrier> mbars;  // by smem offset
     struct Named {
         int count = 0, arrived = 0;  // threads expected and arrived in the current use
@@ -465,6 +470,9 @@ size_t desc_offset(uint64_t desc, int mn, int k, bool mn_major) {
     return off ^ (((off >> 7) & 7) << 4);
 }
 
+constexpr const char* UNFENCED = " reads shared memory that ordinary stores changed after the last "
+                                 "fence.proxy.async (the async proxy does not see them without one)";
+
 // One bf16 of a wgmma operand in shared memory, with the checks on how it landed.
 float desc_element(size_t off, const char* what) {
     check_smem(g->smem + (off & ~(size_t)15), 16, what);
@@ -474,6 +482,7 @@ float desc_element(size_t off, const char* what) {
              ") that no barrier has published since");
     if (g->lander[ch] >= 0 && !g->proxy_fenced[ch])
         fail(std::string(what) + " reads cp.async data without a fence.proxy.async by the thread that waited for it");
+    if (std::memcmp(g->smem + off, g->async_view.data() + off, 2) != 0) fail(std::string(what) + UNFENCED);
     uint16_t u;
     std::memcpy(&u, g->smem + off, 2);
     return __bfloat162float(__ushort_as_bfloat16(u));
@@ -576,6 +585,7 @@ void land(const TmaCopy& c) {
             size_t off = (size_t)(c.dst - g->smem) + r * 128 + i0 * 2;
             off ^= ((off >> 7) & 7) << 4;
             std::memcpy(g->smem + off, &v, 2);
+            std::memcpy(g->async_view.data() + off, &v, 2);
         }
     }
     const size_t bytes = rows * 128;
@@ -606,7 +616,12 @@ void bulk_retire(Thread& t) {
             keep.push_back(std::move(c));
             continue;
         }
-        if (!c.read) c.data.assign(g->smem + c.src, g->smem + c.src + c.bytes), c.read = true;
+        if (!c.read) {
+            if (std::memcmp(g->smem + c.src, g->async_view.data() + c.src, c.bytes) != 0)
+                fail_at(&t, std::string(c.add ? "cp.reduce.async.bulk" : "cp.async.bulk") + UNFENCED +
+                                ", or onto its source before its read wait");
+            c.data.assign(g->smem + c.src, g->smem + c.src + c.bytes), c.read = true;
+        }
         if (t.bulk_read_only) {
             keep.push_back(std::move(c));
         } else if (c.add) {
@@ -630,6 +645,7 @@ void start_block() {
     g->unpublished.assign(g->smem_bytes / 16 + 1, -1);
     g->lander.assign(g->smem_bytes / 16 + 1, -1);
     g->proxy_fenced.assign(g->smem_bytes / 16 + 1, 0);
+    g->async_view.assign(g->smem, g->smem + g->smem_bytes);
     g->mbars.clear();
     g->tma_pending.clear();
     g->priority.clear();
@@ -985,6 +1001,7 @@ void fence_proxy_async() {
     const int tid = tid_of(self("fence.proxy.async"));
     for (size_t ch = 0; ch < g->lander.size(); ch++)
         if (g->lander[ch] == tid) g->proxy_fenced[ch] = 1;
+    std::memcpy(g->async_view.data(), g->smem, g->smem_bytes);
 }
 
 void wgmma_fence() { self("wgmma.fence")->wg_fenced = true; }
@@ -1122,6 +1139,7 @@ void tma_load(void* dst, const void* map, void* bar, const int (&c)[4]) {
     copy.dst = d;
     std::memcpy(copy.c, c, sizeof copy.c);
     std::memset(d, 0xff, bytes);  // undefined until it lands
+    std::memset(g->async_view.data() + d0, 0xff, bytes);
     if (g_landing == Landing::eager) land(copy);
     else g->tma_pending.push_back(copy);
 }
