@@ -369,6 +369,15 @@ void bench_attention(Timer& tm, const std::string& rows) {
                            wg ? "flash_wgmma_8warps" : "flash_8warps", fwd_flops / (f8 * 1e9));
                     fflush(stdout);
                 }
+                // forward warps of 32 rows (two 16-row tiles sharing each K and V fragment)
+                cuda_backend::FlashOptions rows32;
+                rows32.forward_warp_rows = 32;
+                cuda_backend::attention_flash_options(rows32);
+                const double f32 = tm.median_ms(
+                    [&] { cuda_backend::attention_flash_forward(O, L, Q, a.B, a.T, C, a.H, 0.0f); });
+                printf("attn_tflops %d %d %d %d flash_32rows fwd %.1f bwd -\n", a.B, a.H, a.T, a.D,
+                       fwd_flops / (f32 * 1e9));
+                fflush(stdout);
             }
             if (tma && cuda_backend::attention_flash_has_wgmma()) {  // the TMA kernels, without and with RoPE
                 cuda_backend::attention_flash_options({false, false, 4, true});

@@ -15,6 +15,9 @@ bool cuda_backend::attention_flash_supported(int head_dim) { return head_dim == 
 void cuda_backend::attention_flash_options(FlashOptions o) {
     LNS_CHECK(o.forward_warps == 4 || o.forward_warps == 8, "attention_flash_options: forward_warps %d (4 or 8)",
               o.forward_warps);
+    LNS_CHECK(o.forward_warp_rows == 16 || (o.forward_warp_rows == 32 && o.forward_warps == 4 && !o.wgmma),
+              "attention_flash_options: forward_warp_rows %d (16, or 32 with forward_warps 4 and without wgmma)",
+              o.forward_warp_rows);
     g_options = o;
 }
 bool cuda_backend::attention_flash_has_wgmma() {
@@ -27,7 +30,8 @@ void cuda_backend::attention_flash_forward(floatX* out, float* lse, const floatX
     NVTX_RANGE("attention_flash_forward");
     const bool sm90a = attention_flash_has_wgmma();  // the wgmma and TMA kernels: sm_90a images only
     flash_forward(out, lse, qkv, B, T, C, NH, rope_theta, g_options.rope_on_load, g_options.wgmma && sm90a,
-                  g_options.forward_warps, g_options.tma && sm90a, g_options.tma_block_per_work);
+                  g_options.forward_warps, g_options.tma && sm90a, g_options.tma_block_per_work,
+                  g_options.forward_warp_rows);
 }
 
 void cuda_backend::attention_flash_backward(floatX* dqkv, const floatX* dout, const floatX* qkv, const floatX* out,

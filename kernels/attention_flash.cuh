@@ -163,6 +163,31 @@ __device__ __forceinline__ void mma_step_nt(float (&acc)[NT][4], const uint32_t 
         mma_bf16(acc[2 * np + 1], a, b[2], b[3]);
     }
 }
+// acc[mt] (MT tiles of 16 x 8NT) += A_mt (16 x K) B^T, each B fragment loaded once for
+// the MT tiles: A's MT tiles of 16 rows in smem from A (row stride sa), B (8NT x K) in
+// smem at Bm (row stride sb).
+template <int MT, int NT, int K>
+__device__ __forceinline__ void mma_ss_nt_mt(float (&acc)[MT][NT][4], const bf16* A, int sa, const bf16* Bm,
+                                             int sb) {
+    static_assert(NT % 2 == 0 && K % 16 == 0, "whole 16x16 steps");
+    const int lane = threadIdx.x % 32;
+#pragma unroll
+    for (int kk = 0; kk < K / 16; kk++) {
+        uint32_t a[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) load_a(a[mt], A + mt * 16 * sa, sa, kk);
+#pragma unroll
+        for (int np = 0; np < NT / 2; np++) {
+            uint32_t b[4];  // as in mma_step_nt
+            ldsm_x4(b, Bm + kk * 16 + (np * 16 + lane % 8 + (lane / 16) * 8) * sb + (lane / 8 % 2) * 8);
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
+                mma_bf16(acc[mt][2 * np], a[mt], b[0], b[1]);
+                mma_bf16(acc[mt][2 * np + 1], a[mt], b[2], b[3]);
+            }
+        }
+    }
+}
 // acc (16 x 8NT) += A (16 x K) B^T; A and B (8NT x K) in smem, row strides sa, sb.
 template <int NT, int K>
 __device__ __forceinline__ void mma_ss_nt(float (&acc)[NT][4], const bf16* A, int sa, const bf16* Bm, int sb) {
@@ -181,10 +206,11 @@ __device__ __forceinline__ void mma_rs_nt(float (&acc)[NT][4], const uint32_t (&
 #pragma unroll
     for (int kk = 0; kk < K / 16; kk++) mma_step_nt<NT>(acc, a[kk], Bm + kk * 16, sb);
 }
-// acc (16 x 8NT) += A (16 x K) B; A as register fragments, B (K x 8NT) in smem, row stride sb.
-template <int NT, int K>
-__device__ __forceinline__ void mma_rs_nn(float (&acc)[NT][4], const uint32_t (&a)[K / 16][4], const bf16* Bm,
-                                          int sb) {
+// acc[mt] (MT tiles of 16 x 8NT) += A_mt (16 x K) B; A as register fragments, B (K x 8NT)
+// in smem, row stride sb, each B fragment loaded once for the MT tiles.
+template <int MT, int NT, int K>
+__device__ __forceinline__ void mma_rs_nn_mt(float (&acc)[MT][NT][4], const uint32_t (&a)[MT][K / 16][4],
+                                             const bf16* Bm, int sb) {
     static_assert(NT % 2 == 0 && K % 16 == 0, "whole 16x16 steps");
     const int lane = threadIdx.x % 32;
 #pragma unroll
@@ -193,9 +219,19 @@ __device__ __forceinline__ void mma_rs_nn(float (&acc)[NT][4], const uint32_t (&
         for (int np = 0; np < NT / 2; np++) {
             uint32_t b[4];  // transposed matrices: k 0-7 / 8-15 x columns 0-7, then columns 8-15
             ldsm_x4_trans(b, Bm + (kk * 16 + lane % 16) * sb + np * 16 + (lane / 16) * 8);
-            mma_bf16(acc[2 * np], a[kk], b[0], b[1]);
-            mma_bf16(acc[2 * np + 1], a[kk], b[2], b[3]);
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
+                mma_bf16(acc[mt][2 * np], a[mt][kk], b[0], b[1]);
+                mma_bf16(acc[mt][2 * np + 1], a[mt][kk], b[2], b[3]);
+            }
         }
+}
+// acc (16 x 8NT) += A (16 x K) B; A as register fragments, B (K x 8NT) in smem, row stride sb.
+template <int NT, int K>
+__device__ __forceinline__ void mma_rs_nn(float (&acc)[NT][4], const uint32_t (&a)[K / 16][4], const bf16* Bm,
+                                          int sb) {
+    mma_rs_nn_mt<1, NT, K>(reinterpret_cast<float(&)[1][NT][4]>(acc),
+                           reinterpret_cast<const uint32_t(&)[1][K / 16][4]>(a), Bm, sb);
 }
 // A 16 x 8NT accumulator tile, rounded to bf16, as the A operand (16 x 8NT) of mma_rs_nn.
 template <int NT>
@@ -449,16 +485,20 @@ __device__ __forceinline__ void probs_score_grads_t(float (&s)[NT][4], float (&d
 }
 
 // ---- forward (mma.sync): grid (B*NH, query blocks), heaviest (last) query block first.
-// A block of QW warps owns BQ = 16 QW query rows (QW 4: one 64-row tile; QW 8: two
+// A block of QW warps owns BQ = 16 QW MT query rows (QW 4: one 64-row tile; QW 8: two
 // groups of 4 sharing each key tile, half the key and value traffic per row) and loops
 // over key tiles of BLOCK: every row sees the same tiles in the same order either way,
 // so the two give the same bits. A warp skips the products of a tile whose keys all lie
-// above its rows.
-template <int D, int QW, bool ROPE_ON_LOAD>
-__global__ void __launch_bounds__(32 * QW, D == 128 && QW == 4 ? D128_MIN_BLOCKS : 0)
+// above its rows. MT = 2: each warp owns two 16-row tiles (32 rows), and each K and V
+// fragment it loads serves both (FlashAttention-2's tiling): half the shared-memory reads
+// of K and V per row, twice the independent mma per load, and the same bits again; its
+// rows of Q are read from shared memory per key tile, as the registers hold two tiles' O.
+template <int D, int QW, bool ROPE_ON_LOAD, int MT = 1>
+__global__ void __launch_bounds__(32 * QW, D == 128 && QW == 4 && MT == 1 ? D128_MIN_BLOCKS : 0)
     flash_forward_kernel(bf16* __restrict__ out, float* __restrict__ lse, const HeadView q, const HeadView k,
                          const HeadView v, const float2* __restrict__ rope, int T, int NH, float scale) {
-    constexpr int S = ROW_STRIDE<D>, NTH = 32 * QW, BQ = 16 * QW;
+    constexpr int S = ROW_STRIDE<D>, NTH = 32 * QW, BQ = 16 * QW * MT;
+    static_assert(MT == 1 || MT == 2, "one or two 16-row tiles per warp");
     static_assert(QW % 4 == 0, "whole warpgroups");
     unsigned char* smem = dynamic_smem();
     bf16* sQ = reinterpret_cast<bf16*>(smem);  // (BQ, D)
@@ -469,30 +509,43 @@ __global__ void __launch_bounds__(32 * QW, D == 128 && QW == 4 ? D128_MIN_BLOCKS
     const int warp = threadIdx.x / 32, g = threadIdx.x % 32 / 4;
     const bf16 *qh = q.at(b, h), *kh = k.at(b, h), *vh = v.at(b, h);
     const float sl2 = scale * LOG2E;  // dot products to log2 units of the scaled scores
-    const int first = q0 + warp * 16, last = first + 15;  // this warp's rows
+    const int first = q0 + warp * 16 * MT, last = first + 16 * MT - 1;  // this warp's rows
     const int tiles = (min(q0 + BQ, T) + BLOCK - 1) / BLOCK;  // causal: keys up to the last valid row
 
     load_tile<D, BQ, ROPE_ON_LOAD, NTH>(sQ, qh, q.row, q0, T, rope);
     load_tile<D, BLOCK, ROPE_ON_LOAD, NTH>(sK, kh, k.row, 0, T, rope);
     cp_async_commit();
-    uint32_t qf[D / 16][4];  // this warp's 16 query rows as A fragments, loaded once
-    float o[D / 8][4] = {};
-    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, corr[2];  // raw max dot, partial row sums
-    const int row[2] = {first + g, first + g + 8};
+    [[maybe_unused]] uint32_t qf[MT == 1 ? D / 16 : 1][4];  // MT 1: this warp's 16 query rows as A fragments, loaded once
+    float o[MT][D / 8][4] = {};
+    float m[MT][2], l[MT][2], corr[MT][2];  // raw max dot, partial row sums
+    int row[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) {
+        m[mt][0] = m[mt][1] = -INFINITY, l[mt][0] = l[mt][1] = 0.0f;
+        row[mt][0] = first + 16 * mt + g, row[mt][1] = first + 16 * mt + g + 8;
+    }
     for (int j = 0; j < tiles; j++) {
         cp_async_wait<0>();
         __syncthreads();  // K_j (and Q) in smem; every warp done with V_{j-1}
         load_tile<D, BLOCK, false, NTH>(sV, vh, v.row, j * BLOCK, T, rope);  // lands during S = Q K^T
         cp_async_commit();
-        if (j == 0) load_a_rows<D>(qf, sQ);
-        const bool active = QW == 4 || j * BLOCK <= last;  // some key of the tile at or below a row
-        uint32_t p[BLOCK / 16][4];
+        if constexpr (MT == 1)
+            if (j == 0) load_a_rows<D>(qf, sQ);
+        // some key of the tile at or below a row; then (rows and tiles starting at multiples
+        // of 16 and 32) its first key is at or below every row of the warp
+        const bool active = (QW == 4 && MT == 1) || j * BLOCK <= last;
+        uint32_t p[MT][BLOCK / 16][4];
         if (active) {
-            float s[BLOCK / 8][4] = {};
-            mma_rs_nt<BLOCK / 8, D>(s, qf, sK, S);
-            softmax_tile<BLOCK / 8>(s, m, l, corr, row, j * BLOCK, j * BLOCK + BLOCK - 1 > first, sl2);
-            rescale_rows<D / 8>(o, corr);
-            acc_to_a<BLOCK / 8>(p, s);
+            float s[MT][BLOCK / 8][4] = {};
+            if constexpr (MT == 1) mma_rs_nt<BLOCK / 8, D>(s[0], qf, sK, S);
+            else mma_ss_nt_mt<MT, BLOCK / 8, D>(s, sQ + (first - q0) * S, S, sK, S);
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
+                softmax_tile<BLOCK / 8>(s[mt], m[mt], l[mt], corr[mt], row[mt], j * BLOCK,
+                                        j * BLOCK + BLOCK - 1 > first + 16 * mt, sl2);
+                rescale_rows<D / 8>(o[mt], corr[mt]);
+                acc_to_a<BLOCK / 8>(p[mt], s[mt]);
+            }
         }
         cp_async_wait<0>();
         __syncthreads();  // V_j in smem; every warp done with K_j
@@ -500,9 +553,12 @@ __global__ void __launch_bounds__(32 * QW, D == 128 && QW == 4 ? D128_MIN_BLOCKS
             load_tile<D, BLOCK, ROPE_ON_LOAD, NTH>(sK, kh, k.row, (j + 1) * BLOCK, T, rope);
             cp_async_commit();
         }
-        if (active) mma_rs_nn<D / 8, BLOCK>(o, p, sV, S);
+        if (active) mma_rs_nn_mt<MT, D / 8, BLOCK>(o, p, sV, S);
     }
-    store_forward<D>(out + (size_t)b * T * C + h * D, lse + (size_t)bh * T, o, m, l, row, T, C, scale);
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+        store_forward<D>(out + (size_t)b * T * C + h * D, lse + (size_t)bh * T, o[mt], m[mt], l[mt], row[mt], T, C,
+                         scale);
 }
 
 // ---- forward on wgmma (sm_90a): the same tiles, rows and results, each 4 warps being
@@ -1403,10 +1459,10 @@ __global__ void __launch_bounds__(THREADS)
     }
 }
 
-// Q and single K, V tiles; the wgmma kernel double-buffers K and V
-template <int D, int QW, bool WG>
+// Q (MT tiles of 16 rows per warp) and single K, V tiles; the wgmma kernel double-buffers K and V
+template <int D, int QW, bool WG, int MT = 1>
 constexpr size_t forward_smem() {
-    return (16 * QW + (WG ? 4 : 2) * BLOCK) * ROW_STRIDE<D> * sizeof(bf16);
+    return (16 * QW * MT + (WG ? 4 : 2) * BLOCK) * ROW_STRIDE<D> * sizeof(bf16);
 }
 template <int D> constexpr size_t dq_smem() { return (2 * BLOCK + 4 * INNER_BWD<D>) * ROW_STRIDE<D> * sizeof(bf16); }
 template <int D> constexpr size_t dkv_smem() { return dq_smem<D>() + 4 * INNER_BWD<D> * sizeof(float); }
@@ -1503,12 +1559,14 @@ CUtensorMap tma_view(const HeadView& v, bool head_major, int B, int T, int NH, i
 
 // The launch sequences, used by cuda_backend.
 // wgmma: the WG kernels (the caller checks wgmma_built()); RoPE is then rotated first.
-// warps: 4 or 8 per forward block (64 or 128 query rows). tma: flash_forward_tma_kernel
+// warps: 4 or 8 per forward block (64 or 128 query rows); warp_rows: 16, or 32 (two
+// 16-row tiles per warp, mma.sync with 4 warps only: 128 query rows). tma: flash_forward_tma_kernel
 // (sm_90a too; RoPE rotated first, warps and wgmma ignored), on one block per SM, or
 // (tma_block_per_work) as many blocks as works, so that the GPU's own block scheduler
 // runs them.
 void flash_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH, float rope_theta,
-                   bool rope_on_load, bool wgmma, int warps, bool tma = false, bool tma_block_per_work = false) {
+                   bool rope_on_load, bool wgmma, int warps, bool tma = false, bool tma_block_per_work = false,
+                   int warp_rows = 16) {
     const int hs = check_flash("attention_flash_forward", B, T, C, NH, rope_theta, {out, qkv});
     const float scale = 1.0f / std::sqrt((float)hs);
     const Rope mode = rope_mode(rope_theta, rope_on_load && !wgmma && !tma);
@@ -1517,6 +1575,9 @@ void flash_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, 
     flash_inputs(in, qkv, B, T, C, NH, rope, mode);
     if (mode != Rope::on_load) rope = nullptr;  // the tiles are plain copies
     LNS_CHECK(warps == 4 || warps == 8, "attention_flash_forward: %d warps per block (4 or 8)", warps);
+    LNS_CHECK(warp_rows == 16 || (warp_rows == 32 && warps == 4 && !wgmma),
+              "attention_flash_forward: %d rows per warp with %d warps%s (16, or 32 with 4 warps and mma.sync)",
+              warp_rows, warps, wgmma ? " on wgmma" : "");
     if (tma) {
         const bool qk_head_major = mode == Rope::prepass;  // the rotated copy
         const CUtensorMap tq = tma_view(in[0], qk_head_major, B, T, NH, hs, 128),
@@ -1543,26 +1604,30 @@ void flash_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, 
     }
     dispatch(hs, mode, [&](auto d, auto r) {
         constexpr int D = decltype(d)::value;
-        auto launch = [&](auto wg, auto qw) {
-            constexpr int QW = decltype(qw)::value;
+        auto launch = [&](auto wg, auto qw, auto mt) {
+            constexpr int QW = decltype(qw)::value, MT = decltype(mt)::value;
             constexpr bool WG = decltype(wg)::value;
-            constexpr size_t smem = forward_smem<D, QW, WG>();
-            const dim3 grid(B * NH, ceil_div(T, 16 * QW));
+            constexpr size_t smem = forward_smem<D, QW, WG, MT>();
+            const dim3 grid(B * NH, ceil_div(T, 16 * QW * MT));
             if constexpr (WG) {
+                static_assert(MT == 1, "the wgmma forward owns 16 rows per warp");
                 auto* fwd = flash_forward_wg_kernel<D, QW>;
                 static bool once = (allow_smem(fwd, smem), true);
                 (void)once;
                 LNS_LAUNCH(fwd, grid, 32 * QW, smem, out, lse, in[0], in[1], in[2], T, NH, scale);
             } else {
-                auto* fwd = flash_forward_kernel<D, QW, decltype(r)::value == Rope::on_load>;
+                auto* fwd = flash_forward_kernel<D, QW, decltype(r)::value == Rope::on_load, MT>;
                 static bool once = (allow_smem(fwd, smem), true);
                 (void)once;
                 LNS_LAUNCH(fwd, grid, 32 * QW, smem, out, lse, in[0], in[1], in[2], rope, T, NH, scale);
             }
         };
+        using one = std::integral_constant<int, 1>;
         auto with_warps = [&](auto wg) {
-            if (warps == 8) launch(wg, std::integral_constant<int, 8>{});
-            else launch(wg, std::integral_constant<int, 4>{});
+            if (warps == 8) return launch(wg, std::integral_constant<int, 8>{}, one{});
+            if constexpr (!decltype(wg)::value)
+                if (warp_rows == 32) return launch(wg, std::integral_constant<int, 4>{}, std::integral_constant<int, 2>{});
+            launch(wg, std::integral_constant<int, 4>{}, one{});
         };
         if constexpr (decltype(r)::value == Rope::on_load) with_warps(std::false_type{});  // wgmma: plain tiles only
         else if (wgmma) with_warps(std::true_type{});

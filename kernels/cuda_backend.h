@@ -92,6 +92,9 @@ struct cuda_backend {
         // the one-pass backward's blocks: key blocks handed out in turn across this many
         // heads (1: head by head; 0: all heads)
         int tma_bwd_head_group = 1;
+        // rows per warp of the mma.sync forward: 16, or 32 (two tiles sharing each K and V
+        // fragment; with forward_warps 4 and without wgmma)
+        int forward_warp_rows = 16;
     };
     static void attention_flash_options(FlashOptions options);
     static bool attention_flash_has_wgmma();  // the device runs this build's sm_90a kernels

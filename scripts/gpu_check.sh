@@ -255,6 +255,7 @@ attn_table() {
     echo "flash: the default (mma.sync, 4-warp blocks); naive: the first version; flash_rope_first /"
     echo "flash_rope_on_load: with RoPE in its two placements (the faster should be the default);"
     echo "flash_wgmma: sm_90a products; *_8warps: 128-row forward blocks (the backward is unchanged);"
+    echo "flash_32rows: the mma.sync forward with 32 rows per warp (two 16-row tiles sharing each K and V fragment);"
     echo "flash_tma: the warp-specialised TMA + wgmma kernels (sm_90a; _rope_first: with RoPE rotated first),"
     echo "the forward persistent, the backward in one pass with dq added in order; flash_tma_dq_kernel: that"
     echo "backward as two kernels; flash_tma_block_per_work: that forward on a block per (head, query block);"

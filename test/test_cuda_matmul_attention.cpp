@@ -356,9 +356,12 @@ const FlashVariant FLASH_VARIANTS[] = {{"default", {}},
                                        {"tma", {false, false, 4, true}},
                                        {"tma, dq kernel", {false, false, 4, true, true}},
                                        {"tma, forward block per work", {false, false, 4, true, false, true}},
-                                       {"tma, backward heads in threes", {false, false, 4, true, false, false, 3}}};
-// the tests below pick variants by index: 3..5 the 8-warp twins of 0..2, 6..9 the TMA kernels
-static_assert(std::size(FLASH_VARIANTS) == 10, "variant indices");
+                                       {"tma, backward heads in threes", {false, false, 4, true, false, false, 3}},
+                                       {"32 rows per warp", {false, false, 4, false, false, false, 1, 32}},
+                                       {"rope_on_load, 32 rows per warp", {true, false, 4, false, false, false, 1, 32}}};
+// the tests below pick variants by index: 3..5 the 8-warp twins of 0..2, 6..9 the TMA
+// kernels, 10..11 the 32-row warps of 0..1
+static_assert(std::size(FLASH_VARIANTS) == 12, "variant indices");
 
 // n floats on the device (lse), released at scope exit.
 struct DevF32 {
@@ -435,8 +438,9 @@ GPU_TEST_CASE("CUDA flash attention matches the CPU twin, forward and backward",
 // kernels or in their loads rounds the same fp32 products once, so those two agree
 // bit for bit; wgmma sums in another order, so it agrees within bf16. A forward block
 // of 8 warps gives every row the key tiles of a 4-warp block in the same order: the
-// same bits. T = 130: 8-warp blocks whose first warps skip a key tile, a block with 2
-// valid rows of 128.
+// same bits, and so does a forward warp of 32 rows (two 16-row tiles sharing each K and V
+// fragment). T = 130: 8-warp or 32-row-warp blocks whose first warps skip a key tile, a
+// block with 2 valid rows of 128.
 GPU_TEST_CASE("CUDA flash attention variants agree on partial tiles", "[attention][flash][sanitize]") {
 #ifndef ENABLE_FP32
     const int B = 1, T = 130, NH = 2;
@@ -469,6 +473,12 @@ GPU_TEST_CASE("CUDA flash attention variants agree on partial tiles", "[attentio
                 CHECK(out[i] == out[i - 3]);
                 CHECK(lse[i] == lse[i - 3]);
                 CHECK(dqkv[i] == dqkv[i - 3]);
+            }
+            for (int i = 10; i < 12; i++) {  // 32 rows per warp against 16, in the same variant
+                INFO("variant " << FLASH_VARIANTS[i].name);
+                CHECK(out[i] == out[i - 10]);
+                CHECK(lse[i] == lse[i - 10]);
+                CHECK(dqkv[i] == dqkv[i - 10]);
             }
             // the TMA kernels sum 128-key tiles forward and wgmma products backward: another order
             CHECK(max_rel_err(out[6], out[0]) < FLASH_OUT_TOL);

@@ -121,13 +121,15 @@ struct Buf {
 using floatX = cuda_backend::floatX;
 
 // The flash variants: RoPE rotated first, in the loads, on wgmma; 8-warp forward blocks;
-// the TMA kernels, with the backward in one pass (dq added in order) or in two kernels.
+// forward warps of 32 rows; the TMA kernels, with the backward in one pass (dq added in
+// order) or in two kernels.
 const std::pair<const char*, cuda_backend::FlashOptions> FLASH_VARIANTS[] = {
     {"default", {}},
     {"rope_on_load", {true, false, 4}},
     {"wgmma", {false, true, 4}},
     {"8 warps", {false, false, 8}},
     {"wgmma, 8 warps", {false, true, 8}},
+    {"32 rows per warp", {false, false, 4, false, false, false, 1, 32}},
     {"tma", {false, false, 4, true}},
     {"tma, dq kernel", {false, false, 4, true, true}},
     {"tma, forward block per work", {false, false, 4, true, false, true}},
