@@ -531,8 +531,8 @@ __global__ void __launch_bounds__(32 * QW, D == 128 && QW == 4 && MT == 1 ? D128
         cp_async_commit();
         if constexpr (MT == 1)
             if (j == 0) load_a_rows<D>(qf, sQ);
-        // some key of the tile at or below a row; then (rows and tiles starting at multiples
-        // of 16 and 32) its first key is at or below every row of the warp
+        // some key of the tile at or below a row; then (a warp's rows starting at a multiple
+        // of 16 MT, key tiles at multiples of 64) its first key is at or below every row of the warp
         const bool active = (QW == 4 && MT == 1) || j * BLOCK <= last;
         uint32_t p[MT][BLOCK / 16][4];
         if (active) {

@@ -170,8 +170,8 @@ struct AsyncGroups {
     void clear() { ops.clear(), committed = 0; }
 };
 
-// A bulk copy from shared to global memory: read at the wait that retires it for reading,
-// written at the wait that completes it.
+// A bulk copy from shared to global memory: its source must stay as it was at issue until
+// the wait that retires it for reading; written at the wait that completes it.
 struct BulkCopy {
     unsigned char* dst = nullptr;
     size_t src = 0;  // smem offset
@@ -616,11 +616,11 @@ void bulk_retire(Thread& t) {
             keep.push_back(std::move(c));
             continue;
         }
-        if (!c.read) {
-            if (std::memcmp(g->smem + c.src, g->async_view.data() + c.src, c.bytes) != 0)
-                fail_at(&t, std::string(c.add ? "cp.reduce.async.bulk" : "cp.async.bulk") + UNFENCED +
-                                ", or onto its source before its read wait");
-            c.data.assign(g->smem + c.src, g->smem + c.src + c.bytes), c.read = true;
+        if (!c.read) {  // c.data: the source at issue, which must not have changed since
+            if (std::memcmp(g->smem + c.src, c.data.data(), c.bytes) != 0)
+                fail_at(&t, std::string(c.add ? "cp.reduce.async.bulk" : "cp.async.bulk") +
+                                ": its source in shared memory changed between the copy's issue and its read wait");
+            c.read = true;
         }
         if (t.bulk_read_only) {
             keep.push_back(std::move(c));
@@ -951,6 +951,9 @@ void bulk_copy(void* dst, const void* src, uint32_t bytes, bool add) {
                  "(their order is undefined: wait for it first)");
     BulkCopy c;
     c.dst = d, c.src = (size_t)(s - g->smem), c.bytes = bytes, c.add = add;
+    if (std::memcmp(s, g->async_view.data() + c.src, bytes) != 0)
+        fail(std::string(add ? "cp.reduce.async.bulk" : "cp.async.bulk") + UNFENCED);
+    c.data.assign(s, s + bytes);
     t->bulk.push_back(std::move(c));
 }
 
@@ -1136,6 +1139,11 @@ void tma_load(void* dst, const void* map, void* bar, const int (&c)[4]) {
                 fail("cp.async.bulk.tensor overwrites shared memory that a wgmma of warp " + std::to_string(w) +
                      " still reads (not yet retired by its wgmma.wait_group)");
     }
+    for (const Thread& t : g->threads)
+        for (const BulkCopy& b : t.bulk)
+            if (!b.read && b.src < d1 && d0 < b.src + b.bytes)
+                fail("cp.async.bulk.tensor overwrites the source of a bulk copy not yet retired for reading "
+                     "(cp.async.bulk.wait_group.read)");
     copy.dst = d;
     std::memcpy(copy.c, c, sizeof copy.c);
     std::memset(d, 0xff, bytes);  // undefined until it lands
