@@ -149,55 +149,49 @@ __device__ __forceinline__ void load_a_rows(uint32_t (&a)[D / 16][4], const bf16
         load_a(a[kk], tile + (threadIdx.x / 32) * 16 * ROW_STRIDE<D>, ROW_STRIDE<D>, kk);
 }
 
-// acc (16 x 8NT) += a (16 x 16, the step's A fragment) B^T, B (8NT x 16) in smem at
-// Bm (the step's first column), row stride sb.
-template <int NT>
-__device__ __forceinline__ void mma_step_nt(float (&acc)[NT][4], const uint32_t (&a)[4], const bf16* Bm, int sb) {
+// acc[mt] (MT tiles of 16 x 8NT) += a[mt] (16 x 16, the step's A fragments) B^T, B
+// (8NT x 16) in smem at Bm (the step's first column), row stride sb: each B fragment
+// loaded once for the MT tiles.
+template <int MT, int NT>
+__device__ __forceinline__ void mma_step_nt_mt(float (&acc)[MT][NT][4], const uint32_t (&a)[MT][4], const bf16* Bm,
+                                               int sb) {
     static_assert(NT % 2 == 0, "whole 16x16 steps");
     const int lane = threadIdx.x % 32;
 #pragma unroll
     for (int np = 0; np < NT / 2; np++) {
         uint32_t b[4];  // matrices: B rows 0-7 x k 0-7, rows 0-7 x k 8-15, rows 8-15 x k 0-7, 8-15 x 8-15
         ldsm_x4(b, Bm + (np * 16 + lane % 8 + (lane / 16) * 8) * sb + (lane / 8 % 2) * 8);
-        mma_bf16(acc[2 * np], a, b[0], b[1]);
-        mma_bf16(acc[2 * np + 1], a, b[2], b[3]);
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+            mma_bf16(acc[mt][2 * np], a[mt], b[0], b[1]);
+            mma_bf16(acc[mt][2 * np + 1], a[mt], b[2], b[3]);
+        }
     }
 }
-// acc[mt] (MT tiles of 16 x 8NT) += A_mt (16 x K) B^T, each B fragment loaded once for
-// the MT tiles: A's MT tiles of 16 rows in smem from A (row stride sa), B (8NT x K) in
-// smem at Bm (row stride sb).
+// The same for one tile: acc (16 x 8NT) += a (16 x 16) B^T.
+template <int NT>
+__device__ __forceinline__ void mma_step_nt(float (&acc)[NT][4], const uint32_t (&a)[4], const bf16* Bm, int sb) {
+    mma_step_nt_mt<1, NT>(reinterpret_cast<float(&)[1][NT][4]>(acc), reinterpret_cast<const uint32_t(&)[1][4]>(a),
+                          Bm, sb);
+}
+// acc[mt] (MT tiles of 16 x 8NT) += A_mt (16 x K) B^T: A's MT tiles of 16 rows in smem
+// from A (row stride sa), B (8NT x K) in smem at Bm (row stride sb).
 template <int MT, int NT, int K>
 __device__ __forceinline__ void mma_ss_nt_mt(float (&acc)[MT][NT][4], const bf16* A, int sa, const bf16* Bm,
                                              int sb) {
-    static_assert(NT % 2 == 0 && K % 16 == 0, "whole 16x16 steps");
-    const int lane = threadIdx.x % 32;
+    static_assert(K % 16 == 0, "whole 16x16 steps");
 #pragma unroll
     for (int kk = 0; kk < K / 16; kk++) {
         uint32_t a[MT][4];
 #pragma unroll
         for (int mt = 0; mt < MT; mt++) load_a(a[mt], A + mt * 16 * sa, sa, kk);
-#pragma unroll
-        for (int np = 0; np < NT / 2; np++) {
-            uint32_t b[4];  // as in mma_step_nt
-            ldsm_x4(b, Bm + kk * 16 + (np * 16 + lane % 8 + (lane / 16) * 8) * sb + (lane / 8 % 2) * 8);
-#pragma unroll
-            for (int mt = 0; mt < MT; mt++) {
-                mma_bf16(acc[mt][2 * np], a[mt], b[0], b[1]);
-                mma_bf16(acc[mt][2 * np + 1], a[mt], b[2], b[3]);
-            }
-        }
+        mma_step_nt_mt<MT, NT>(acc, a, Bm + kk * 16, sb);
     }
 }
 // acc (16 x 8NT) += A (16 x K) B^T; A and B (8NT x K) in smem, row strides sa, sb.
 template <int NT, int K>
 __device__ __forceinline__ void mma_ss_nt(float (&acc)[NT][4], const bf16* A, int sa, const bf16* Bm, int sb) {
-    static_assert(K % 16 == 0, "whole 16x16 steps");
-#pragma unroll
-    for (int kk = 0; kk < K / 16; kk++) {
-        uint32_t a[4];
-        load_a(a, A, sa, kk);
-        mma_step_nt<NT>(acc, a, Bm + kk * 16, sb);
-    }
+    mma_ss_nt_mt<1, NT, K>(reinterpret_cast<float(&)[1][NT][4]>(acc), A, sa, Bm, sb);
 }
 // The same with A (16 x K) held in registers (load_a for each kk).
 template <int NT, int K>
