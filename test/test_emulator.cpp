@@ -581,6 +581,49 @@ TEST_CASE("the emulated async proxy sees ordinary shared-memory stores only thro
                                       "fence.proxy.async"));
 }
 
+// The same product by warps 0-3 of 5 with the operands fenced, and a store of 2 into B by
+// warp 4 after a barrier that follows the wait (fine), by warp 4 with no barrier between
+// (a race: the hardware reads B until the wait), or by warp 3 itself between commit and wait
+// (the last warp of the group: the others have read B by then here).
+enum class BStore { after_wait, other_warp, own_warp };
+__global__ void wgmma_operand_store_kernel(float* c, BStore when) {
+    unsigned char* smem = dynamic_smem();
+    __nv_bfloat16* s = reinterpret_cast<__nv_bfloat16*>(smem);
+    __nv_bfloat16* b = s + 64 * 16;
+    for (int i = threadIdx.x; i < (64 + 32) * 16; i += blockDim.x) s[i] = __float2bfloat16(1.0f);
+    fence_proxy_async();
+    __syncthreads();
+    const int warp = threadIdx.x / 32;
+    float d[4][4] = {};
+    if (warp < 4) {
+        wgmma_fence();
+        wgmma_bf16_ss(d, wgmma_desc(smem, 128, 256), wgmma_desc(b, 128, 256));
+        wgmma_commit();
+        if (when == BStore::own_warp && threadIdx.x == 96) b[0] = __float2bfloat16(2.0f);
+        wgmma_wait<0>();
+    } else if (when == BStore::other_warp) {
+        b[threadIdx.x % 32] = __float2bfloat16(2.0f);
+    }
+    __syncthreads();
+    if (warp == 4 && when == BStore::after_wait) b[threadIdx.x % 32] = __float2bfloat16(2.0f);
+    if (warp < 4)
+        for (int nt = 0; nt < 4; nt++)
+            for (int e = 0; e < 4; e++) c[threadIdx.x * 16 + nt * 4 + e] = d[nt][e];
+}
+
+TEST_CASE("emulated wgmma operands must stay unchanged until the wait that retires it", "[emulation]") {
+    std::vector<float> c(128 * 16, 0.0f);
+    LNS_LAUNCH(wgmma_operand_store_kernel, 1, 160, 3072, c.data(), BStore::after_wait);
+    int wrong = 0;
+    for (float x : c) wrong += x != 16.0f;
+    CHECK(wrong == 0);
+    for (BStore when : {BStore::other_warp, BStore::own_warp}) {
+        INFO((when == BStore::other_warp ? "another warp" : "the wgmma's own warp") << " stores into B");
+        CHECK_THROWS_WITH(LNS_LAUNCH(wgmma_operand_store_kernel, 1, 160, 3072, c.data(), when),
+                          Catch::Contains("which a wgmma of this warp reads, changed before the wait retired it"));
+    }
+}
+
 // 1/3 in each thread's rounding mode: the host's, also on fibers reused from an earlier launch
 // (a volatile global: the compiler may fold a constant argument even into a volatile parameter)
 volatile float g_three = 3.0f;

@@ -105,7 +105,7 @@ void context_refresh_fp(Context&) {}  // ucontext keeps each context's own FP en
 
 constexpr size_t STACK_BYTES = 256 * 1024;
 
-enum class State { ready, barrier, collective, mbarrier, named, bulk, semaphore, done };
+enum class State { ready, barrier, collective, mbarrier, named, bulk, semaphore, wgmma, done };
 enum class Op { none, shfl, shfl_down, ldmatrix, ldmatrix_trans, mma, wgmma };
 
 struct AsyncCopy {
@@ -139,10 +139,19 @@ struct TmaCopy {
     size_t bar;  // smem offset of the barrier its bytes complete on
 };
 
+// The shared-memory elements one warp's wgmma read, and their bytes then: the hardware may
+// read them any time until the wait, so they must be the same at the wait that retires it.
+struct WgmmaOperands {
+    std::vector<uint32_t> off;
+    std::vector<uint16_t> bits;
+    bool checked = false;  // by the warp's first lane to retire it (the warp waits as one)
+};
+
 struct WgmmaResult {
     float* dst;  // the thread's accumulator registers
     std::vector<float> value;
     size_t lo, hi;  // the shared memory its operands span, [lo, hi) bytes: not to be overwritten before its wait
+    std::shared_ptr<WgmmaOperands> operands;  // one per warp
 };
 
 // A thread's asynchronous operations of one kind (cp.async, wgmma) in commit groups:
@@ -500,9 +509,14 @@ void resolve_wgmma(Thread* th) {
             fail("lanes of one warp wait in different wgmma operations");
     std::vector<float> Bm(16 * N);
     size_t lo = SIZE_MAX, hi = 0;
+    auto operands = std::make_shared<WgmmaOperands>();
     auto read = [&](size_t off, const char* what) {
         lo = std::min(lo, off), hi = std::max(hi, off + 2);
-        return desc_element(off, what);
+        const float x = desc_element(off, what);
+        uint16_t u;
+        std::memcpy(&u, g->smem + off, 2);
+        operands->off.push_back((uint32_t)off), operands->bits.push_back(u);
+        return x;
     };
     for (int k = 0; k < 16; k++)
         for (int n = 0; n < N; n++) Bm[k * N + n] = read(desc_offset(th[0].desc, n, k, th[0].trans), "wgmma B");
@@ -527,7 +541,7 @@ void resolve_wgmma(Thread* th) {
     }
     for (int i = 0; i < 32; i++) {
         Thread& t = th[i];
-        t.wg_pending.issue({t.wg_dst, t.wg_acc, lo, hi});
+        t.wg_pending.issue({t.wg_dst, t.wg_acc, lo, hi, operands});
         t.state = State::ready;
     }
 }
@@ -724,6 +738,15 @@ Step step_block(Order order) {
         return Step::done;
     }
     if (at_barrier + done < n) {  // not a block barrier that every thread has reached
+        // a warp's wgmma wait ends now, one warp at a time (the first in the order), so the
+        // warps after it run as far as they can while its wgmmas may still read their operands
+        for (int k = 0; k < warps; k++) {
+            Thread* lanes = &g->threads[32 * (order == Order::forward ? k : warps - 1 - k)];
+            bool any = false;
+            for (int l = 0; l < 32; l++)
+                if (lanes[l].state == State::wgmma) lanes[l].state = State::ready, any = true;
+            if (any) return Step::ran;
+        }
         if (!g->tma_pending.empty()) {  // no thread can run on: the copies land now, as late as they may
             land_tma();
             return Step::ran;
@@ -1042,8 +1065,21 @@ void wgmma_commit() {
 void wgmma_wait(int pending_groups) {
     Thread* t = self("wgmma.wait_group");
     t->wg_fenced = false;
-    t->wg_pending.retire(pending_groups,
-                         [](const WgmmaResult& r) { std::copy(r.value.begin(), r.value.end(), r.dst); });
+    const long retire_below = t->wg_pending.committed - pending_groups;
+    bool retires = false;
+    for (const auto& o : t->wg_pending.ops) retires |= o.second >= 0 && o.second < retire_below;
+    if (retires) block_on(State::wgmma);  // the scheduler lets it go on as late as it may
+    t->wg_pending.retire(pending_groups, [](const WgmmaResult& r) {
+        WgmmaOperands& ops = *r.operands;
+        if (!ops.checked)
+            for (size_t i = 0; i < ops.off.size(); i++)
+                if (std::memcmp(g->smem + ops.off[i], &ops.bits[i], 2) != 0)
+                    fail("wgmma.wait_group: shared memory at offset " + std::to_string(ops.off[i]) +
+                         ", which a wgmma of this warp reads, changed before the wait retired it (the "
+                         "hardware may read its operands until then)");
+        ops.checked = true;
+        std::copy(r.value.begin(), r.value.end(), r.dst);
+    });
 }
 
 namespace {
