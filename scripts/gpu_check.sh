@@ -108,11 +108,13 @@ fi
 # they say whether ldmatrix/mma/wgmma layouts or the kernel logic is at fault), then
 # every GPU test
 export LNS_REQUIRE_GPU=1  # a [gpu] test that cannot find the device fails instead of skipping
+export LNS_TEST_PROGRESS=1  # the flash tests name each variant and shape in the log before it runs
 part "PTX probes" 30 ./build/test_all "PTX probes on the GPU*"
 # flash apart: a kernel that faults, or hangs until the part's time limit, ends its process
-# and with it the rest of that part's tests
+# and with it the rest of that part's tests; so the variants without TMA first on their own
 part "GPU tests bf16" 90 ./build/test_all "[gpu]~[flash]"
-part "GPU flash tests bf16" 90 ./build/test_all "[gpu][flash]"
+part "GPU flash tests bf16, no TMA" 60 env LNS_FLASH_VARIANTS=mma ./build/test_all "[gpu][flash]"
+part "GPU flash tests bf16, all" 90 ./build/test_all "[gpu][flash]"
 part "GPU tests fp32" 90 ./build-fp32/test_all "[gpu]"
 # 3. attention alone: the flash kernels (and the first version) against PyTorch's
 # scaled_dot_product_attention backends, same shapes, same run
