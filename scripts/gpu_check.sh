@@ -156,8 +156,13 @@ fi
 # 5. the flash kernels' shared-memory barriers and bounds, which no CPU check covers
 sanitizer=$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")
 if [ -x "$sanitizer" ]; then
-    part "racecheck flash" 60 "$sanitizer" --tool racecheck --error-exitcode 1 ./build/test_all "[gpu][sanitize]"
-    part "memcheck flash" 60 "$sanitizer" --tool memcheck --error-exitcode 1 ./build/test_all "[gpu][sanitize]"
+    # as the flash tests: the variants without TMA first, so that a TMA kernel's hang or
+    # report cannot hide theirs
+    for tool in racecheck memcheck; do
+        part "$tool flash, no TMA" 45 env LNS_FLASH_VARIANTS=mma "$sanitizer" --tool $tool --error-exitcode 1 \
+            ./build/test_all "[gpu][sanitize]"
+        part "$tool flash, all" 60 "$sanitizer" --tool $tool --error-exitcode 1 ./build/test_all "[gpu][sanitize]"
+    done
 fi
 
 # 5b. every kernel alone on the two presets' shapes, against the ceilings (make bench-kernels)
