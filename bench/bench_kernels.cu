@@ -332,7 +332,6 @@ void bench_attention(Timer& tm, const std::string& rows) {
         auto report = [&](const char* kernel, double fwd_ms, double bwd_ms) {
             printf("attn_tflops %d %d %d %d %s fwd %.1f bwd %.1f\n", a.B, a.H, a.T, a.D, kernel,
                    fwd_flops / (fwd_ms * 1e9), 2.5 * fwd_flops / (bwd_ms * 1e9));
-            fflush(stdout);
         };
         if (cuda_backend::attention_flash_supported(a.D)) {
             float* L = lse.as<float>();
@@ -367,7 +366,6 @@ void bench_attention(Timer& tm, const std::string& rows) {
                         [&] { cuda_backend::attention_flash_forward(O, L, Q, a.B, a.T, C, a.H, 0.0f); });
                     printf("attn_tflops %d %d %d %d %s fwd %.1f bwd -\n", a.B, a.H, a.T, a.D,
                            wg ? "flash_wgmma_8warps" : "flash_8warps", fwd_flops / (f8 * 1e9));
-                    fflush(stdout);
                 }
                 // forward warps of 32 rows (two 16-row tiles sharing each K and V fragment)
                 cuda_backend::FlashOptions rows32;
@@ -377,7 +375,6 @@ void bench_attention(Timer& tm, const std::string& rows) {
                     [&] { cuda_backend::attention_flash_forward(O, L, Q, a.B, a.T, C, a.H, 0.0f); });
                 printf("attn_tflops %d %d %d %d flash_32rows fwd %.1f bwd -\n", a.B, a.H, a.T, a.D,
                        fwd_flops / (f32 * 1e9));
-                fflush(stdout);
             }
             if (tma && cuda_backend::attention_flash_has_wgmma()) {  // the TMA kernels, without and with RoPE
                 cuda_backend::attention_flash_options({false, false, 4, true});
@@ -394,14 +391,12 @@ void bench_attention(Timer& tm, const std::string& rows) {
                     [&] { cuda_backend::attention_flash_backward(DQ, DO, Q, O, L, a.B, a.T, C, a.H, 0.0f); });
                 printf("attn_tflops %d %d %d %d flash_tma_dq_kernel fwd - bwd %.1f\n", a.B, a.H, a.T, a.D,
                        2.5 * fwd_flops / (bk * 1e9));
-                fflush(stdout);
                 // the forward on a block per work, not persistent
                 cuda_backend::attention_flash_options({false, false, 4, true, false, true});
                 const double fb = tm.median_ms(
                     [&] { cuda_backend::attention_flash_forward(O, L, Q, a.B, a.T, C, a.H, 0.0f); });
                 printf("attn_tflops %d %d %d %d flash_tma_block_per_work fwd %.1f bwd -\n", a.B, a.H, a.T, a.D,
                        fwd_flops / (fb * 1e9));
-                fflush(stdout);
                 // the one-pass backward's key blocks handed out across 32 heads, or all, not head by head
                 for (int group : {32, 0}) {
                     cuda_backend::attention_flash_options({false, false, 4, true, false, false, group});
@@ -409,7 +404,6 @@ void bench_attention(Timer& tm, const std::string& rows) {
                         [&] { cuda_backend::attention_flash_backward(DQ, DO, Q, O, L, a.B, a.T, C, a.H, 0.0f); });
                     printf("attn_tflops %d %d %d %d %s fwd - bwd %.1f\n", a.B, a.H, a.T, a.D,
                            group ? "flash_tma_bwd_group32" : "flash_tma_bwd_group_all", 2.5 * fwd_flops / (bg * 1e9));
-                    fflush(stdout);
                 }
             }
             cuda_backend::attention_flash_options({});
@@ -448,6 +442,9 @@ std::vector<Row> bench_optimizer(const std::string& name, Timer& tm) {
 }  // namespace
 
 int main(int argc, char** argv) {
+    // a line out as soon as it is measured: a run cut short (a hung kernel, the GPU check's
+    // time limit) keeps what it had, also when stdout is a file or a pipe
+    setvbuf(stdout, nullptr, _IOLBF, 0);
     const Opts o = parse(argc, argv);
     if (cuda_backend::device_count() == 0) {
         fprintf(stderr, "bench_kernels: no CUDA device found (this binary needs a GPU to measure anything)\n");

@@ -125,13 +125,13 @@ if [ -x build/bench_kernels ]; then
     # the TMA kernels apart, as the flash tests: one that hangs takes only its own rows
     part "attention bench (ours)" 60 bash -c "./build/bench_kernels --attention --attention-rows classic --reps 10 >'$attn_ours'"
     part "attention bench (ours, TMA)" 60 bash -c \
-        "./build/bench_kernels --attention --attention-rows tma --reps 10 | grep '^attn_tflops' >>'$attn_ours'"
+        "./build/bench_kernels --attention --attention-rows tma --reps 10 | grep --line-buffered '^attn_tflops' >>'$attn_ours'"
     # a baseline binary carried along (gpu_bundle.sh BASELINE_BENCH=...): the same table from an
     # earlier commit in the same run, rows named baseline:KERNEL, so a change is judged
     # against run-to-run noise of the same machine
     if [ -x .device/baseline/bench_kernels ]; then
         part "attention bench (baseline $(cat .device/baseline/NAME 2>/dev/null))" 60 bash -c \
-            "./.device/baseline/bench_kernels --attention --reps 10 | sed -E 's/^(attn_tflops( [0-9]+){4}) /\\1 baseline:/' >>'$attn_ours'"
+            "./.device/baseline/bench_kernels --attention --reps 10 | sed -u -E 's/^(attn_tflops( [0-9]+){4}) /\\1 baseline:/' >>'$attn_ours'"
     fi
     part "attention bench (torch)" 90 bash -c "'$python' bench/bench_torch.py --attention >'$attn_torch'"
 fi
