@@ -581,12 +581,12 @@ TEST_CASE("the emulated async proxy sees ordinary shared-memory stores only thro
                                       "fence.proxy.async"));
 }
 
-// The same product by warps 0-3 of 5 with the operands fenced, and a store of 2 into B by
-// warp 4 after a barrier that follows the wait (fine), by warp 4 with no barrier between
-// (a race: the hardware reads B until the wait), or by warp 3 itself between commit and wait
-// (the last warp of the group: the others have read B by then here).
-enum class BStore { after_wait, other_warp, own_warp };
-__global__ void wgmma_operand_store_kernel(float* c, BStore when) {
+// The same product by warps 0-3 of 5 with the operands fenced, and then a store of 2 into
+// an operand: into B by warp 4 after a barrier that follows the wait (fine), by warp 4 with
+// no barrier between (a race: the hardware reads B until the wait), or into A's row 48 by
+// warp 3 itself between commit and wait (only warp 3 reads that row).
+enum class OperandStore { after_wait, other_warp, own_warp };
+__global__ void wgmma_operand_store_kernel(float* c, OperandStore when) {
     unsigned char* smem = dynamic_smem();
     __nv_bfloat16* s = reinterpret_cast<__nv_bfloat16*>(smem);
     __nv_bfloat16* b = s + 64 * 16;
@@ -599,13 +599,14 @@ __global__ void wgmma_operand_store_kernel(float* c, BStore when) {
         wgmma_fence();
         wgmma_bf16_ss(d, wgmma_desc(smem, 128, 256), wgmma_desc(b, 128, 256));
         wgmma_commit();
-        if (when == BStore::own_warp && threadIdx.x == 96) b[0] = __float2bfloat16(2.0f);
+        // A's (48, 0): core matrix 6 in M, 256 bytes (128 elements) apart
+        if (when == OperandStore::own_warp && threadIdx.x == 96) s[6 * 128] = __float2bfloat16(2.0f);
         wgmma_wait<0>();
-    } else if (when == BStore::other_warp) {
+    } else if (when == OperandStore::other_warp) {
         b[threadIdx.x % 32] = __float2bfloat16(2.0f);
     }
     __syncthreads();
-    if (warp == 4 && when == BStore::after_wait) b[threadIdx.x % 32] = __float2bfloat16(2.0f);
+    if (warp == 4 && when == OperandStore::after_wait) b[threadIdx.x % 32] = __float2bfloat16(2.0f);
     if (warp < 4)
         for (int nt = 0; nt < 4; nt++)
             for (int e = 0; e < 4; e++) c[threadIdx.x * 16 + nt * 4 + e] = d[nt][e];
@@ -613,15 +614,16 @@ __global__ void wgmma_operand_store_kernel(float* c, BStore when) {
 
 TEST_CASE("emulated wgmma operands must stay unchanged until the wait that retires it", "[emulation]") {
     std::vector<float> c(128 * 16, 0.0f);
-    LNS_LAUNCH(wgmma_operand_store_kernel, 1, 160, 3072, c.data(), BStore::after_wait);
+    LNS_LAUNCH(wgmma_operand_store_kernel, 1, 160, 3072, c.data(), OperandStore::after_wait);
     int wrong = 0;
     for (float x : c) wrong += x != 16.0f;
     CHECK(wrong == 0);
-    for (BStore when : {BStore::other_warp, BStore::own_warp}) {
-        INFO((when == BStore::other_warp ? "another warp" : "the wgmma's own warp") << " stores into B");
-        CHECK_THROWS_WITH(LNS_LAUNCH(wgmma_operand_store_kernel, 1, 160, 3072, c.data(), when),
-                          Catch::Contains("which a wgmma of this warp reads, changed before the wait retired it"));
-    }
+    const std::string changed = "which a wgmma of this warp reads, changed before the wait retired it";
+    // warp 0's wait ends first: B, which every warp reads, fails there; A's row 48 only at warp 3's
+    CHECK_THROWS_WITH(LNS_LAUNCH(wgmma_operand_store_kernel, 1, 160, 3072, c.data(), OperandStore::other_warp),
+                      Catch::Contains("thread 0: wgmma.wait_group: shared memory at offset 2048, " + changed));
+    CHECK_THROWS_WITH(LNS_LAUNCH(wgmma_operand_store_kernel, 1, 160, 3072, c.data(), OperandStore::own_warp),
+                      Catch::Contains("thread 96: wgmma.wait_group: shared memory at offset 1536, " + changed));
 }
 
 // 1/3 in each thread's rounding mode: the host's, also on fibers reused from an earlier launch

@@ -21,8 +21,9 @@
 //     canonical layouts; it needs a wgmma.fence since the thread's last wait, its
 //     registers read NaN until the wgmma.wait_group that retires it, and later wgmmas
 //     into the same registers chain on the pending values. A wait that retires one ends
-//     only when no thread can run on, a warp at a time, and fails if the operands' bytes
-//     in shared memory changed since the issue (the hardware reads them until the wait);
+//     only when no thread can run on (before TMA copies land), a warp at a time, and fails
+//     if the operands' bytes in shared memory changed since the issue (the hardware reads
+//     them until the wait);
 //   - mbarriers (init, arrive, arrive.expect_tx, try_wait.parity) keep their arrival
 //     count, transaction bytes and phase; a thread that waits for a phase blocks until
 //     it completes. TMA tensor copies (cp.async.bulk.tensor, 128-byte swizzle) fill
