@@ -274,6 +274,7 @@ std::vector<std::unique_ptr<Block>> g_blocks = [] {
 Block* g = g_blocks[0].get();
 Order g_order = Order::forward;
 Landing g_landing = Landing::late;
+WgmmaRetire g_wgmma_retire = WgmmaRetire::at_wait;
 int g_resident = 1;
 int g_launch_resident = 1;  // the running launch's resident blocks
 
@@ -790,6 +791,7 @@ const Index& thread_idx() { return self("threadIdx")->idx; }
 
 void set_order(Order o) { g_order = o; }
 void set_landing(Landing l) { g_landing = l; }
+void set_wgmma_retire(WgmmaRetire r) { g_wgmma_retire = r; }
 void set_resident_blocks(int n) {
     if (n < 1) throw Error("set_resident_blocks: at least one block");
     g_resident = n;
@@ -1068,7 +1070,7 @@ void wgmma_wait(int pending_groups) {
     const long retire_below = t->wg_pending.committed - pending_groups;
     bool retires = false;
     for (const auto& o : t->wg_pending.ops) retires |= o.second >= 0 && o.second < retire_below;
-    if (retires) block_on(State::wgmma);  // the scheduler lets it go on as late as it may
+    if (retires && g_wgmma_retire == WgmmaRetire::late) block_on(State::wgmma);  // the scheduler ends it
     t->wg_pending.retire(pending_groups, [](const WgmmaResult& r) {
         WgmmaOperands& ops = *r.operands;
         if (!ops.checked)

@@ -20,10 +20,10 @@
 //     of A and D), and decodes the descriptor by the PTX ISA's
 //     canonical layouts; it needs a wgmma.fence since the thread's last wait, its
 //     registers read NaN until the wgmma.wait_group that retires it, and later wgmmas
-//     into the same registers chain on the pending values. A wait that retires one ends
-//     only when no thread can run on (before TMA copies land), a warp at a time, and fails
+//     into the same registers chain on the pending values. A wait that retires one fails
 //     if the operands' bytes in shared memory changed since the issue (the hardware reads
-//     them until the wait);
+//     them until the wait); with WgmmaRetire::late it ends only when no thread can run on
+//     (before TMA copies land), a warp at a time, so the other warps run ahead meanwhile;
 //   - mbarriers (init, arrive, arrive.expect_tx, try_wait.parity) keep their arrival
 //     count, transaction bytes and phase; a thread that waits for a phase blocks until
 //     it completes. TMA tensor copies (cp.async.bulk.tensor, 128-byte swizzle) fill
@@ -108,6 +108,10 @@ namespace emu {
 enum class Order { forward, reverse };
 // When TMA copies land: as late as they may (when no thread can run on), or at once
 enum class Landing { late, eager };
+// When a wgmma.wait_group that retires a wgmma ends: at once (a warp that then reads what
+// other threads should have stored first runs ahead of them), or as late as it may (the
+// other warps run ahead meanwhile and may store onto its operands)
+enum class WgmmaRetire { at_wait, late };
 
 struct Index {
     unsigned x = 0, y = 0, z = 0;
@@ -126,6 +130,7 @@ void launch(dim3 grid, dim3 block, size_t smem_bytes, const std::function<void()
 void set_max_dynamic_smem(const void* kernel, size_t bytes);
 void set_order(Order o);
 void set_landing(Landing l);
+void set_wgmma_retire(WgmmaRetire r);
 // How many blocks of a launch run at once (default 1: one after another, in launch order).
 // More run side by side, each with its own shared memory, as the blocks resident on a GPU
 // do, so that blocks waiting on one another (semaphore_wait) can be tested: started in
