@@ -1129,6 +1129,16 @@ void mbar_init(void* bar, unsigned arrivals) {
     b.expected = b.pending = arrivals;
 }
 
+namespace {
+// A phase is complete: its waiters run at once, ahead of the thread that completed it
+// and of its warp's other lanes
+void run_waiters_first() {
+    for (Thread& t : g->threads)
+        if (t.state == State::mbarrier && mbar_passed(t)) t.state = State::ready, g->priority.push_back(&t);
+    if (!g->priority.empty()) block_on(State::ready);
+}
+}  // namespace
+
 void mbar_arrive(void* bar, unsigned tx_bytes) {
     self("mbarrier.arrive");
     MBarrier& b = mbar_of(bar, "mbarrier.arrive");
@@ -1137,11 +1147,7 @@ void mbar_arrive(void* bar, unsigned tx_bytes) {
     b.pending--;
     const unsigned phase = b.phase;
     mbar_complete_tx(b, 0);
-    if (b.phase == phase) return;
-    // the phase is complete: its waiters run at once, ahead of this warp's other lanes
-    for (Thread& t : g->threads)
-        if (t.state == State::mbarrier && mbar_passed(t)) t.state = State::ready, g->priority.push_back(&t);
-    if (!g->priority.empty()) block_on(State::ready);
+    if (b.phase != phase) run_waiters_first();
 }
 
 void mbar_wait(void* bar, unsigned parity) {
@@ -1186,7 +1192,11 @@ void tma_load(void* dst, const void* map, void* bar, const int (&c)[4]) {
     std::memcpy(copy.c, c, sizeof copy.c);
     std::memset(d, 0xff, bytes);  // undefined until it lands
     std::memset(g->async_view.data() + d0, 0xff, bytes);
-    if (g_landing == Landing::eager) land(copy);
+    if (g_landing == Landing::eager) {  // a copy may complete as soon as it is issued
+        const unsigned phase = g->mbars.at(copy.bar).phase;
+        land(copy);
+        if (g->mbars.at(copy.bar).phase != phase) run_waiters_first();
+    }
     else g->tma_pending.push_back(copy);
 }
 

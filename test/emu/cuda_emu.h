@@ -32,8 +32,8 @@
 //     thread waits on, if any), so a read before its wait, or after a wait on another
 //     barrier, sees NaNs and a refill issued before the readers released the buffer is
 //     caught (Landing::eager lands them at issue instead, so that consumers run as far
-//     ahead as the barriers let them); the arrival that completes a phase lets its
-//     waiters run at once, and a TMA copy into shared memory that a wgmma not yet retired
+//     ahead as the barriers let them); the arrival or eager copy that completes a phase
+//     lets its waiters run at once, ahead of the thread that completed it, and a TMA copy into shared memory that a wgmma not yet retired
 //     by its wait reads fails (a buffer released too early);
 //   - named barriers (bar.sync, bar.arrive with an id and a thread count): a sync blocks
 //     until the count of threads have synced or arrived; a block that exits with a
