@@ -279,7 +279,8 @@ TEST_CASE("the emulator counts shared-memory wavefronts and global sectors", "[e
 // their work (the forward's and the backward's tickets). Four at a time, taking turns a
 // step each or the newest first (which then gets ahead of the blocks it must wait for),
 // and two at a time started from the last block (work by blockIdx instead of by ticket
-// would then wait for blocks that cannot start), they must give the bits they give one
+// would then wait for blocks that cannot start), and four newest first with the copies
+// landing at issue and the wgmma waits ending late, they must give the bits they give one
 // after another: two heads of T = 300, three key blocks each (the last waits for none,
 // the first for both others) over five query tiles, and six forward works.
 TEST_CASE("emulated backend: TMA flash blocks running at once give the bits of blocks in turn",
@@ -293,15 +294,20 @@ TEST_CASE("emulated backend: TMA flash blocks running at once give the bits of b
                     const char* name;
                     int resident;
                     emu::Order order;
+                    emu::Landing landing = emu::Landing::late;
+                    emu::WgmmaRetire retire = emu::WgmmaRetire::at_wait;
                 } schedules[] = {{"in turn", 1, emu::Order::forward},
                                  {"4 at once, taking turns", 4, emu::Order::forward},
                                  {"4 at once, from the last block, newest first", 4, emu::Order::reverse},
-                                 {"2 at once, from the last block, newest first", 2, emu::Order::reverse}};
-                std::vector<unsigned char> got[4];
-                for (int r = 0; r < 4; r++) {
+                                 {"2 at once, from the last block, newest first", 2, emu::Order::reverse},
+                                 {"4 at once, newest first, copies landing at issue, wgmma waits ending late", 4,
+                                  emu::Order::reverse, emu::Landing::eager, emu::WgmmaRetire::late}};
+                constexpr int N = std::size(schedules);
+                std::vector<unsigned char> got[N];
+                for (int r = 0; r < N; r++) {
                     INFO(schedules[r].name);
                     ResidentBlocks resident(schedules[r].resident);
-                    WarpOrder w(schedules[r].order);
+                    WarpOrder w(schedules[r].order, schedules[r].landing, schedules[r].retire);
                     FlashRun run(hs, options, 300, 2);
                     run.forward();
                     run.backward();
