@@ -942,8 +942,11 @@ int main(int argc, char** argv) {
             if (o.flash_kernels != "auto") {  // asked for by name: they must be what runs
                 REQUIRE_INPUT(cuda_backend::attention_flash_supported(cfg.head_dim()),
                               "--flash-kernels %s: no flash kernels for the model's head size %d here (bf16 builds: "
-                              "64 and 128)",
+                              "48, 64 and 128)",
                               o.flash_kernels.c_str(), cfg.head_dim());
+                REQUIRE_INPUT(o.flash_kernels != "tma" || cfg.head_dim() % 64 == 0,
+                              "--flash-kernels tma: no TMA kernels for the model's head size %d (64 and 128); use mma",
+                              cfg.head_dim());
                 REQUIRE_INPUT(o.flash_kernels != "tma" || cuda_backend::attention_flash_has_wgmma(),
                               "--flash-kernels tma: this GPU does not run the build's sm_90a kernels (TMA and "
                               "wgmma need an H100 or H200 and a bf16 build); use mma");

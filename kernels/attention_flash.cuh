@@ -5,14 +5,15 @@
 //
 // Layouts (row-major): qkv, dqkv (B,T,3C) with [q | k | v] per token; out, dout
 // (B,T,C); lse (B,NH,T) in natural-log units of the scaled scores. Heads of
-// D = C/NH channels, D in {64, 128} (template parameter). The kernels read q, k, v
+// D = C/NH channels, D in {48, 64, 128} (template parameter; the wgmma and TMA kernels,
+// whose tiles are whole 64-channel boxes, 64 and 128 only). The kernels read q, k, v
 // through HeadViews, so they take qkv itself or the head-major rotated copy alike.
 //
 // Tiles. A block of 4 warps owns 64 rows of one head (queries in forward and in the dq
 // kernel, keys in the dk/dv kernel), 16 per warp, and loops over tiles of the other
 // side (the forward can also run blocks of 8 warps and 128 query rows, which share each
 // key tile: FlashOptions::forward_warps): 64 keys in forward; in backward 64 (D = 64)
-// or 32 (D = 128) keys or queries, which bounds the fp32 accumulators a thread holds
+// or 32 (D = 48, 128) keys or queries, which bounds the fp32 accumulators a thread holds
 // (dk and dv: 2 x D/2 registers). Tiles live in shared memory, rows padded by 8 bf16
 // (16 bytes) so that the 8 row addresses of one ldmatrix fall in distinct banks.
 // Products are mma.sync.m16n8k16 (bf16 in, fp32 accumulate): operands from smem via
@@ -1473,9 +1474,13 @@ using RopeC = std::integral_constant<Rope, R>;
 // Calls fn(integral_constant<int, D>) for the runtime head size.
 template <class Fn>
 void with_head_size(int hs, Fn&& fn) {
-    if (hs == 64) fn(std::integral_constant<int, 64>{});
+    if (hs == 48) fn(std::integral_constant<int, 48>{});
+    else if (hs == 64) fn(std::integral_constant<int, 64>{});
     else fn(std::integral_constant<int, 128>{});
 }
+// The head sizes of the wgmma and TMA kernels: whole 64-channel boxes (TMA) and whole
+// 4-chunk pieces of core matrices (load_tile_cm).
+template <int D> constexpr bool HOPPER_TILES = D % 64 == 0;
 template <class Fn>
 void dispatch(int hs, Rope mode, Fn&& fn) {
     with_head_size(hs, [&](auto d) {
@@ -1490,8 +1495,8 @@ int check_flash(const char* op, int B, int T, int C, int NH, float rope_theta,
     LNS_CHECK(B >= 1 && T >= 1 && NH >= 1 && C >= NH && C % NH == 0, "%s: bad shape B=%d T=%d C=%d NH=%d", op, B, T, C,
               NH);
     const int hs = C / NH;
-    LNS_CHECK(hs == 64 || hs == 128, "%s: no flash kernel for head size %d (64 or 128); use --attention naive", op,
-              hs);
+    LNS_CHECK(hs == 48 || hs == 64 || hs == 128,
+              "%s: no flash kernel for head size %d (48, 64 or 128); use --attention naive", op, hs);
     LNS_CHECK(!(rope_theta > 0) || hs / 2 <= MAX_ROPE_PAIRS, "%s: head size %d too large for RoPE", op, hs);
     LNS_CHECK((size_t)B * NH <= (size_t)INT32_MAX && ceil_div(T, BLOCK) <= 65535 && (size_t)B * T * NH <= INT32_MAX,
               "%s: B=%d NH=%d T=%d exceed the kernels' grid", op, B, NH, T);
@@ -1552,7 +1557,8 @@ CUtensorMap tma_view(const HeadView& v, bool head_major, int B, int T, int NH, i
 }
 
 // The launch sequences, used by cuda_backend.
-// wgmma: the WG kernels (the caller checks wgmma_built()); RoPE is then rotated first.
+// wgmma: the WG kernels (the caller checks wgmma_built() and a head size of 64 or 128);
+// RoPE is then rotated first.
 // warps: 4 or 8 per forward block (64 or 128 query rows); warp_rows: 16, or 32 (two
 // 16-row tiles per warp, mma.sync with 4 warps only: 128 query rows). tma: flash_forward_tma_kernel
 // (sm_90a too; RoPE rotated first, warps and wgmma ignored), on one block per SM, or
@@ -1562,6 +1568,8 @@ void flash_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, 
                    bool rope_on_load, bool wgmma, int warps, bool tma = false, bool tma_block_per_work = false,
                    int warp_rows = 16) {
     const int hs = check_flash("attention_flash_forward", B, T, C, NH, rope_theta, {out, qkv});
+    LNS_CHECK(!(wgmma || tma) || hs % 64 == 0, "attention_flash_forward: no wgmma or TMA kernels for head size %d",
+              hs);
     const float scale = 1.0f / std::sqrt((float)hs);
     const Rope mode = rope_mode(rope_theta, rope_on_load && !wgmma && !tma);
     const float2* rope = rope_table(T, hs, rope_theta);  // nullptr without RoPE
@@ -1587,11 +1595,13 @@ void flash_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, 
         const int grid = tma_block_per_work ? works : std::min(works, sms);
         with_head_size(hs, [&](auto d) {
             constexpr int D = decltype(d)::value;
-            auto* fwd = flash_forward_tma_kernel<D>;
-            static bool once = (allow_smem(fwd, tma_fwd::smem<D>()), true);
-            (void)once;
-            LNS_LAUNCH(fwd, grid, tma_fwd::THREADS, tma_fwd::smem<D>(), out, lse, tq, tk, tv, qk_head_major, B, T,
-                       NH, scale, (int)!tma_block_per_work);
+            if constexpr (HOPPER_TILES<D>) {  // (checked above)
+                auto* fwd = flash_forward_tma_kernel<D>;
+                static bool once = (allow_smem(fwd, tma_fwd::smem<D>()), true);
+                (void)once;
+                LNS_LAUNCH(fwd, grid, tma_fwd::THREADS, tma_fwd::smem<D>(), out, lse, tq, tk, tv, qk_head_major, B,
+                           T, NH, scale, (int)!tma_block_per_work);
+            }
         });
         cudaCheckLaunch();
         return;
@@ -1623,7 +1633,8 @@ void flash_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, 
                 if (warp_rows == 32) return launch(wg, std::integral_constant<int, 4>{}, std::integral_constant<int, 2>{});
             launch(wg, std::integral_constant<int, 4>{}, one{});
         };
-        if constexpr (decltype(r)::value == Rope::on_load) with_warps(std::false_type{});  // wgmma: plain tiles only
+        if constexpr (decltype(r)::value == Rope::on_load || !HOPPER_TILES<D>)
+            with_warps(std::false_type{});  // wgmma: plain tiles of 64 or 128 channels only
         else if (wgmma) with_warps(std::true_type{});
         else with_warps(std::false_type{});
     });
@@ -1634,6 +1645,8 @@ void flash_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* o
                     int C, int NH, float rope_theta, bool rope_on_load, bool wgmma, bool tma = false,
                     bool tma_dq_kernel = false, int tma_head_group = 1) {
     const int hs = check_flash("attention_flash_backward", B, T, C, NH, rope_theta, {dqkv, dout, qkv, out});
+    LNS_CHECK(!(wgmma || tma) || hs % 64 == 0, "attention_flash_backward: no wgmma or TMA kernels for head size %d",
+              hs);
     const float scale = 1.0f / std::sqrt((float)hs);
     const Rope mode = rope_mode(rope_theta, rope_on_load && !wgmma && !tma);
     const float2* rope = rope_table(T, hs, rope_theta);  // also for dq, dk to rotate back
@@ -1665,30 +1678,32 @@ void flash_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* o
         const int tiles = ceil_div(T, BI), blocks = ceil_div(T, BM);
         with_head_size(hs, [&](auto d) {
             constexpr int D = decltype(d)::value;
-            if (!tma_dq_kernel) {  // the single pass, then dq's rounding
-                const size_t acc_bytes = (size_t)B * NH * tiles * BI * D * sizeof(float);
-                const size_t sem_bytes = (1 + (size_t)B * NH * tiles) * sizeof(int);  // the ticket, the counters
-                char* ws = (char*)cuda_scratch(SCRATCH_ATTN_DQ, acc_bytes + sem_bytes);
-                dkv_args.dq_acc = (float*)ws, dkv_args.dq_sem = (int*)(ws + acc_bytes);
-                cudaCheck(cudaMemsetAsync(dkv_args.dq_sem, 0, sem_bytes, g_stream));
-                auto* dkv = flash_dkv_tma_kernel<D, true>;
-                constexpr size_t smem = tma_bwd::smem<D, true>();
-                static bool once = (allow_smem(dkv, smem), true);
+            if constexpr (HOPPER_TILES<D>) {  // (checked above)
+                if (!tma_dq_kernel) {  // the single pass, then dq's rounding
+                    const size_t acc_bytes = (size_t)B * NH * tiles * BI * D * sizeof(float);
+                    const size_t sem_bytes = (1 + (size_t)B * NH * tiles) * sizeof(int);  // the ticket, the counters
+                    char* ws = (char*)cuda_scratch(SCRATCH_ATTN_DQ, acc_bytes + sem_bytes);
+                    dkv_args.dq_acc = (float*)ws, dkv_args.dq_sem = (int*)(ws + acc_bytes);
+                    cudaCheck(cudaMemsetAsync(dkv_args.dq_sem, 0, sem_bytes, g_stream));
+                    auto* dkv = flash_dkv_tma_kernel<D, true>;
+                    constexpr size_t smem = tma_bwd::smem<D, true>();
+                    static bool once = (allow_smem(dkv, smem), true);
+                    (void)once;
+                    LNS_LAUNCH(dkv, B * NH * blocks, tma_bwd::THREADS, smem, dkv_args);
+                    cudaCheckLaunch();
+                    auto* convert = flash_dq_convert_kernel<D>;
+                    LNS_LAUNCH(convert, dim3(B * NH, tiles), 128, 0, dqkv, dkv_args.dq_acc, rope_back, T, NH, scale);
+                    return;
+                }
+                const dim3 grid(B * NH, blocks);
+                auto* dq = flash_dq_tma_kernel<D>;
+                auto* dkv = flash_dkv_tma_kernel<D, false>;
+                static bool once = (allow_smem(dq, tma_bwd::smem<D>()), allow_smem(dkv, tma_bwd::smem<D>()), true);
                 (void)once;
-                LNS_LAUNCH(dkv, B * NH * blocks, tma_bwd::THREADS, smem, dkv_args);
+                LNS_LAUNCH(dq, grid, tma_bwd::THREADS, tma_bwd::smem<D>(), dq_args);
                 cudaCheckLaunch();
-                auto* convert = flash_dq_convert_kernel<D>;
-                LNS_LAUNCH(convert, dim3(B * NH, tiles), 128, 0, dqkv, dkv_args.dq_acc, rope_back, T, NH, scale);
-                return;
+                LNS_LAUNCH(dkv, grid, tma_bwd::THREADS, tma_bwd::smem<D>(), dkv_args);
             }
-            const dim3 grid(B * NH, blocks);
-            auto* dq = flash_dq_tma_kernel<D>;
-            auto* dkv = flash_dkv_tma_kernel<D, false>;
-            static bool once = (allow_smem(dq, tma_bwd::smem<D>()), allow_smem(dkv, tma_bwd::smem<D>()), true);
-            (void)once;
-            LNS_LAUNCH(dq, grid, tma_bwd::THREADS, tma_bwd::smem<D>(), dq_args);
-            cudaCheckLaunch();
-            LNS_LAUNCH(dkv, grid, tma_bwd::THREADS, tma_bwd::smem<D>(), dkv_args);
         });
         cudaCheckLaunch();
         return;
@@ -1709,7 +1724,7 @@ void flash_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* o
             LNS_LAUNCH(dkv, grid, THREADS, dkv_smem<D>(), dqkv, in[0], in[1], in[2], dout_v, lse, Dv, rope, T, NH,
                        scale);
         };
-        if constexpr (R == Rope::on_load) launch(std::false_type{});  // wgmma reads plain tiles only
+        if constexpr (R == Rope::on_load || !HOPPER_TILES<D>) launch(std::false_type{});  // wgmma: plain tiles only
         else if (wgmma) launch(std::true_type{});
         else launch(std::false_type{});
     });

@@ -64,7 +64,7 @@ struct cuda_backend {
     static void attention_backward(floatX* dqkv, floatX* dqkvr, floatX* datt, const floatX* dout,
                                    const floatX* qkvr, const floatX* att, int B, int T, int C,
                                    int NH, float rope_theta);
-    static bool attention_flash_supported(int head_dim);  // 64 and 128, bf16 builds only
+    static bool attention_flash_supported(int head_dim);  // 48, 64 and 128, bf16 builds only
     static void attention_flash_forward(floatX* out, float* lse, const floatX* qkv, int B, int T, int C, int NH,
                                         float rope_theta);
     static void attention_flash_backward(floatX* dqkv, const floatX* dout, const floatX* qkv, const floatX* out,
@@ -73,11 +73,13 @@ struct cuda_backend {
     // agree within bf16 rounding. The defaults are the fastest on an H200 (doc/cuda.md).
     // rope_on_load: RoPE inside the tile loads instead of a rotated copy of q, k made
     // before the kernels. wgmma: forward and backward on Hopper's warpgroup MMA where the
-    // device runs sm_90a code (ignored elsewhere). forward_warps: 4 or 8 warps (64 or 128
-    // query rows) per forward block; 8 halves the key and value reads and gives the same bits.
+    // device runs sm_90a code and the head size is 64 or 128 (ignored elsewhere).
+    // forward_warps: 4 or 8 warps (64 or 128 query rows) per forward block; 8 halves the
+    // key and value reads and gives the same bits.
     // tma: forward and backward as FlashAttention-3 structures them on Hopper (TMA copies
     // from a producer warpgroup, two consumer warpgroups on wgmma) where the device runs
-    // sm_90a code; RoPE is then rotated first and the other options are ignored. Its
+    // sm_90a code and the head size is 64 or 128 (48 runs mma.sync); RoPE is then rotated
+    // first and the other options are ignored. Its
     // backward is one pass with dq added in a fixed order (FlashAttention-3's deterministic
     // mode); tma_dq_kernel: FlashAttention-2's two kernels instead (dq, then dk and dv).
     // tma_block_per_work and tma_bwd_head_group change only which block does what, and

@@ -67,10 +67,10 @@ inline ModelConfig small(const char* preset_name, NormScheme s) {
     return c;
 }
 
-// head size 64, the smallest the flash kernels take
-inline ModelConfig small_flash(const char* preset_name) {
+// two heads of a size the flash kernels take (48, 64 or 128)
+inline ModelConfig small_flash(const char* preset_name, int head_size = 64) {
     ModelConfig cfg = small(preset_name, NormScheme::lns);
-    cfg.n_embd = 128, cfg.n_head = 2;
+    cfg.n_embd = 2 * head_size, cfg.n_head = 2;
     cfg.ffn_hidden = cfg.arch == Arch::llama ? 256 : 4 * cfg.n_embd;
     return cfg;
 }

@@ -2,7 +2,8 @@
 // on random inputs at shapes that include odd row counts (N = 1, 7, 300), widths
 // that are multiples of 8 but not of the kernels' tiles, T from 1 to 257 and head
 // sizes 8, 48, 64, with and without RoPE; and their bitwise determinism. The flash
-// pair against its CPU twin for T in {1, 7, 64, 257, 1024} and head sizes 64, 128.
+// pair against its CPU twin for T in {1, 7, 64, 257, 1024} and head sizes 64, 128, and
+// for T in {7, 257} at head size 48.
 //
 // Every input is put on the device first and read back, so the CPU computes from
 // exactly the values the GPU holds (bf16-rounded in the bf16 build). Errors are
@@ -340,7 +341,7 @@ GPU_TEST_CASE("CUDA matmul and attention backward are bitwise deterministic", "[
 namespace {
 const AttShape FLASH_SHAPES[] = {{2, 1, 2, 64}, {2, 7, 3, 64}, {1, 64, 2, 64}, {1, 257, 2, 64}, {1, 1024, 2, 64},
                                  {2, 1, 2, 128}, {2, 7, 1, 128}, {1, 64, 2, 128}, {1, 257, 2, 128},
-                                 {1, 1024, 1, 128}};
+                                 {1, 1024, 1, 128}, {2, 7, 3, 48}, {1, 257, 2, 48}};
 
 // The kernel variants (cuda_backend::FlashOptions): RoPE rotated before the kernels
 // (default) or in the tile loads; the products on wgmma (sm_90a builds on sm_90
@@ -409,9 +410,11 @@ GPU_TEST_CASE("CUDA flash attention matches the CPU twin, forward and backward",
 #ifdef ENABLE_FP32
     CHECK_FALSE(Gpu::attention_flash_supported(64));  // the model uses the first attention
 #else
+    CHECK(Gpu::attention_flash_supported(48));
     CHECK(Gpu::attention_flash_supported(64));
     CHECK(Gpu::attention_flash_supported(128));
-    CHECK_FALSE(Gpu::attention_flash_supported(48));
+    CHECK_FALSE(Gpu::attention_flash_supported(32));
+    CHECK_FALSE(Gpu::attention_flash_supported(96));
     if (!Gpu::attention_flash_has_wgmma()) WARN("no sm_90a kernels for this device: the wgmma variant runs mma.sync");
     for (const AttShape& s : FLASH_SHAPES)
         for (float theta : THETAS) {
@@ -428,6 +431,9 @@ GPU_TEST_CASE("CUDA flash attention matches the CPU twin, forward and backward",
                                               C, s.NH, theta);
                 for (const FlashVariant& variant : FLASH_VARIANTS) {
                     if (!runs(variant)) continue;
+                    // no wgmma or TMA kernels at 48: those options run the default ones (the
+                    // partial-tile test checks that), here only time
+                    if (s.hs == 48 && (variant.options.wgmma || variant.options.tma)) continue;
                     INFO("variant " << variant.name);
                     progress(variant, s.B, s.T, s.NH, s.hs);
                     Gpu::attention_flash_options(variant.options);
@@ -462,11 +468,12 @@ GPU_TEST_CASE("CUDA flash attention matches the CPU twin, forward and backward",
 // of 8 warps gives every row the key tiles of a 4-warp block in the same order: the
 // same bits, and so does a forward warp of 32 rows (two 16-row tiles sharing each K and V
 // fragment). T = 130: 8-warp or 32-row-warp blocks whose first warps skip a key tile, a
-// block with 2 valid rows of 128.
+// block with 2 valid rows of 128. At head size 48 the wgmma and TMA options run the
+// default kernels, so the same checks hold there too.
 GPU_TEST_CASE("CUDA flash attention variants agree on partial tiles", "[attention][flash][sanitize]") {
 #ifndef ENABLE_FP32
     const int B = 1, T = 130, NH = 2;
-    for (int hs : {64, 128}) {
+    for (int hs : {48, 64, 128}) {
         DYNAMIC_SECTION("hs " << hs) {
             const int C = NH * hs;
             const size_t n3 = (size_t)B * T * 3 * C, n1 = (size_t)B * T * C;

@@ -55,6 +55,9 @@ GPU_TEST_CASE("CUDA: flash attention in the model matches the CPU and the first 
     for (const char* name : {"gpt2-tiny", "llama-tiny"}) {
         DYNAMIC_SECTION(name) { flash_in_model_matches<cuda_backend>(small_flash(name)); }
     }
+    SECTION("llama-tiny, head size 48 (the paper's LLaMA-250M)") {
+        flash_in_model_matches<cuda_backend>(small_flash("llama-tiny", 48));
+    }
 }
 
 GPU_TEST_CASE("CUDA: --recompute gives the same gradients as storing the MLP activation", "[model]") {

@@ -62,10 +62,10 @@ TEST_CASE("train_gpt --flash-kernels tma trains on the TMA kernels, within bf16 
     const std::string bin = emulated_train_gpt();
     REQUIRE(std::filesystem::exists(bin));
     TextShards data;
-    auto run = [&](const std::string& kernels, const std::string& dir, std::string* out) {
-        return run_until(bin + " --device cuda --model llama-tiny --n-embd 128 --n-head 2 --max-seq-len 256 -b 2 "
-                         "-t 160 --steps 6 --threads 2 --lr 3e-3 --train-data " + data.train +
-                         " --flash-kernels " + kernels + " --out-dir " + dir, 0, 0, out);
+    auto run = [&](const std::string& kernels, const std::string& dir, std::string* out, int n_embd = 128) {
+        return run_until(bin + " --device cuda --model llama-tiny --n-embd " + std::to_string(n_embd) +
+                         " --n-head 2 --max-seq-len 256 -b 2 -t 160 --steps 6 --threads 2 --lr 3e-3 --train-data " +
+                         data.train + " --flash-kernels " + kernels + " --out-dir " + dir, 0, 0, out);
     };
     TmpDir mma_dir, tma_dir;
     std::string out;
@@ -88,6 +88,10 @@ TEST_CASE("train_gpt --flash-kernels tma trains on the TMA kernels, within bf16 
         differ += tma.at(step) != loss;
     }
     CHECK(differ > 0);
+    TmpDir d48;  // heads of 48: mma.sync only
+    CHECK(run("tma", d48.path, &out, 96) != 0);
+    CHECK(out.find("--flash-kernels tma: no TMA kernels for the model's head size 48 (64 and 128)") !=
+          std::string::npos);
 #endif
 }
 #endif
