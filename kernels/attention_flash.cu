@@ -29,7 +29,9 @@ bool cuda_backend::attention_flash_has_wgmma() {
 namespace {
 // The wgmma and TMA kernels: sm_90a images, heads of whole 64-channel boxes (64 and 128;
 // 48 runs mma.sync whatever the options say)
-bool hopper_kernels(int C, int NH) { return cuda_backend::attention_flash_has_wgmma() && NH > 0 && C / NH % 64 == 0; }
+bool hopper_kernels(int C, int NH) {
+    return cuda_backend::attention_flash_has_wgmma() && NH > 0 && hopper_head(C / NH);
+}
 }  // namespace
 
 void cuda_backend::attention_flash_forward(floatX* out, float* lse, const floatX* qkv, int B, int T, int C, int NH,

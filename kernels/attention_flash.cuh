@@ -1480,7 +1480,7 @@ void with_head_size(int hs, Fn&& fn) {
 }
 // The head sizes of the wgmma and TMA kernels: whole 64-channel boxes (TMA) and whole
 // 4-chunk pieces of core matrices (load_tile_cm).
-template <int D> constexpr bool HOPPER_TILES = D % 64 == 0;
+constexpr bool hopper_head(int hs) { return hs % 64 == 0; }
 template <class Fn>
 void dispatch(int hs, Rope mode, Fn&& fn) {
     with_head_size(hs, [&](auto d) {
@@ -1490,13 +1490,15 @@ void dispatch(int hs, Rope mode, Fn&& fn) {
     });
 }
 
-int check_flash(const char* op, int B, int T, int C, int NH, float rope_theta,
+// hopper: the wgmma or TMA kernels are asked for
+int check_flash(const char* op, int B, int T, int C, int NH, float rope_theta, bool hopper,
                 std::initializer_list<const void*> ptrs) {
     LNS_CHECK(B >= 1 && T >= 1 && NH >= 1 && C >= NH && C % NH == 0, "%s: bad shape B=%d T=%d C=%d NH=%d", op, B, T, C,
               NH);
     const int hs = C / NH;
     LNS_CHECK(hs == 48 || hs == 64 || hs == 128,
               "%s: no flash kernel for head size %d (48, 64 or 128); use --attention naive", op, hs);
+    LNS_CHECK(!hopper || hopper_head(hs), "%s: no wgmma or TMA kernels for head size %d (64 or 128)", op, hs);
     LNS_CHECK(!(rope_theta > 0) || hs / 2 <= MAX_ROPE_PAIRS, "%s: head size %d too large for RoPE", op, hs);
     LNS_CHECK((size_t)B * NH <= (size_t)INT32_MAX && ceil_div(T, BLOCK) <= 65535 && (size_t)B * T * NH <= INT32_MAX,
               "%s: B=%d NH=%d T=%d exceed the kernels' grid", op, B, NH, T);
@@ -1567,9 +1569,7 @@ CUtensorMap tma_view(const HeadView& v, bool head_major, int B, int T, int NH, i
 void flash_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH, float rope_theta,
                    bool rope_on_load, bool wgmma, int warps, bool tma = false, bool tma_block_per_work = false,
                    int warp_rows = 16) {
-    const int hs = check_flash("attention_flash_forward", B, T, C, NH, rope_theta, {out, qkv});
-    LNS_CHECK(!(wgmma || tma) || hs % 64 == 0, "attention_flash_forward: no wgmma or TMA kernels for head size %d",
-              hs);
+    const int hs = check_flash("attention_flash_forward", B, T, C, NH, rope_theta, wgmma || tma, {out, qkv});
     const float scale = 1.0f / std::sqrt((float)hs);
     const Rope mode = rope_mode(rope_theta, rope_on_load && !wgmma && !tma);
     const float2* rope = rope_table(T, hs, rope_theta);  // nullptr without RoPE
@@ -1595,7 +1595,7 @@ void flash_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, 
         const int grid = tma_block_per_work ? works : std::min(works, sms);
         with_head_size(hs, [&](auto d) {
             constexpr int D = decltype(d)::value;
-            if constexpr (HOPPER_TILES<D>) {  // (checked above)
+            if constexpr (hopper_head(D)) {  // (check_flash)
                 auto* fwd = flash_forward_tma_kernel<D>;
                 static bool once = (allow_smem(fwd, tma_fwd::smem<D>()), true);
                 (void)once;
@@ -1633,7 +1633,7 @@ void flash_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, 
                 if (warp_rows == 32) return launch(wg, std::integral_constant<int, 4>{}, std::integral_constant<int, 2>{});
             launch(wg, std::integral_constant<int, 4>{}, one{});
         };
-        if constexpr (decltype(r)::value == Rope::on_load || !HOPPER_TILES<D>)
+        if constexpr (decltype(r)::value == Rope::on_load || !hopper_head(D))
             with_warps(std::false_type{});  // wgmma: plain tiles of 64 or 128 channels only
         else if (wgmma) with_warps(std::true_type{});
         else with_warps(std::false_type{});
@@ -1644,9 +1644,8 @@ void flash_forward(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, 
 void flash_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out, const float* lse, int B, int T,
                     int C, int NH, float rope_theta, bool rope_on_load, bool wgmma, bool tma = false,
                     bool tma_dq_kernel = false, int tma_head_group = 1) {
-    const int hs = check_flash("attention_flash_backward", B, T, C, NH, rope_theta, {dqkv, dout, qkv, out});
-    LNS_CHECK(!(wgmma || tma) || hs % 64 == 0, "attention_flash_backward: no wgmma or TMA kernels for head size %d",
-              hs);
+    const int hs =
+        check_flash("attention_flash_backward", B, T, C, NH, rope_theta, wgmma || tma, {dqkv, dout, qkv, out});
     const float scale = 1.0f / std::sqrt((float)hs);
     const Rope mode = rope_mode(rope_theta, rope_on_load && !wgmma && !tma);
     const float2* rope = rope_table(T, hs, rope_theta);  // also for dq, dk to rotate back
@@ -1678,7 +1677,7 @@ void flash_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* o
         const int tiles = ceil_div(T, BI), blocks = ceil_div(T, BM);
         with_head_size(hs, [&](auto d) {
             constexpr int D = decltype(d)::value;
-            if constexpr (HOPPER_TILES<D>) {  // (checked above)
+            if constexpr (hopper_head(D)) {  // (check_flash)
                 if (!tma_dq_kernel) {  // the single pass, then dq's rounding
                     const size_t acc_bytes = (size_t)B * NH * tiles * BI * D * sizeof(float);
                     const size_t sem_bytes = (1 + (size_t)B * NH * tiles) * sizeof(int);  // the ticket, the counters
@@ -1724,7 +1723,7 @@ void flash_backward(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* o
             LNS_LAUNCH(dkv, grid, THREADS, dkv_smem<D>(), dqkv, in[0], in[1], in[2], dout_v, lse, Dv, rope, T, NH,
                        scale);
         };
-        if constexpr (R == Rope::on_load || !HOPPER_TILES<D>) launch(std::false_type{});  // wgmma: plain tiles only
+        if constexpr (R == Rope::on_load || !hopper_head(D)) launch(std::false_type{});  // wgmma: plain tiles only
         else if (wgmma) launch(std::true_type{});
         else launch(std::false_type{});
     });

@@ -144,13 +144,13 @@ struct TmaCopy {
 struct WgmmaOperands {
     std::vector<uint32_t> off;
     std::vector<uint16_t> bits;
-    bool checked = false;  // by the warp's first lane to retire it (the warp waits as one)
+    size_t lo = SIZE_MAX, hi = 0;  // the bytes they span, [lo, hi): no TMA copy into them before the wait
+    bool checked = false;          // by the warp's first lane to retire it (the warp waits as one)
 };
 
 struct WgmmaResult {
     float* dst;  // the thread's accumulator registers
     std::vector<float> value;
-    size_t lo, hi;  // the shared memory its operands span, [lo, hi) bytes: not to be overwritten before its wait
     std::shared_ptr<WgmmaOperands> operands;  // one per warp
 };
 
@@ -166,6 +166,11 @@ struct AsyncGroups {
         for (auto& o : ops)
             if (o.second < 0) o.second = committed;
         committed++;
+    }
+    bool retires_any(int pending_groups) const {  // whether retire(pending_groups) completes one
+        for (const auto& o : ops)
+            if (o.second >= 0 && o.second < committed - pending_groups) return true;
+        return false;
     }
     template <class Complete>
     void retire(int pending_groups, Complete&& complete) {
@@ -509,10 +514,9 @@ void resolve_wgmma(Thread* th) {
             th[i].a_smem != th[0].a_smem || th[i].desc_a != th[0].desc_a || th[i].trans_a != th[0].trans_a)
             fail("lanes of one warp wait in different wgmma operations");
     std::vector<float> Bm(16 * N);
-    size_t lo = SIZE_MAX, hi = 0;
     auto operands = std::make_shared<WgmmaOperands>();
     auto read = [&](size_t off, const char* what) {
-        lo = std::min(lo, off), hi = std::max(hi, off + 2);
+        operands->lo = std::min(operands->lo, off), operands->hi = std::max(operands->hi, off + 2);
         const float x = desc_element(off, what);
         uint16_t u;
         std::memcpy(&u, g->smem + off, 2);
@@ -542,7 +546,7 @@ void resolve_wgmma(Thread* th) {
     }
     for (int i = 0; i < 32; i++) {
         Thread& t = th[i];
-        t.wg_pending.issue({t.wg_dst, t.wg_acc, lo, hi, operands});
+        t.wg_pending.issue({t.wg_dst, t.wg_acc, operands});
         t.state = State::ready;
     }
 }
@@ -1067,10 +1071,8 @@ void wgmma_commit() {
 void wgmma_wait(int pending_groups) {
     Thread* t = self("wgmma.wait_group");
     t->wg_fenced = false;
-    const long retire_below = t->wg_pending.committed - pending_groups;
-    bool retires = false;
-    for (const auto& o : t->wg_pending.ops) retires |= o.second >= 0 && o.second < retire_below;
-    if (retires && g_wgmma_retire == WgmmaRetire::late) block_on(State::wgmma);  // the scheduler ends it
+    if (g_wgmma_retire == WgmmaRetire::late && t->wg_pending.retires_any(pending_groups))
+        block_on(State::wgmma);  // the scheduler ends it
     t->wg_pending.retire(pending_groups, [](const WgmmaResult& r) {
         WgmmaOperands& ops = *r.operands;
         if (!ops.checked)
@@ -1179,7 +1181,7 @@ void tma_load(void* dst, const void* map, void* bar, const int (&c)[4]) {
         for (int l = 1; l < 32; l++)
             if (g->threads[32 * w + l].wg_pending.ops.size() < t->wg_pending.ops.size()) t = &g->threads[32 * w + l];
         for (const auto& op : t->wg_pending.ops)
-            if (op.first.lo < d1 && d0 < op.first.hi)
+            if (op.first.operands->lo < d1 && d0 < op.first.operands->hi)
                 fail("cp.async.bulk.tensor overwrites shared memory that a wgmma of warp " + std::to_string(w) +
                      " still reads (not yet retired by its wgmma.wait_group)");
     }
